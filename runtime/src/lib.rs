@@ -5,3 +5,9 @@
 //! Threading contract: each loop owns its ring, sockets and buffers and runs on
 //! one thread. Nothing here takes a lock on a hot path or reads the
 //! environment; every option is passed in explicitly.
+
+pub mod counters;
+pub mod idle;
+pub mod net;
+pub mod pool;
+pub mod thread;

@@ -1,0 +1,1 @@
+//! io_uring socket helpers (being written)
