@@ -5,3 +5,5 @@
 //!
 //! Threading contract: one gateway loop per thread, owning its listener and
 //! sessions; it never blocks on the sequencer.
+
+pub mod link;
