@@ -31,6 +31,12 @@ pub struct Accepted {
 const _: () = assert!(size_of::<Accepted>() == Accepted::SIZE);
 
 impl Accepted {
+    /// The ack's wire bytes ([`Self::SIZE`] of them).
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        IntoBytes::as_bytes(self)
+    }
+
     /// Type byte.
     pub const TYPE: u8 = b'k';
     /// Size in bytes.
@@ -68,6 +74,12 @@ pub struct Rejected {
 const _: () = assert!(size_of::<Rejected>() == Rejected::SIZE);
 
 impl Rejected {
+    /// The ack's wire bytes ([`Self::SIZE`] of them).
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        IntoBytes::as_bytes(self)
+    }
+
     /// Type byte.
     pub const TYPE: u8 = b'j';
     /// Size in bytes.
@@ -151,8 +163,8 @@ impl<'a> Ack<'a> {
     /// The ack's bytes.
     pub fn as_bytes(&self) -> &'a [u8] {
         match *self {
-            Ack::Accepted(a) => a.as_bytes(),
-            Ack::Rejected(r) => r.as_bytes(),
+            Ack::Accepted(a) => IntoBytes::as_bytes(a),
+            Ack::Rejected(r) => IntoBytes::as_bytes(r),
         }
     }
 }

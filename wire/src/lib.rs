@@ -27,6 +27,10 @@ pub mod message;
 pub mod mold;
 pub mod soup;
 
+/// The `zerocopy` version the wire structs derive from, for callers that
+/// need its traits (`FromBytes`, `IntoBytes`, …) by name.
+pub use zerocopy;
+
 pub use ack::{Accepted, Ack, Rejected};
 pub use message::*;
 pub use mold::{

@@ -53,6 +53,12 @@ impl Header {
             timestamp_ns: U64::ZERO,
         }
     }
+
+    /// The header's wire bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        IntoBytes::as_bytes(self)
+    }
 }
 
 /// What every stream message struct has in common: its type byte, its fixed
@@ -244,6 +250,12 @@ macro_rules! messages {
                     self.header.timestamp_ns = timestamp_ns.into();
                     self
                 }
+
+                /// The message's wire bytes ([`Self::SIZE`] of them).
+                #[inline]
+                pub fn as_bytes(&self) -> &[u8] {
+                    IntoBytes::as_bytes(self)
+                }
             }
 
             impl WireMessage for $name {
@@ -321,7 +333,7 @@ macro_rules! messages {
             #[inline]
             pub fn as_bytes(&self) -> &'a [u8] {
                 match *self {
-                    $( Message::$name(m) => m.as_bytes(), )*
+                    $( Message::$name(m) => IntoBytes::as_bytes(m), )*
                 }
             }
         }

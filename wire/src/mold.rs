@@ -110,6 +110,12 @@ impl MoldHeader {
             count: count.into(),
         }
     }
+
+    /// The wire bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        IntoBytes::as_bytes(self)
+    }
 }
 
 /// Message count of a heartbeat packet.
@@ -270,7 +276,7 @@ impl<'b> PacketBuilder<'b> {
     #[inline]
     pub fn finish(self) -> usize {
         let header = MoldHeader::new(self.session, self.first_seq, self.count);
-        self.buf[..MoldHeader::SIZE].copy_from_slice(header.as_bytes());
+        self.buf[..MoldHeader::SIZE].copy_from_slice(IntoBytes::as_bytes(&header));
         self.len
     }
 }
@@ -551,5 +557,11 @@ impl ReRequest {
     /// The session name.
     pub fn session(&self) -> Session {
         Session(self.session)
+    }
+
+    /// The wire bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        IntoBytes::as_bytes(self)
     }
 }
