@@ -4,3 +4,5 @@
 //!
 //! Threading contract: each loop is single-threaded and owns its sockets; loops
 //! talk only through `rtrb` rings and the journal.
+
+pub mod journal;
