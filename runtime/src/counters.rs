@@ -45,7 +45,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -96,7 +96,7 @@ const fn value_offset(count: usize, index: usize) -> usize {
 
 const _: () = assert!(offset::HEARTBEAT_NS + 8 <= HEADER_BYTES);
 const _: () = assert!(offset::PROCESS_NAME + PROCESS_NAME_BYTES_MAX == offset::START_TIME_NS);
-const _: () = assert!(HEADER_BYTES % 64 == 0 && LABEL_BYTES % 64 == 0);
+const _: () = assert!(HEADER_BYTES & 63 == 0 && LABEL_BYTES & 63 == 0);
 const _: () = assert!(NAME_BYTES_MAX < LABEL_BYTES);
 
 /// A shared memory mapping, unmapped when the last holder drops it.
@@ -137,12 +137,19 @@ impl Mapping {
     }
 
     /// The 8-byte-aligned `u64` at `offset` as an atomic.
+    ///
+    /// A reader's mapping is read-only: through it this crate only ever does
+    /// `Relaxed` loads of at most register width, which the standard library
+    /// guarantees work on read-only memory (`core::sync::atomic`, "Atomic
+    /// accesses to read-only memory"); ordering comes from separate fences.
     fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.len);
-        // SAFETY: in bounds and 8-aligned (mmap is page-aligned); the mapping
-        // lives as long as `&self`; all concurrent access to these bytes is
-        // atomic (other processes use atomics or aligned 8-byte stores).
-        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+        assert!(offset & 7 == 0 && offset + 8 <= self.len);
+        // SAFETY: in bounds of the live mapping and 8-aligned (mmap is
+        // page-aligned, offsets are multiples of 8), so dereferenceable as an
+        // AtomicU64 (an UnsafeCell, so shared mutation is allowed) for as long
+        // as `&self`; every concurrent access to these bytes, in this process
+        // or another, is an aligned 8-byte atomic.
+        unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU64>() }
     }
 
     /// Copies out `len` bytes at `offset` (header and labels, which nobody
@@ -315,7 +322,7 @@ impl CounterFile {
     pub fn set_heartbeat(&self, now_ns: u64) {
         self.mapping
             .atomic_u64(offset::HEARTBEAT_NS)
-            .store(now_ns, Ordering::Release);
+            .store(now_ns, Ordering::Relaxed);
     }
 
     /// The counter names, in index order.
@@ -366,10 +373,17 @@ fn validate(process_name: &str, names: &[&str]) -> io::Result<()> {
         ));
     }
     for (index, name) in names.iter().enumerate() {
-        if name.is_empty() || name.len() > NAME_BYTES_MAX || !is_printable_ascii(name) {
+        if name.is_empty() {
+            return invalid(format!("counter {index} has an empty name"));
+        }
+        if name.len() > NAME_BYTES_MAX {
             return invalid(format!(
-                "counter name {name:?} must be printable ASCII of 1 to {NAME_BYTES_MAX} bytes"
+                "counter name {name:?} is {} bytes long; at most {NAME_BYTES_MAX} bytes fit",
+                name.len()
             ));
+        }
+        if !is_printable_ascii(name) {
+            return invalid(format!("counter name {name:?} must be printable ASCII"));
         }
         if names[..index].contains(name) {
             return invalid(format!("counter name {name:?} given twice"));
@@ -522,7 +536,10 @@ impl CounterReader {
         let mapping =
             Mapping::map(Some(&file), len, false).map_err(|e| error(e.kind(), e.to_string()))?;
 
-        let magic = mapping.atomic_u64(offset::MAGIC).load(Ordering::Acquire);
+        let magic = mapping.atomic_u64(offset::MAGIC).load(Ordering::Relaxed);
+        // Pairs with the owner's release store of the magic: the header and
+        // labels it wrote first are visible below.
+        fence(Ordering::Acquire);
         if magic.to_le_bytes() != MAGIC {
             return Err(invalid(format!(
                 "bad magic {:?} (expected \"TALLYCNT\"): not a tally counter file",
@@ -592,7 +609,7 @@ impl CounterReader {
     pub fn heartbeat_ns(&self) -> u64 {
         self.mapping
             .atomic_u64(offset::HEARTBEAT_NS)
-            .load(Ordering::Acquire)
+            .load(Ordering::Relaxed)
     }
 
     /// Counter `index`'s current value.

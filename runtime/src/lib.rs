@@ -2,9 +2,23 @@
 //! threads pinned to configured cores, idle strategies, io_uring socket
 //! helpers, huge-page-backed buffers and lock-free shared counters.
 //!
+//! - [`thread`]: [`thread::spawn_loop`] starts one loop on its own named
+//!   thread, pinned to a core (from its first instruction) or unpinned.
+//! - [`idle`]: [`idle::IdleStrategy`] (busy-spin, yield, back-off) and the
+//!   per-loop [`idle::Idler`] that spins, yields or parks after an idle cycle,
+//!   or hands the park time to the loop's own io_uring wait.
+//! - [`pool`]: [`pool::HugeRegion`] (reserved huge pages, else THP-advised,
+//!   else normal pages; pre-faulted, optionally locked) and
+//!   [`pool::BufferPool`], fixed buffers with a free list.
+//! - [`counters`]: [`counters::CounterFile`], counters in a memory-mapped file
+//!   (layout in the module doc) that other threads and processes read with
+//!   [`counters::CounterReader`].
+//!
 //! Threading contract: each loop owns its ring, sockets and buffers and runs on
 //! one thread. Nothing here takes a lock on a hot path or reads the
-//! environment; every option is passed in explicitly.
+//! environment; every option is passed in explicitly. Idling, pool
+//! acquire/release and counter updates never allocate, lock or log; set-up
+//! functions (spawning, mapping, creating files) may.
 
 pub mod counters;
 pub mod idle;
