@@ -559,3 +559,51 @@ impl FrameDecoder {
         self.end - self.start
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_field_is_right_aligned() {
+        assert_eq!(&sequence_field(0), b"                   0");
+        assert_eq!(&sequence_field(42), b"                  42");
+        assert_eq!(&sequence_field(u64::MAX), b"18446744073709551615");
+        for value in [0, 1, 9, 10, 99, 100, 12_345_678, u64::MAX / 3, u64::MAX] {
+            assert_eq!(parse_sequence_field(&sequence_field(value)), Ok(value));
+        }
+        assert_eq!(parse_sequence_field(b"                    "), Ok(0));
+        assert_eq!(parse_sequence_field(b""), Ok(0));
+    }
+
+    #[test]
+    fn decoder_compacts_and_reuses_its_buffer() {
+        // Buffer of exactly one maximum frame: every partial frame must move
+        // to the front before the rest of it can arrive.
+        let mut decoder = FrameDecoder::with_buffer_bytes(8, 10);
+        let mut frame = [0u8; 10];
+        let n = write_frame(&mut frame, b'S', b"1234567").unwrap();
+        assert_eq!(n, 10);
+        for round in 0..5 {
+            // Offset the stream by `round` bytes of a 1-byte-payload frame.
+            let small = [0x00, 0x02, b'S', b'x'];
+            assert_eq!(decoder.extend(&small), 4);
+            assert_eq!(decoder.next_frame(), Ok(Some(&b"Sx"[..])));
+            let taken = decoder.extend(&frame[..round + 3]);
+            assert_eq!(decoder.next_frame(), Ok(None));
+            let rest = decoder.extend(&frame[taken..]);
+            assert_eq!(taken + rest, n);
+            assert_eq!(decoder.next_frame(), Ok(Some(&frame[2..n])));
+            assert_eq!(decoder.next_frame(), Ok(None));
+            assert_eq!(decoder.buffered(), 0);
+            assert_eq!(decoder.spare().len(), 10);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "committed 11 bytes")]
+    fn commit_past_spare_is_a_bug() {
+        let mut decoder = FrameDecoder::with_buffer_bytes(8, 10);
+        decoder.commit(11);
+    }
+}

@@ -6,6 +6,9 @@
 //! fixture cannot silently drift from the table. Field values are distinct
 //! per byte so a field read from the wrong offset shows.
 
+// Byte arrays such as `[b'W']` mirror one table row each; byte strings would hide that.
+#![allow(clippy::byte_char_slices)]
+
 use tally_wire::mold::{self, MoldPacket, PacketBuilder, PacketKind, ReRequest, Session};
 use tally_wire::soup::{self, ClientPacket, FrameDecoder, ServerPacket};
 use tally_wire::*;
