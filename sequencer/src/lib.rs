@@ -6,3 +6,4 @@
 //! talk only through `rtrb` rings and the journal.
 
 pub mod journal;
+pub mod core;

@@ -1,0 +1,679 @@
+//! The sequencer core: a deterministic state machine that numbers messages.
+//!
+//! It takes [`Inbound`] messages from the gateway ring, checks each client's
+//! numbering (the core is the authority for every client's last sequenced
+//! client_seq), stamps the timestamp, assigns stream sequence numbers, packs
+//! MoldUDP64 packets up to the payload limit, appends each packet to the
+//! journal, publishes it, and only then answers the gateway with an
+//! [`Outcome`]. Time comes in as `now_ns`; the journal and the transport are
+//! traits; so tests and benchmarks run it on one thread with a simulated
+//! clock, a null journal and a null or lossy transport.
+//!
+//! Natural batching: every poll drains what is waiting (up to a bound), so a
+//! lone message goes out at once and a burst fills packets. Nothing here
+//! allocates after [`SequencerCore::new`].
+
+use std::io;
+
+use tally_gateway::link::{Inbound, Outcome, OutcomeKind};
+use tally_runtime::counters::Counter;
+use tally_wire::mold::{self, MoldHeader, Session};
+use tally_wire::{header_mut, system_code, SystemEvent};
+
+use crate::journal::JournalWriter;
+
+/// Where packets are journaled before they are published.
+pub trait Journal {
+    /// Appends one packet's message blocks. An error is fatal.
+    fn append(&mut self, first_seq: u64, count: u16, blocks: &[u8], now_ns: u64) -> io::Result<()>;
+    /// Gives an interval fsync policy its chance to run.
+    fn sync_if_due(&mut self, now_ns: u64) -> io::Result<()>;
+    /// Writes the end-of-session marker.
+    fn end_session(&mut self) -> io::Result<()>;
+    /// Syncs everything (shutdown).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+impl Journal for JournalWriter {
+    fn append(&mut self, first_seq: u64, count: u16, blocks: &[u8], now_ns: u64) -> io::Result<()> {
+        JournalWriter::append(self, first_seq, count, blocks, now_ns)
+    }
+    fn sync_if_due(&mut self, now_ns: u64) -> io::Result<()> {
+        JournalWriter::sync_if_due(self, now_ns)
+    }
+    fn end_session(&mut self) -> io::Result<()> {
+        JournalWriter::end_session(self)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        JournalWriter::sync(self)
+    }
+}
+
+/// A journal that keeps nothing (benchmarks).
+#[derive(Debug, Default)]
+pub struct NullJournal;
+
+impl Journal for NullJournal {
+    fn append(&mut self, _: u64, _: u16, _: &[u8], _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync_if_due(&mut self, _: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn end_session(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where finished packets go: the multicast stream.
+pub trait Publisher {
+    /// Sends one complete MoldUDP64 packet. A send error is counted by the
+    /// caller and not fatal: the packet is journaled and receivers gap-fill.
+    fn publish(&mut self, packet: &[u8]) -> io::Result<()>;
+}
+
+/// A publisher that drops everything (benchmarks).
+#[derive(Debug, Default)]
+pub struct NullPublisher;
+
+impl Publisher for NullPublisher {
+    fn publish(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The core's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct CoreConfig {
+    /// The stream session name.
+    pub session: Session,
+    /// Largest MoldUDP64 datagram, header included.
+    pub payload_limit_bytes: usize,
+    /// Heartbeat after this long without sending.
+    pub heartbeat_interval_ns: u64,
+    /// Most messages taken from the ring in one poll.
+    pub batch_messages_max: usize,
+}
+
+/// The counters the core keeps.
+#[derive(Clone, Debug)]
+pub struct CoreCounters {
+    pub messages_sequenced: Counter,
+    pub packets_sent: Counter,
+    pub bytes_sent: Counter,
+    pub batches: Counter,
+    pub heartbeats_sent: Counter,
+    pub duplicates_dropped: Counter,
+    pub skipped_ahead: Counter,
+    pub gateway_rejects: Counter,
+    pub ack_ring_full: Counter,
+    pub send_errors: Counter,
+    pub next_seq: Counter,
+}
+
+impl CoreCounters {
+    /// Names, in field order, for the counter file.
+    pub const NAMES: &'static [&'static str] = &[
+        "sequencer.messages_sequenced",
+        "sequencer.packets_sent",
+        "sequencer.bytes_sent",
+        "sequencer.batches",
+        "sequencer.heartbeats_sent",
+        "sequencer.duplicates_dropped",
+        "sequencer.skipped_ahead",
+        "sequencer.gateway_rejects",
+        "sequencer.ack_ring_full",
+        "sequencer.send_errors",
+        "sequencer.next_seq",
+    ];
+
+    /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
+    pub fn from_file(file: &tally_runtime::counters::CounterFile, first: usize) -> Self {
+        let c = |i: usize| file.counter(first + i);
+        CoreCounters {
+            messages_sequenced: c(0),
+            packets_sent: c(1),
+            bytes_sent: c(2),
+            batches: c(3),
+            heartbeats_sent: c(4),
+            duplicates_dropped: c(5),
+            skipped_ahead: c(6),
+            gateway_rejects: c(7),
+            ack_ring_full: c(8),
+            send_errors: c(9),
+            next_seq: c(10),
+        }
+    }
+}
+
+/// Number of distinct origins (client ids are u16).
+const ORIGINS: usize = 1 << 16;
+
+/// The sequencer state machine. See the module doc.
+pub struct SequencerCore<J: Journal, P: Publisher> {
+    config: CoreConfig,
+    journal: J,
+    publisher: P,
+    next_seq: u64,
+    /// Last sequenced client_seq per origin; origin 0 is the appliance.
+    last_client_seq: Box<[u32]>,
+    packet: Box<[u8]>,
+    packet_len: usize,
+    packet_count: u16,
+    packet_first_seq: u64,
+    /// Outcomes waiting for their packet to be journaled and published.
+    pending: Vec<Outcome>,
+    last_send_ns: u64,
+    counters: CoreCounters,
+    ended: bool,
+}
+
+impl<J: Journal, P: Publisher> SequencerCore<J, P> {
+    /// A core that continues the stream at `next_seq`, with each origin's last
+    /// sequenced client_seq from `last_client_seq(origin)` (rebuilt from the
+    /// journal by the caller).
+    pub fn new(
+        config: CoreConfig,
+        journal: J,
+        publisher: P,
+        next_seq: u64,
+        last_client_seq: &[(u16, u32)],
+        counters: CoreCounters,
+    ) -> Self {
+        assert!(next_seq >= 1);
+        assert!(config.payload_limit_bytes > MoldHeader::SIZE + 2 + tally_wire::MAX_MESSAGE_SIZE);
+        assert!(config.batch_messages_max > 0);
+        let mut table = vec![0u32; ORIGINS].into_boxed_slice();
+        for &(origin, client_seq) in last_client_seq {
+            table[usize::from(origin)] = client_seq;
+        }
+        counters.next_seq.set(next_seq);
+        SequencerCore {
+            packet: vec![0u8; config.payload_limit_bytes].into_boxed_slice(),
+            pending: Vec::with_capacity(config.batch_messages_max),
+            config,
+            journal,
+            publisher,
+            next_seq,
+            last_client_seq: table,
+            packet_len: MoldHeader::SIZE,
+            packet_count: 0,
+            packet_first_seq: next_seq,
+            last_send_ns: 0,
+            counters,
+            ended: false,
+        }
+    }
+
+    /// Sequence number the next message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The last sequenced client_seq of `origin`.
+    pub fn last_client_seq(&self, origin: u16) -> u32 {
+        self.last_client_seq[usize::from(origin)]
+    }
+
+    /// The journal (tests, shutdown).
+    pub fn journal_mut(&mut self) -> &mut J {
+        &mut self.journal
+    }
+
+    /// The publisher (tests).
+    pub fn publisher_mut(&mut self) -> &mut P {
+        &mut self.publisher
+    }
+
+    /// Whether the session has ended.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Opens the session: a brand-new stream starts with the appliance's
+    /// start-of-session event `S(O)`; a resumed one sends a heartbeat so
+    /// receivers learn the next number at once.
+    pub fn start(&mut self, now_ns: u64) -> io::Result<()> {
+        if self.next_seq == 1 {
+            self.sequence_system_event(system_code::START_OF_SESSION, now_ns)?;
+            self.flush(now_ns)?;
+        } else {
+            self.heartbeat(now_ns);
+        }
+        Ok(())
+    }
+
+    /// One duty cycle: takes up to `batch_messages_max` messages from
+    /// `inbound` (fewer when `outcomes` has less room), sequences, journals
+    /// and publishes them, then hands their outcomes to `outcomes`. Sends a
+    /// heartbeat when idle past the interval. Returns the work done.
+    pub fn poll(
+        &mut self,
+        inbound: &mut rtrb::Consumer<Inbound>,
+        outcomes: &mut rtrb::Producer<Outcome>,
+        now_ns: u64,
+    ) -> io::Result<usize> {
+        if self.ended {
+            return Ok(0);
+        }
+        let room = outcomes.slots().min(self.config.batch_messages_max);
+        let waiting = inbound.slots();
+        if room == 0 {
+            if waiting > 0 {
+                self.counters.ack_ring_full.increment();
+            }
+            return Ok(0);
+        }
+        let take = waiting.min(room);
+        if take == 0 {
+            self.journal.sync_if_due(now_ns)?;
+            if now_ns.saturating_sub(self.last_send_ns) >= self.config.heartbeat_interval_ns {
+                self.heartbeat(now_ns);
+                return Ok(1);
+            }
+            return Ok(0);
+        }
+        let chunk = inbound
+            .read_chunk(take)
+            .expect("read_chunk of at most slots() cannot fail");
+        let (first, second) = chunk.as_slices();
+        for message in first.iter().chain(second.iter()) {
+            self.sequence_inbound(message, now_ns)?;
+        }
+        chunk.commit_all();
+        self.flush(now_ns)?;
+        self.counters.batches.increment();
+        for outcome in self.pending.drain(..) {
+            // Room was checked above; a failure here is a bug.
+            outcomes
+                .push(outcome)
+                .expect("outcome ring has the room checked before the batch");
+        }
+        Ok(take)
+    }
+
+    /// Ends the session: sequences `S(C)`, flushes, writes the journal's
+    /// end-of-session marker and publishes the MoldUDP64 end-of-session
+    /// packet. Nothing is sequenced after this.
+    pub fn end_session(&mut self, now_ns: u64) -> io::Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        self.sequence_system_event(system_code::END_OF_SESSION, now_ns)?;
+        self.flush(now_ns)?;
+        self.journal.end_session()?;
+        let len = mold::write_end_of_session(&mut self.packet, self.config.session, self.next_seq);
+        self.send(len, now_ns);
+        self.ended = true;
+        Ok(())
+    }
+
+    /// Flushes what is pending and syncs the journal (shutdown).
+    pub fn shutdown(&mut self, now_ns: u64) -> io::Result<()> {
+        self.flush(now_ns)?;
+        self.journal.sync()
+    }
+
+    fn sequence_inbound(&mut self, inbound: &Inbound, now_ns: u64) -> io::Result<()> {
+        let origin = inbound.origin;
+        let last = self.last_client_seq[usize::from(origin)];
+        let kind = if inbound.client_seq <= last {
+            self.counters.duplicates_dropped.increment();
+            Some(OutcomeKind::Duplicate)
+        } else if inbound.client_seq != last.wrapping_add(1) {
+            self.counters.skipped_ahead.increment();
+            Some(OutcomeKind::SkippedAhead)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            self.pending.push(Outcome {
+                origin,
+                client_seq: inbound.client_seq,
+                stream_seq: 0,
+                timestamp_ns: 0,
+                kind,
+            });
+            return Ok(());
+        }
+        let seq = self.append(inbound.message(), now_ns)?;
+        self.last_client_seq[usize::from(origin)] = inbound.client_seq;
+        let kind = if inbound.reject_reason == 0 {
+            OutcomeKind::Accepted
+        } else {
+            self.counters.gateway_rejects.increment();
+            OutcomeKind::Rejected {
+                reason: inbound.reject_reason,
+            }
+        };
+        self.pending.push(Outcome {
+            origin,
+            client_seq: inbound.client_seq,
+            stream_seq: seq,
+            timestamp_ns: now_ns,
+            kind,
+        });
+        Ok(())
+    }
+
+    fn sequence_system_event(&mut self, code: u8, now_ns: u64) -> io::Result<u64> {
+        let client_seq = self.last_client_seq[0] + 1;
+        let event = SystemEvent::new(code).with_client_seq(client_seq);
+        self.last_client_seq[0] = client_seq;
+        self.append(event.as_bytes(), now_ns)
+    }
+
+    /// Appends one message to the open packet (flushing a full one first),
+    /// stamping its timestamp. Returns its sequence number.
+    fn append(&mut self, message: &[u8], now_ns: u64) -> io::Result<u64> {
+        if self.packet_len + 2 + message.len() > self.config.payload_limit_bytes
+            || self.packet_count == u16::MAX - 1
+        {
+            self.flush(now_ns)?;
+        }
+        if self.packet_count == 0 {
+            self.packet_first_seq = self.next_seq;
+        }
+        let start = self.packet_len;
+        let block = &mut self.packet[start..start + 2 + message.len()];
+        block[..2].copy_from_slice(&(message.len() as u16).to_be_bytes());
+        block[2..].copy_from_slice(message);
+        if let Some(header) = header_mut(&mut block[2..]) {
+            header.timestamp_ns = now_ns.into();
+        }
+        self.packet_len += 2 + message.len();
+        self.packet_count += 1;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Journals, then publishes, the open packet.
+    fn flush(&mut self, now_ns: u64) -> io::Result<()> {
+        if self.packet_count == 0 {
+            return Ok(());
+        }
+        let header = MoldHeader::new(self.config.session, self.packet_first_seq, self.packet_count);
+        self.packet[..MoldHeader::SIZE].copy_from_slice(header.as_bytes());
+        self.journal.append(
+            self.packet_first_seq,
+            self.packet_count,
+            &self.packet[MoldHeader::SIZE..self.packet_len],
+            now_ns,
+        )?;
+        self.counters
+            .messages_sequenced
+            .add(u64::from(self.packet_count));
+        self.counters.next_seq.set(self.next_seq);
+        let len = self.packet_len;
+        self.send(len, now_ns);
+        self.packet_len = MoldHeader::SIZE;
+        self.packet_count = 0;
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, now_ns: u64) {
+        debug_assert_eq!(self.packet_count, 0);
+        let len = mold::write_heartbeat(&mut self.packet, self.config.session, self.next_seq);
+        self.send(len, now_ns);
+        self.counters.heartbeats_sent.increment();
+    }
+
+    fn send(&mut self, len: usize, now_ns: u64) {
+        match self.publisher.publish(&self.packet[..len]) {
+            Ok(()) => {
+                self.counters.packets_sent.increment();
+                self.counters.bytes_sent.add(len as u64);
+            }
+            Err(_) => self.counters.send_errors.increment(),
+        }
+        self.last_send_ns = now_ns;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_runtime::counters::CounterFile;
+    use tally_wire::mold::MoldPacket;
+    use tally_wire::{Message, Order};
+
+    #[derive(Default)]
+    struct RecordingJournal {
+        records: Vec<(u64, u16, Vec<u8>)>,
+        ended: bool,
+    }
+
+    impl Journal for RecordingJournal {
+        fn append(&mut self, first_seq: u64, count: u16, blocks: &[u8], _: u64) -> io::Result<()> {
+            self.records.push((first_seq, count, blocks.to_vec()));
+            Ok(())
+        }
+        fn sync_if_due(&mut self, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn end_session(&mut self) -> io::Result<()> {
+            self.ended = true;
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct RecordingPublisher {
+        packets: Vec<Vec<u8>>,
+    }
+
+    impl Publisher for RecordingPublisher {
+        fn publish(&mut self, packet: &[u8]) -> io::Result<()> {
+            self.packets.push(packet.to_vec());
+            Ok(())
+        }
+    }
+
+    type Core = SequencerCore<RecordingJournal, RecordingPublisher>;
+
+    fn core(payload_limit_bytes: usize) -> (Core, CounterFile) {
+        let file = CounterFile::in_memory(CoreCounters::NAMES);
+        let config = CoreConfig {
+            session: Session::from_str("TEST").unwrap(),
+            payload_limit_bytes,
+            heartbeat_interval_ns: 1_000_000_000,
+            batch_messages_max: 1024,
+        };
+        let core = SequencerCore::new(
+            config,
+            RecordingJournal::default(),
+            RecordingPublisher::default(),
+            1,
+            &[],
+            CoreCounters::from_file(&file, 0),
+        );
+        (core, file)
+    }
+
+    fn order(origin: u16, client_seq: u32) -> Inbound {
+        let message = Order::new(u64::from(client_seq), 1, 7, 2)
+            .with_origin(origin)
+            .with_client_seq(client_seq);
+        Inbound::new(origin, client_seq, 0, message.as_bytes())
+    }
+
+    /// Every (seq, message) published, in packet order.
+    fn stream(core: &mut Core) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for packet in &core.publisher_mut().packets {
+            let packet = MoldPacket::parse(packet).unwrap();
+            for (seq, message) in packet.messages() {
+                out.push((seq, message.to_vec()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn new_stream_starts_with_start_of_session() {
+        let (mut core, _) = core(1400);
+        core.start(5).unwrap();
+        let stream = stream(&mut core);
+        assert_eq!(stream.len(), 1);
+        match Message::parse(&stream[0].1).unwrap() {
+            Message::SystemEvent(event) => {
+                assert_eq!(event.code, system_code::START_OF_SESSION);
+                assert_eq!(event.header.origin.get(), 0);
+                assert_eq!(event.header.client_seq.get(), 1);
+                assert_eq!(event.header.timestamp_ns.get(), 5);
+            }
+            other => panic!("expected S, got {other:?}"),
+        }
+        assert_eq!(core.next_seq(), 2);
+    }
+
+    #[test]
+    fn burst_fills_packets_in_order_and_acks_after_journal() {
+        let (mut core, counters) = core(400);
+        core.start(1).unwrap();
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(4096);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(4096);
+        for client_seq in 1..=1000 {
+            to_core.push(order(9, client_seq)).unwrap();
+        }
+        let mut done = 0;
+        while done < 1000 {
+            done += core.poll(&mut inbound, &mut outcomes, 100).unwrap();
+        }
+        let stream = stream(&mut core);
+        assert_eq!(stream.len(), 1001);
+        for (index, (seq, message)) in stream.iter().enumerate() {
+            assert_eq!(*seq, index as u64 + 1);
+            if index > 0 {
+                let header = Message::parse(message).unwrap().header();
+                assert_eq!(header.client_seq.get(), index as u32);
+                assert_eq!(header.origin.get(), 9);
+                assert_eq!(header.timestamp_ns.get(), 100);
+            }
+        }
+        // Packets respect the limit and are as full as the limit allows.
+        let packets = &core.publisher_mut().packets;
+        assert!(packets.iter().all(|p| p.len() <= 400));
+        let per_packet = (400 - 20) / (2 + Order::SIZE);
+        assert_eq!(packets.len(), 1 + 1000_usize.div_ceil(per_packet));
+        // The journal holds exactly what was published.
+        let journal = core.journal_mut().records.clone();
+        let packets = core.publisher_mut().packets.clone();
+        assert_eq!(journal.len(), packets.len());
+        for ((first_seq, count, blocks), packet) in journal.iter().zip(&packets) {
+            let parsed = MoldPacket::parse(packet).unwrap();
+            assert_eq!(*first_seq, parsed.sequence());
+            assert_eq!(*count, parsed.count());
+            assert_eq!(blocks.as_slice(), &packet[20..]);
+        }
+        for client_seq in 1..=1000u32 {
+            let outcome = from_core.pop().unwrap();
+            assert_eq!(outcome.client_seq, client_seq);
+            assert_eq!(outcome.stream_seq, u64::from(client_seq) + 1);
+            assert_eq!(outcome.kind, OutcomeKind::Accepted);
+        }
+        assert_eq!(counters.counter(0).get(), 1001);
+    }
+
+    #[test]
+    fn lone_message_goes_out_at_once() {
+        let (mut core, _) = core(1400);
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(16);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(16);
+        to_core.push(order(3, 1)).unwrap();
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 7).unwrap(), 1);
+        assert_eq!(core.publisher_mut().packets.len(), 1);
+        assert_eq!(from_core.pop().unwrap().stream_seq, 1);
+    }
+
+    #[test]
+    fn duplicates_and_skips_are_not_sequenced() {
+        let (mut core, _) = core(1400);
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(16);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(16);
+        for inbound in [order(3, 1), order(3, 1), order(3, 3), order(3, 2)] {
+            to_core.push(inbound).unwrap();
+        }
+        core.poll(&mut inbound, &mut outcomes, 7).unwrap();
+        let kinds: Vec<_> = std::iter::from_fn(|| from_core.pop().ok()).map(|o| (o.client_seq, o.kind, o.stream_seq)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, OutcomeKind::Accepted, 1),
+                (1, OutcomeKind::Duplicate, 0),
+                (3, OutcomeKind::SkippedAhead, 0),
+                (2, OutcomeKind::Accepted, 2),
+            ]
+        );
+        assert_eq!(stream(&mut core).len(), 2);
+        assert_eq!(core.last_client_seq(3), 2);
+    }
+
+    #[test]
+    fn gateway_reject_is_sequenced_and_answered_rejected() {
+        let (mut core, _) = core(1400);
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(16);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(16);
+        let reject = tally_wire::GatewayReject::new(b'P').with_origin(4).with_client_seq(1);
+        to_core.push(Inbound::new(4, 1, b'P', reject.as_bytes())).unwrap();
+        core.poll(&mut inbound, &mut outcomes, 7).unwrap();
+        let outcome = from_core.pop().unwrap();
+        assert_eq!(outcome.kind, OutcomeKind::Rejected { reason: b'P' });
+        assert_eq!(outcome.stream_seq, 1);
+        assert!(matches!(Message::parse(&stream(&mut core)[0].1).unwrap(), Message::GatewayReject(_)));
+    }
+
+    #[test]
+    fn full_outcome_ring_holds_input_back() {
+        let (mut core, counters) = core(1400);
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(16);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(2);
+        for client_seq in 1..=5 {
+            to_core.push(order(3, client_seq)).unwrap();
+        }
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 7).unwrap(), 2);
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 7).unwrap(), 0);
+        assert_eq!(counters.counter(8).get(), 1);
+        from_core.pop().unwrap();
+        from_core.pop().unwrap();
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 7).unwrap(), 2);
+        assert_eq!(inbound.slots(), 1);
+    }
+
+    #[test]
+    fn heartbeat_after_idle_interval_carries_next_seq() {
+        let (mut core, _) = core(1400);
+        core.start(0).unwrap();
+        let (_to_core, mut inbound) = rtrb::RingBuffer::<Inbound>::new(16);
+        let (mut outcomes, _from_core) = rtrb::RingBuffer::new(16);
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 999_999_999).unwrap(), 0);
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 1_000_000_000).unwrap(), 1);
+        let packet = MoldPacket::parse(core.publisher_mut().packets.last().unwrap()).unwrap();
+        assert_eq!(packet.kind(), tally_wire::mold::PacketKind::Heartbeat);
+        assert_eq!(packet.sequence(), 2);
+    }
+
+    #[test]
+    fn end_session_sequences_event_then_end_packet() {
+        let (mut core, _) = core(1400);
+        core.start(0).unwrap();
+        core.end_session(10).unwrap();
+        assert!(core.journal_mut().ended);
+        let packets = &core.publisher_mut().packets;
+        let last = MoldPacket::parse(packets.last().unwrap()).unwrap();
+        assert_eq!(last.kind(), tally_wire::mold::PacketKind::EndOfSession);
+        assert_eq!(last.sequence(), 3);
+        let stream = stream(&mut core);
+        match Message::parse(&stream[1].1).unwrap() {
+            Message::SystemEvent(event) => assert_eq!(event.code, system_code::END_OF_SESSION),
+            other => panic!("expected S(C), got {other:?}"),
+        }
+    }
+}
