@@ -6,4 +6,14 @@
 //! Threading contract: one gateway loop per thread, owning its listener and
 //! sessions; it never blocks on the sequencer.
 
+pub mod auth;
+pub mod config;
+pub mod counters;
 pub mod link;
+pub mod session;
+
+pub use auth::{AuthRequest, AuthResult, AuthThread, Authenticator, InlineAuthenticator};
+pub use config::{hash_password, verify_password, ClientEntry, ConfigError, GatewayConfig, Role};
+pub use counters::GatewayCounters;
+pub use link::{Inbound, Outcome, OutcomeKind};
+pub use session::{AckRecord, ClientRecovery, GatewayCore, GatewayIo, RecoveryError, SlotId};

@@ -1,0 +1,566 @@
+//! The gateway's typed configuration: listen address, stream session, the
+//! clients that may log in (with their roles and password hashes), and every
+//! limit the gateway enforces.
+//!
+//! Built once at start-up by the binary (from its TOML file), checked with
+//! [`GatewayConfig::validate`], then passed by reference. Nothing here runs on
+//! the hot path.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use tally_wire::ack;
+use tally_wire::mold::Session;
+use tally_wire::soup;
+
+/// What a logged-in client may put on the stream (DESIGN.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A till or web shop: orders and holds (`O M X V C K`).
+    Pos,
+    /// Back office: transfers, recounts and adjustments (`T Q P`).
+    Ops,
+    /// The warehouse: every event (`R L I D H E J S`) and every command.
+    Authority,
+    /// The replay feed only; may not log in to the gateway at all.
+    Reader,
+}
+
+impl Role {
+    /// Every role, in the order of [`Role::NAMES`].
+    pub const ALL: [Role; 4] = [Role::Pos, Role::Ops, Role::Authority, Role::Reader];
+
+    /// The names [`FromStr`] accepts and [`fmt::Display`] writes.
+    pub const NAMES: [&'static str; 4] = ["pos", "ops", "authority", "reader"];
+
+    /// Whether a client with this role may submit a stream message of type
+    /// `msg_type` through the gateway. Nobody may submit `j` (gateway reject):
+    /// only the appliance writes it. A `reader` may submit nothing.
+    #[inline]
+    pub fn permits(self, msg_type: u8) -> bool {
+        const POS: &[u8] = b"OMXVCK";
+        const OPS: &[u8] = b"TQP";
+        const EVENTS: &[u8] = b"RLIDHEJS";
+        match self {
+            Role::Pos => POS.contains(&msg_type),
+            Role::Ops => OPS.contains(&msg_type),
+            Role::Authority => {
+                POS.contains(&msg_type) || OPS.contains(&msg_type) || EVENTS.contains(&msg_type)
+            }
+            Role::Reader => false,
+        }
+    }
+
+    /// Whether this role may log in to the order-entry gateway.
+    #[inline]
+    pub fn may_use_gateway(self) -> bool {
+        !matches!(self, Role::Reader)
+    }
+
+    /// The configuration name of this role.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Pos => "pos",
+            Role::Ops => "ops",
+            Role::Authority => "authority",
+            Role::Reader => "reader",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a string is not a [`Role`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseRoleError {
+    input: String,
+}
+
+impl fmt::Display for ParseRoleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown role {:?}; expected one of pos, ops, authority, reader",
+            self.input
+        )
+    }
+}
+
+impl std::error::Error for ParseRoleError {}
+
+impl FromStr for Role {
+    type Err = ParseRoleError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.name() == input)
+            .ok_or_else(|| ParseRoleError {
+                input: input.to_owned(),
+            })
+    }
+}
+
+/// One client that may log in: the login name, the hash of its password, the
+/// client id the gateway stamps as `origin` on everything it submits, and its
+/// role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientEntry {
+    /// Login name: 1 to 6 printable ASCII characters, no spaces.
+    pub username: String,
+    /// An argon2 PHC string (`$argon2id$v=19$…`), from [`hash_password`].
+    pub password_hash: String,
+    /// The client id, stamped as `origin`; at least 1 (0 is the appliance).
+    pub client_id: u16,
+    /// What the client may submit.
+    pub role: Role,
+}
+
+/// Everything the gateway needs, validated by [`GatewayConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Address the SoupBinTCP listener binds.
+    pub listen: SocketAddr,
+    /// The current stream session; a login naming another (non-blank) one is
+    /// rejected `S`.
+    pub session: Session,
+    /// The clients that may log in.
+    pub clients: Vec<ClientEntry>,
+    /// Connections served at once (logged in or not); more are closed at accept.
+    pub max_sessions: usize,
+    /// Largest SoupBinTCP frame accepted (type byte + payload), in bytes; a
+    /// longer one is a protocol error. At least the 47 bytes of a login.
+    pub max_frame_bytes: usize,
+    /// Send a heartbeat to a session after this long without sending to it.
+    pub heartbeat_interval_ns: u64,
+    /// Drop a session after this long without receiving anything from it.
+    pub peer_timeout_ns: u64,
+    /// Sustained rate of `U` messages one session may submit, per second.
+    pub rate_limit_per_sec: u32,
+    /// Messages a session may submit back to back above the sustained rate.
+    pub rate_burst: u32,
+    /// Acks remembered per client for replay on a resuming login.
+    pub ack_history_per_client: usize,
+    /// Kernel receive buffer per connection (`SO_RCVBUF`), in bytes.
+    pub recv_buffer_bytes: usize,
+    /// Send buffer per connection, in bytes; a send that does not fit closes
+    /// the connection (slow client). Must hold a full ack replay.
+    pub send_buffer_bytes: usize,
+    /// Login requests waiting for (or answered by) the password-checking
+    /// thread at once; a login beyond this is rejected `A` and counted.
+    pub auth_queue_depth: usize,
+}
+
+impl GatewayConfig {
+    /// Default connection limit.
+    pub const DEFAULT_MAX_SESSIONS: usize = 64;
+    /// Default frame limit: room for every packet a client needs, with slack.
+    pub const DEFAULT_MAX_FRAME_BYTES: usize = 256;
+    /// Default heartbeat interval: 1 s (DESIGN.md §4).
+    pub const DEFAULT_HEARTBEAT_INTERVAL_NS: u64 = 1_000_000_000;
+    /// Default peer timeout: 15 s (DESIGN.md §4).
+    pub const DEFAULT_PEER_TIMEOUT_NS: u64 = 15_000_000_000;
+    /// Default per-session sustained rate, messages per second.
+    pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 1_000_000;
+    /// Default per-session burst, messages.
+    pub const DEFAULT_RATE_BURST: u32 = 100_000;
+    /// Default acks remembered per client.
+    pub const DEFAULT_ACK_HISTORY_PER_CLIENT: usize = 4096;
+    /// Default kernel receive buffer per connection.
+    pub const DEFAULT_RECV_BUFFER_BYTES: usize = 256 * 1024;
+    /// Default send buffer per connection.
+    pub const DEFAULT_SEND_BUFFER_BYTES: usize = 256 * 1024;
+    /// Default depth of the password-checking queue.
+    pub const DEFAULT_AUTH_QUEUE_DEPTH: usize = 64;
+
+    /// Bytes one ack takes on the wire: a sequenced-data frame holding the
+    /// larger ack (`k`).
+    pub const ACK_FRAME_BYTES: usize = soup::LENGTH_PREFIX_SIZE + 1 + ack::Accepted::SIZE;
+
+    /// A configuration with every limit at its default.
+    pub fn new(listen: SocketAddr, session: Session, clients: Vec<ClientEntry>) -> Self {
+        GatewayConfig {
+            listen,
+            session,
+            clients,
+            max_sessions: Self::DEFAULT_MAX_SESSIONS,
+            max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
+            heartbeat_interval_ns: Self::DEFAULT_HEARTBEAT_INTERVAL_NS,
+            peer_timeout_ns: Self::DEFAULT_PEER_TIMEOUT_NS,
+            rate_limit_per_sec: Self::DEFAULT_RATE_LIMIT_PER_SEC,
+            rate_burst: Self::DEFAULT_RATE_BURST,
+            ack_history_per_client: Self::DEFAULT_ACK_HISTORY_PER_CLIENT,
+            recv_buffer_bytes: Self::DEFAULT_RECV_BUFFER_BYTES,
+            send_buffer_bytes: Self::DEFAULT_SEND_BUFFER_BYTES,
+            auth_queue_depth: Self::DEFAULT_AUTH_QUEUE_DEPTH,
+        }
+    }
+
+    /// Bytes a login that resumes from the oldest remembered ack sends at
+    /// once: login accepted, a debug line, and the whole ack history.
+    pub fn replay_bytes_max(&self) -> usize {
+        let login_accepted = soup::LENGTH_PREFIX_SIZE + 1 + soup::LOGIN_ACCEPTED_PAYLOAD;
+        let debug = soup::LENGTH_PREFIX_SIZE + 1 + crate::session::DEBUG_TEXT_BYTES_MAX;
+        login_accepted + debug + self.ack_history_per_client * Self::ACK_FRAME_BYTES
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.session.is_blank() {
+            return Err(ConfigError::new("session", "must not be blank"));
+        }
+        if self.clients.is_empty() {
+            return Err(ConfigError::new("clients", "must name at least one client"));
+        }
+        if self.clients.len() > usize::from(u16::MAX) {
+            return Err(ConfigError::new("clients", "at most 65535 clients"));
+        }
+        for (index, client) in self.clients.iter().enumerate() {
+            client.validate(index)?;
+            for (other_index, other) in self.clients[..index].iter().enumerate() {
+                if other.username == client.username {
+                    return Err(ConfigError::new(
+                        format!("clients[{index}].username"),
+                        format!(
+                            "{:?} is also the username of clients[{other_index}]",
+                            client.username
+                        ),
+                    ));
+                }
+                if other.client_id == client.client_id {
+                    return Err(ConfigError::new(
+                        format!("clients[{index}].client_id"),
+                        format!(
+                            "{} is also the client_id of clients[{other_index}]",
+                            client.client_id
+                        ),
+                    ));
+                }
+            }
+        }
+        if !(1..=65_535).contains(&self.max_sessions) {
+            return Err(ConfigError::new("max_sessions", "must be 1..=65535"));
+        }
+        let login_frame = 1 + soup::LOGIN_REQUEST_PAYLOAD;
+        if !(login_frame..=soup::MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
+            return Err(ConfigError::new(
+                "max_frame_bytes",
+                format!(
+                    "must be {login_frame}..={} (a login request is {login_frame} bytes)",
+                    soup::MAX_FRAME_BYTES
+                ),
+            ));
+        }
+        if self.heartbeat_interval_ns == 0 {
+            return Err(ConfigError::new("heartbeat_interval_ns", "must be above 0"));
+        }
+        if self.peer_timeout_ns <= self.heartbeat_interval_ns {
+            return Err(ConfigError::new(
+                "peer_timeout_ns",
+                "must be longer than heartbeat_interval_ns",
+            ));
+        }
+        if self.rate_limit_per_sec == 0 || self.rate_limit_per_sec > 1_000_000_000 {
+            return Err(ConfigError::new(
+                "rate_limit_per_sec",
+                "must be 1..=1000000000",
+            ));
+        }
+        if self.rate_burst == 0 {
+            return Err(ConfigError::new("rate_burst", "must be at least 1"));
+        }
+        if self.ack_history_per_client == 0 || self.ack_history_per_client > 1 << 24 {
+            return Err(ConfigError::new(
+                "ack_history_per_client",
+                "must be 1..=16777216",
+            ));
+        }
+        if self.recv_buffer_bytes < soup::LENGTH_PREFIX_SIZE + self.max_frame_bytes {
+            return Err(ConfigError::new(
+                "recv_buffer_bytes",
+                "must hold at least one frame of max_frame_bytes",
+            ));
+        }
+        if self.send_buffer_bytes < self.replay_bytes_max() {
+            return Err(ConfigError::new(
+                "send_buffer_bytes",
+                format!(
+                    "must hold a full ack replay: at least {} bytes for ack_history_per_client = {}",
+                    self.replay_bytes_max(),
+                    self.ack_history_per_client
+                ),
+            ));
+        }
+        if self.auth_queue_depth == 0 {
+            return Err(ConfigError::new("auth_queue_depth", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl ClientEntry {
+    fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("clients[{index}].{name}");
+        let name = &self.username;
+        if name.is_empty() || name.len() > soup::USERNAME_SIZE {
+            return Err(ConfigError::new(
+                field("username"),
+                format!("{name:?} must be 1 to 6 characters"),
+            ));
+        }
+        if !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                field("username"),
+                format!("{name:?} must be printable ASCII without spaces"),
+            ));
+        }
+        if let Err(error) = parse_argon2_hash(&self.password_hash) {
+            return Err(ConfigError::new(field("password_hash"), error));
+        }
+        if self.client_id == 0 {
+            return Err(ConfigError::new(
+                field("client_id"),
+                "must be at least 1 (0 is the appliance itself)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A configuration value that is not acceptable: names the field (e.g.
+/// `clients[2].password_hash`) and says why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The field, as named in the configuration.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "gateway configuration: {}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Longest password a SoupBinTCP login can carry, in bytes.
+pub const PASSWORD_BYTES_MAX: usize = soup::PASSWORD_SIZE;
+
+/// Whether `password` can be typed into a SoupBinTCP login: 1 to 10 printable
+/// ASCII characters, not ending in a space (the field is space-padded).
+pub fn password_fits_login(password: &str) -> bool {
+    !password.is_empty()
+        && password.len() <= PASSWORD_BYTES_MAX
+        && password.bytes().all(|b| (b' '..=b'~').contains(&b))
+        && !password.ends_with(' ')
+}
+
+/// Hashes `password` with argon2id (default parameters) and a fresh random
+/// salt; returns the PHC string the configuration stores. Takes tens of
+/// milliseconds: never call it on a loop thread. A password a login can
+/// carry is at most 10 characters ([`password_fits_login`]).
+pub fn hash_password(password: &str) -> String {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .expect("argon2id with default parameters and a random salt cannot fail")
+        .to_string()
+}
+
+/// Whether `password` matches the PHC string `password_hash`. False for a
+/// hash that does not parse. Takes tens of milliseconds: never call it on a
+/// loop thread (the gateway calls it on its auth thread).
+pub fn verify_password(password: &[u8], password_hash: &str) -> bool {
+    match PasswordHash::new(password_hash) {
+        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn parse_argon2_hash(password_hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(password_hash)
+        .map_err(|e| format!("not a PHC password hash string ({e})"))?;
+    let algorithm = parsed.algorithm.as_str();
+    if !matches!(algorithm, "argon2id" | "argon2i" | "argon2d") {
+        return Err(format!(
+            "algorithm {algorithm:?} is not argon2 (make one with `tally-sequencer hash-password`)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL_TYPES: &[u8] = b"OMXVCKTQPRLIDHEJSj";
+
+    fn permitted(role: Role) -> Vec<u8> {
+        (0..=255u8).filter(|&t| role.permits(t)).collect()
+    }
+
+    #[test]
+    fn roles_permit_exactly_the_design_table() {
+        let mut pos = b"OMXVCK".to_vec();
+        pos.sort_unstable();
+        assert_eq!(permitted(Role::Pos), pos);
+        let mut ops = b"TQP".to_vec();
+        ops.sort_unstable();
+        assert_eq!(permitted(Role::Ops), ops);
+        let mut authority = b"OMXVCKTQPRLIDHEJS".to_vec();
+        authority.sort_unstable();
+        assert_eq!(permitted(Role::Authority), authority);
+        assert!(permitted(Role::Reader).is_empty());
+        for role in Role::ALL {
+            assert!(!role.permits(b'j'), "{role} must not send j");
+        }
+        assert!(ALL_TYPES
+            .iter()
+            .all(|&t| Role::Authority.permits(t) || t == b'j'));
+        assert!(!Role::Reader.may_use_gateway());
+        assert!(Role::Pos.may_use_gateway());
+    }
+
+    #[test]
+    fn role_names_round_trip_and_bad_names_list_the_choices() {
+        for (role, name) in Role::ALL.into_iter().zip(Role::NAMES) {
+            assert_eq!(name.parse::<Role>(), Ok(role));
+            assert_eq!(role.to_string(), name);
+        }
+        let error = "Pos".parse::<Role>().unwrap_err().to_string();
+        assert!(error.contains("pos, ops, authority, reader"), "{error}");
+    }
+
+    // One hash for every test in this module: argon2 takes tens of ms.
+    fn hash() -> &'static str {
+        static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        HASH.get_or_init(|| hash_password("secret"))
+    }
+
+    fn valid() -> GatewayConfig {
+        GatewayConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Session::from_str("DAY1").unwrap(),
+            vec![
+                ClientEntry {
+                    username: "till1".into(),
+                    password_hash: hash().into(),
+                    client_id: 1,
+                    role: Role::Pos,
+                },
+                ClientEntry {
+                    username: "wh".into(),
+                    password_hash: hash().into(),
+                    client_id: 7,
+                    role: Role::Authority,
+                },
+            ],
+        )
+    }
+
+    #[test]
+    fn hash_verifies_the_right_password_only() {
+        assert!(hash().starts_with("$argon2id$"));
+        assert!(verify_password(b"secret", hash()));
+        assert!(!verify_password(b"Secret", hash()));
+        assert!(!verify_password(b"secret", "not a hash"));
+        // A fresh salt every time.
+        assert_ne!(hash_password("secret"), hash());
+    }
+
+    #[test]
+    fn password_fit_follows_the_login_field() {
+        assert!(password_fits_login("secret"));
+        assert!(password_fits_login("0123456789"));
+        assert!(!password_fits_login(""));
+        assert!(!password_fits_login("01234567890"));
+        assert!(!password_fits_login("trailing "));
+        assert!(!password_fits_login("tab\there"));
+    }
+
+    #[test]
+    fn the_defaults_validate() {
+        valid().validate().unwrap();
+    }
+
+    fn bad_field(change: impl FnOnce(&mut GatewayConfig)) -> String {
+        let mut config = valid();
+        change(&mut config);
+        let error = config.validate().unwrap_err();
+        assert!(error.to_string().contains(&error.field));
+        error.field
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        assert_eq!(bad_field(|c| c.session = Session::BLANK), "session");
+        assert_eq!(bad_field(|c| c.clients.clear()), "clients");
+        assert_eq!(
+            bad_field(|c| c.clients[1].username = "toolong".into()),
+            "clients[1].username"
+        );
+        assert_eq!(
+            bad_field(|c| c.clients[0].username = "a b".into()),
+            "clients[0].username"
+        );
+        assert_eq!(
+            bad_field(|c| c.clients[1].username = "till1".into()),
+            "clients[1].username"
+        );
+        assert_eq!(
+            bad_field(|c| c.clients[1].password_hash = "secret".into()),
+            "clients[1].password_hash"
+        );
+        assert_eq!(
+            bad_field(|c| c.clients[0].client_id = 0),
+            "clients[0].client_id"
+        );
+        assert_eq!(
+            bad_field(|c| c.clients[1].client_id = 1),
+            "clients[1].client_id"
+        );
+        assert_eq!(bad_field(|c| c.max_sessions = 0), "max_sessions");
+        assert_eq!(bad_field(|c| c.max_frame_bytes = 46), "max_frame_bytes");
+        assert_eq!(bad_field(|c| c.max_frame_bytes = 65_536), "max_frame_bytes");
+        assert_eq!(
+            bad_field(|c| c.heartbeat_interval_ns = 0),
+            "heartbeat_interval_ns"
+        );
+        assert_eq!(
+            bad_field(|c| c.peer_timeout_ns = c.heartbeat_interval_ns),
+            "peer_timeout_ns"
+        );
+        assert_eq!(
+            bad_field(|c| c.rate_limit_per_sec = 0),
+            "rate_limit_per_sec"
+        );
+        assert_eq!(bad_field(|c| c.rate_burst = 0), "rate_burst");
+        assert_eq!(
+            bad_field(|c| c.ack_history_per_client = 0),
+            "ack_history_per_client"
+        );
+        assert_eq!(bad_field(|c| c.recv_buffer_bytes = 10), "recv_buffer_bytes");
+        assert_eq!(
+            bad_field(|c| c.send_buffer_bytes = c.replay_bytes_max() - 1),
+            "send_buffer_bytes"
+        );
+        assert_eq!(bad_field(|c| c.auth_queue_depth = 0), "auth_queue_depth");
+    }
+}

@@ -1,0 +1,1273 @@
+//! The deterministic gateway core: every SoupBinTCP session rule of
+//! DESIGN.md §4, with no I/O and no clock.
+//!
+//! [`GatewayCore`] is a state machine driven by the gateway loop (or a test):
+//! it is told about accepted connections, received bytes, password-check
+//! results, sequencer outcomes and the time (`now_ns`, passed in), and acts
+//! through a [`GatewayIo`] it is handed on every call: send bytes, close a
+//! connection, forward an [`Inbound`] to the sequencer, queue a password
+//! check. Everything it needs is allocated in [`GatewayCore::new`]; nothing on
+//! the message path allocates, locks or logs (problems are counted in
+//! [`GatewayCounters`]).
+//!
+//! # Connections and clients
+//!
+//! A connection lives in a slot ([`SlotId`], at most `max_sessions`) and goes
+//! `AwaitingLogin → Authenticating → AwaitingAcks → LoggedIn → Closing`
+//! ([`ConnectionState`]). A *client* (a configured username) has state that
+//! outlives its connections: the last client_seq forwarded and sequenced, the
+//! commands in flight to the sequencer, a ring of its last acks, and its live
+//! connection, if any. A new login for a client replaces the old connection.
+//!
+//! # Exactly-once
+//!
+//! Login Accepted carries `last sequenced client_seq + 1`, and is sent only
+//! once none of the client's commands are in flight to the sequencer (so the
+//! number is final). A `U` whose client_seq was already forwarded is dropped
+//! and counted; one that skips ahead is a protocol error. Every other `U` is
+//! forwarded: as is when valid, as a `j` gateway reject when not, and each
+//! gets exactly one ack when its outcome returns.
+//!
+//! # Order of a resuming login's packets
+//!
+//! Login Accepted first (SoupBinTCP requires it to be the first packet), then,
+//! if the requested sequence number is below `next`, the remembered acks from
+//! there to `next − 1`, oldest first (preceded by a debug line when the
+//! history no longer reaches back that far), then live acks.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Write as _;
+
+use tally_wire::ack::{Accepted, Rejected};
+use tally_wire::mold::Session;
+use tally_wire::soup::{self, login_reject, ClientPacket, FrameDecoder};
+use tally_wire::{message_size, reject_reason, GatewayReject, Header};
+
+use crate::auth::{AuthRequest, AuthResult};
+use crate::config::{GatewayConfig, Role};
+use crate::counters::GatewayCounters;
+use crate::link::{Inbound, Outcome, OutcomeKind, INBOUND_MESSAGE_BYTES_MAX};
+
+/// Reject reason the gateway adds to DESIGN.md's list: the message was over
+/// the session's rate limit (`j` with reason `R`). Answered, never dropped.
+pub const RATE_LIMITED: u8 = b'R';
+
+/// Longest debug (`+`) text the gateway sends, in bytes; longer texts are cut.
+pub const DEBUG_TEXT_BYTES_MAX: usize = 160;
+
+/// Frames one connection may have handled per [`GatewayCore::service`] call
+/// before the others get their turn.
+pub const FRAMES_PER_SLOT_PER_SERVICE: usize = 64;
+
+/// Largest frame the gateway itself sends: a debug packet.
+const OUT_FRAME_BYTES_MAX: usize = soup::LENGTH_PREFIX_SIZE + 1 + DEBUG_TEXT_BYTES_MAX;
+
+/// A connection slot of the core, `0..max_sessions`. The loop maps it to its
+/// transport's connection id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotId(u32);
+
+impl SlotId {
+    /// The slot numbered `index`.
+    pub const fn new(index: u32) -> Self {
+        SlotId(index)
+    }
+
+    /// The slot's index, `0..max_sessions`.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Why a send did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection's send buffer cannot take the bytes: a slow client.
+    Full,
+    /// The connection is already closed.
+    Closed,
+}
+
+/// What the core can do to the world. The loop implements it over its TCP
+/// server and rings; tests implement it with vectors.
+pub trait GatewayIo {
+    /// Queues `bytes` (one or more whole frames) on the connection in `slot`.
+    /// Must not block: a full send buffer is [`SendError::Full`].
+    fn send(&mut self, slot: SlotId, bytes: &[u8]) -> Result<(), SendError>;
+
+    /// Closes the connection in `slot` once what was queued has been sent
+    /// (best effort). The slot stays taken until the loop calls
+    /// [`GatewayCore::on_closed`].
+    fn close(&mut self, slot: SlotId);
+
+    /// Free places in the ring to the sequencer. The core forwards only when
+    /// this is at least 1, so [`GatewayIo::forward`] never finds it full.
+    fn sequencer_capacity(&self) -> usize;
+
+    /// Pushes `inbound` onto the ring to the sequencer; hands it back when full.
+    fn forward(&mut self, inbound: Inbound) -> Result<(), Inbound>;
+
+    /// Queues a password check; hands the request back when the queue is full.
+    fn authenticate(&mut self, request: AuthRequest) -> Result<(), AuthRequest>;
+}
+
+/// One remembered ack: what a client's command became.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AckRecord {
+    /// The stream sequence number the message got.
+    pub stream_seq: u64,
+    /// The sequencer's timestamp, nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// 0 for a `k` (sequenced as sent); the reason for a `j` (recorded as a
+    /// gateway reject).
+    pub reject_reason: u8,
+}
+
+/// What the sequencer knows about one client from its journal, to rebuild the
+/// gateway's state at start-up (see [`GatewayCore::recover`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientRecovery {
+    /// The client id (`origin`).
+    pub client_id: u16,
+    /// The last client_seq sequenced for this client (0 = none).
+    pub last_client_seq: u32,
+    /// Its last acks, `(client_seq, record)`, in increasing client_seq order;
+    /// only the newest `ack_history_per_client` are kept.
+    pub acks: Vec<(u32, AckRecord)>,
+}
+
+/// Why recovery data was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryError {
+    /// No configured client has this id (e.g. removed from the configuration
+    /// since the journal was written). Its state is not needed; skip it.
+    UnknownClient(u16),
+    /// A client_seq at or below one already recovered for this client.
+    OutOfOrder {
+        /// The client.
+        client_id: u16,
+        /// The client_seq offered.
+        client_seq: u32,
+        /// The last client_seq already recovered.
+        last_client_seq: u32,
+    },
+    /// Recovery must happen before the first connection is accepted.
+    AfterStart,
+}
+
+impl fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RecoveryError::UnknownClient(id) => write!(f, "no configured client has id {id}"),
+            RecoveryError::OutOfOrder {
+                client_id,
+                client_seq,
+                last_client_seq,
+            } => write!(
+                f,
+                "client {client_id}: client_seq {client_seq} is not after {last_client_seq}"
+            ),
+            RecoveryError::AfterStart => {
+                f.write_str("gateway state recovered after the first connection")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RecoveryError {}
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Accepted; the first frame must be a login request.
+    AwaitingLogin,
+    /// Login request received; the password is being checked. Further
+    /// frames wait in the connection's buffer.
+    Authenticating,
+    /// Authenticated; Login Accepted waits until none of the client's
+    /// commands are in flight to the sequencer. Frames wait.
+    AwaitingAcks,
+    /// Logged in: `U`, `R` and `O` are served.
+    LoggedIn,
+    /// Being closed; the slot is freed by [`GatewayCore::on_closed`].
+    Closing,
+}
+
+/// A connection slot's state. `Free` slots are not exposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Open(ConnectionState),
+}
+
+struct Connection {
+    state: SlotState,
+    /// Changes on every accept: a password-check answer for an earlier
+    /// occupant of the slot is ignored.
+    ticket: u32,
+    /// Client index, once a login named a configured username.
+    client: Option<u16>,
+    requested_session: Session,
+    requested_seq: u64,
+    last_received_ns: u64,
+    last_sent_ns: u64,
+    /// Rate limiter (GCRA): theoretical arrival time of the next message.
+    rate_tat_ns: u64,
+    /// In the pending queue.
+    queued: bool,
+    /// Stopped reading because the sequencer ring was full.
+    blocked: bool,
+}
+
+struct ClientState {
+    client_id: u16,
+    role: Role,
+    /// Username, right-padded with spaces as in a login request.
+    username: [u8; soup::USERNAME_SIZE],
+    /// Last client_seq handed to the sequencer (or recovered).
+    last_forwarded: u32,
+    /// Last client_seq the sequencer sequenced (from outcomes or recovery).
+    last_sequenced: u32,
+    /// Messages forwarded whose outcome has not come back.
+    in_flight: u32,
+    /// Oldest client_seq in the ack history (0 = history empty). The history
+    /// holds `history_first ..= last_sequenced`.
+    history_first: u32,
+    /// The connection logged in (or logging in) for this client.
+    live: Option<SlotId>,
+}
+
+/// Everything but the frame decoders, so a frame borrowed from a decoder can
+/// be handled while the rest of the core changes.
+struct Core {
+    session: Session,
+    heartbeat_interval_ns: u64,
+    peer_timeout_ns: u64,
+    timer_period_ns: u64,
+    next_timer_ns: u64,
+    rate_interval_ns: u64,
+    rate_tolerance_ns: u64,
+    history_capacity: usize,
+    connections: Vec<Connection>,
+    free: Vec<u32>,
+    pending: VecDeque<u32>,
+    clients: Vec<ClientState>,
+    /// `(client_id, client index)` sorted by client id.
+    client_ids: Vec<(u16, u16)>,
+    /// `clients.len() × history_capacity` records; client `c`'s ack for
+    /// client_seq `s` is at `c × capacity + s % capacity`.
+    history: Vec<AckRecord>,
+    next_ticket: u32,
+    logged_in: u64,
+    accepted_any: bool,
+    counters: GatewayCounters,
+}
+
+/// The gateway's session logic (see the module doc). One per gateway loop.
+pub struct GatewayCore {
+    decoders: Vec<FrameDecoder>,
+    max_frame_bytes: usize,
+    core: Core,
+}
+
+impl fmt::Debug for GatewayCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayCore")
+            .field("slots", &self.decoders.len())
+            .field("clients", &self.core.clients.len())
+            .field("logged_in", &self.core.logged_in)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayCore {
+    /// A core for `config` (which must have passed
+    /// [`GatewayConfig::validate`]) with every table allocated, then the
+    /// clients' state rebuilt from `recovery` (see [`GatewayCore::recover`]).
+    ///
+    /// # Panics
+    ///
+    /// On a configuration `validate` rejects (a bug in the caller).
+    pub fn new(
+        config: &GatewayConfig,
+        counters: GatewayCounters,
+        recovery: &[ClientRecovery],
+    ) -> Result<Self, RecoveryError> {
+        if let Err(error) = config.validate() {
+            panic!("GatewayCore::new on an invalid configuration: {error}");
+        }
+        let slots = config.max_sessions;
+        let clients: Vec<ClientState> = config
+            .clients
+            .iter()
+            .map(|entry| ClientState {
+                client_id: entry.client_id,
+                role: entry.role,
+                username: tally_wire::pad_ascii(&entry.username)
+                    .expect("validated usernames fit the login field"),
+                last_forwarded: 0,
+                last_sequenced: 0,
+                in_flight: 0,
+                history_first: 0,
+                live: None,
+            })
+            .collect();
+        let mut client_ids: Vec<(u16, u16)> = clients
+            .iter()
+            .enumerate()
+            .map(|(index, client)| (client.client_id, index as u16))
+            .collect();
+        client_ids.sort_unstable();
+        let history_capacity = config.ack_history_per_client;
+        let rate_interval_ns = (1_000_000_000 / u64::from(config.rate_limit_per_sec)).max(1);
+        let mut core = GatewayCore {
+            decoders: (0..slots)
+                .map(|_| FrameDecoder::new(config.max_frame_bytes))
+                .collect(),
+            max_frame_bytes: config.max_frame_bytes,
+            core: Core {
+                session: config.session,
+                heartbeat_interval_ns: config.heartbeat_interval_ns,
+                peer_timeout_ns: config.peer_timeout_ns,
+                // Check timers four times per heartbeat interval: a heartbeat
+                // is late by at most a quarter interval.
+                timer_period_ns: (config.heartbeat_interval_ns / 4).max(1),
+                next_timer_ns: 0,
+                rate_interval_ns,
+                rate_tolerance_ns: rate_interval_ns * u64::from(config.rate_burst - 1),
+                history_capacity,
+                connections: (0..slots)
+                    .map(|_| Connection {
+                        state: SlotState::Free,
+                        ticket: 0,
+                        client: None,
+                        requested_session: Session::BLANK,
+                        requested_seq: 0,
+                        last_received_ns: 0,
+                        last_sent_ns: 0,
+                        rate_tat_ns: 0,
+                        queued: false,
+                        blocked: false,
+                    })
+                    .collect(),
+                // Lowest slot first.
+                free: (0..slots as u32).rev().collect(),
+                pending: VecDeque::with_capacity(slots),
+                history: vec![AckRecord::default(); clients.len() * history_capacity],
+                clients,
+                client_ids,
+                next_ticket: 1,
+                logged_in: 0,
+                accepted_any: false,
+                counters,
+            },
+        };
+        for client in recovery {
+            core.recover(client)?;
+        }
+        Ok(core)
+    }
+
+    /// Rebuilds one client's state from the journal: its acks (oldest first;
+    /// only the newest `ack_history_per_client` are kept), then its last
+    /// sequenced client_seq (which may be above the last ack given, e.g. when
+    /// older journal segments are gone). Only before the first connection.
+    pub fn recover(&mut self, recovery: &ClientRecovery) -> Result<(), RecoveryError> {
+        for &(client_seq, record) in &recovery.acks {
+            self.recover_ack(recovery.client_id, client_seq, record)?;
+        }
+        self.recover_last_client_seq(recovery.client_id, recovery.last_client_seq)
+    }
+
+    /// Records one journaled message of `client_id` (call for each, in stream
+    /// order): its ack joins the client's history and `client_seq` becomes
+    /// its last sequenced (and forwarded) client_seq. Only before the first
+    /// connection.
+    pub fn recover_ack(
+        &mut self,
+        client_id: u16,
+        client_seq: u32,
+        record: AckRecord,
+    ) -> Result<(), RecoveryError> {
+        let index = self.recoverable_client(client_id)?;
+        let client = &self.core.clients[index];
+        if client_seq == 0 || client_seq <= client.last_sequenced {
+            return Err(RecoveryError::OutOfOrder {
+                client_id,
+                client_seq,
+                last_client_seq: client.last_sequenced,
+            });
+        }
+        self.core.record_ack(index, client_seq, record);
+        let client = &mut self.core.clients[index];
+        client.last_forwarded = client.last_sequenced;
+        Ok(())
+    }
+
+    /// Sets `client_id`'s last sequenced client_seq to `last_client_seq` when
+    /// that is above what was recovered so far (acks for the numbers in
+    /// between are then unknown and not replayable). Only before the first
+    /// connection.
+    pub fn recover_last_client_seq(
+        &mut self,
+        client_id: u16,
+        last_client_seq: u32,
+    ) -> Result<(), RecoveryError> {
+        let index = self.recoverable_client(client_id)?;
+        let client = &mut self.core.clients[index];
+        if last_client_seq > client.last_sequenced {
+            client.last_sequenced = last_client_seq;
+            client.last_forwarded = last_client_seq;
+            // The history must end at last_sequenced: what it held is older
+            // than a gap, so it can no longer be replayed contiguously.
+            client.history_first = 0;
+        }
+        Ok(())
+    }
+
+    fn recoverable_client(&self, client_id: u16) -> Result<usize, RecoveryError> {
+        if self.core.accepted_any {
+            return Err(RecoveryError::AfterStart);
+        }
+        self.core
+            .client_index(client_id)
+            .ok_or(RecoveryError::UnknownClient(client_id))
+    }
+
+    /// The counters this core writes.
+    pub fn counters(&self) -> &GatewayCounters {
+        &self.core.counters
+    }
+
+    /// The last client_seq sequenced for `client_id` (what the next Login
+    /// Accepted carries, minus one), or `None` for an unknown client.
+    pub fn last_sequenced(&self, client_id: u16) -> Option<u32> {
+        let index = self.core.client_index(client_id)?;
+        Some(self.core.clients[index].last_sequenced)
+    }
+
+    /// Commands of `client_id` forwarded and not yet answered by the sequencer.
+    pub fn in_flight(&self, client_id: u16) -> Option<u32> {
+        let index = self.core.client_index(client_id)?;
+        Some(self.core.clients[index].in_flight)
+    }
+
+    /// The state of the connection in `slot`, `None` when the slot is free.
+    pub fn connection_state(&self, slot: SlotId) -> Option<ConnectionState> {
+        match self.core.connections.get(slot.index())?.state {
+            SlotState::Free => None,
+            SlotState::Open(state) => Some(state),
+        }
+    }
+
+    /// Sessions logged in now.
+    pub fn sessions_logged_in(&self) -> u64 {
+        self.core.logged_in
+    }
+
+    /// Slots (connections) in use, whatever their state.
+    pub fn slots_in_use(&self) -> usize {
+        self.core.connections.len() - self.core.free.len()
+    }
+
+    /// Takes a slot for a newly accepted connection, or `None` when all
+    /// `max_sessions` are in use (the loop then closes the connection; counted).
+    pub fn on_accept(&mut self, now_ns: u64) -> Option<SlotId> {
+        let core = &mut self.core;
+        core.accepted_any = true;
+        let Some(index) = core.free.pop() else {
+            core.counters.sessions_refused.increment();
+            return None;
+        };
+        let ticket = core.next_ticket;
+        core.next_ticket = core.next_ticket.wrapping_add(1);
+        let connection = &mut core.connections[index as usize];
+        debug_assert_eq!(connection.state, SlotState::Free);
+        // A freed slot may still sit in the pending queue; keep its flag so
+        // it is never queued twice.
+        let queued = connection.queued;
+        *connection = Connection {
+            state: SlotState::Open(ConnectionState::AwaitingLogin),
+            ticket,
+            client: None,
+            requested_session: Session::BLANK,
+            requested_seq: 0,
+            last_received_ns: now_ns,
+            last_sent_ns: now_ns,
+            rate_tat_ns: 0,
+            queued,
+            blocked: false,
+        };
+        Some(SlotId(index))
+    }
+
+    /// The transport has released the connection in `slot` (closed by the
+    /// peer, by an error, or after [`GatewayIo::close`]): frees the slot.
+    /// Call exactly once per slot [`GatewayCore::on_accept`] gave out.
+    pub fn on_closed(&mut self, slot: SlotId) {
+        let index = slot.index();
+        if self.core.connections[index].state == SlotState::Free {
+            debug_assert!(false, "on_closed for free slot {index}");
+            return;
+        }
+        self.core.detach(slot);
+        let decoder = &mut self.decoders[index];
+        if decoder.buffered() != 0 {
+            // FrameDecoder has no way to drop buffered bytes: start afresh.
+            // Once per closed connection that left a partial frame; never
+            // on the message path.
+            *decoder = FrameDecoder::new(self.max_frame_bytes);
+        }
+        let connection = &mut self.core.connections[index];
+        connection.state = SlotState::Free;
+        connection.client = None;
+        // `queued` stays: service() skips free slots and clears it.
+        self.core.free.push(slot.0);
+    }
+
+    /// The writable tail of `slot`'s receive buffer, for a transport that
+    /// receives straight into it; report what was written with
+    /// [`GatewayCore::on_received`]. Empty while the connection is stalled
+    /// (its buffered frames wait for room in the sequencer ring).
+    pub fn receive_buffer(&mut self, slot: SlotId) -> &mut [u8] {
+        self.decoders[slot.index()].spare()
+    }
+
+    /// `n` bytes were written into [`GatewayCore::receive_buffer`]: handles
+    /// the frames they complete.
+    pub fn on_received(&mut self, io: &mut impl GatewayIo, slot: SlotId, n: usize, now_ns: u64) {
+        let index = slot.index();
+        if !self.core.is_readable(index) {
+            return;
+        }
+        self.decoders[index].commit(n);
+        self.core.connections[index].last_received_ns = now_ns;
+        self.drain(io, slot, usize::MAX, now_ns);
+    }
+
+    /// Bytes received on `slot`: buffers and handles them. Returns how many
+    /// were taken; fewer than `data.len()` only when the connection is
+    /// stalled (frames waiting for room in the sequencer ring, or for a login
+    /// to complete) and its buffer is full: the caller keeps the rest and
+    /// offers it again later. Data for a closing connection is discarded
+    /// (reported as taken).
+    pub fn on_data(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        data: &[u8],
+        now_ns: u64,
+    ) -> usize {
+        let index = slot.index();
+        if !self.core.is_readable(index) {
+            return data.len();
+        }
+        self.core.connections[index].last_received_ns = now_ns;
+        let mut taken = 0;
+        while taken < data.len() {
+            let n = self.decoders[index].extend(&data[taken..]);
+            taken += n;
+            self.drain(io, slot, usize::MAX, now_ns);
+            if n == 0 || !self.core.is_readable(index) {
+                break;
+            }
+        }
+        if !self.core.is_readable(index) {
+            return data.len();
+        }
+        taken
+    }
+
+    /// A password check finished.
+    pub fn on_auth_result(&mut self, io: &mut impl GatewayIo, result: AuthResult, now_ns: u64) {
+        self.core.on_auth_result(io, result, now_ns);
+    }
+
+    /// The sequencer's answer for one forwarded message.
+    pub fn on_outcome(&mut self, io: &mut impl GatewayIo, outcome: Outcome, now_ns: u64) {
+        self.core.on_outcome(io, outcome, now_ns);
+    }
+
+    /// Periodic duties, once per loop cycle: resumes connections that
+    /// stopped reading (ring full, login just completed, frame budget used),
+    /// and every quarter heartbeat interval sends heartbeats and drops silent
+    /// peers. Returns the work done (frames handled, heartbeats, timeouts).
+    pub fn service(&mut self, io: &mut impl GatewayIo, now_ns: u64) -> usize {
+        let mut work = 0;
+        // Each slot queued now gets one turn; those that re-queue wait for
+        // the next call.
+        for _ in 0..self.core.pending.len() {
+            let Some(index) = self.core.pending.pop_front() else {
+                break;
+            };
+            self.core.connections[index as usize].queued = false;
+            if !self.core.is_readable(index as usize) {
+                continue;
+            }
+            work += self.drain(io, SlotId(index), FRAMES_PER_SLOT_PER_SERVICE, now_ns);
+        }
+        if now_ns >= self.core.next_timer_ns {
+            self.core.next_timer_ns = now_ns.saturating_add(self.core.timer_period_ns);
+            work += self.core.run_timers(io, now_ns);
+        }
+        work
+    }
+
+    /// Handles up to `max_frames` frames buffered on `slot`; queues the slot
+    /// for [`GatewayCore::service`] when frames may remain. Returns the frames
+    /// handled.
+    fn drain(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        max_frames: usize,
+        now_ns: u64,
+    ) -> usize {
+        let index = slot.index();
+        let mut handled = 0;
+        loop {
+            let state = match self.core.connections[index].state {
+                SlotState::Open(state) => state,
+                SlotState::Free => return handled,
+            };
+            match state {
+                ConnectionState::AwaitingLogin | ConnectionState::LoggedIn => {}
+                // Frames wait until the login completes (the core queues the
+                // slot then) or are dropped with the connection.
+                ConnectionState::Authenticating
+                | ConnectionState::AwaitingAcks
+                | ConnectionState::Closing => return handled,
+            }
+            if self.decoders[index].buffered() == 0 {
+                self.core.connections[index].blocked = false;
+                return handled;
+            }
+            if handled >= max_frames {
+                self.core.enqueue(index);
+                return handled;
+            }
+            if state == ConnectionState::LoggedIn && io.sequencer_capacity() == 0 {
+                // Back-pressure: leave the frames where they are.
+                let connection = &mut self.core.connections[index];
+                if !connection.blocked {
+                    connection.blocked = true;
+                    self.core.counters.ring_full.increment();
+                }
+                self.core.enqueue(index);
+                return handled;
+            }
+            match self.decoders[index].next_frame() {
+                Ok(Some(frame)) => {
+                    handled += 1;
+                    self.core.connections[index].blocked = false;
+                    self.core.on_frame(io, slot, state, frame, now_ns);
+                }
+                Ok(None) => {
+                    self.core.connections[index].blocked = false;
+                    return handled;
+                }
+                Err(error) => {
+                    handled += 1;
+                    self.core
+                        .protocol_error(io, slot, now_ns, format_args!("{error}"));
+                    return handled;
+                }
+            }
+        }
+    }
+}
+
+/// Formats `args` into `buf`, cut at its length; returns the text.
+fn format_text<'b>(buf: &'b mut [u8; DEBUG_TEXT_BYTES_MAX], args: fmt::Arguments<'_>) -> &'b [u8] {
+    let mut cursor: &mut [u8] = &mut buf[..];
+    // An error here only means the text was cut; writing to a slice does not
+    // allocate.
+    let _ = cursor.write_fmt(args);
+    let written = DEBUG_TEXT_BYTES_MAX - cursor.len();
+    &buf[..written]
+}
+
+/// Shows a byte as a character when printable.
+struct ByteText(u8);
+
+impl fmt::Display for ByteText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_ascii_graphic() {
+            write!(f, "'{}'", self.0 as char)
+        } else {
+            write!(f, "0x{:02x}", self.0)
+        }
+    }
+}
+
+impl Core {
+    fn client_index(&self, client_id: u16) -> Option<usize> {
+        self.client_ids
+            .binary_search_by_key(&client_id, |&(id, _)| id)
+            .ok()
+            .map(|position| usize::from(self.client_ids[position].1))
+    }
+
+    fn username_index(&self, username: &[u8; soup::USERNAME_SIZE]) -> Option<u16> {
+        self.clients
+            .iter()
+            .position(|client| &client.username == username)
+            .map(|index| index as u16)
+    }
+
+    fn state(&self, slot: SlotId) -> Option<ConnectionState> {
+        match self.connections[slot.index()].state {
+            SlotState::Open(state) => Some(state),
+            SlotState::Free => None,
+        }
+    }
+
+    /// Whether received bytes for this slot are still of interest.
+    fn is_readable(&self, index: usize) -> bool {
+        matches!(
+            self.connections[index].state,
+            SlotState::Open(
+                ConnectionState::AwaitingLogin
+                    | ConnectionState::Authenticating
+                    | ConnectionState::AwaitingAcks
+                    | ConnectionState::LoggedIn
+            )
+        )
+    }
+
+    fn enqueue(&mut self, index: usize) {
+        let connection = &mut self.connections[index];
+        if !connection.queued {
+            connection.queued = true;
+            // Capacity is max_sessions and a slot is queued at most once.
+            debug_assert!(self.pending.len() < self.pending.capacity());
+            self.pending.push_back(index as u32);
+        }
+    }
+
+    // ---- sending ---------------------------------------------------------
+
+    /// Sends `bytes`; on a full send buffer closes the connection as a slow
+    /// client. Returns whether the bytes were queued.
+    fn send(&mut self, io: &mut impl GatewayIo, slot: SlotId, bytes: &[u8], now_ns: u64) -> bool {
+        match io.send(slot, bytes) {
+            Ok(()) => {
+                self.connections[slot.index()].last_sent_ns = now_ns;
+                true
+            }
+            Err(SendError::Full) => {
+                self.counters.slow_clients_closed.increment();
+                self.close(io, slot);
+                false
+            }
+            Err(SendError::Closed) => {
+                self.close(io, slot);
+                false
+            }
+        }
+    }
+
+    fn send_debug(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        now_ns: u64,
+        args: fmt::Arguments<'_>,
+    ) -> bool {
+        let mut text = [0u8; DEBUG_TEXT_BYTES_MAX];
+        let text = format_text(&mut text, args);
+        let mut frame = [0u8; OUT_FRAME_BYTES_MAX];
+        let len = soup::write_debug(&mut frame, text).expect("debug text fits its frame");
+        self.send(io, slot, &frame[..len], now_ns)
+    }
+
+    fn send_ack(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        client_seq: u32,
+        record: AckRecord,
+        now_ns: u64,
+    ) -> bool {
+        let mut frame = [0u8; OUT_FRAME_BYTES_MAX];
+        let len = if record.reject_reason == 0 {
+            let ack = Accepted::new(client_seq, record.stream_seq, record.timestamp_ns);
+            soup::write_sequenced(&mut frame, ack.as_bytes())
+        } else {
+            let ack = Rejected::new(client_seq, record.stream_seq, record.reject_reason);
+            soup::write_sequenced(&mut frame, ack.as_bytes())
+        }
+        .expect("an ack fits its frame");
+        let sent = self.send(io, slot, &frame[..len], now_ns);
+        if sent {
+            self.counters.acks_out.increment();
+        }
+        sent
+    }
+
+    // ---- closing ---------------------------------------------------------
+
+    /// Detaches the connection from its client and the logged-in count.
+    fn detach(&mut self, slot: SlotId) {
+        let connection = &mut self.connections[slot.index()];
+        if connection.state == SlotState::Open(ConnectionState::LoggedIn) {
+            self.logged_in -= 1;
+            self.counters.sessions_active.set(self.logged_in);
+        }
+        if let Some(client) = connection.client {
+            let client = &mut self.clients[usize::from(client)];
+            if client.live == Some(slot) {
+                client.live = None;
+            }
+        }
+    }
+
+    /// Closes the connection (idempotent): no more frames are handled, no
+    /// more packets sent; the slot is freed by `on_closed`.
+    fn close(&mut self, io: &mut impl GatewayIo, slot: SlotId) {
+        match self.connections[slot.index()].state {
+            SlotState::Free | SlotState::Open(ConnectionState::Closing) => return,
+            SlotState::Open(_) => {}
+        }
+        self.detach(slot);
+        self.connections[slot.index()].state = SlotState::Open(ConnectionState::Closing);
+        io.close(slot);
+    }
+
+    /// A debug packet saying what was wrong, then close. Counted.
+    fn protocol_error(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        now_ns: u64,
+        args: fmt::Arguments<'_>,
+    ) {
+        self.counters.protocol_errors.increment();
+        self.send_debug(io, slot, now_ns, format_args!("protocol error: {args}"));
+        self.close(io, slot);
+    }
+
+    /// Login Rejected with `reason`, then close. Counted.
+    fn reject_login(&mut self, io: &mut impl GatewayIo, slot: SlotId, reason: u8, now_ns: u64) {
+        self.counters.logins_rejected.increment();
+        let mut frame = [0u8; OUT_FRAME_BYTES_MAX];
+        let len = soup::write_login_rejected(&mut frame, reason).expect("fits");
+        self.send(io, slot, &frame[..len], now_ns);
+        self.close(io, slot);
+    }
+
+    // ---- frames ----------------------------------------------------------
+
+    fn on_frame(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        state: ConnectionState,
+        frame: &[u8],
+        now_ns: u64,
+    ) {
+        let packet = match ClientPacket::parse(frame) {
+            Ok(packet) => packet,
+            Err(error) => {
+                return self.protocol_error(io, slot, now_ns, format_args!("{error}"));
+            }
+        };
+        match (state, packet) {
+            (
+                ConnectionState::AwaitingLogin,
+                ClientPacket::LoginRequest {
+                    username,
+                    password,
+                    session,
+                    requested_seq,
+                },
+            ) => self.start_login(io, slot, username, password, session, requested_seq, now_ns),
+            (ConnectionState::AwaitingLogin, _) => self.protocol_error(
+                io,
+                slot,
+                now_ns,
+                format_args!(
+                    "the first packet must be a login request, not {}",
+                    ByteText(frame[0])
+                ),
+            ),
+            (ConnectionState::LoggedIn, ClientPacket::Unsequenced(message)) => {
+                self.on_message(io, slot, message, now_ns)
+            }
+            (ConnectionState::LoggedIn, ClientPacket::Heartbeat) => {}
+            (ConnectionState::LoggedIn, ClientPacket::Logout) => self.close(io, slot),
+            (ConnectionState::LoggedIn, ClientPacket::LoginRequest { .. }) => self.protocol_error(
+                io,
+                slot,
+                now_ns,
+                format_args!("a second login request on a logged-in session"),
+            ),
+            (state, _) => unreachable!("drain hands no frames to a {state:?} connection"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_login(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        username: &[u8; soup::USERNAME_SIZE],
+        password: &[u8; soup::PASSWORD_SIZE],
+        session: Session,
+        requested_seq: u64,
+        now_ns: u64,
+    ) {
+        let client = self.username_index(username);
+        let connection = &mut self.connections[slot.index()];
+        connection.client = client;
+        connection.requested_session = session;
+        connection.requested_seq = requested_seq;
+        let request = AuthRequest {
+            slot: slot.0,
+            ticket: connection.ticket,
+            client_index: client,
+            password: *password,
+        };
+        // Every login, known username or not, goes through the same check:
+        // the answer's timing does not tell which usernames exist.
+        match io.authenticate(request) {
+            Ok(()) => {
+                connection.state = SlotState::Open(ConnectionState::Authenticating);
+            }
+            Err(_) => {
+                self.counters.auth_busy.increment();
+                self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
+            }
+        }
+    }
+
+    fn on_auth_result(&mut self, io: &mut impl GatewayIo, result: AuthResult, now_ns: u64) {
+        let Some(connection) = self.connections.get(result.slot as usize) else {
+            debug_assert!(false, "auth result for slot {} out of range", result.slot);
+            return;
+        };
+        if connection.state != SlotState::Open(ConnectionState::Authenticating)
+            || connection.ticket != result.ticket
+        {
+            // The connection closed (and the slot may serve another) meanwhile.
+            return;
+        }
+        let slot = SlotId(result.slot);
+        let requested_session = connection.requested_session;
+        let client_index = match connection.client {
+            Some(index) if result.verified => usize::from(index),
+            _ => return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns),
+        };
+        if !self.clients[client_index].role.may_use_gateway() {
+            return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
+        }
+        if !requested_session.is_blank() && requested_session != self.session {
+            return self.reject_login(io, slot, login_reject::SESSION_UNAVAILABLE, now_ns);
+        }
+        if let Some(old) = self.clients[client_index].live {
+            debug_assert_ne!(old, slot);
+            self.send_debug(io, old, now_ns, format_args!("replaced by a new login"));
+            self.close(io, old);
+        }
+        self.clients[client_index].live = Some(slot);
+        self.connections[slot.index()].state = SlotState::Open(ConnectionState::AwaitingAcks);
+        if self.clients[client_index].in_flight == 0 {
+            self.complete_login(io, slot, client_index, now_ns);
+        }
+    }
+
+    /// Login Accepted, then the requested ack replay; the connection is then
+    /// logged in and its waiting frames are queued for handling.
+    fn complete_login(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        client_index: usize,
+        now_ns: u64,
+    ) {
+        debug_assert_eq!(self.clients[client_index].in_flight, 0);
+        let client = &mut self.clients[client_index];
+        // Nothing in flight: what was forwarded is exactly what was
+        // sequenced (a rejected skip-ahead may have left them apart).
+        client.last_forwarded = client.last_sequenced;
+        let next = u64::from(client.last_sequenced) + 1;
+        let history_first = client.history_first;
+        let requested_seq = self.connections[slot.index()].requested_seq;
+
+        let mut frame = [0u8; OUT_FRAME_BYTES_MAX];
+        let len = soup::write_login_accepted(&mut frame, self.session, next).expect("fits");
+        if !self.send(io, slot, &frame[..len], now_ns) {
+            return;
+        }
+        self.counters.logins_accepted.increment();
+        let connection = &mut self.connections[slot.index()];
+        connection.state = SlotState::Open(ConnectionState::LoggedIn);
+        connection.rate_tat_ns = 0;
+        self.logged_in += 1;
+        self.counters.sessions_active.set(self.logged_in);
+
+        if requested_seq >= 1 && requested_seq < next {
+            let mut from = requested_seq as u32;
+            if history_first == 0 || from < history_first {
+                let available = if history_first == 0 {
+                    next
+                } else {
+                    u64::from(history_first)
+                };
+                if !self.send_debug(
+                    io,
+                    slot,
+                    now_ns,
+                    format_args!(
+                        "acks before client_seq {available} are no longer held; \
+                         replay starts at client_seq {available}"
+                    ),
+                ) {
+                    return;
+                }
+                from = available as u32;
+            }
+            for client_seq in u64::from(from)..next {
+                let client_seq = client_seq as u32;
+                let record = self.history_at(client_index, client_seq);
+                if !self.send_ack(io, slot, client_seq, record, now_ns) {
+                    return;
+                }
+            }
+        }
+        // Frames that arrived during the login wait in the buffer.
+        self.enqueue(slot.index());
+    }
+
+    fn on_message(&mut self, io: &mut impl GatewayIo, slot: SlotId, message: &[u8], now_ns: u64) {
+        self.counters.messages_in.increment();
+        let client_index = usize::from(
+            self.connections[slot.index()]
+                .client
+                .expect("a logged-in connection has a client"),
+        );
+        let client = &self.clients[client_index];
+        let expected = u64::from(client.last_forwarded) + 1;
+        let client_seq = match message.get(3..7) {
+            Some(field) => u32::from_be_bytes(field.try_into().expect("4 bytes")),
+            // Too short to carry a client_seq: take it as the expected one
+            // (it becomes a `j` for its length).
+            None if expected <= u64::from(u32::MAX) => expected as u32,
+            None => {
+                return self.protocol_error(
+                    io,
+                    slot,
+                    now_ns,
+                    format_args!("client_seq space exhausted"),
+                )
+            }
+        };
+        if client_seq <= client.last_forwarded {
+            self.counters.duplicates_dropped.increment();
+            return;
+        }
+        if u64::from(client_seq) > expected {
+            return self.protocol_error(
+                io,
+                slot,
+                now_ns,
+                format_args!("client_seq {client_seq} skips ahead of the expected {expected}"),
+            );
+        }
+        let client_id = client.client_id;
+        let reason = validate(message, client.role);
+        let within_rate = self.take_rate_token(slot, now_ns);
+        let reason = match reason {
+            0 if !within_rate => RATE_LIMITED,
+            reason => reason,
+        };
+        let inbound = if reason == 0 {
+            let mut inbound = Inbound::new(client_id, client_seq, 0, message);
+            let header = tally_wire::header_mut(inbound.message_mut())
+                .expect("a valid message holds a header");
+            header.origin = client_id.into();
+            header.timestamp_ns = 0.into();
+            inbound
+        } else {
+            self.counters.gateway_rejects.increment();
+            if reason == RATE_LIMITED {
+                self.counters.rate_limited.increment();
+            }
+            let reject = GatewayReject::new(reason)
+                .with_origin(client_id)
+                .with_client_seq(client_seq);
+            Inbound::new(client_id, client_seq, reason, reject.as_bytes())
+        };
+        // drain() checked that the ring has room, and this loop is its only
+        // producer.
+        assert!(
+            io.forward(inbound).is_ok(),
+            "sequencer ring full after its capacity was checked"
+        );
+        let client = &mut self.clients[client_index];
+        client.last_forwarded = client_seq;
+        client.in_flight += 1;
+    }
+
+    /// GCRA: at most `rate_burst` messages at once, refilled at
+    /// `rate_limit_per_sec`. Returns whether the message is within the limit.
+    fn take_rate_token(&mut self, slot: SlotId, now_ns: u64) -> bool {
+        let connection = &mut self.connections[slot.index()];
+        let tat_ns = connection.rate_tat_ns.max(now_ns);
+        if tat_ns - now_ns > self.rate_tolerance_ns {
+            return false;
+        }
+        connection.rate_tat_ns = tat_ns + self.rate_interval_ns;
+        true
+    }
+
+    // ---- outcomes --------------------------------------------------------
+
+    fn history_at(&self, client_index: usize, client_seq: u32) -> AckRecord {
+        let capacity = self.history_capacity;
+        self.history[client_index * capacity + client_seq as usize % capacity]
+    }
+
+    /// Adds the ack of `client_seq` (above the client's last sequenced) to
+    /// its history and makes it the last sequenced.
+    fn record_ack(&mut self, client_index: usize, client_seq: u32, record: AckRecord) {
+        let capacity = self.history_capacity;
+        let client = &mut self.clients[client_index];
+        debug_assert!(client_seq > client.last_sequenced);
+        if client.history_first == 0 || client_seq != client.last_sequenced + 1 {
+            // First ack, or a gap: the history restarts here.
+            client.history_first = client_seq;
+        } else if (client_seq - client.history_first) as usize >= capacity {
+            client.history_first += 1;
+        }
+        client.last_sequenced = client_seq;
+        self.history[client_index * capacity + client_seq as usize % capacity] = record;
+    }
+
+    fn on_outcome(&mut self, io: &mut impl GatewayIo, outcome: Outcome, now_ns: u64) {
+        let Some(client_index) = self.client_index(outcome.origin) else {
+            debug_assert!(false, "outcome for unknown client {}", outcome.origin);
+            return;
+        };
+        let client = &mut self.clients[client_index];
+        debug_assert!(client.in_flight > 0, "outcome with nothing in flight");
+        client.in_flight = client.in_flight.saturating_sub(1);
+        let live = client.live;
+        let logged_in = live.filter(|&slot| self.state(slot) == Some(ConnectionState::LoggedIn));
+        let record = match outcome.kind {
+            OutcomeKind::Accepted => Some(AckRecord {
+                stream_seq: outcome.stream_seq,
+                timestamp_ns: outcome.timestamp_ns,
+                reject_reason: 0,
+            }),
+            OutcomeKind::Rejected { reason } => Some(AckRecord {
+                stream_seq: outcome.stream_seq,
+                timestamp_ns: outcome.timestamp_ns,
+                reject_reason: reason,
+            }),
+            OutcomeKind::Duplicate => {
+                self.counters.duplicates_dropped.increment();
+                None
+            }
+            OutcomeKind::SkippedAhead => {
+                if let Some(slot) = live {
+                    self.protocol_error(
+                        io,
+                        slot,
+                        now_ns,
+                        format_args!(
+                            "client_seq {} is not the next the sequencer expects",
+                            outcome.client_seq
+                        ),
+                    );
+                } else {
+                    self.counters.protocol_errors.increment();
+                }
+                None
+            }
+        };
+        if let Some(record) = record {
+            if outcome.client_seq > self.clients[client_index].last_sequenced {
+                self.record_ack(client_index, outcome.client_seq, record);
+                if let Some(slot) = logged_in {
+                    self.send_ack(io, slot, outcome.client_seq, record, now_ns);
+                }
+            } else {
+                debug_assert!(
+                    false,
+                    "outcome for client {} client_seq {} at or below the last sequenced",
+                    outcome.origin, outcome.client_seq
+                );
+            }
+        }
+        let client = &self.clients[client_index];
+        if client.in_flight == 0 {
+            if let Some(slot) = client.live {
+                if self.state(slot) == Some(ConnectionState::AwaitingAcks) {
+                    self.complete_login(io, slot, client_index, now_ns);
+                }
+            }
+        }
+    }
+
+    // ---- timers ----------------------------------------------------------
+
+    fn run_timers(&mut self, io: &mut impl GatewayIo, now_ns: u64) -> usize {
+        let mut work = 0;
+        for index in 0..self.connections.len() {
+            let connection = &self.connections[index];
+            let SlotState::Open(state) = connection.state else {
+                continue;
+            };
+            if state == ConnectionState::Closing {
+                continue;
+            }
+            let slot = SlotId(index as u32);
+            let silent_ns = now_ns.saturating_sub(connection.last_received_ns);
+            if silent_ns >= self.peer_timeout_ns {
+                work += 1;
+                self.counters.sessions_timed_out.increment();
+                self.send_debug(
+                    io,
+                    slot,
+                    now_ns,
+                    format_args!("nothing received for {} ms: closing", silent_ns / 1_000_000),
+                );
+                self.close(io, slot);
+                continue;
+            }
+            if state == ConnectionState::LoggedIn
+                && now_ns.saturating_sub(connection.last_sent_ns) >= self.heartbeat_interval_ns
+            {
+                work += 1;
+                let mut frame = [0u8; 8];
+                let len = soup::write_server_heartbeat(&mut frame).expect("fits");
+                if self.send(io, slot, &frame[..len], now_ns) {
+                    self.counters.heartbeats_sent.increment();
+                }
+            }
+        }
+        work
+    }
+}
+
+/// The `j` reason for a stream message a client with `role` submits, or 0
+/// when it is valid: unknown type `T`, wrong length `W`, not permitted `P`.
+pub fn validate(message: &[u8], role: Role) -> u8 {
+    let Some(&msg_type) = message.first() else {
+        return reject_reason::UNKNOWN_TYPE;
+    };
+    let Some(size) = message_size(msg_type) else {
+        return reject_reason::UNKNOWN_TYPE;
+    };
+    if message.len() != size {
+        return reject_reason::WRONG_LENGTH;
+    }
+    if !role.permits(msg_type) {
+        return reject_reason::NOT_PERMITTED;
+    }
+    debug_assert!((Header::SIZE..=INBOUND_MESSAGE_BYTES_MAX).contains(&size));
+    0
+}
