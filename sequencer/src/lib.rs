@@ -7,3 +7,4 @@
 
 pub mod journal;
 pub mod core;
+pub mod config;

@@ -1,0 +1,555 @@
+//! The appliance's one configuration file (TOML), loaded once at start-up,
+//! validated, then passed by reference. Every error names the key that is
+//! wrong: unknown keys and type errors come from the TOML parser with their
+//! line; value errors from [`ApplianceConfig::validate`].
+//!
+//! The documented example is `config/tally.toml` at the repository root.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tally_gateway::config::{ClientEntry, GatewayConfig, Role};
+use tally_runtime::idle::IdleStrategy;
+use tally_wire::mold::Session;
+
+use crate::journal::FsyncPolicy;
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceConfig {
+    pub stream: StreamConfig,
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub clients: Vec<ClientSection>,
+    pub retransmit: RetransmitConfig,
+    pub replay: ReplayConfig,
+    pub journal: JournalConfig,
+    #[serde(default)]
+    pub loops: LoopsConfig,
+    #[serde(default)]
+    pub counters: CountersConfig,
+}
+
+/// `[stream]`: the multicast stream.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Session name, up to 10 printable ASCII characters (e.g. a trading day).
+    pub session: String,
+    /// Multicast group address.
+    pub group: Ipv4Addr,
+    /// UDP port of the stream.
+    pub port: u16,
+    /// Address of the interface multicast is sent through.
+    pub interface: Ipv4Addr,
+    /// Multicast TTL (1 = the local segment).
+    #[serde(default = "default_ttl")]
+    pub ttl: u8,
+    /// Whether local receivers on the sending host hear the stream.
+    #[serde(default = "default_true")]
+    pub loopback: bool,
+    /// Largest datagram, MoldUDP64 header included.
+    #[serde(default = "default_payload_bytes_max")]
+    pub payload_bytes_max: usize,
+    /// Heartbeat after this long without traffic.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `[gateway]`: SoupBinTCP order entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub listen: SocketAddr,
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    #[serde(default = "default_rate_limit_per_sec")]
+    pub rate_limit_per_sec: u32,
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "default_peer_timeout_ms")]
+    pub peer_timeout_ms: u64,
+    #[serde(default = "default_ack_history")]
+    pub ack_history_per_client: usize,
+    /// Depth of each gateway ↔ sequencer ring, in messages.
+    #[serde(default = "default_ring_messages")]
+    pub ring_messages: usize,
+}
+
+/// `[[clients]]`: one entry per client that may log in.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    pub username: String,
+    /// argon2 PHC string from `tally-sequencer hash-password`.
+    pub password_hash: String,
+    /// The client's origin on the stream, 1..=65535.
+    pub client_id: u16,
+    /// `pos`, `ops`, `authority` or `reader`.
+    pub role: String,
+}
+
+/// `[retransmit]`: the MoldUDP64 re-request server.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetransmitConfig {
+    pub listen: SocketAddrV4,
+    /// Most messages answered per request (a larger count is capped).
+    #[serde(default = "default_retransmit_messages_max")]
+    pub messages_per_request_max: u16,
+    /// Requests per second allowed from one address (token bucket).
+    #[serde(default = "default_retransmit_rate")]
+    pub requests_per_sec_per_requester: u32,
+    /// Burst allowance of that bucket.
+    #[serde(default = "default_retransmit_burst")]
+    pub request_burst: u32,
+    /// Requesters tracked for rate limiting (bounded table).
+    #[serde(default = "default_requesters_max")]
+    pub requesters_max: usize,
+}
+
+/// `[replay]`: the SoupBinTCP replay feed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_replay_clients_max")]
+    pub clients_max: usize,
+    /// Per-client send buffer; a client that keeps it full past
+    /// `stall_timeout_ms` is cut off.
+    #[serde(default = "default_replay_send_buffer_bytes")]
+    pub send_buffer_bytes: usize,
+    #[serde(default = "default_replay_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
+}
+
+/// `[journal]`: the write-ahead journal.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Directory of the journal files (relative paths are relative to the
+    /// directory of the configuration file).
+    pub dir: PathBuf,
+    /// `none`, `batch` or `interval`.
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    /// With `fsync = "interval"`: the longest a write stays unsynced.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    /// Re-requests for messages older than `next_seq - retention_messages`
+    /// are ignored (counted); the replay feed still serves them.
+    #[serde(default = "default_retention_messages")]
+    pub retention_messages: u64,
+}
+
+/// `[loops.*]`: placement and idle strategy of each loop.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopsConfig {
+    #[serde(default)]
+    pub gateway: LoopConfig,
+    #[serde(default)]
+    pub sequencer: LoopConfig,
+    #[serde(default)]
+    pub retransmit: LoopConfig,
+    #[serde(default)]
+    pub replay: LoopConfig,
+}
+
+/// One loop's placement.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    /// CPU core to pin to; unpinned when absent.
+    pub core: Option<usize>,
+    /// `busy-spin`, `yield` or `back-off` (default).
+    pub idle: Option<String>,
+}
+
+/// `[counters]`: the shared-memory counter file for `tally-stat`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountersConfig {
+    /// Path of the counter file; default `<journal.dir>/tally-sequencer.counters`.
+    pub path: Option<PathBuf>,
+}
+
+fn default_ttl() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_payload_bytes_max() -> usize {
+    tally_wire::mold::DEFAULT_PAYLOAD_LIMIT
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    1000
+}
+fn default_max_sessions() -> usize {
+    GatewayConfig::DEFAULT_MAX_SESSIONS
+}
+fn default_max_frame_bytes() -> usize {
+    GatewayConfig::DEFAULT_MAX_FRAME_BYTES
+}
+fn default_rate_limit_per_sec() -> u32 {
+    GatewayConfig::DEFAULT_RATE_LIMIT_PER_SEC
+}
+fn default_rate_burst() -> u32 {
+    GatewayConfig::DEFAULT_RATE_BURST
+}
+fn default_peer_timeout_ms() -> u64 {
+    15_000
+}
+fn default_ack_history() -> usize {
+    GatewayConfig::DEFAULT_ACK_HISTORY_PER_CLIENT
+}
+fn default_ring_messages() -> usize {
+    16_384
+}
+fn default_retransmit_messages_max() -> u16 {
+    1000
+}
+fn default_retransmit_rate() -> u32 {
+    1000
+}
+fn default_retransmit_burst() -> u32 {
+    200
+}
+fn default_requesters_max() -> usize {
+    1024
+}
+fn default_replay_clients_max() -> usize {
+    64
+}
+fn default_replay_send_buffer_bytes() -> usize {
+    4 << 20
+}
+fn default_replay_stall_timeout_ms() -> u64 {
+    10_000
+}
+fn default_fsync() -> String {
+    "none".to_string()
+}
+fn default_fsync_interval_ms() -> u64 {
+    10
+}
+fn default_retention_messages() -> u64 {
+    100_000_000
+}
+
+/// A configuration that cannot be used; names the key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Placement of one loop, parsed.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopPlacement {
+    pub core: Option<usize>,
+    pub idle: IdleStrategy,
+}
+
+impl ApplianceConfig {
+    /// Reads, parses and validates `path`. Relative paths inside are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<ApplianceConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("reading {}: {error}", path.display()))?;
+        let mut config = Self::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if config.journal.dir.is_relative() {
+            config.journal.dir = base.join(&config.journal.dir);
+        }
+        if let Some(counters) = &mut config.counters.path {
+            if counters.is_relative() {
+                *counters = base.join(&*counters);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<ApplianceConfig, String> {
+        let config: ApplianceConfig = toml::from_str(text).map_err(|error| error.to_string())?;
+        config.validate().map_err(|error| error.to_string())?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.session()?;
+        self.check_roles()?;
+        let stream = &self.stream;
+        if !stream.group.is_multicast() {
+            return Err(bad("stream.group", format!("{} is not a multicast address", stream.group)));
+        }
+        if stream.port == 0 {
+            return Err(bad("stream.port", "must not be 0"));
+        }
+        let smallest = tally_wire::mold::MoldHeader::SIZE + 2 + tally_wire::MAX_MESSAGE_SIZE;
+        if !(smallest + 1..=65_507).contains(&stream.payload_bytes_max) {
+            return Err(bad(
+                "stream.payload_bytes_max",
+                format!("must be between {} and 65507 bytes", smallest + 1),
+            ));
+        }
+        if stream.heartbeat_interval_ms == 0 {
+            return Err(bad("stream.heartbeat_interval_ms", "must be at least 1"));
+        }
+        if self.gateway.ring_messages < 2 {
+            return Err(bad("gateway.ring_messages", "must be at least 2"));
+        }
+        self.gateway_config().validate().map_err(|error| {
+            let key = if error.field.starts_with("clients") {
+                error.field.clone()
+            } else {
+                format!("gateway.{}", error.field)
+            };
+            bad(key, error.reason)
+        })?;
+        if self.retransmit.messages_per_request_max == 0 {
+            return Err(bad("retransmit.messages_per_request_max", "must be at least 1"));
+        }
+        if self.retransmit.requests_per_sec_per_requester == 0 {
+            return Err(bad("retransmit.requests_per_sec_per_requester", "must be at least 1"));
+        }
+        if self.retransmit.request_burst == 0 {
+            return Err(bad("retransmit.request_burst", "must be at least 1"));
+        }
+        if self.retransmit.requesters_max == 0 {
+            return Err(bad("retransmit.requesters_max", "must be at least 1"));
+        }
+        if self.replay.clients_max == 0 {
+            return Err(bad("replay.clients_max", "must be at least 1"));
+        }
+        if self.replay.send_buffer_bytes < 64 * 1024 {
+            return Err(bad("replay.send_buffer_bytes", "must be at least 65536"));
+        }
+        self.fsync_policy()?;
+        if self.journal.retention_messages == 0 {
+            return Err(bad("journal.retention_messages", "must be at least 1"));
+        }
+        for (name, _) in self.loop_configs() {
+            self.placement(name)?;
+        }
+        let listens = [
+            ("gateway.listen", self.gateway.listen),
+            ("retransmit.listen", SocketAddr::V4(self.retransmit.listen)),
+            ("replay.listen", self.replay.listen),
+        ];
+        for (index, (key, addr)) in listens.iter().enumerate() {
+            for (other_key, other) in &listens[..index] {
+                if addr == other && addr.port() != 0 {
+                    return Err(bad(*key, format!("{addr} is also {other_key}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The session name, parsed.
+    pub fn session(&self) -> Result<Session, ConfigError> {
+        let session = Session::from_str(&self.stream.session)
+            .map_err(|error| bad("stream.session", error.to_string()))?;
+        if session.is_blank() {
+            return Err(bad("stream.session", "must not be blank"));
+        }
+        Ok(session)
+    }
+
+    /// The fsync policy, parsed.
+    pub fn fsync_policy(&self) -> Result<FsyncPolicy, ConfigError> {
+        match self.journal.fsync.as_str() {
+            "none" => Ok(FsyncPolicy::None),
+            "batch" => Ok(FsyncPolicy::Batch),
+            "interval" => {
+                if self.journal.fsync_interval_ms == 0 {
+                    return Err(bad("journal.fsync_interval_ms", "must be at least 1"));
+                }
+                Ok(FsyncPolicy::Interval {
+                    interval_ns: self.journal.fsync_interval_ms * 1_000_000,
+                })
+            }
+            other => Err(bad(
+                "journal.fsync",
+                format!("{other:?} is not one of \"none\", \"batch\", \"interval\""),
+            )),
+        }
+    }
+
+    fn loop_configs(&self) -> [(&'static str, &LoopConfig); 4] {
+        [
+            ("gateway", &self.loops.gateway),
+            ("sequencer", &self.loops.sequencer),
+            ("retransmit", &self.loops.retransmit),
+            ("replay", &self.loops.replay),
+        ]
+    }
+
+    /// The placement of loop `name` (`gateway`, `sequencer`, `retransmit`,
+    /// `replay`).
+    pub fn placement(&self, name: &str) -> Result<LoopPlacement, ConfigError> {
+        let (_, config) = self
+            .loop_configs()
+            .into_iter()
+            .find(|(loop_name, _)| *loop_name == name)
+            .expect("a known loop name");
+        let idle = match &config.idle {
+            None => IdleStrategy::DEFAULT_BACK_OFF,
+            Some(text) => text
+                .parse()
+                .map_err(|error| bad(format!("loops.{name}.idle"), format!("{error}")))?,
+        };
+        if let Some(core) = config.core {
+            let cores = tally_runtime::thread::available_cores();
+            if !cores.contains(&core) {
+                return Err(bad(
+                    format!("loops.{name}.core"),
+                    format!("core {core} is not available to this process (available: {cores:?})"),
+                ));
+            }
+        }
+        Ok(LoopPlacement {
+            core: config.core,
+            idle,
+        })
+    }
+
+    /// The gateway's typed configuration.
+    pub fn gateway_config(&self) -> GatewayConfig {
+        let session = self.session().unwrap_or(Session::BLANK);
+        let mut config = GatewayConfig::new(self.gateway.listen, session, self.client_entries());
+        config.max_sessions = self.gateway.max_sessions;
+        config.max_frame_bytes = self.gateway.max_frame_bytes;
+        config.heartbeat_interval_ns = self.gateway.heartbeat_interval_ms * 1_000_000;
+        config.peer_timeout_ns = self.gateway.peer_timeout_ms * 1_000_000;
+        config.rate_limit_per_sec = self.gateway.rate_limit_per_sec;
+        config.rate_burst = self.gateway.rate_burst;
+        config.ack_history_per_client = self.gateway.ack_history_per_client;
+        config
+    }
+
+    /// Clients as the gateway sees them. An unknown role name becomes a
+    /// validation error naming `clients[i].role`.
+    fn client_entries(&self) -> Vec<ClientEntry> {
+        self.clients
+            .iter()
+            .map(|client| ClientEntry {
+                username: client.username.clone(),
+                password_hash: client.password_hash.clone(),
+                client_id: client.client_id,
+                role: client.role.parse().unwrap_or(Role::Reader),
+            })
+            .collect()
+    }
+
+    /// Validates role names.
+    fn check_roles(&self) -> Result<(), ConfigError> {
+        for (index, client) in self.clients.iter().enumerate() {
+            client
+                .role
+                .parse::<Role>()
+                .map_err(|error| bad(format!("clients[{index}].role"), error.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Where the counter file goes.
+    pub fn counters_path(&self) -> PathBuf {
+        self.counters
+            .path
+            .clone()
+            .unwrap_or_else(|| self.journal.dir.join("tally-sequencer.counters"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$hmIkIn7P32nSp0oF7ibLSQqvtQ0iT4AdYnCsgEG1+Yo";
+
+    fn minimal() -> String {
+        format!(
+            r#"
+[stream]
+session = "DAY1"
+group = "239.255.0.1"
+port = 31001
+interface = "127.0.0.1"
+
+[gateway]
+listen = "127.0.0.1:31000"
+
+[[clients]]
+username = "pos1"
+password_hash = "{HASH}"
+client_id = 1
+role = "pos"
+
+[retransmit]
+listen = "127.0.0.1:31002"
+
+[replay]
+listen = "127.0.0.1:31003"
+
+[journal]
+dir = "journal"
+"#
+        )
+    }
+
+    #[test]
+    fn minimal_file_parses_with_defaults() {
+        let config = ApplianceConfig::parse(&minimal()).unwrap();
+        assert_eq!(config.stream.payload_bytes_max, 1400);
+        assert_eq!(config.fsync_policy().unwrap(), FsyncPolicy::None);
+        assert_eq!(config.placement("sequencer").unwrap().idle, IdleStrategy::DEFAULT_BACK_OFF);
+        assert_eq!(config.session().unwrap().as_str(), "DAY1");
+    }
+
+    fn error_for(from: &str, to: &str) -> String {
+        let text = minimal().replacen(from, to, 1);
+        assert_ne!(text, minimal(), "replacement {from:?} did not apply");
+        ApplianceConfig::parse(&text).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(error_for("group = \"239.255.0.1\"", "group = \"10.0.0.1\"").contains("stream.group"));
+        assert!(error_for("session = \"DAY1\"", "session = \"MUCH-TOO-LONG\"").contains("stream.session"));
+        assert!(error_for("[journal]", "[journal]\nfsync = \"sometimes\"").contains("journal.fsync"));
+        assert!(error_for("role = \"pos\"", "role = \"king\"").contains("clients[0].role"));
+        assert!(error_for("client_id = 1", "client_id = 0").contains("clients[0].client_id"));
+        assert!(error_for("[gateway]", "[gateway]\nbogus = 1").contains("bogus"));
+        assert!(error_for("listen = \"127.0.0.1:31003\"", "listen = \"127.0.0.1:31002\"").contains("replay.listen"));
+        assert!(error_for("[journal]", "[loops.gateway]\nidle = \"nap\"\n[journal]").contains("loops.gateway.idle"));
+        assert!(error_for("[journal]", "[loops.sequencer]\ncore = 4096\n[journal]").contains("loops.sequencer.core"));
+        assert!(error_for("password_hash = ", "password_hash = \"plain\" #").contains("clients[0].password_hash"));
+    }
+}
