@@ -1,0 +1,527 @@
+//! UDP multicast through io_uring: a sender with a fixed pool of send slots,
+//! and a receiver that joins a group on one interface.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+
+use super::dgram::{DatagramRecv, RecvStats};
+use super::ring::{kind, user_data, Cqe, Region, Ring, CQE_BATCH};
+use super::{
+    sock, MulticastConfig, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED,
+    SEND_BUFFER_BYTES_WANTED,
+};
+
+/// Sender counters. Plain integers, updated only by the owning loop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// Datagrams the kernel accepted in full.
+    pub datagrams: u64,
+    /// Payload bytes of those datagrams.
+    pub bytes: u64,
+    /// Send completions with an error (the datagram was not sent).
+    pub errors: u64,
+    /// The last such error (`errno`), 0 if none.
+    pub last_errno: i32,
+    /// Sends that completed with fewer bytes than queued (not expected for UDP).
+    pub short_sends: u64,
+    /// Times a caller asked for a slot and every slot was in flight.
+    pub back_pressure: u64,
+}
+
+/// UDP multicast sender bound to the interface address (`IP_MULTICAST_IF`,
+/// TTL, `IP_MULTICAST_LOOP`) and connected to the group, sending through its
+/// own io_uring from a fixed pool of send slots allocated in [`new`].
+///
+/// A slot is in one of three states: free, *claimed* (handed out by
+/// [`slot`] to build a packet in; at most one at a time, and it stays claimed,
+/// content intact, until it is sent) or in flight (its send has not
+/// completed; the kernel reads it). [`poll_completions`] frees slots.
+///
+/// [`new`]: MulticastSender::new
+/// [`slot`]: MulticastSender::slot
+/// [`poll_completions`]: MulticastSender::poll_completions
+pub struct MulticastSender {
+    ring: Ring,
+    socket: OwnedFd,
+    buffers: Region,
+    slot_bytes: usize,
+    /// Free slots (a stack; capacity = slot count, never grows).
+    free: Vec<u32>,
+    /// The slot handed out by `slot()` and not yet sent.
+    claimed: Option<u32>,
+    /// Length queued per slot, to check completions.
+    queued_len: Vec<u32>,
+    local_addr: SocketAddrV4,
+    destination: SocketAddrV4,
+    send_buffer_bytes: usize,
+    stats: SendStats,
+}
+
+impl MulticastSender {
+    /// Opens the socket (bound to `cfg.interface`, connected to
+    /// `cfg.group:cfg.port`), its ring and `slots` buffers of `slot_bytes`.
+    pub fn new(cfg: &MulticastConfig, slots: usize, slot_bytes: usize) -> io::Result<Self> {
+        if !cfg.group.is_multicast() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "group is not a multicast address",
+            ));
+        }
+        if slots == 0 || slots > 1 << 16 || slot_bytes == 0 || slot_bytes > 1 << 16 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "need 1..=65536 slots of 1..=65536 bytes",
+            ));
+        }
+        let socket = sock::socket(libc::AF_INET, libc::SOCK_DGRAM)?;
+        let fd = socket.as_raw_fd();
+        sock::set_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            sock::in_addr(cfg.interface),
+        )?;
+        sock::set_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_TTL,
+            cfg.ttl as libc::c_int,
+        )?;
+        sock::set_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_LOOP,
+            cfg.loopback as libc::c_int,
+        )?;
+        let send_buffer_bytes = sock::grow_buffer(fd, false, SEND_BUFFER_BYTES_WANTED)?;
+        sock::bind(fd, &SocketAddr::V4(SocketAddrV4::new(cfg.interface, 0)))?;
+        let destination = SocketAddrV4::new(cfg.group, cfg.port);
+        sock::connect_datagram(fd, &SocketAddr::V4(destination))?;
+        let local_addr = sock::local_addr_v4(&socket)?;
+        let ring = Ring::new(slots as u32, 2 * slots as u32)?;
+        let buffers = Region::new(slots * slot_bytes)?;
+        let free = (0..slots as u32).rev().collect();
+        tracing::info!(
+            %destination, %local_addr, interface = %cfg.interface, ttl = cfg.ttl,
+            loopback = cfg.loopback, slots, slot_bytes, send_buffer_bytes,
+            "multicast sender ready"
+        );
+        Ok(Self {
+            ring,
+            socket,
+            buffers,
+            slot_bytes,
+            free,
+            claimed: None,
+            queued_len: vec![0; slots],
+            local_addr,
+            destination,
+            send_buffer_bytes,
+            stats: SendStats::default(),
+        })
+    }
+
+    /// The buffer to build the next packet in: the claimed slot if there is
+    /// one, else a newly claimed free slot. `None` when every slot is in
+    /// flight even after reaping completions (back-pressure: call
+    /// [`poll_completions`](Self::poll_completions) or
+    /// [`wait_completions`](Self::wait_completions) and try again).
+    pub fn slot(&mut self) -> Option<(usize, &mut [u8])> {
+        if self.claimed.is_none() {
+            if self.free.is_empty() {
+                let _ = self.poll_completions();
+            }
+            match self.free.pop() {
+                Some(slot) => self.claimed = Some(slot),
+                None => {
+                    self.stats.back_pressure += 1;
+                    return None;
+                }
+            }
+        }
+        let slot = self.claimed.expect("claimed above") as usize;
+        // SAFETY: a claimed slot has no send in flight, and the returned
+        // borrow of self prevents any other access until it ends.
+        let bytes = unsafe {
+            self.buffers
+                .slice_mut(slot * self.slot_bytes, self.slot_bytes)
+        };
+        Some((slot, bytes))
+    }
+
+    /// Queues the send of the first `len` bytes of the claimed `slot` without
+    /// entering the kernel; [`submit`](Self::submit) sends everything queued
+    /// with one system call.
+    pub fn queue_slot(&mut self, slot: usize, len: usize) -> io::Result<()> {
+        assert_eq!(
+            self.claimed,
+            Some(slot as u32),
+            "queue_slot: slot {slot} is not the claimed slot"
+        );
+        if len > self.slot_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "len exceeds slot size",
+            ));
+        }
+        self.push_send(slot as u32, len)?;
+        self.claimed = None;
+        Ok(())
+    }
+
+    /// Queues and submits the send of the first `len` bytes of `slot` (one
+    /// `io_uring_enter`).
+    pub fn send_slot(&mut self, slot: usize, len: usize) -> io::Result<()> {
+        self.queue_slot(slot, len)?;
+        self.submit()
+    }
+
+    /// Submits every queued send.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.ring.submit()
+    }
+
+    /// Copies `bytes` into a free slot (not the claimed one) and sends it.
+    /// `WouldBlock` when every slot is in flight.
+    pub fn send_copy(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() > self.slot_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "datagram exceeds slot size",
+            ));
+        }
+        if self.free.is_empty() {
+            self.poll_completions()?;
+        }
+        let Some(slot) = self.free.pop() else {
+            self.stats.back_pressure += 1;
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        // SAFETY: a free slot has no send in flight; the slice ends before
+        // the send is queued.
+        let buffer = unsafe {
+            self.buffers
+                .slice_mut(slot as usize * self.slot_bytes, bytes.len())
+        };
+        buffer.copy_from_slice(bytes);
+        if let Err(e) = self.push_send(slot, bytes.len()) {
+            self.free.push(slot);
+            return Err(e);
+        }
+        self.submit()
+    }
+
+    fn push_send(&mut self, slot: u32, len: usize) -> io::Result<()> {
+        let entry = opcode::Send::new(
+            types::Fd(self.socket.as_raw_fd()),
+            self.buffers.at(slot as usize * self.slot_bytes),
+            len as u32,
+        )
+        .build()
+        .user_data(user_data(kind::SEND, 0, slot));
+        // SAFETY: the slot's bytes are owned by self.buffers, are not written
+        // until the slot is freed by its completion, and outlive the send
+        // (Drop drains the ring or leaks the buffers).
+        unsafe { self.ring.push(&entry)? };
+        self.queued_len[slot as usize] = len as u32;
+        Ok(())
+    }
+
+    /// Submits anything queued, reaps send completions, frees their slots and
+    /// counts errors. Non-blocking; returns the completions reaped.
+    pub fn poll_completions(&mut self) -> io::Result<usize> {
+        self.ring.submit()?;
+        let mut cqes = [Cqe::default(); CQE_BATCH];
+        let mut total = 0;
+        loop {
+            let n = self.ring.reap(&mut cqes);
+            for cqe in &cqes[..n] {
+                self.complete(*cqe);
+            }
+            total += n;
+            if n < cqes.len() {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn complete(&mut self, cqe: Cqe) {
+        if cqe.kind() != kind::SEND {
+            return; // a cancel issued by Drop
+        }
+        let slot = cqe.index();
+        let queued = self.queued_len[slot as usize];
+        if cqe.result < 0 {
+            self.stats.errors += 1;
+            self.stats.last_errno = -cqe.result;
+        } else if cqe.result as u32 != queued {
+            self.stats.short_sends += 1;
+        } else {
+            self.stats.datagrams += 1;
+            self.stats.bytes += queued as u64;
+        }
+        self.free.push(slot);
+    }
+
+    /// Blocks until at least one send completes or `timeout` passes, then
+    /// reaps. Returns the completions reaped (0 if nothing was in flight).
+    pub fn wait_completions(&mut self, timeout: Duration) -> io::Result<usize> {
+        if self.ring.in_flight() == 0 {
+            return Ok(0);
+        }
+        if !self.ring.has_completions() {
+            self.ring.wait(timeout)?;
+        }
+        self.poll_completions()
+    }
+
+    /// Waits until no send is in flight; `TimedOut` if that takes longer than
+    /// `timeout`.
+    pub fn flush(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.poll_completions()?;
+            if self.ring.in_flight() == 0 {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "sends still in flight",
+                ));
+            }
+            self.ring.wait(deadline - now)?;
+        }
+    }
+
+    /// Sends not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.ring.in_flight() as usize
+    }
+
+    /// The address the socket is bound to (interface address, ephemeral port).
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local_addr
+    }
+
+    /// `group:port`.
+    pub fn destination(&self) -> SocketAddrV4 {
+        self.destination
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Bytes per slot.
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    /// `SO_SNDBUF` as the kernel reports it.
+    pub fn send_buffer_bytes(&self) -> usize {
+        self.send_buffer_bytes
+    }
+
+    pub fn stats(&self) -> SendStats {
+        self.stats
+    }
+}
+
+impl AsRawFd for MulticastSender {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl Drop for MulticastSender {
+    fn drop(&mut self) {
+        if !self.ring.cancel_all_and_drain(DROP_DRAIN_TIMEOUT) {
+            tracing::error!("multicast sender: sends still in flight at drop; leaking its buffers");
+            self.buffers.leak();
+        }
+    }
+}
+
+/// Joins a multicast group on one interface and receives through its own
+/// io_uring: multishot `recvmsg` with a provided buffer ring where the kernel
+/// supports it, else single-shot receives into owned buffers (decided once,
+/// at construction; see [`mode`](Self::mode)).
+pub struct MulticastReceiver {
+    ring: Ring,
+    engine: DatagramRecv,
+    socket: OwnedFd,
+    receive_buffer_bytes: usize,
+    local_addr: SocketAddrV4,
+}
+
+impl MulticastReceiver {
+    /// Binds `group:port` (`SO_REUSEADDR` + `SO_REUSEPORT`, so several
+    /// receivers on one host share it), joins the group on `cfg.interface`,
+    /// asks for an 8 MiB `SO_RCVBUF` (`SO_RCVBUFFORCE` when privileged) and
+    /// arms receiving into `buffers` buffers (rounded up to a power of two,
+    /// at most 32768) of `buffer_bytes` payload bytes each. Datagrams longer
+    /// than `buffer_bytes` are counted as truncated and not delivered.
+    pub fn new(cfg: &MulticastConfig, buffers: u16, buffer_bytes: usize) -> io::Result<Self> {
+        Self::with_mode(cfg, buffers, buffer_bytes, RecvMode::Multishot)
+    }
+
+    /// As [`new`](Self::new), with `RecvMode::SingleShot` forcing the
+    /// fallback (tests, or kernels where multishot misbehaves).
+    pub fn with_mode(
+        cfg: &MulticastConfig,
+        buffers: u16,
+        buffer_bytes: usize,
+        preferred: RecvMode,
+    ) -> io::Result<Self> {
+        if !cfg.group.is_multicast() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "group is not a multicast address",
+            ));
+        }
+        let socket = sock::socket(libc::AF_INET, libc::SOCK_DGRAM)?;
+        let fd = socket.as_raw_fd();
+        sock::set_reuse(fd, true)?;
+        // Deliver only the groups this socket joined, not every group joined
+        // by any socket on the host (Linux's default).
+        sock::set_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_ALL,
+            0 as libc::c_int,
+        )?;
+        let receive_buffer_bytes = sock::grow_buffer(fd, true, RECEIVE_BUFFER_BYTES_WANTED)?;
+        let count = u32::from(buffers).max(1).next_power_of_two();
+        let mut ring = Ring::new(
+            2 * u32::from(super::dgram::SINGLE_SHOT_DEPTH_MAX),
+            2 * count,
+        )?;
+        // Armed before bind: see DatagramRecv::new.
+        let mut engine = DatagramRecv::new(&mut ring, fd, buffers, buffer_bytes, false, preferred)?;
+        let bound = sock::bind(fd, &SocketAddr::V4(SocketAddrV4::new(cfg.group, cfg.port)))
+            .and_then(|()| {
+                let membership = libc::ip_mreq {
+                    imr_multiaddr: sock::in_addr(cfg.group),
+                    imr_interface: sock::in_addr(cfg.interface),
+                };
+                sock::set_option(fd, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, membership)
+            })
+            .and_then(|()| sock::local_addr_v4(&socket));
+        let local_addr = match bound {
+            Ok(addr) => addr,
+            Err(e) => {
+                let drained = ring.cancel_all_and_drain(DROP_DRAIN_TIMEOUT);
+                engine.release(&mut ring, drained);
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            group = %cfg.group, port = cfg.port, interface = %cfg.interface,
+            mode = ?engine.mode(), buffers = engine.buffer_count(), buffer_bytes,
+            receive_buffer_bytes, "multicast receiver joined"
+        );
+        Ok(Self {
+            ring,
+            engine,
+            socket,
+            receive_buffer_bytes,
+            local_addr,
+        })
+    }
+
+    /// How this receiver receives on this kernel.
+    pub fn mode(&self) -> RecvMode {
+        self.engine.mode()
+    }
+
+    /// Non-blocking: hands every datagram already received to `on_datagram`,
+    /// re-arms the multishot receive if it ended, and returns how many
+    /// datagrams were delivered. Makes no system call when idle.
+    pub fn poll(&mut self, mut on_datagram: impl FnMut(&[u8])) -> io::Result<usize> {
+        let mut deliver = |_: Option<SocketAddrV4>, bytes: &[u8]| on_datagram(bytes);
+        self.ring.submit()?;
+        let budget = self.ring.cq_capacity();
+        let mut cqes = [Cqe::default(); CQE_BATCH];
+        let mut seen = 0;
+        let mut delivered = 0;
+        while seen < budget {
+            let n = self.ring.reap(&mut cqes);
+            for cqe in &cqes[..n] {
+                if DatagramRecv::is_recv(cqe) {
+                    delivered += self.engine.complete(&mut self.ring, *cqe, &mut deliver)?;
+                }
+            }
+            seen += n;
+            if n < cqes.len() {
+                break;
+            }
+        }
+        self.engine.finish_batch(&mut self.ring)?;
+        self.ring.submit()?;
+        Ok(delivered)
+    }
+
+    /// Blocks until at least one datagram was delivered or `timeout` passed;
+    /// returns how many were delivered.
+    pub fn wait(
+        &mut self,
+        timeout: Duration,
+        mut on_datagram: impl FnMut(&[u8]),
+    ) -> io::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.poll(&mut on_datagram)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(0);
+            }
+            self.ring.wait(deadline - now)?;
+        }
+    }
+
+    pub fn stats(&self) -> RecvStats {
+        self.engine.stats()
+    }
+
+    /// `SO_RCVBUF` as the kernel reports it (twice what was granted, per the
+    /// kernel's bookkeeping).
+    pub fn receive_buffer_bytes(&self) -> usize {
+        self.receive_buffer_bytes
+    }
+
+    /// `group:port`.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local_addr
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl AsRawFd for MulticastReceiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl Drop for MulticastReceiver {
+    fn drop(&mut self) {
+        let drained = self.ring.cancel_all_and_drain(DROP_DRAIN_TIMEOUT);
+        if !drained {
+            tracing::error!(
+                "multicast receiver: receives still in flight at drop; leaking its buffers"
+            );
+        }
+        self.engine.release(&mut self.ring, drained);
+    }
+}
