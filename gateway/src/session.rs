@@ -1271,3 +1271,7 @@ pub fn validate(message: &[u8], role: Role) -> u8 {
     debug_assert!((Header::SIZE..=INBOUND_MESSAGE_BYTES_MAX).contains(&size));
     0
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
