@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tally_gateway::config::{ClientEntry, GatewayConfig, Role};
 use tally_runtime::idle::IdleStrategy;
+use tally_runtime::net::MulticastConfig;
 use tally_wire::mold::Session;
 
 use crate::journal::FsyncPolicy;
@@ -380,6 +381,17 @@ impl ApplianceConfig {
             return Err(bad("stream.session", "must not be blank"));
         }
         Ok(session)
+    }
+
+    /// The multicast settings for the publisher and local receivers.
+    pub fn multicast(&self) -> MulticastConfig {
+        MulticastConfig {
+            group: self.stream.group,
+            port: self.stream.port,
+            interface: self.stream.interface,
+            ttl: self.stream.ttl,
+            loopback: self.stream.loopback,
+        }
     }
 
     /// The fsync policy, parsed.

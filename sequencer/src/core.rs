@@ -70,9 +70,15 @@ impl Journal for NullJournal {
 
 /// Where finished packets go: the multicast stream.
 pub trait Publisher {
-    /// Sends one complete MoldUDP64 packet. A send error is counted by the
-    /// caller and not fatal: the packet is journaled and receivers gap-fill.
+    /// Queues one complete MoldUDP64 packet for sending (it may go at once).
+    /// A send error is counted by the caller and not fatal: the packet is
+    /// journaled and receivers gap-fill.
     fn publish(&mut self, packet: &[u8]) -> io::Result<()>;
+    /// Sends everything queued. The core calls it at the end of each duty
+    /// cycle, so one batch costs one submission.
+    fn submit(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A publisher that drops everything (benchmarks).
@@ -243,6 +249,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         } else {
             self.heartbeat(now_ns);
         }
+        self.submit();
         Ok(())
     }
 
@@ -272,6 +279,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
             self.journal.sync_if_due(now_ns)?;
             if now_ns.saturating_sub(self.last_send_ns) >= self.config.heartbeat_interval_ns {
                 self.heartbeat(now_ns);
+                self.submit();
                 return Ok(1);
             }
             return Ok(0);
@@ -286,6 +294,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         chunk.commit_all();
         self.flush(now_ns)?;
         self.counters.batches.increment();
+        self.submit();
         for outcome in self.pending.drain(..) {
             // Room was checked above; a failure here is a bug.
             outcomes
@@ -307,6 +316,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         self.journal.end_session()?;
         let len = mold::write_end_of_session(&mut self.packet, self.config.session, self.next_seq);
         self.send(len, now_ns);
+        self.submit();
         self.ended = true;
         Ok(())
     }
@@ -314,6 +324,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
     /// Flushes what is pending and syncs the journal (shutdown).
     pub fn shutdown(&mut self, now_ns: u64) -> io::Result<()> {
         self.flush(now_ns)?;
+        self.submit();
         self.journal.sync()
     }
 
@@ -413,6 +424,12 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         self.packet_len = MoldHeader::SIZE;
         self.packet_count = 0;
         Ok(())
+    }
+
+    fn submit(&mut self) {
+        if self.publisher.submit().is_err() {
+            self.counters.send_errors.increment();
+        }
     }
 
     fn heartbeat(&mut self, now_ns: u64) {
