@@ -8,3 +8,4 @@
 pub mod journal;
 pub mod core;
 pub mod config;
+pub mod publisher;
