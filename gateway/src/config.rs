@@ -148,7 +148,11 @@ pub struct GatewayConfig {
     pub rate_burst: u32,
     /// Acks remembered per client for replay on a resuming login.
     pub ack_history_per_client: usize,
-    /// Kernel receive buffer per connection (`SO_RCVBUF`), in bytes.
+    /// Receive buffer per connection, in bytes: the most one receive hands
+    /// over. While a connection's frames wait (ring to the sequencer full,
+    /// login pending) the gateway holds up to
+    /// [`GatewayConfig::RECEIVE_BACKLOG_RECEIVES`] receives of it; a client
+    /// that sends more meanwhile is disconnected (counted, nothing lost).
     pub recv_buffer_bytes: usize,
     /// Send buffer per connection, in bytes; a send that does not fit closes
     /// the connection (slow client). Must hold a full ack replay.
@@ -173,8 +177,11 @@ impl GatewayConfig {
     pub const DEFAULT_RATE_BURST: u32 = 100_000;
     /// Default acks remembered per client.
     pub const DEFAULT_ACK_HISTORY_PER_CLIENT: usize = 4096;
-    /// Default kernel receive buffer per connection.
-    pub const DEFAULT_RECV_BUFFER_BYTES: usize = 256 * 1024;
+    /// Default receive buffer per connection.
+    pub const DEFAULT_RECV_BUFFER_BYTES: usize = 64 * 1024;
+    /// Receives' worth of bytes a connection may buffer while its frames
+    /// wait.
+    pub const RECEIVE_BACKLOG_RECEIVES: usize = 4;
     /// Default send buffer per connection.
     pub const DEFAULT_SEND_BUFFER_BYTES: usize = 256 * 1024;
     /// Default depth of the password-checking queue.
@@ -201,6 +208,16 @@ impl GatewayConfig {
             send_buffer_bytes: Self::DEFAULT_SEND_BUFFER_BYTES,
             auth_queue_depth: Self::DEFAULT_AUTH_QUEUE_DEPTH,
         }
+    }
+
+    /// Bytes buffered per connection for frames not yet handled:
+    /// [`Self::RECEIVE_BACKLOG_RECEIVES`] receives plus a frame, at least the
+    /// SoupBinTCP decoder's minimum.
+    pub fn receive_backlog_bytes(&self) -> usize {
+        (Self::RECEIVE_BACKLOG_RECEIVES * self.recv_buffer_bytes
+            + soup::LENGTH_PREFIX_SIZE
+            + self.max_frame_bytes)
+            .max(soup::FrameDecoder::MIN_BUFFER_BYTES)
     }
 
     /// Bytes a login that resumes from the oldest remembered ack sends at

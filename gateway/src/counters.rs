@@ -81,6 +81,9 @@ gateway_counters! {
     auth_busy,
     /// Connections closed at accept because `max_sessions` were open.
     sessions_refused,
+    /// Connections closed because they sent more than their receive backlog
+    /// while their frames waited (sequencer ring full, or login pending).
+    receive_overflows,
 }
 
 impl GatewayCounters {

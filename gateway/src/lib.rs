@@ -9,11 +9,13 @@
 pub mod auth;
 pub mod config;
 pub mod counters;
+pub mod gateway_loop;
 pub mod link;
 pub mod session;
 
 pub use auth::{AuthRequest, AuthResult, AuthThread, Authenticator, InlineAuthenticator};
 pub use config::{hash_password, verify_password, ClientEntry, ConfigError, GatewayConfig, Role};
 pub use counters::GatewayCounters;
+pub use gateway_loop::GatewayLoop;
 pub use link::{Inbound, Outcome, OutcomeKind};
 pub use session::{AckRecord, ClientRecovery, GatewayCore, GatewayIo, RecoveryError, SlotId};

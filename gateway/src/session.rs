@@ -269,6 +269,7 @@ struct Core {
 pub struct GatewayCore {
     decoders: Vec<FrameDecoder>,
     max_frame_bytes: usize,
+    decoder_bytes: usize,
     core: Core,
 }
 
@@ -299,6 +300,7 @@ impl GatewayCore {
             panic!("GatewayCore::new on an invalid configuration: {error}");
         }
         let slots = config.max_sessions;
+        let decoder_bytes = config.receive_backlog_bytes();
         let clients: Vec<ClientState> = config
             .clients
             .iter()
@@ -324,9 +326,10 @@ impl GatewayCore {
         let rate_interval_ns = (1_000_000_000 / u64::from(config.rate_limit_per_sec)).max(1);
         let mut core = GatewayCore {
             decoders: (0..slots)
-                .map(|_| FrameDecoder::new(config.max_frame_bytes))
+                .map(|_| FrameDecoder::with_buffer_bytes(config.max_frame_bytes, decoder_bytes))
                 .collect(),
             max_frame_bytes: config.max_frame_bytes,
+            decoder_bytes,
             core: Core {
                 session: config.session,
                 heartbeat_interval_ns: config.heartbeat_interval_ns,
@@ -518,7 +521,7 @@ impl GatewayCore {
             // FrameDecoder has no way to drop buffered bytes: start afresh.
             // Once per closed connection that left a partial frame; never
             // on the message path.
-            *decoder = FrameDecoder::new(self.max_frame_bytes);
+            *decoder = FrameDecoder::with_buffer_bytes(self.max_frame_bytes, self.decoder_bytes);
         }
         let connection = &mut self.core.connections[index];
         connection.state = SlotState::Free;
@@ -578,6 +581,29 @@ impl GatewayCore {
             return data.len();
         }
         taken
+    }
+
+    /// The transport could not hand over received bytes because
+    /// [`GatewayCore::on_data`] took fewer than offered (the connection's
+    /// buffer is full while its frames wait) and it cannot keep them: closes
+    /// the connection with a debug packet saying so; counted. Nothing is
+    /// lost: the client reconnects and resends from Login Accepted's next
+    /// client_seq.
+    pub fn on_receive_overflow(&mut self, io: &mut impl GatewayIo, slot: SlotId, now_ns: u64) {
+        if !self.core.is_readable(slot.index()) {
+            return;
+        }
+        self.core.counters.receive_overflows.increment();
+        self.core.send_debug(
+            io,
+            slot,
+            now_ns,
+            format_args!(
+                "receive buffer full while the sequencer is busy: closing; \
+                 log in again and resend from the next client_seq"
+            ),
+        );
+        self.core.close(io, slot);
     }
 
     /// A password check finished.

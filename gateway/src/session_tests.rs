@@ -716,7 +716,7 @@ fn gateway_rejects_are_counted() {
     let slot = h.login("till", 0);
     h.send_unsequenced(
         slot,
-        &Recount::new(1, 42, 10, 0).with_client_seq(1).as_bytes()[..],
+        Recount::new(1, 42, 10, 0).with_client_seq(1).as_bytes(),
     );
     h.send_order(slot, 2);
     assert_eq!(h.counters().gateway_rejects.get(), 1);
@@ -1071,17 +1071,27 @@ fn a_full_sequencer_ring_stalls_the_connection_without_dropping() {
 }
 
 #[test]
-fn a_stalled_connection_takes_only_what_fits_its_buffer() {
-    let mut h = Harness::new();
+fn a_stalled_connection_takes_only_its_backlog_then_overflow_closes_it() {
+    let mut config = config();
+    config.recv_buffer_bytes = 1024;
+    let backlog = config.receive_backlog_bytes();
+    assert_eq!(backlog, 4 * 1024 + 2 + 256);
+    let mut h = Harness::with(config, &[]);
     h.io.ring_capacity = 0;
     let slot = h.login("till", 0);
     h.take(slot);
     let order = Order::new(1, 1, 1, 1).with_client_seq(1);
     let one = frame(b'U', order.as_bytes());
-    let many: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+    let many: Vec<u8> = one.iter().copied().cycle().take(backlog * 2).collect();
     let taken = h.core.on_data(&mut h.io, slot, &many, h.now_ns);
-    assert!(taken < many.len(), "the decoder buffer is bounded");
-    assert!(taken >= FrameDecoder::MIN_BUFFER_BYTES.min(many.len()) - one.len());
+    assert_eq!(taken, backlog, "the backlog is bounded");
+    h.core.on_receive_overflow(&mut h.io, slot, h.now_ns);
+    let outs = h.take(slot);
+    assert!(
+        matches!(&outs[..], [Out::Debug(text), Out::Closed] if text.contains("receive buffer full"))
+    );
+    assert_eq!(h.counters().receive_overflows.get(), 1);
+    assert_eq!(h.counters().protocol_errors.get(), 0);
 }
 
 #[test]

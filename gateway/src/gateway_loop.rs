@@ -1,0 +1,258 @@
+//! The gateway loop: one thread that owns the SoupBinTCP listener (an
+//! io_uring [`TcpServer`]), the [`GatewayCore`], both rings to and from the
+//! sequencer and the authenticator, and drives them with a duty cycle.
+//!
+//! [`GatewayLoop::poll`] does one cycle: drain the sequencer's outcomes (at
+//! most [`OUTCOMES_PER_POLL`]), take password-check answers, handle every
+//! network completion waiting, then let the core resume stalled connections
+//! and run its timers. It returns the work done; [`GatewayLoop::run`] pairs it
+//! with an idle strategy that waits in `io_uring_enter` when there is none.
+//! Nothing in a cycle allocates, locks or logs.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tally_runtime::idle::IdleStrategy;
+use tally_runtime::net::{self, ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
+
+use crate::auth::{AuthRequest, AuthThread, Authenticator};
+use crate::config::GatewayConfig;
+use crate::counters::GatewayCounters;
+use crate::link::{Inbound, Outcome};
+use crate::session::{GatewayCore, GatewayIo, SendError, SlotId};
+
+/// Outcomes taken from the sequencer ring per [`GatewayLoop::poll`].
+pub const OUTCOMES_PER_POLL: usize = 4096;
+
+/// One gateway loop (see the module doc). Build it on any thread, move it to
+/// its own and call [`GatewayLoop::run`] (or `poll` in a loop of your own).
+pub struct GatewayLoop<A: Authenticator = AuthThread> {
+    server: TcpServer,
+    core: GatewayCore,
+    to_sequencer: rtrb::Producer<Inbound>,
+    from_sequencer: rtrb::Consumer<Outcome>,
+    auth: A,
+    /// Connection of each core slot.
+    slot_conns: Vec<Option<ConnId>>,
+    /// Core slot of each server connection index.
+    conn_slots: Vec<Option<SlotId>>,
+}
+
+impl<A: Authenticator> std::fmt::Debug for GatewayLoop<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayLoop")
+            .field("local_addr", &self.server.local_addr())
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Authenticator> GatewayLoop<A> {
+    /// Binds `config.listen` and takes over `core` (built from the same
+    /// `config`, with the clients' state recovered from the journal), the
+    /// producer end of the ring to the sequencer, the consumer end of the
+    /// ring back, and the authenticator (an [`AuthThread`] in production).
+    pub fn new(
+        config: &GatewayConfig,
+        core: GatewayCore,
+        to_sequencer: rtrb::Producer<Inbound>,
+        from_sequencer: rtrb::Consumer<Outcome>,
+        auth: A,
+    ) -> io::Result<Self> {
+        let server_config = TcpServerConfig {
+            max_connections: config.max_sessions,
+            recv_buffer_bytes: config.recv_buffer_bytes,
+            send_buffer_bytes: config.send_buffer_bytes,
+            backlog: config.max_sessions.clamp(16, 4096) as u32,
+        };
+        let server = TcpServer::bind(config.listen, &server_config)?;
+        Ok(GatewayLoop {
+            server,
+            core,
+            to_sequencer,
+            from_sequencer,
+            auth,
+            slot_conns: vec![None; config.max_sessions],
+            conn_slots: vec![None; config.max_sessions],
+        })
+    }
+
+    /// The address the listener is bound to (the port, when `listen` said 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The session core (e.g. to read a client's state in tests).
+    pub fn core(&self) -> &GatewayCore {
+        &self.core
+    }
+
+    /// The counters the loop writes.
+    pub fn counters(&self) -> &GatewayCounters {
+        self.core.counters()
+    }
+
+    /// The TCP server's own counters (bytes, accepts, send-buffer refusals).
+    pub fn tcp_stats(&self) -> net::TcpStats {
+        self.server.stats()
+    }
+
+    /// One duty cycle at `now_ns` (a monotonic clock, nanoseconds); returns
+    /// the work done (0 = idle). Bounded: at most [`OUTCOMES_PER_POLL`]
+    /// outcomes, the completions the ring holds, and
+    /// `FRAMES_PER_SLOT_PER_SERVICE` frames per stalled connection.
+    pub fn poll(&mut self, now_ns: u64) -> usize {
+        let mut work = 0;
+        let GatewayLoop {
+            server,
+            core,
+            to_sequencer,
+            from_sequencer,
+            auth,
+            slot_conns,
+            conn_slots,
+        } = self;
+
+        // Acks first: they free ring space and release waiting logins.
+        {
+            let mut io = LoopIo {
+                handle: server.handle(),
+                slot_conns,
+                to_sequencer,
+                auth,
+            };
+            while work < OUTCOMES_PER_POLL {
+                let Ok(outcome) = from_sequencer.pop() else {
+                    break;
+                };
+                core.on_outcome(&mut io, outcome, now_ns);
+                work += 1;
+            }
+            while let Some(result) = io.auth.poll_result() {
+                core.on_auth_result(&mut io, result, now_ns);
+                work += 1;
+            }
+        }
+
+        let polled = server.poll(|handle, event| {
+            let mut io = LoopIo {
+                handle,
+                slot_conns,
+                to_sequencer,
+                auth,
+            };
+            match event {
+                TcpEvent::Accepted { conn, .. } => match core.on_accept(now_ns) {
+                    Some(slot) => {
+                        io.slot_conns[slot.index()] = Some(conn);
+                        conn_slots[conn.index()] = Some(slot);
+                    }
+                    // The server and the core have the same capacity, so this
+                    // is only a slot whose close is still being reported.
+                    None => io.handle.close_now(conn),
+                },
+                TcpEvent::Data { conn, bytes } => {
+                    if let Some(slot) = slot_of(conn_slots, io.slot_conns, conn) {
+                        let taken = core.on_data(&mut io, slot, bytes, now_ns);
+                        if taken < bytes.len() {
+                            core.on_receive_overflow(&mut io, slot, now_ns);
+                        }
+                    }
+                }
+                TcpEvent::Closed { conn, .. } => {
+                    if let Some(slot) = slot_of(conn_slots, io.slot_conns, conn) {
+                        core.on_closed(slot);
+                        io.slot_conns[slot.index()] = None;
+                        conn_slots[conn.index()] = None;
+                    }
+                }
+                TcpEvent::Rejected { .. } => core.counters().sessions_refused.increment(),
+            }
+        });
+        // An io_uring submit error is counted in the server's stats; the
+        // loop keeps serving what it can.
+        work += polled.unwrap_or(0);
+
+        let mut io = LoopIo {
+            handle: server.handle(),
+            slot_conns,
+            to_sequencer,
+            auth,
+        };
+        work += core.service(&mut io, now_ns);
+        let _ = server.submit();
+        work
+    }
+
+    /// Runs [`GatewayLoop::poll`] until `stop` is set, reading a monotonic
+    /// clock each cycle and idling with `idle` (the park phase waits in
+    /// `io_uring_enter`, so a network completion ends it early; outcomes and
+    /// password answers are picked up when the park ends, at most the
+    /// strategy's longest park later).
+    pub fn run(&mut self, idle: IdleStrategy, stop: &AtomicBool) {
+        let mut idler = idle.idler();
+        let start = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let now_ns = start.elapsed().as_nanos() as u64;
+            let work = self.poll(now_ns);
+            let server = &mut self.server;
+            idler.idle_with(work, |duration: Duration| {
+                let _ = server.wait(duration);
+            });
+        }
+    }
+}
+
+/// The core slot of `conn`, if it is the connection that slot serves.
+fn slot_of(
+    conn_slots: &[Option<SlotId>],
+    slot_conns: &[Option<ConnId>],
+    conn: ConnId,
+) -> Option<SlotId> {
+    let slot = (*conn_slots.get(conn.index())?)?;
+    (slot_conns[slot.index()] == Some(conn)).then_some(slot)
+}
+
+/// The core's view of the world during one part of a cycle.
+struct LoopIo<'a, A> {
+    handle: &'a mut TcpServerHandle,
+    slot_conns: &'a mut [Option<ConnId>],
+    to_sequencer: &'a mut rtrb::Producer<Inbound>,
+    auth: &'a mut A,
+}
+
+impl<A: Authenticator> GatewayIo for LoopIo<'_, A> {
+    fn send(&mut self, slot: SlotId, bytes: &[u8]) -> Result<(), SendError> {
+        let Some(conn) = self.slot_conns[slot.index()] else {
+            return Err(SendError::Closed);
+        };
+        self.handle.send(conn, bytes).map_err(|error| match error {
+            net::SendError::Full => SendError::Full,
+            net::SendError::Closed => SendError::Closed,
+        })
+    }
+
+    fn close(&mut self, slot: SlotId) {
+        if let Some(conn) = self.slot_conns[slot.index()] {
+            // Flushes what is queued (a debug packet, a login reject) first.
+            self.handle.close(conn);
+        }
+    }
+
+    fn sequencer_capacity(&self) -> usize {
+        self.to_sequencer.slots()
+    }
+
+    fn forward(&mut self, inbound: Inbound) -> Result<(), Inbound> {
+        self.to_sequencer
+            .push(inbound)
+            .map_err(|error| match error {
+                rtrb::PushError::Full(inbound) => inbound,
+            })
+    }
+
+    fn authenticate(&mut self, request: AuthRequest) -> Result<(), AuthRequest> {
+        self.auth.submit(request)
+    }
+}
