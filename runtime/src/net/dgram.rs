@@ -21,9 +21,13 @@ use super::ring::{kind, user_data, zeroed, Cqe, HeapArray, Region, Ring, CQE_BAT
 use super::sock;
 use super::RecvMode;
 
-/// Most single-shot receives kept in flight in fallback mode. Each waiting
-/// receive is woken for every datagram, so a deep queue costs per datagram.
-pub(crate) const SINGLE_SHOT_DEPTH_MAX: u16 = 16;
+/// Single-shot receives kept in flight in fallback mode. One, on purpose:
+/// every receive waiting on a socket is woken for each datagram, and the
+/// ones that lose the race are retried through io-wq (seen as `EAGAIN`
+/// completions), where one that does find a datagram can complete out of
+/// order. Measured on loopback, one at a time is no slower (100 000
+/// datagrams to two receivers: 2.2 s with 16 or 1 in flight).
+pub(crate) const SINGLE_SHOT_DEPTH_MAX: u16 = 1;
 
 /// Buffer group id; each ring has its own group namespace.
 const BUFFER_GROUP: u16 = 0;
@@ -52,6 +56,9 @@ pub struct RecvStats {
     pub truncated: u64,
     /// Times a multishot receive ended and was submitted again.
     pub rearms: u64,
+    /// Single-shot receives that completed with `EAGAIN` and were re-armed
+    /// (woken for a datagram another receive took; benign).
+    pub eagain: u64,
     /// Receive completions with any other error.
     pub errors: u64,
     /// The last such error (`errno`), 0 if none.
@@ -87,7 +94,10 @@ pub(crate) struct DatagramRecv {
     with_source: bool,
     /// Largest payload delivered.
     payload_bytes: usize,
-    /// Bytes per buffer: recvmsg_out header + name + payload, rounded up.
+    /// Bytes the kernel may fill per buffer: recvmsg_out header + name +
+    /// payload (multishot layout).
+    entry_bytes: usize,
+    /// Distance between buffers: `entry_bytes` rounded up to a cache line.
     stride: usize,
     buffer_count: u16,
     buffers: Region,
@@ -134,7 +144,8 @@ impl DatagramRecv {
         } else {
             0
         };
-        let stride = (RECVMSG_OUT_BYTES + name_bytes + payload_bytes).next_multiple_of(64);
+        let entry_bytes = RECVMSG_OUT_BYTES + name_bytes + payload_bytes;
+        let stride = entry_bytes.next_multiple_of(64);
         let buffers = Region::new(stride * buffer_count as usize)?;
         let mut header: libc::msghdr = zeroed();
         header.msg_namelen = name_bytes as libc::socklen_t;
@@ -150,6 +161,7 @@ impl DatagramRecv {
             },
             with_source,
             payload_bytes,
+            entry_bytes,
             stride,
             buffer_count,
             buffers,
@@ -180,7 +192,7 @@ impl DatagramRecv {
                 self.buffer_count,
                 bid,
                 self.buffer_addr(bid),
-                self.stride,
+                self.entry_bytes,
                 bid,
             );
         }
@@ -380,6 +392,7 @@ impl DatagramRecv {
     fn count_error(&mut self, result: i32) {
         match -result {
             libc::ENOBUFS => self.stats.enobufs += 1,
+            libc::EAGAIN => self.stats.eagain += 1,
             libc::ECANCELED => {}
             errno => {
                 self.stats.errors += 1;
@@ -406,7 +419,7 @@ impl DatagramRecv {
             self.stats.errors += 1;
             return 0;
         };
-        let len = (cqe.result as usize).min(self.stride);
+        let len = (cqe.result as usize).min(self.entry_bytes);
         let template = self.template.get(0);
         let mut delivered = 0;
         {
@@ -440,7 +453,14 @@ impl DatagramRecv {
         let Mode::Multishot { buf_ring, tail, .. } = &mut self.mode else {
             unreachable!("recycle in single-shot mode")
         };
-        write_buf_ring_entry(buf_ring, self.buffer_count, *tail, addr, self.stride, bid);
+        write_buf_ring_entry(
+            buf_ring,
+            self.buffer_count,
+            *tail,
+            addr,
+            self.entry_bytes,
+            bid,
+        );
         *tail = tail.wrapping_add(1);
     }
 

@@ -70,7 +70,8 @@ pub enum RecvMode {
     /// One multishot `recvmsg` that picks buffers from a provided buffer
     /// ring (Linux 6.0+): one submission for any number of datagrams.
     Multishot,
-    /// Fallback: a few single-shot `recvmsg` operations, each into its own
-    /// owned buffer, re-submitted after each datagram.
+    /// Fallback: one single-shot `recvmsg` at a time into an owned buffer,
+    /// submitted again after each datagram (one `io_uring_enter` per
+    /// datagram; strictly in order).
     SingleShot,
 }

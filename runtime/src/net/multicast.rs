@@ -26,6 +26,8 @@ pub struct SendStats {
     pub errors: u64,
     /// The last such error (`errno`), 0 if none.
     pub last_errno: i32,
+    /// Sends that completed with `EAGAIN` and were submitted again.
+    pub retries: u64,
     /// Sends that completed with fewer bytes than queued (not expected for UDP).
     pub short_sends: u64,
     /// Times a caller asked for a slot and every slot was in flight.
@@ -255,6 +257,14 @@ impl MulticastSender {
         }
         let slot = cqe.index();
         let queued = self.queued_len[slot as usize];
+        if cqe.result == -libc::EAGAIN {
+            // The socket was non-blocking-busy when io_uring retried the send:
+            // send the same bytes again rather than lose the datagram.
+            self.stats.retries += 1;
+            if self.push_send(slot, queued as usize).is_ok() {
+                return;
+            }
+        }
         if cqe.result < 0 {
             self.stats.errors += 1;
             self.stats.last_errno = -cqe.result;

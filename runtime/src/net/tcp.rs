@@ -763,7 +763,13 @@ impl TcpServer {
                 }
                 1
             }
+            // Draining discards what arrives; EAGAIN is a spurious wake-up
+            // of a non-blocking socket: receive again either way.
             ConnState::Draining if cqe.result > 0 => {
+                self.arm_recv(index);
+                0
+            }
+            ConnState::Open | ConnState::Draining if cqe.result == -libc::EAGAIN => {
                 self.arm_recv(index);
                 0
             }
@@ -796,6 +802,10 @@ impl TcpServer {
             c.send.failed();
         }
         match c.state {
+            // Spurious wake-up of a non-blocking socket: send the chunk again.
+            ConnState::Open | ConnState::Draining if cqe.result == -libc::EAGAIN => {
+                h.start_send(index)
+            }
             ConnState::Open | ConnState::Draining if cqe.result < 0 => {
                 h.begin_close(index, CloseReason::Error(-cqe.result));
             }
@@ -1079,6 +1089,8 @@ impl TcpConn {
                         if cqe.result > 0 {
                             self.unread = cqe.result as usize;
                             self.stats.bytes_received += cqe.result as u64;
+                        } else if cqe.result == -libc::EAGAIN {
+                            // Spurious wake-up: poll_recv receives again.
                         } else {
                             self.closed.get_or_insert(-cqe.result);
                         }
@@ -1090,6 +1102,9 @@ impl TcpConn {
                             if self.closed.is_none() {
                                 self.start_send()?;
                             }
+                        } else if cqe.result == -libc::EAGAIN {
+                            self.send.failed();
+                            self.start_send()?;
                         } else {
                             self.send.failed();
                             self.closed.get_or_insert(-cqe.result);

@@ -23,6 +23,8 @@ pub struct UdpSendStats {
     pub errors: u64,
     /// The last such error (`errno`), 0 if none.
     pub last_errno: i32,
+    /// Sends that completed with `EAGAIN` and were submitted again.
+    pub retries: u64,
     /// `send_to` calls refused because every slot was in flight.
     pub would_block: u64,
 }
@@ -208,18 +210,26 @@ impl UdpSocketRing {
         header.msg_iov = self.iovecs.ptr(i);
         header.msg_iovlen = 1;
         self.headers.set(i, header);
-        let entry = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), self.headers.ptr(i))
-            .build()
-            .user_data(user_data(kind::SEND, 0, slot));
-        // SAFETY: the slot's bytes, iovec, destination and msghdr are owned by
-        // self, untouched until the send completes, and outlive it (Drop
-        // drains the ring or leaks them).
-        if let Err(e) = unsafe { self.ring.push(&entry) } {
+        self.queued_len[i] = bytes.len() as u32;
+        if let Err(e) = self.push_send(slot) {
             self.free.push(slot);
             return Err(e);
         }
-        self.queued_len[i] = bytes.len() as u32;
         self.ring.submit()
+    }
+
+    /// Queues the send of `slot` (its msghdr is already filled in).
+    fn push_send(&mut self, slot: u32) -> io::Result<()> {
+        let entry = opcode::SendMsg::new(
+            types::Fd(self.socket.as_raw_fd()),
+            self.headers.ptr(slot as usize),
+        )
+        .build()
+        .user_data(user_data(kind::SEND, 0, slot));
+        // SAFETY: the slot's bytes, iovec, destination and msghdr are owned by
+        // self, untouched until the send completes, and outlive it (Drop
+        // drains the ring or leaks them).
+        unsafe { self.ring.push(&entry) }
     }
 
     fn complete_send(&mut self, cqe: Cqe) {
@@ -227,6 +237,13 @@ impl UdpSocketRing {
             return; // a cancel issued by Drop
         }
         let slot = cqe.index();
+        if cqe.result == -libc::EAGAIN {
+            // Send the same datagram again rather than lose it.
+            self.send_stats.retries += 1;
+            if self.push_send(slot).is_ok() {
+                return;
+            }
+        }
         if cqe.result < 0 {
             self.send_stats.errors += 1;
             self.send_stats.last_errno = -cqe.result;
