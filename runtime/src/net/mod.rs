@@ -75,3 +75,13 @@ pub enum RecvMode {
     /// datagram; strictly in order).
     SingleShot,
 }
+
+/// Every type is built on one thread and moved to the loop that runs it.
+const _: () = {
+    const fn is_send<T: Send>() {}
+    is_send::<MulticastSender>();
+    is_send::<MulticastReceiver>();
+    is_send::<UdpSocketRing>();
+    is_send::<TcpServer>();
+    is_send::<TcpConn>();
+};

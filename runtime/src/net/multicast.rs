@@ -450,9 +450,10 @@ impl MulticastReceiver {
         self.engine.mode()
     }
 
-    /// Non-blocking: hands every datagram already received to `on_datagram`,
-    /// re-arms the multishot receive if it ended, and returns how many
-    /// datagrams were delivered. Makes no system call when idle.
+    /// Non-blocking: hands the datagrams already received to `on_datagram`
+    /// (at most one completion queue's worth per call, so one call is
+    /// bounded), re-arms the multishot receive if it ended, and returns how
+    /// many datagrams were delivered. Makes no system call when idle.
     pub fn poll(&mut self, mut on_datagram: impl FnMut(&[u8])) -> io::Result<usize> {
         let mut deliver = |_: Option<SocketAddrV4>, bytes: &[u8]| on_datagram(bytes);
         self.ring.submit()?;
