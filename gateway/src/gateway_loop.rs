@@ -3,9 +3,11 @@
 //! sequencer and the authenticator, and drives them with a duty cycle.
 //!
 //! [`GatewayLoop::poll`] does one cycle: drain the sequencer's outcomes (at
-//! most [`OUTCOMES_PER_POLL`]), take password-check answers, handle every
-//! network completion waiting, then let the core resume stalled connections
-//! and run its timers. It returns the work done; [`GatewayLoop::run`] pairs it
+//! most [`OUTCOMES_PER_POLL`]), take password-check answers, let the core
+//! resume connections whose frames waited and run its timers, then handle
+//! every network completion waiting — unless a connection is still stalled
+//! on a full sequencer ring, in which case the network waits (back-pressure
+//! through TCP flow control, never a dropped byte). It returns the work done; [`GatewayLoop::run`] pairs it
 //! with an idle strategy that waits in `io_uring_enter` when there is none.
 //! Nothing in a cycle allocates, locks or logs.
 
@@ -135,6 +137,28 @@ impl<A: Authenticator> GatewayLoop<A> {
             }
         }
 
+        // Resume connections whose frames waited (ring full, login just
+        // completed), and run the timers.
+        {
+            let mut io = LoopIo {
+                handle: server.handle(),
+                slot_conns,
+                to_sequencer,
+                auth,
+            };
+            work += core.service(&mut io, now_ns);
+        }
+
+        // Back-pressure: while a connection's frames wait for room in the
+        // ring, take no more bytes from the network. TcpServer receives
+        // again only after a Data event is handled, so leaving completions
+        // in the ring leaves bytes in the kernel, and TCP flow control slows
+        // the clients down. Acks, timers and closes keep going meanwhile.
+        if core.is_stalled() {
+            let _ = server.submit();
+            return work;
+        }
+
         let polled = server.poll(|handle, event| {
             let mut io = LoopIo {
                 handle,
@@ -173,14 +197,6 @@ impl<A: Authenticator> GatewayLoop<A> {
         // An io_uring submit error is counted in the server's stats; the
         // loop keeps serving what it can.
         work += polled.unwrap_or(0);
-
-        let mut io = LoopIo {
-            handle: server.handle(),
-            slot_conns,
-            to_sequencer,
-            auth,
-        };
-        work += core.service(&mut io, now_ns);
         let _ = server.submit();
         work
     }
@@ -197,8 +213,15 @@ impl<A: Authenticator> GatewayLoop<A> {
             let now_ns = start.elapsed().as_nanos() as u64;
             let work = self.poll(now_ns);
             let server = &mut self.server;
+            let stalled = self.core.is_stalled();
             idler.idle_with(work, |duration: Duration| {
-                let _ = server.wait(duration);
+                if stalled {
+                    // Network completions are deliberately left waiting, so
+                    // io_uring_enter would return at once: sleep instead.
+                    std::thread::park_timeout(duration);
+                } else {
+                    let _ = server.wait(duration);
+                }
             });
         }
     }

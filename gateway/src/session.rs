@@ -470,6 +470,16 @@ impl GatewayCore {
         self.core.logged_in
     }
 
+    /// Whether a connection has frames waiting for room in the sequencer
+    /// ring. The loop then stops taking bytes from the network (so TCP flow
+    /// control pushes back on the clients) until the core has forwarded them.
+    pub fn is_stalled(&self) -> bool {
+        let core = &self.core;
+        core.pending.iter().any(|&index| {
+            core.connections[index as usize].blocked && core.is_readable(index as usize)
+        })
+    }
+
     /// Slots (connections) in use, whatever their state.
     pub fn slots_in_use(&self) -> usize {
         self.core.connections.len() - self.core.free.len()
