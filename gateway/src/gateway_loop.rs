@@ -5,9 +5,10 @@
 //! [`GatewayLoop::poll`] does one cycle: drain the sequencer's outcomes (at
 //! most [`OUTCOMES_PER_POLL`]), take password-check answers, let the core
 //! resume connections whose frames waited and run its timers, then handle
-//! every network completion waiting — unless a connection is still stalled
-//! on a full sequencer ring, in which case the network waits (back-pressure
-//! through TCP flow control, never a dropped byte). It returns the work done; [`GatewayLoop::run`] pairs it
+//! every network completion waiting — unless a connection's backlog of
+//! frames (waiting for room in the sequencer ring) is too large to take
+//! another receive, in which case the network waits (back-pressure through
+//! TCP flow control, never a dropped byte). It returns the work done; [`GatewayLoop::run`] pairs it
 //! with an idle strategy that waits in `io_uring_enter` when there is none.
 //! Nothing in a cycle allocates, locks or logs.
 
@@ -149,11 +150,12 @@ impl<A: Authenticator> GatewayLoop<A> {
             work += core.service(&mut io, now_ns);
         }
 
-        // Back-pressure: while a connection's frames wait for room in the
-        // ring, take no more bytes from the network. TcpServer receives
-        // again only after a Data event is handled, so leaving completions
-        // in the ring leaves bytes in the kernel, and TCP flow control slows
-        // the clients down. Acks, timers and closes keep going meanwhile.
+        // Back-pressure: while a connection's waiting frames leave too little
+        // room for another receive (the ring to the sequencer is full, or
+        // was), take no more bytes from the network. TcpServer receives again
+        // only after a Data event is handled, so leaving completions in the
+        // ring leaves bytes in the kernel, and TCP flow control slows the
+        // clients down. Acks, timers and closes keep going meanwhile.
         if core.is_stalled() {
             let _ = server.submit();
             return work;

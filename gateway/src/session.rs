@@ -270,6 +270,9 @@ pub struct GatewayCore {
     decoders: Vec<FrameDecoder>,
     max_frame_bytes: usize,
     decoder_bytes: usize,
+    /// Buffered bytes above which a waiting connection might not take one
+    /// more receive: see [`GatewayCore::is_stalled`].
+    stall_buffered_bytes: usize,
     core: Core,
 }
 
@@ -330,6 +333,10 @@ impl GatewayCore {
                 .collect(),
             max_frame_bytes: config.max_frame_bytes,
             decoder_bytes,
+            stall_buffered_bytes: decoder_bytes
+                - config.recv_buffer_bytes
+                - soup::LENGTH_PREFIX_SIZE
+                - config.max_frame_bytes,
             core: Core {
                 session: config.session,
                 heartbeat_interval_ns: config.heartbeat_interval_ns,
@@ -470,13 +477,15 @@ impl GatewayCore {
         self.core.logged_in
     }
 
-    /// Whether a connection has frames waiting for room in the sequencer
-    /// ring. The loop then stops taking bytes from the network (so TCP flow
-    /// control pushes back on the clients) until the core has forwarded them.
+    /// Whether a connection whose frames wait to be handled (for room in the
+    /// sequencer ring, or for their turn) has so much buffered that one more
+    /// receive might not fit. The loop then takes no more bytes from the
+    /// network (so TCP flow control pushes back on the clients) until the
+    /// core has worked the backlog down.
     pub fn is_stalled(&self) -> bool {
-        let core = &self.core;
-        core.pending.iter().any(|&index| {
-            core.connections[index as usize].blocked && core.is_readable(index as usize)
+        self.core.pending.iter().any(|&index| {
+            self.core.is_readable(index as usize)
+                && self.decoders[index as usize].buffered() > self.stall_buffered_bytes
         })
     }
 

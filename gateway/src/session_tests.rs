@@ -1095,6 +1095,33 @@ fn a_stalled_connection_takes_only_its_backlog_then_overflow_closes_it() {
 }
 
 #[test]
+fn a_large_backlog_behind_a_full_ring_stalls_the_network() {
+    let mut config = config();
+    config.recv_buffer_bytes = 1024;
+    // Backlog 4 × 1024 + 258; stalled above 3 × 1024 buffered.
+    let mut h = Harness::with(config, &[]);
+    h.io.ring_capacity = 0;
+    let slot = h.login("till", 0);
+    h.take(slot);
+    let one = frame(b'U', Order::new(1, 1, 1, 1).with_client_seq(1).as_bytes());
+    let chunk: Vec<u8> = one.iter().copied().cycle().take(1024).collect();
+    for _ in 0..3 {
+        h.receive(slot, &chunk);
+        assert!(!h.core.is_stalled(), "room for another receive");
+    }
+    h.receive(slot, &one);
+    assert!(h.core.is_stalled());
+    h.io.ring_capacity = 1000;
+    h.service();
+    assert!(!h.core.is_stalled(), "64 frames handled: room again");
+    assert_eq!(
+        h.io.forwarded.len(),
+        1,
+        "the rest are duplicates of client_seq 1"
+    );
+}
+
+#[test]
 fn frames_split_at_every_byte_are_reassembled() {
     let mut h = Harness::new();
     let slot = h.connect();
