@@ -9,3 +9,5 @@ pub mod journal;
 pub mod core;
 pub mod config;
 pub mod publisher;
+pub mod retransmit;
+pub mod replay;

@@ -1,0 +1,1127 @@
+//! The replay feed (DESIGN.md §2, "Replay feed"; §4 framing): a SoupBinTCP
+//! server where a client logs in with a requested sequence number and
+//! receives every stream message from that number on, one per Sequenced Data
+//! packet, read from the journal; then the live stream as the journal grows
+//! (a TCP tail for clients that cannot use multicast).
+//!
+//! Protocol, per connection:
+//!
+//! - The first frame must be a Login Request. Its password is checked off
+//!   the loop, on an [`AuthThread`] (argon2 never runs on the loop thread).
+//!   Any configured client may use the feed, whatever its role (`reader`
+//!   clients may use only this feed; the gateway refuses them).
+//!   Wrong username or password → Login Rejected `A`, then close. A
+//!   requested session that is not blank and not the current one → `S`,
+//!   then close. Otherwise Login Accepted with the current session and the
+//!   requested sequence number (1 when blank or 0). A number beyond the
+//!   stream's end is accepted; the client waits until it exists.
+//! - The loop then sends messages from that number on, at the pace the
+//!   connection's bounded send buffer allows: at most
+//!   `MESSAGES_PER_CLIENT_PER_POLL` messages per client per poll, never more
+//!   than the send buffer can take. A client whose buffer stays too full to
+//!   take the next message past `stall_timeout` gets a Debug packet and is
+//!   cut off (`slow_clients_cut`): the sequencer never waits for a reader.
+//! - A Server Heartbeat goes out after `heartbeat_interval` without sending.
+//!   A client silent for `peer_timeout` (15 s) is dropped; its heartbeats
+//!   keep it alive.
+//! - Logout → close. Once the session has ended and the client has every
+//!   message: End of Session `Z`, then close.
+//! - Protocol errors (unknown packet type, bad length, oversize or empty
+//!   frame, `U` data, a second login, anything before the login) → a Debug
+//!   packet, then close (`protocol_errors`).
+//!
+//! Realtime contract: one thread owns the loop. The TCP server, the journal
+//! reader, every connection's state and the frame scratch buffer are
+//! allocated in [`ReplayLoop::new`]; [`ReplayLoop::poll`] does bounded work
+//! and never allocates, locks or logs.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tally_gateway::auth::{AuthRequest, AuthThread, Authenticator};
+use tally_gateway::config::ClientEntry;
+use tally_runtime::counters::{Counter, CounterFile};
+use tally_runtime::idle::IdleStrategy;
+use tally_runtime::net::{ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
+use tally_wire::mold::Session;
+use tally_wire::soup::{self, login_reject, ClientPacket, LENGTH_PREFIX_SIZE, USERNAME_SIZE};
+
+use crate::config::ApplianceConfig;
+use crate::journal::{Cursor, JournalProgress, JournalReader};
+
+/// Largest frame (type + payload) a replay client may send: a login.
+const INBOUND_FRAME_BYTES_MAX: usize = 1 + soup::LOGIN_REQUEST_PAYLOAD;
+/// Per-connection buffer for a partly received frame.
+const INBOUND_BUFFER_BYTES: usize = 64;
+const _: () = assert!(INBOUND_BUFFER_BYTES >= LENGTH_PREFIX_SIZE + INBOUND_FRAME_BYTES_MAX);
+/// Kernel-to-loop receive buffer per connection (clients send little).
+const RECV_BUFFER_BYTES: usize = 1024;
+/// Messages sent to one client per poll, at most.
+const MESSAGES_PER_CLIENT_PER_POLL: usize = 1024;
+/// Bytes of Sequenced Data frames built per client per poll, at most.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Journal records indexed per poll at most (one 24-byte read each).
+const FOLLOW_RECORDS_MAX: usize = 65_536;
+/// Entries of the reader's sparse index: 16 MiB of virtual memory, covering
+/// 64 GiB of journal (one entry per 64 KiB) before it trims its oldest half.
+/// A replay from before the oldest entry still works: it scans from the
+/// start of the journal, `MESSAGES_PER_CLIENT_PER_POLL` messages per poll.
+pub const REPLAY_INDEX_CAPACITY: usize = 1 << 20;
+/// Drop a client silent for this long (DESIGN.md §4).
+pub const PEER_TIMEOUT_NS: u64 = 15_000_000_000;
+/// Largest Debug text the loop sends.
+const DEBUG_FRAME_BYTES_MAX: usize = 128;
+
+/// What the replay loop needs, in the units it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// Address the listener binds (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The current stream session.
+    pub session: Session,
+    /// Connections served at once; more are closed at accept.
+    pub clients_max: usize,
+    /// Per-connection send buffer, bytes.
+    pub send_buffer_bytes: usize,
+    /// A client whose send buffer cannot take the next message for this
+    /// long is cut off.
+    pub stall_timeout_ns: u64,
+    /// Server heartbeat after this long without sending.
+    pub heartbeat_interval_ns: u64,
+    /// Drop a client after this long without receiving from it.
+    pub peer_timeout_ns: u64,
+    /// Logins being checked at once; more are rejected `A`.
+    pub auth_queue_depth: usize,
+    /// Entries of the journal reader's sparse index.
+    pub index_capacity: usize,
+}
+
+impl ReplayOptions {
+    /// The options from the appliance's configuration.
+    pub fn from_config(config: &ApplianceConfig) -> io::Result<Self> {
+        let session = config
+            .session()
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+        Ok(ReplayOptions {
+            listen: config.replay.listen,
+            session,
+            clients_max: config.replay.clients_max,
+            send_buffer_bytes: config.replay.send_buffer_bytes,
+            stall_timeout_ns: config.replay.stall_timeout_ms.saturating_mul(1_000_000),
+            heartbeat_interval_ns: config
+                .stream
+                .heartbeat_interval_ms
+                .saturating_mul(1_000_000),
+            peer_timeout_ns: PEER_TIMEOUT_NS,
+            // Each connection has at most one login outstanding; a closed
+            // connection's may still be in the queue when its slot is reused.
+            auth_queue_depth: 2 * config.replay.clients_max,
+            index_capacity: REPLAY_INDEX_CAPACITY,
+        })
+    }
+}
+
+/// The replay loop's counters in the shared counter file.
+#[derive(Clone, Debug)]
+pub struct ReplayCounters {
+    /// Clients logged in and being served now (a gauge).
+    pub clients_active: Counter,
+    pub logins_accepted: Counter,
+    /// Logins rejected, `A` or `S`.
+    pub logins_rejected: Counter,
+    /// Sequenced Data packets sent.
+    pub messages_sent: Counter,
+    /// Clients cut off for a send buffer full past the stall timeout.
+    pub slow_clients_cut: Counter,
+    pub protocol_errors: Counter,
+    pub heartbeats_sent: Counter,
+}
+
+impl ReplayCounters {
+    /// Names, in field order, for the counter file.
+    pub const NAMES: &'static [&'static str] = &[
+        "replay.clients_active",
+        "replay.logins_accepted",
+        "replay.logins_rejected",
+        "replay.messages_sent",
+        "replay.slow_clients_cut",
+        "replay.protocol_errors",
+        "replay.heartbeats_sent",
+    ];
+
+    /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
+    pub fn from_file(file: &CounterFile, first: usize) -> Self {
+        let c = |i: usize| file.counter(first + i);
+        ReplayCounters {
+            clients_active: c(0),
+            logins_accepted: c(1),
+            logins_rejected: c(2),
+            messages_sent: c(3),
+            slow_clients_cut: c(4),
+            protocol_errors: c(5),
+            heartbeats_sent: c(6),
+        }
+    }
+}
+
+/// Where a connection is in the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No connection in this slot.
+    Free,
+    /// Connected; the first frame must be a login.
+    AwaitingLogin,
+    /// Login handed to the auth thread; waiting for its verdict.
+    Authenticating,
+    /// Logged in: replaying, then tailing.
+    Streaming,
+    /// Close requested; waiting for the server's `Closed` event.
+    Closing,
+}
+
+/// One connection's state, in a fixed array indexed by [`ConnId::index`].
+#[derive(Debug)]
+struct ClientSlot {
+    conn: Option<ConnId>,
+    phase: Phase,
+    /// A partly received frame (length prefix included).
+    inbound: [u8; INBOUND_BUFFER_BYTES],
+    inbound_bytes: usize,
+    /// Changes with every login submitted, so a verdict for an earlier
+    /// connection in this slot is recognised and ignored.
+    ticket: u32,
+    requested_session: Session,
+    /// Next message to send to the client.
+    next_seq: u64,
+    /// Journal position; `None` until positioned at `next_seq`. May trail
+    /// `next_seq` while scanning from the start of the journal.
+    cursor: Option<Cursor>,
+    last_recv_ns: u64,
+    last_send_ns: u64,
+    /// Since when the send buffer could not take the next message.
+    stalled_since_ns: Option<u64>,
+}
+
+impl ClientSlot {
+    fn free() -> Self {
+        ClientSlot {
+            conn: None,
+            phase: Phase::Free,
+            inbound: [0; INBOUND_BUFFER_BYTES],
+            inbound_bytes: 0,
+            ticket: 0,
+            requested_session: Session::BLANK,
+            next_seq: 1,
+            cursor: None,
+            last_recv_ns: 0,
+            last_send_ns: 0,
+            stalled_since_ns: None,
+        }
+    }
+
+    fn reset(&mut self, conn: Option<ConnId>, phase: Phase, now_ns: u64) {
+        let ticket = self.ticket;
+        *self = ClientSlot::free();
+        self.ticket = ticket;
+        self.conn = conn;
+        self.phase = phase;
+        self.last_recv_ns = now_ns;
+        self.last_send_ns = now_ns;
+    }
+}
+
+/// Everything but the server and the reader, so event handlers can borrow
+/// it while the server is being polled.
+struct Feed<A: Authenticator> {
+    slots: Box<[ClientSlot]>,
+    /// Configured usernames, space padded as in a login; index = client index.
+    usernames: Box<[Option<[u8; USERNAME_SIZE]>]>,
+    auth: A,
+    scratch: Box<[u8]>,
+    options: ReplayOptions,
+    counters: ReplayCounters,
+    /// Slots in [`Phase::Streaming`].
+    active: usize,
+}
+
+/// The replay loop: its TCP server, its journal reader and every
+/// connection's state. See the module doc.
+pub struct ReplayLoop<A: Authenticator = AuthThread> {
+    server: TcpServer,
+    reader: JournalReader,
+    feed: Feed<A>,
+}
+
+impl<A: Authenticator> std::fmt::Debug for ReplayLoop<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayLoop")
+            .field("local_addr", &self.server.local_addr())
+            .field("options", &self.feed.options)
+            .field("active", &self.feed.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplayLoop<AuthThread> {
+    /// Binds `replay.listen`, opens a reader on the journal at
+    /// `journal_path` following `progress`, and starts a password-check
+    /// thread for the configured clients.
+    pub fn new(
+        config: &ApplianceConfig,
+        journal_path: &Path,
+        progress: Arc<JournalProgress>,
+        counters: ReplayCounters,
+    ) -> io::Result<Self> {
+        let options = ReplayOptions::from_config(config)?;
+        let clients = config.gateway_config().clients;
+        let auth = AuthThread::spawn(&clients, options.auth_queue_depth)?;
+        Self::with_authenticator(options, &clients, journal_path, progress, auth, counters)
+    }
+}
+
+impl<A: Authenticator> ReplayLoop<A> {
+    /// As [`ReplayLoop::new`], from explicit options, clients and password
+    /// checker.
+    pub fn with_authenticator(
+        options: ReplayOptions,
+        clients: &[ClientEntry],
+        journal_path: &Path,
+        progress: Arc<JournalProgress>,
+        auth: A,
+        counters: ReplayCounters,
+    ) -> io::Result<Self> {
+        if options.clients_max == 0
+            || options.send_buffer_bytes < SCRATCH_BYTES
+            || options.heartbeat_interval_ns == 0
+            || options.peer_timeout_ns == 0
+            || options.index_capacity == 0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "replay: clients_max, intervals and index capacity must be at least 1; \
+                 send_buffer_bytes at least 65536",
+            ));
+        }
+        let reader = JournalReader::open(journal_path, progress, options.index_capacity)?;
+        let server = TcpServer::bind(
+            options.listen,
+            &TcpServerConfig {
+                max_connections: options.clients_max,
+                recv_buffer_bytes: RECV_BUFFER_BYTES,
+                send_buffer_bytes: options.send_buffer_bytes,
+                backlog: 128,
+            },
+        )?;
+        let usernames = clients
+            .iter()
+            .map(|client| tally_wire::pad_ascii::<USERNAME_SIZE>(&client.username).ok())
+            .collect();
+        counters.clients_active.set(0);
+        Ok(ReplayLoop {
+            server,
+            reader,
+            feed: Feed {
+                slots: (0..options.clients_max)
+                    .map(|_| ClientSlot::free())
+                    .collect(),
+                usernames,
+                auth,
+                scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
+                options,
+                counters,
+                active: 0,
+            },
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// One duty cycle: follow the journal; handle connections, frames and
+    /// password verdicts; send each logged-in client what its send buffer
+    /// takes (bounded per client); heartbeats, timeouts, slow clients.
+    /// Returns the work done.
+    pub fn poll(&mut self, now_ns: u64) -> io::Result<usize> {
+        let mut work = self.reader.follow(FOLLOW_RECORDS_MAX)?;
+        let feed = &mut self.feed;
+        work += self
+            .server
+            .poll(|io, event| feed.on_event(io, event, now_ns))?;
+        let io = self.server.handle();
+        work += self.feed.on_verdicts(io, now_ns);
+        work += self.feed.serve(io, &mut self.reader, now_ns)?;
+        self.server.submit()?;
+        self.feed
+            .counters
+            .clients_active
+            .set(self.feed.active as u64);
+        Ok(work)
+    }
+
+    /// Runs [`poll`](Self::poll) under `idle` until `stop` is set. Idle
+    /// parks wait on the server's ring, so a connection or frame wakes the
+    /// loop at once; journal growth is seen at the next wake-up (at most the
+    /// strategy's longest park later).
+    pub fn run(&mut self, idle: IdleStrategy, stop: &AtomicBool) -> io::Result<()> {
+        let mut idler = idle.idler();
+        let start = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            let work = self.poll(start.elapsed().as_nanos() as u64)?;
+            let mut waited = Ok(());
+            idler.idle_with(work, |duration| waited = self.server.wait(duration));
+            waited?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a Debug frame with `text` (cut to fit).
+fn debug_frame(text: &[u8], out: &mut [u8; DEBUG_FRAME_BYTES_MAX]) -> usize {
+    let text = &text[..text
+        .len()
+        .min(DEBUG_FRAME_BYTES_MAX - LENGTH_PREFIX_SIZE - 1)];
+    soup::write_debug(out, text).expect("a debug frame that fits its buffer")
+}
+
+impl<A: Authenticator> Feed<A> {
+    fn on_event(&mut self, io: &mut TcpServerHandle, event: TcpEvent<'_>, now_ns: u64) {
+        match event {
+            TcpEvent::Accepted { conn, .. } => {
+                self.slots[conn.index()].reset(Some(conn), Phase::AwaitingLogin, now_ns);
+            }
+            TcpEvent::Data { conn, bytes } => self.on_data(io, conn, bytes, now_ns),
+            TcpEvent::Closed { conn, .. } => {
+                let slot = &mut self.slots[conn.index()];
+                if slot.conn == Some(conn) {
+                    if slot.phase == Phase::Streaming {
+                        self.active -= 1;
+                    }
+                    slot.reset(None, Phase::Free, now_ns);
+                }
+            }
+            TcpEvent::Rejected { .. } => {}
+        }
+    }
+
+    fn on_data(&mut self, io: &mut TcpServerHandle, conn: ConnId, mut bytes: &[u8], now_ns: u64) {
+        let index = conn.index();
+        {
+            let slot = &mut self.slots[index];
+            if slot.conn != Some(conn) || matches!(slot.phase, Phase::Free | Phase::Closing) {
+                return;
+            }
+            slot.last_recv_ns = now_ns;
+        }
+        let mut frame = [0u8; INBOUND_FRAME_BYTES_MAX];
+        while !bytes.is_empty() {
+            let slot = &mut self.slots[index];
+            let taken = (INBOUND_BUFFER_BYTES - slot.inbound_bytes).min(bytes.len());
+            slot.inbound[slot.inbound_bytes..slot.inbound_bytes + taken]
+                .copy_from_slice(&bytes[..taken]);
+            slot.inbound_bytes += taken;
+            bytes = &bytes[taken..];
+            loop {
+                let slot = &mut self.slots[index];
+                if slot.phase == Phase::Closing || slot.inbound_bytes < LENGTH_PREFIX_SIZE {
+                    break;
+                }
+                let frame_bytes =
+                    usize::from(u16::from_be_bytes([slot.inbound[0], slot.inbound[1]]));
+                if frame_bytes == 0 || frame_bytes > INBOUND_FRAME_BYTES_MAX {
+                    self.protocol_error(
+                        io,
+                        index,
+                        b"frame length is 0 or too large for the replay feed",
+                    );
+                    return;
+                }
+                let end = LENGTH_PREFIX_SIZE + frame_bytes;
+                if slot.inbound_bytes < end {
+                    break;
+                }
+                frame[..frame_bytes].copy_from_slice(&slot.inbound[LENGTH_PREFIX_SIZE..end]);
+                slot.inbound.copy_within(end..slot.inbound_bytes, 0);
+                slot.inbound_bytes -= end;
+                // The login's password must not linger in the buffer.
+                let tail = slot.inbound_bytes;
+                slot.inbound[tail..].fill(0);
+                self.on_frame(io, index, &frame[..frame_bytes]);
+                frame.fill(0);
+            }
+            if self.slots[index].phase == Phase::Closing {
+                return;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, io: &mut TcpServerHandle, index: usize, frame: &[u8]) {
+        let phase = self.slots[index].phase;
+        let packet = match ClientPacket::parse(frame) {
+            Ok(packet) => packet,
+            Err(soup::SoupError::UnknownPacketType(_)) => {
+                return self.protocol_error(io, index, b"unknown packet type");
+            }
+            Err(_) => return self.protocol_error(io, index, b"malformed packet"),
+        };
+        match (phase, packet) {
+            (
+                Phase::AwaitingLogin,
+                ClientPacket::LoginRequest {
+                    username,
+                    password,
+                    session,
+                    requested_seq,
+                },
+            ) => {
+                let client_index = self
+                    .usernames
+                    .iter()
+                    .position(|name| name.as_ref() == Some(username))
+                    .map(|i| i as u16);
+                let slot = &mut self.slots[index];
+                slot.ticket = slot.ticket.wrapping_add(1);
+                slot.requested_session = session;
+                slot.next_seq = requested_seq.max(1);
+                let request = AuthRequest {
+                    slot: index as u32,
+                    ticket: slot.ticket,
+                    client_index,
+                    password: *password,
+                };
+                match self.auth.submit(request) {
+                    Ok(()) => slot.phase = Phase::Authenticating,
+                    Err(mut refused) => {
+                        refused.password.fill(0);
+                        // Too many logins being checked: refuse rather than wait.
+                        self.reject_login(io, index, login_reject::NOT_AUTHORIZED);
+                    }
+                }
+            }
+            (Phase::AwaitingLogin, _) => {
+                self.protocol_error(io, index, b"the first packet must be a login request")
+            }
+            (_, ClientPacket::LoginRequest { .. }) => {
+                self.protocol_error(io, index, b"already logged in")
+            }
+            (_, ClientPacket::Unsequenced(_)) => self.protocol_error(
+                io,
+                index,
+                b"unsequenced data is not accepted on the replay feed",
+            ),
+            (_, ClientPacket::Heartbeat) => {}
+            (_, ClientPacket::Logout) => self.close(io, index),
+        }
+    }
+
+    /// Applies the password checker's verdicts. Returns verdicts applied.
+    fn on_verdicts(&mut self, io: &mut TcpServerHandle, now_ns: u64) -> usize {
+        let mut applied = 0;
+        while let Some(verdict) = self.auth.poll_result() {
+            applied += 1;
+            let index = verdict.slot as usize;
+            let Some(slot) = self.slots.get_mut(index) else {
+                continue;
+            };
+            if slot.phase != Phase::Authenticating || slot.ticket != verdict.ticket {
+                continue; // for a connection that is gone
+            }
+            let Some(conn) = slot.conn else { continue };
+            if !verdict.verified {
+                self.reject_login(io, index, login_reject::NOT_AUTHORIZED);
+                continue;
+            }
+            let session = self.options.session;
+            if !slot.requested_session.is_blank() && slot.requested_session != session {
+                self.reject_login(io, index, login_reject::SESSION_UNAVAILABLE);
+                continue;
+            }
+            let mut frame = [0u8; LENGTH_PREFIX_SIZE + 1 + soup::LOGIN_ACCEPTED_PAYLOAD];
+            let bytes = soup::write_login_accepted(&mut frame, session, slot.next_seq)
+                .expect("login accepted fits its buffer");
+            if io.send(conn, &frame[..bytes]).is_err() {
+                // A fresh connection's buffer always has room; it closed.
+                self.close(io, index);
+                continue;
+            }
+            slot.phase = Phase::Streaming;
+            slot.cursor = None;
+            slot.last_send_ns = now_ns;
+            self.active += 1;
+            self.counters.logins_accepted.increment();
+        }
+        applied
+    }
+
+    /// Sends every streaming client what it can take, then heartbeats,
+    /// timeouts, stalls and end of session. Returns messages and heartbeats
+    /// sent.
+    fn serve(
+        &mut self,
+        io: &mut TcpServerHandle,
+        reader: &mut JournalReader,
+        now_ns: u64,
+    ) -> io::Result<usize> {
+        // `ended` before `next_seq`: once the session has ended, next_seq is final.
+        let ended = reader.ended();
+        let stream_next_seq = reader.next_seq();
+        let mut work = 0;
+        for index in 0..self.slots.len() {
+            let phase = self.slots[index].phase;
+            if matches!(phase, Phase::Free | Phase::Closing) {
+                continue;
+            }
+            if now_ns.saturating_sub(self.slots[index].last_recv_ns) >= self.options.peer_timeout_ns
+            {
+                self.send_debug(io, index, b"no heartbeat from the client: disconnecting");
+                self.close(io, index);
+                continue;
+            }
+            if phase != Phase::Streaming {
+                continue;
+            }
+            if self.slots[index].next_seq >= stream_next_seq {
+                self.slots[index].stalled_since_ns = None;
+                if ended {
+                    let mut frame = [0u8; LENGTH_PREFIX_SIZE + 1];
+                    let bytes = soup::write_end_of_session(&mut frame).expect("fits");
+                    if let Some(conn) = self.slots[index].conn {
+                        let _ = io.send(conn, &frame[..bytes]);
+                    }
+                    self.close(io, index);
+                    continue;
+                }
+            } else {
+                work += self.send_messages(io, reader, index, now_ns)?;
+                if self.slots[index].phase != Phase::Streaming {
+                    continue;
+                }
+            }
+            let slot = &mut self.slots[index];
+            if now_ns.saturating_sub(slot.last_send_ns) >= self.options.heartbeat_interval_ns {
+                let Some(conn) = slot.conn else { continue };
+                let mut frame = [0u8; LENGTH_PREFIX_SIZE + 1];
+                let bytes = soup::write_server_heartbeat(&mut frame).expect("fits");
+                if io.send(conn, &frame[..bytes]).is_ok() {
+                    slot.last_send_ns = now_ns;
+                    self.counters.heartbeats_sent.increment();
+                    work += 1;
+                }
+            }
+        }
+        Ok(work)
+    }
+
+    /// Sends client `index` messages from its `next_seq` on, as many as its
+    /// send buffer takes (bounded); tracks and cuts a stalled client.
+    fn send_messages(
+        &mut self,
+        io: &mut TcpServerHandle,
+        reader: &mut JournalReader,
+        index: usize,
+        now_ns: u64,
+    ) -> io::Result<usize> {
+        let slot = &mut self.slots[index];
+        let Some(conn) = slot.conn else { return Ok(0) };
+        let mut cursor = match slot.cursor {
+            Some(cursor) => cursor,
+            None => match position(reader, slot.next_seq)? {
+                Some(cursor) => cursor,
+                None => return Ok(0), // not readable yet: wait
+            },
+        };
+        let limit_bytes = io.send_capacity(conn).min(self.scratch.len());
+        let scratch = &mut self.scratch[..limit_bytes];
+        let mut frames_bytes = 0usize;
+        let mut sent = 0usize;
+        let mut buffer_full = false;
+        let mut next_seq = slot.next_seq;
+        reader.read(&mut cursor, MESSAGES_PER_CLIENT_PER_POLL, |seq, message| {
+            if seq < next_seq {
+                return true; // scanning from the start of the journal
+            }
+            match soup::write_sequenced(&mut scratch[frames_bytes..], message) {
+                Ok(bytes) => {
+                    frames_bytes += bytes;
+                    sent += 1;
+                    next_seq = seq + 1;
+                    true
+                }
+                Err(_) => {
+                    buffer_full = true;
+                    false
+                }
+            }
+        })?;
+        slot.cursor = Some(cursor);
+        slot.next_seq = next_seq;
+        if sent > 0 {
+            if io.send(conn, &self.scratch[..frames_bytes]).is_err() {
+                // Cannot happen: the frames fit the capacity just read.
+                self.close(io, index);
+                return Ok(0);
+            }
+            slot.last_send_ns = now_ns;
+            slot.stalled_since_ns = None;
+            self.counters.messages_sent.add(sent as u64);
+            return Ok(sent);
+        }
+        if buffer_full {
+            let since_ns = *slot.stalled_since_ns.get_or_insert(now_ns);
+            if now_ns.saturating_sub(since_ns) >= self.options.stall_timeout_ns {
+                self.counters.slow_clients_cut.increment();
+                self.send_debug(
+                    io,
+                    index,
+                    b"slow consumer: send buffer full past the stall timeout; disconnecting",
+                );
+                // The buffer is full: flushing it would only wait.
+                if let Some(conn) = self.slots[index].conn {
+                    io.close_now(conn);
+                }
+                self.leave(index);
+            }
+        }
+        Ok(0)
+    }
+
+    fn reject_login(&mut self, io: &mut TcpServerHandle, index: usize, reason: u8) {
+        self.counters.logins_rejected.increment();
+        let mut frame = [0u8; LENGTH_PREFIX_SIZE + 2];
+        let bytes = soup::write_login_rejected(&mut frame, reason).expect("fits");
+        if let Some(conn) = self.slots[index].conn {
+            let _ = io.send(conn, &frame[..bytes]);
+        }
+        self.close(io, index);
+    }
+
+    fn protocol_error(&mut self, io: &mut TcpServerHandle, index: usize, text: &[u8]) {
+        self.counters.protocol_errors.increment();
+        self.send_debug(io, index, text);
+        self.close(io, index);
+    }
+
+    fn send_debug(&mut self, io: &mut TcpServerHandle, index: usize, text: &[u8]) {
+        let mut frame = [0u8; DEBUG_FRAME_BYTES_MAX];
+        let bytes = debug_frame(text, &mut frame);
+        if let Some(conn) = self.slots[index].conn {
+            let _ = io.send(conn, &frame[..bytes]);
+        }
+    }
+
+    /// Closes after flushing what is queued (bounded by the server).
+    fn close(&mut self, io: &mut TcpServerHandle, index: usize) {
+        if let Some(conn) = self.slots[index].conn {
+            io.close(conn);
+        }
+        self.leave(index);
+    }
+
+    /// Marks the slot closing; its `Closed` event frees it.
+    fn leave(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.phase == Phase::Streaming {
+            self.active -= 1;
+        }
+        slot.phase = Phase::Closing;
+    }
+}
+
+/// A cursor from which reading reaches message `seq`, or `None` to wait:
+/// `seq` is not published yet, or its record is published but not indexed
+/// yet. When the index no longer reaches back to `seq` (trimmed), a cursor at
+/// the start of the journal: the caller skips what comes before `seq`.
+fn position(reader: &mut JournalReader, seq: u64) -> io::Result<Option<Cursor>> {
+    if seq >= reader.next_seq() {
+        return Ok(None);
+    }
+    if let Some(cursor) = reader.seek(seq)? {
+        return Ok(Some(cursor));
+    }
+    if reader.seek(1)?.is_some() {
+        return Ok(None); // the index starts at 1 but has not reached `seq` yet
+    }
+    Ok(Some(reader.start()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{FsyncPolicy, JournalWriter};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::AtomicBool;
+    use std::thread::{self, JoinHandle};
+    use std::time::Duration;
+    use tally_gateway::config::{hash_password, Role};
+    use tally_wire::soup::{FrameDecoder, ServerPacket};
+
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    fn session() -> Session {
+        Session::from_str("REPLAY1").unwrap()
+    }
+
+    fn clients() -> Vec<ClientEntry> {
+        vec![ClientEntry {
+            username: "rdr1".into(),
+            password_hash: hash_password("secret1"),
+            client_id: 9,
+            role: Role::Reader,
+        }]
+    }
+
+    fn message(seq: u64) -> Vec<u8> {
+        let len = 20 + (seq % 22) as usize;
+        let mut out = vec![(seq % 251) as u8; len];
+        out[..8].copy_from_slice(&seq.to_be_bytes());
+        out
+    }
+
+    fn append(writer: &mut JournalWriter, count: u64) {
+        let mut seq = writer.next_seq();
+        let end = seq + count;
+        while seq < end {
+            let n = (end - seq).min(30);
+            let mut blocks = Vec::new();
+            for s in seq..seq + n {
+                let m = message(s);
+                blocks.extend_from_slice(&(m.len() as u16).to_be_bytes());
+                blocks.extend_from_slice(&m);
+            }
+            writer.append(seq, n as u16, &blocks, 0).unwrap();
+            seq += n;
+        }
+    }
+
+    fn options() -> ReplayOptions {
+        ReplayOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            session: session(),
+            clients_max: 4,
+            send_buffer_bytes: 64 * 1024,
+            stall_timeout_ns: 300_000_000,
+            heartbeat_interval_ns: 100_000_000,
+            peer_timeout_ns: PEER_TIMEOUT_NS,
+            auth_queue_depth: 8,
+            index_capacity: 64,
+        }
+    }
+
+    /// A replay loop running on its own thread, with a journal writer the
+    /// test appends through.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        writer: JournalWriter,
+        addr: SocketAddr,
+        counters: ReplayCounters,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<io::Result<()>>>,
+    }
+
+    impl Fixture {
+        fn new(options: ReplayOptions, messages: u64) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut writer, _) =
+                JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+            append(&mut writer, messages);
+            let file = CounterFile::in_memory(ReplayCounters::NAMES);
+            let counters = ReplayCounters::from_file(&file, 0);
+            let clients = clients();
+            let auth = AuthThread::spawn(&clients, options.auth_queue_depth).unwrap();
+            let mut replay = ReplayLoop::with_authenticator(
+                options,
+                &clients,
+                writer.path(),
+                writer.progress(),
+                auth,
+                counters.clone(),
+            )
+            .unwrap();
+            let addr = replay.local_addr();
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread_stop = Arc::clone(&stop);
+            let thread =
+                thread::spawn(move || replay.run(IdleStrategy::DEFAULT_BACK_OFF, &thread_stop));
+            Fixture {
+                _dir: dir,
+                writer,
+                addr,
+                counters,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        fn wait_for(&self, what: &str, mut done: impl FnMut(&ReplayCounters) -> bool) {
+            let deadline = Instant::now() + DEADLINE;
+            while !done(&self.counters) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Release);
+            if let Some(thread) = self.thread.take() {
+                let result = thread.join().expect("replay loop panicked");
+                if !thread::panicking() {
+                    result.expect("replay loop failed");
+                }
+            }
+        }
+    }
+
+    /// A blocking test client.
+    struct Client {
+        stream: TcpStream,
+        decoder: FrameDecoder,
+    }
+
+    /// An owned server packet.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Got {
+        Accepted(Session, u64),
+        Rejected(u8),
+        Sequenced(Vec<u8>),
+        Heartbeat,
+        EndOfSession,
+        Debug(String),
+        Closed,
+    }
+
+    impl Client {
+        fn connect(addr: SocketAddr) -> Self {
+            let stream = TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            Client {
+                stream,
+                decoder: FrameDecoder::new(1024),
+            }
+        }
+
+        fn login(addr: SocketAddr, password: &str, session: Session, seq: u64) -> Self {
+            let mut client = Client::connect(addr);
+            let mut frame = [0u8; 64];
+            let n = soup::write_login_request(&mut frame, "rdr1", password, session, seq).unwrap();
+            client.stream.write_all(&frame[..n]).unwrap();
+            client
+        }
+
+        fn send(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).unwrap();
+        }
+
+        /// The next packet (heartbeats included), within the deadline.
+        fn next(&mut self) -> Got {
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                match self.decoder.next_frame().unwrap() {
+                    Some(frame) => {
+                        return match ServerPacket::parse(frame).unwrap() {
+                            ServerPacket::LoginAccepted { session, next_seq } => {
+                                Got::Accepted(session, next_seq)
+                            }
+                            ServerPacket::LoginRejected { reason } => Got::Rejected(reason),
+                            ServerPacket::Sequenced(payload) => Got::Sequenced(payload.to_vec()),
+                            ServerPacket::Heartbeat => Got::Heartbeat,
+                            ServerPacket::EndOfSession => Got::EndOfSession,
+                            ServerPacket::Debug(text) => {
+                                Got::Debug(String::from_utf8_lossy(text).into_owned())
+                            }
+                        }
+                    }
+                    None => {
+                        assert!(Instant::now() < deadline, "no packet within {DEADLINE:?}");
+                        let spare = self.decoder.spare();
+                        match self.stream.read(spare) {
+                            Ok(0) => return Got::Closed,
+                            Ok(n) => self.decoder.commit(n),
+                            Err(error)
+                                if matches!(
+                                    error.kind(),
+                                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {
+                                return Got::Closed
+                            }
+                            Err(error) => panic!("read: {error}"),
+                        }
+                    }
+                }
+            }
+        }
+
+        /// The next packet that is not a heartbeat.
+        fn next_data(&mut self) -> Got {
+            loop {
+                match self.next() {
+                    Got::Heartbeat => continue,
+                    other => return other,
+                }
+            }
+        }
+
+        /// Expects messages `range` in order.
+        fn expect_messages(&mut self, range: std::ops::Range<u64>) {
+            for seq in range {
+                match self.next_data() {
+                    Got::Sequenced(payload) => assert_eq!(payload, message(seq), "message {seq}"),
+                    other => panic!("expected message {seq}, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn client_from_seq_1_gets_every_message_then_live_ones() {
+        let mut f = Fixture::new(options(), 5000);
+        let mut client = Client::login(f.addr, "secret1", Session::BLANK, 1);
+        assert_eq!(client.next(), Got::Accepted(session(), 1));
+        client.expect_messages(1..5001);
+        // Live: appended after the client caught up.
+        append(&mut f.writer, 100);
+        client.expect_messages(5001..5101);
+        // Idle: heartbeats keep coming.
+        assert_eq!(client.next(), Got::Heartbeat);
+        f.wait_for("the message count", |c| c.messages_sent.get() == 5100);
+        assert_eq!(f.counters.logins_accepted.get(), 1);
+        assert_eq!(f.counters.clients_active.get(), 1);
+        assert!(f.counters.heartbeats_sent.get() >= 1);
+
+        // A second client from the middle, with the session named.
+        let mut middle = Client::login(f.addr, "secret1", session(), 4321);
+        assert_eq!(middle.next(), Got::Accepted(session(), 4321));
+        middle.expect_messages(4321..5101);
+
+        // Logout closes.
+        let mut frame = [0u8; 8];
+        let n = soup::write_logout(&mut frame).unwrap();
+        middle.send(&frame[..n]);
+        assert_eq!(middle.next_data(), Got::Closed);
+
+        // End of session once the client has everything.
+        append(&mut f.writer, 3);
+        client.expect_messages(5101..5104);
+        f.writer.end_session().unwrap();
+        assert_eq!(client.next_data(), Got::EndOfSession);
+        assert_eq!(client.next_data(), Got::Closed);
+        f.wait_for("no client active", |c| c.clients_active.get() == 0);
+    }
+
+    #[test]
+    fn a_future_sequence_number_waits_for_it() {
+        let mut f = Fixture::new(options(), 10);
+        let mut client = Client::login(f.addr, "secret1", Session::BLANK, 15);
+        assert_eq!(client.next(), Got::Accepted(session(), 15));
+        assert_eq!(client.next(), Got::Heartbeat);
+        append(&mut f.writer, 10);
+        client.expect_messages(15..21);
+    }
+
+    #[test]
+    fn logins_are_rejected_for_a_wrong_password_user_or_session() {
+        let f = Fixture::new(options(), 10);
+        let mut client = Client::login(f.addr, "wrong", Session::BLANK, 1);
+        assert_eq!(client.next(), Got::Rejected(login_reject::NOT_AUTHORIZED));
+        assert_eq!(client.next(), Got::Closed);
+
+        let mut client = Client::connect(f.addr);
+        let mut frame = [0u8; 64];
+        let n =
+            soup::write_login_request(&mut frame, "nobody", "secret1", Session::BLANK, 1).unwrap();
+        client.send(&frame[..n]);
+        assert_eq!(client.next(), Got::Rejected(login_reject::NOT_AUTHORIZED));
+
+        let mut client = Client::login(f.addr, "secret1", Session::from_str("OTHER").unwrap(), 1);
+        assert_eq!(
+            client.next(),
+            Got::Rejected(login_reject::SESSION_UNAVAILABLE)
+        );
+        assert_eq!(client.next(), Got::Closed);
+        f.wait_for("three rejections", |c| c.logins_rejected.get() == 3);
+        assert_eq!(f.counters.logins_accepted.get(), 0);
+    }
+
+    #[test]
+    fn protocol_errors_get_a_debug_packet_then_close() {
+        let f = Fixture::new(options(), 10);
+        // Data before login.
+        let mut client = Client::connect(f.addr);
+        let mut frame = [0u8; 64];
+        let n = soup::write_client_heartbeat(&mut frame).unwrap();
+        client.send(&frame[..n]);
+        assert!(matches!(client.next(), Got::Debug(_)));
+        assert_eq!(client.next(), Got::Closed);
+        // Oversize frame.
+        let mut client = Client::connect(f.addr);
+        client.send(&[0x01, 0x00, b'L']);
+        assert!(matches!(client.next(), Got::Debug(_)));
+        assert_eq!(client.next(), Got::Closed);
+        // U data after login.
+        let mut client = Client::login(f.addr, "secret1", Session::BLANK, 11);
+        assert_eq!(client.next(), Got::Accepted(session(), 11));
+        let n = soup::write_unsequenced(&mut frame, b"hello").unwrap();
+        client.send(&frame[..n]);
+        assert!(matches!(client.next_data(), Got::Debug(_)));
+        assert_eq!(client.next_data(), Got::Closed);
+        // Unknown packet type.
+        let mut client = Client::connect(f.addr);
+        client.send(&[0x00, 0x01, b'?']);
+        assert!(matches!(client.next(), Got::Debug(_)));
+        f.wait_for("four protocol errors", |c| c.protocol_errors.get() == 4);
+    }
+
+    #[test]
+    fn a_slow_reader_is_cut_off_while_appends_continue() {
+        let mut f = Fixture::new(options(), 0);
+        let mut slow = Client::login(f.addr, "secret1", Session::BLANK, 1);
+        assert_eq!(slow.next(), Got::Accepted(session(), 1));
+        // The slow client never reads again. Append until it is cut off:
+        // the kernel's socket buffers fill, then the loop's, then the stall
+        // timeout runs out. Appends never wait for the reader.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut slowest_append = Duration::ZERO;
+        while f.counters.slow_clients_cut.get() == 0 {
+            assert!(Instant::now() < deadline, "slow client never cut");
+            let started = Instant::now();
+            append(&mut f.writer, 3000);
+            slowest_append = slowest_append.max(started.elapsed());
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            slowest_append < Duration::from_secs(1),
+            "an append took {slowest_append:?}"
+        );
+        f.wait_for("the slow client to leave", |c| c.clients_active.get() == 0);
+        // Appends go on; a new client still gets everything.
+        append(&mut f.writer, 100);
+        let end = f.writer.next_seq();
+        let mut fresh = Client::login(f.addr, "secret1", Session::BLANK, end - 500);
+        assert_eq!(fresh.next(), Got::Accepted(session(), end - 500));
+        fresh.expect_messages(end - 500..end);
+        drop(slow);
+    }
+
+    #[test]
+    fn trimmed_index_falls_back_to_a_scan_from_the_start() {
+        // An index of 2 entries trims its oldest half again and again.
+        let mut opts = options();
+        opts.index_capacity = 2;
+        let mut f = Fixture::new(opts, 40_000);
+        let mut client = Client::login(f.addr, "secret1", Session::BLANK, 7);
+        assert_eq!(client.next(), Got::Accepted(session(), 7));
+        client.expect_messages(7..40_001);
+        append(&mut f.writer, 5);
+        client.expect_messages(40_001..40_006);
+    }
+}
