@@ -51,7 +51,7 @@ use crate::link::{Inbound, Outcome, OutcomeKind, INBOUND_MESSAGE_BYTES_MAX};
 
 /// Reject reason the gateway adds to DESIGN.md's list: the message was over
 /// the session's rate limit (`j` with reason `R`). Answered, never dropped.
-pub const RATE_LIMITED: u8 = b'R';
+pub const RATE_LIMITED: u8 = tally_wire::reject_reason::RATE_LIMITED;
 
 /// Longest debug (`+`) text the gateway sends, in bytes; longer texts are cut.
 pub const DEBUG_TEXT_BYTES_MAX: usize = 160;
@@ -268,8 +268,6 @@ struct Core {
 /// The gateway's session logic (see the module doc). One per gateway loop.
 pub struct GatewayCore {
     decoders: Vec<FrameDecoder>,
-    max_frame_bytes: usize,
-    decoder_bytes: usize,
     /// Buffered bytes above which a waiting connection might not take one
     /// more receive: see [`GatewayCore::is_stalled`].
     stall_buffered_bytes: usize,
@@ -331,8 +329,6 @@ impl GatewayCore {
             decoders: (0..slots)
                 .map(|_| FrameDecoder::with_buffer_bytes(config.max_frame_bytes, decoder_bytes))
                 .collect(),
-            max_frame_bytes: config.max_frame_bytes,
-            decoder_bytes,
             stall_buffered_bytes: decoder_bytes
                 - config.recv_buffer_bytes
                 - soup::LENGTH_PREFIX_SIZE
@@ -535,13 +531,8 @@ impl GatewayCore {
             return;
         }
         self.core.detach(slot);
-        let decoder = &mut self.decoders[index];
-        if decoder.buffered() != 0 {
-            // FrameDecoder has no way to drop buffered bytes: start afresh.
-            // Once per closed connection that left a partial frame; never
-            // on the message path.
-            *decoder = FrameDecoder::with_buffer_bytes(self.max_frame_bytes, self.decoder_bytes);
-        }
+        // Drop whatever partial frame the closed connection left behind.
+        self.decoders[index].clear();
         let connection = &mut self.core.connections[index];
         connection.state = SlotState::Free;
         connection.client = None;

@@ -648,6 +648,9 @@ pub mod reject_reason {
     pub const UNKNOWN_TYPE: u8 = b'T';
     /// Wrong length for its message type.
     pub const WRONG_LENGTH: u8 = b'W';
+    /// Over the session's rate limit (gateway only). An addition to
+    /// DESIGN.md's list: excess input is answered, never silently dropped.
+    pub const RATE_LIMITED: u8 = b'R';
 }
 
 /// `outcome` of [`HoldEnded`].

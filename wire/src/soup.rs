@@ -558,6 +558,13 @@ impl FrameDecoder {
     pub fn buffered(&self) -> usize {
         self.end - self.start
     }
+
+    /// Forgets everything buffered (and so any sticky error), so the decoder
+    /// can serve a new connection without reallocating.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
 }
 
 #[cfg(test)]
