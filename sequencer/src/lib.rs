@@ -11,3 +11,4 @@ pub mod config;
 pub mod publisher;
 pub mod retransmit;
 pub mod replay;
+pub mod appliance;

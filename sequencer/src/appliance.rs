@@ -1,0 +1,282 @@
+//! Composes the appliance: opens the journal and rebuilds state from it,
+//! binds every socket, then runs each loop on its own (optionally pinned)
+//! thread until asked to stop.
+//!
+//! Start-up order matters: everything that can fail (configuration, journal
+//! recovery, socket binding, counter file) happens on the main thread before
+//! any loop starts, so a bad start exits with one clear error and nothing
+//! half-running.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tally_gateway::auth::AuthThread;
+use tally_gateway::counters::GatewayCounters;
+use tally_gateway::gateway_loop::GatewayLoop;
+use tally_gateway::link::{Inbound, Outcome};
+use tally_gateway::session::{AckRecord, GatewayCore, RecoveryError};
+use tally_runtime::counters::CounterFile;
+use tally_runtime::idle::IdleStrategy;
+use tally_runtime::thread::spawn_loop;
+
+use crate::config::ApplianceConfig;
+use crate::core::{CoreConfig, CoreCounters, SequencerCore};
+use crate::journal::{JournalWriter, Recovery};
+use crate::publisher::MulticastPublisher;
+use crate::replay::{ReplayCounters, ReplayLoop};
+use crate::retransmit::{RetransmitCounters, RetransmitLoop};
+
+/// Wall-clock nanoseconds since the Unix epoch: the stream's timestamps.
+pub fn clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Flags the signal handlers set and the loops read.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Stop every loop (SIGINT, SIGTERM).
+    pub stop: AtomicBool,
+    /// End the session before stopping (SIGUSR1).
+    pub end_session: AtomicBool,
+}
+
+/// Every counter name in the appliance's counter file, in order.
+fn counter_names() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    names.extend_from_slice(CoreCounters::NAMES);
+    names.extend_from_slice(GatewayCounters::NAMES);
+    names.extend_from_slice(RetransmitCounters::NAMES);
+    names.extend_from_slice(ReplayCounters::NAMES);
+    names.extend_from_slice(&["journal.bytes", "journal.fsyncs", "journal.records_recovered", "journal.torn_bytes_cut"]);
+    names
+}
+
+/// A started appliance: its threads and how to stop them.
+pub struct Appliance {
+    control: Arc<Control>,
+    threads: Vec<(&'static str, JoinHandle<io::Result<()>>)>,
+    /// What journal recovery found.
+    pub recovery: Recovery,
+}
+
+impl Appliance {
+    /// Opens, recovers, binds and starts every loop.
+    pub fn start(config: &ApplianceConfig, control: Arc<Control>) -> anyhow::Result<Appliance> {
+        let session = config.session()?;
+        let gateway_config = config.gateway_config();
+
+        let counters_path = config.counters_path();
+        if let Some(parent) = counters_path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let names = counter_names();
+        let counters = CounterFile::create(&counters_path, "tally-sequencer", &names)
+            .with_context(|| format!("creating counter file {}", counters_path.display()))?;
+        let index_of = |name: &str| names.iter().position(|n| *n == name).expect("known name");
+
+        // Journal recovery rebuilds the gateway's per-client numbering and
+        // ack history, and the core's per-origin last client_seq.
+        let gateway_counters = GatewayCounters::from_file(&counters, index_of(GatewayCounters::NAMES[0]));
+        let mut gateway_core = GatewayCore::new(&gateway_config, gateway_counters, &[])
+            .map_err(|error| anyhow::anyhow!("gateway recovery: {error}"))?;
+        let mut last_client_seq = vec![0u32; 1 << 16];
+        let mut recovery_error: Option<anyhow::Error> = None;
+        let (journal, recovery) = JournalWriter::open(
+            &config.journal.dir,
+            session,
+            config.fsync_policy()?,
+            |seq, message| {
+                if recovery_error.is_some() || message.len() < tally_wire::Header::SIZE {
+                    return;
+                }
+                let origin = u16::from_be_bytes([message[1], message[2]]);
+                let client_seq = u32::from_be_bytes([message[3], message[4], message[5], message[6]]);
+                let timestamp_ns = u64::from_be_bytes(message[7..15].try_into().unwrap());
+                last_client_seq[usize::from(origin)] = client_seq;
+                if origin == 0 {
+                    return;
+                }
+                let reject_reason = if message[0] == tally_wire::GatewayReject::TYPE {
+                    message.get(15).copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                let record = AckRecord {
+                    stream_seq: seq,
+                    timestamp_ns,
+                    reject_reason,
+                };
+                match gateway_core.recover_ack(origin, client_seq, record) {
+                    Ok(()) | Err(RecoveryError::UnknownClient(_)) => {}
+                    Err(error) => recovery_error = Some(anyhow::anyhow!("journal message {seq}: {error}")),
+                }
+            },
+        )?;
+        if let Some(error) = recovery_error {
+            return Err(error);
+        }
+        if recovery.ended {
+            bail!(
+                "session {:?} has ended (its journal {} holds the end-of-session record); \
+                 configure a new stream.session to start the next one",
+                session.as_str(),
+                journal.path().display()
+            );
+        }
+        tracing::info!(
+            journal = %journal.path().display(),
+            next_seq = recovery.next_seq,
+            messages = recovery.messages,
+            cut_bytes = recovery.cut_bytes,
+            created = recovery.created,
+            "journal open"
+        );
+        counters.counter(index_of("journal.records_recovered")).set(recovery.records);
+        counters.counter(index_of("journal.torn_bytes_cut")).set(recovery.cut_bytes);
+        let last_seqs: Vec<(u16, u32)> = last_client_seq
+            .iter()
+            .enumerate()
+            .filter(|(_, &seq)| seq != 0)
+            .map(|(origin, &seq)| (origin as u16, seq))
+            .collect();
+
+        // Rings between the gateway and the sequencer.
+        let (to_sequencer, inbound) = rtrb::RingBuffer::<Inbound>::new(config.gateway.ring_messages);
+        let (outcomes, from_sequencer) = rtrb::RingBuffer::<Outcome>::new(config.gateway.ring_messages);
+
+        // Bind everything before any loop runs.
+        let publisher = MulticastPublisher::new(&config.multicast(), config.stream.payload_bytes_max)
+            .context("opening the multicast publisher")?;
+        let auth = AuthThread::spawn(&gateway_config.clients, gateway_config.auth_queue_depth)
+            .context("starting the gateway's password-check thread")?;
+        let mut gateway = GatewayLoop::new(&gateway_config, gateway_core, to_sequencer, from_sequencer, auth)
+            .with_context(|| format!("binding gateway.listen {}", gateway_config.listen))?;
+        let retransmit_counters =
+            RetransmitCounters::from_file(&counters, index_of(RetransmitCounters::NAMES[0]));
+        let mut retransmit = RetransmitLoop::new(config, journal.path(), journal.progress(), retransmit_counters)
+            .with_context(|| format!("binding retransmit.listen {}", config.retransmit.listen))?;
+        let replay_counters = ReplayCounters::from_file(&counters, index_of(ReplayCounters::NAMES[0]));
+        let mut replay = ReplayLoop::new(config, journal.path(), journal.progress(), replay_counters)
+            .with_context(|| format!("binding replay.listen {}", config.replay.listen))?;
+
+        let core_config = CoreConfig {
+            session,
+            payload_limit_bytes: config.stream.payload_bytes_max,
+            heartbeat_interval_ns: config.stream.heartbeat_interval_ms * 1_000_000,
+            batch_messages_max: 4096,
+        };
+        let core_counters = CoreCounters::from_file(&counters, index_of(CoreCounters::NAMES[0]));
+        let mut core = SequencerCore::new(core_config, journal, publisher, recovery.next_seq, &last_seqs, core_counters);
+        core.start(clock_ns()).context("starting the session")?;
+
+        let mut threads = Vec::new();
+        let placement = config.placement("sequencer")?;
+        let journal_bytes = counters.counter(index_of("journal.bytes"));
+        let journal_fsyncs = counters.counter(index_of("journal.fsyncs"));
+        let seq_control = Arc::clone(&control);
+        let counter_file = counters;
+        threads.push((
+            "sequencer",
+            spawn_loop("tally-sequencer", placement.core, move || {
+                let mut idler = placement.idle.idler();
+                let mut inbound = inbound;
+                let mut outcomes = outcomes;
+                while !seq_control.stop.load(Ordering::Acquire) {
+                    let now_ns = clock_ns();
+                    let work = core.poll(&mut inbound, &mut outcomes, now_ns)?;
+                    if work == 0 {
+                        core.publisher_mut().poll_completions()?;
+                        journal_bytes.set(core.journal_mut().bytes_written());
+                        journal_fsyncs.set(core.journal_mut().fsyncs());
+                        counter_file.set_heartbeat(now_ns);
+                    }
+                    idler.idle(work);
+                }
+                // Finish what the gateway already handed over, then close.
+                let now_ns = clock_ns();
+                while core.poll(&mut inbound, &mut outcomes, now_ns)? > 0 {}
+                if seq_control.end_session.load(Ordering::Acquire) {
+                    core.end_session(now_ns)?;
+                }
+                core.shutdown(now_ns)?;
+                let _ = core.publisher_mut().flush(Duration::from_secs(1));
+                journal_bytes.set(core.journal_mut().bytes_written());
+                journal_fsyncs.set(core.journal_mut().fsyncs());
+                tracing::info!(next_seq = core.next_seq(), "sequencer loop stopped; journal synced");
+                Ok(())
+            })?,
+        ));
+        threads.push(spawn("gateway", config.placement("gateway")?, &control, move |now_ns| Ok(gateway.poll(now_ns)))?);
+        threads.push(spawn("retransmit", config.placement("retransmit")?, &control, move |now_ns| retransmit.poll(now_ns))?);
+        threads.push(spawn("replay", config.placement("replay")?, &control, move |now_ns| replay.poll(now_ns))?);
+        Ok(Appliance {
+            control,
+            threads,
+            recovery,
+        })
+    }
+
+    /// Whether any loop has stopped (a failure, or after [`Self::request_stop`]).
+    pub fn any_stopped(&self) -> bool {
+        self.threads.iter().any(|(_, handle)| handle.is_finished())
+    }
+
+    /// Asks every loop to stop; with `end_session`, the sequencer ends the
+    /// session first.
+    pub fn request_stop(&self, end_session: bool) {
+        if end_session {
+            self.control.end_session.store(true, Ordering::Release);
+        }
+        self.control.stop.store(true, Ordering::Release);
+    }
+
+    /// Stops every loop and waits for them. Returns the first loop error.
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.control.stop.store(true, Ordering::Release);
+        let mut first_error = None;
+        for (name, handle) in self.threads {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(anyhow::anyhow!("{name} loop failed: {error}"));
+                }
+                Err(_) => {
+                    first_error.get_or_insert(anyhow::anyhow!("{name} loop panicked"));
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs `poll` on its own thread under the loop's idle strategy until the
+/// stop flag is set.
+fn spawn(
+    name: &'static str,
+    placement: crate::config::LoopPlacement,
+    control: &Arc<Control>,
+    mut poll: impl FnMut(u64) -> io::Result<usize> + Send + 'static,
+) -> io::Result<(&'static str, JoinHandle<io::Result<()>>)> {
+    let control = Arc::clone(control);
+    let idle: IdleStrategy = placement.idle;
+    let handle = spawn_loop(&format!("tally-{name}"), placement.core, move || {
+        let mut idler = idle.idler();
+        while !control.stop.load(Ordering::Acquire) {
+            let work = poll(clock_ns())?;
+            idler.idle(work);
+        }
+        Ok(())
+    })?;
+    Ok((name, handle))
+}
