@@ -18,9 +18,11 @@
 //! - The loop then sends messages from that number on, at the pace the
 //!   connection's bounded send buffer allows: at most
 //!   `MESSAGES_PER_CLIENT_PER_POLL` messages per client per poll, never more
-//!   than the send buffer can take. A client whose buffer stays too full to
-//!   take the next message past `stall_timeout` gets a Debug packet and is
-//!   cut off (`slow_clients_cut`): the sequencer never waits for a reader.
+//!   than the send buffer can take. A client whose send buffer keeps limiting
+//!   what it is sent, and which drains less than half of that buffer within
+//!   `stall_timeout`, gets a Debug packet and is cut off (`slow_clients_cut`):
+//!   it reads slower than `send_buffer_bytes / 2` per `stall_timeout` (with
+//!   the defaults, 2 MiB per 10 s). The sequencer never waits for a reader.
 //! - A Server Heartbeat goes out after `heartbeat_interval` without sending.
 //!   A client silent for `peer_timeout` (15 s) is dropped; its heartbeats
 //!   keep it alive.
@@ -87,8 +89,8 @@ pub struct ReplayOptions {
     pub clients_max: usize,
     /// Per-connection send buffer, bytes.
     pub send_buffer_bytes: usize,
-    /// A client whose send buffer cannot take the next message for this
-    /// long is cut off.
+    /// A client whose send buffer limits what it is sent for this long,
+    /// without draining half of the buffer meanwhile, is cut off.
     pub stall_timeout_ns: u64,
     /// Server heartbeat after this long without sending.
     pub heartbeat_interval_ns: u64,
@@ -202,8 +204,17 @@ struct ClientSlot {
     cursor: Option<Cursor>,
     last_recv_ns: u64,
     last_send_ns: u64,
-    /// Since when the send buffer could not take the next message.
-    stalled_since_ns: Option<u64>,
+    /// Open while the send buffer limits what the client is sent.
+    stall: Option<Stall>,
+}
+
+/// A client's send buffer has been limiting what it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stall {
+    /// When the buffer first limited a poll's sending.
+    since_ns: u64,
+    /// Bytes the client has drained since (appended into freed space).
+    drained_bytes: usize,
 }
 
 impl ClientSlot {
@@ -219,7 +230,7 @@ impl ClientSlot {
             cursor: None,
             last_recv_ns: 0,
             last_send_ns: 0,
-            stalled_since_ns: None,
+            stall: None,
         }
     }
 
@@ -247,6 +258,12 @@ struct Feed<A: Authenticator> {
     /// Slots in [`Phase::Streaming`].
     active: usize,
 }
+
+// The appliance builds each loop on the main thread and moves it to its own.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<ReplayLoop>();
+};
 
 /// The replay loop: its TCP server, its journal reader and every
 /// connection's state. See the module doc.
@@ -586,7 +603,7 @@ impl<A: Authenticator> Feed<A> {
                 continue;
             }
             if self.slots[index].next_seq >= stream_next_seq {
-                self.slots[index].stalled_since_ns = None;
+                self.slots[index].stall = None;
                 if ended {
                     let mut frame = [0u8; LENGTH_PREFIX_SIZE + 1];
                     let bytes = soup::write_end_of_session(&mut frame).expect("fits");
@@ -667,27 +684,41 @@ impl<A: Authenticator> Feed<A> {
                 return Ok(0);
             }
             slot.last_send_ns = now_ns;
-            slot.stalled_since_ns = None;
             self.counters.messages_sent.add(sent as u64);
-            return Ok(sent);
         }
-        if buffer_full {
-            let since_ns = *slot.stalled_since_ns.get_or_insert(now_ns);
-            if now_ns.saturating_sub(since_ns) >= self.options.stall_timeout_ns {
+        // Stall tracking: the window opens when the send buffer limits what
+        // this poll sends, and closes once the client has drained half a
+        // buffer since (or a poll is not limited by it). A client that
+        // cannot drain half its buffer within the stall timeout is cut: it
+        // reads slower than `send_buffer_bytes / 2` per `stall_timeout`.
+        if !buffer_full {
+            slot.stall = None;
+        } else {
+            let stall = match &mut slot.stall {
+                Some(stall) => {
+                    // Room found while the buffer was full: the client drained it.
+                    stall.drained_bytes += frames_bytes;
+                    stall
+                }
+                None => slot.stall.insert(Stall {
+                    since_ns: now_ns,
+                    drained_bytes: 0,
+                }),
+            };
+            if stall.drained_bytes >= self.options.send_buffer_bytes / 2 {
+                slot.stall = None;
+            } else if now_ns.saturating_sub(stall.since_ns) >= self.options.stall_timeout_ns {
                 self.counters.slow_clients_cut.increment();
                 self.send_debug(
                     io,
                     index,
                     b"slow consumer: send buffer full past the stall timeout; disconnecting",
                 );
-                // The buffer is full: flushing it would only wait.
-                if let Some(conn) = self.slots[index].conn {
-                    io.close_now(conn);
-                }
-                self.leave(index);
+                // Flushing is bounded by the server and never blocks the loop.
+                self.close(io, index);
             }
         }
-        Ok(0)
+        Ok(sent)
     }
 
     fn reject_login(&mut self, io: &mut TcpServerHandle, index: usize, reason: u8) {
@@ -1123,5 +1154,99 @@ mod tests {
         client.expect_messages(7..40_001);
         append(&mut f.writer, 5);
         client.expect_messages(40_001..40_006);
+    }
+
+    #[test]
+    fn serving_allocates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) =
+            JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+        append(&mut writer, 3000);
+        let file = CounterFile::in_memory(ReplayCounters::NAMES);
+        let counters = ReplayCounters::from_file(&file, 0);
+        let clients = clients();
+        let auth = AuthThread::spawn(&clients, 8).unwrap();
+        let mut replay = ReplayLoop::with_authenticator(
+            options(),
+            &clients,
+            writer.path(),
+            writer.progress(),
+            auth,
+            counters.clone(),
+        )
+        .unwrap();
+        let mut now_ns = 1_000_000_000u64;
+        let mut allocations = 0u64;
+        // Polls (counting allocations) until `done` sees what the client got.
+        let mut client = Client::login(replay.local_addr(), "secret1", Session::BLANK, 1);
+        client.stream.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut drive = |replay: &mut ReplayLoop,
+                         client: &mut Client,
+                         now_ns: u64,
+                         until: &dyn Fn(&[Got]) -> bool,
+                         got: &mut Vec<Got>| {
+            let deadline = Instant::now() + DEADLINE;
+            while !until(got) {
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out; got {} packets",
+                    got.len()
+                );
+                let (result, n) = crate::retransmit::alloc_count::counting(|| replay.poll(now_ns));
+                result.unwrap();
+                allocations += n;
+                loop {
+                    if let Some(frame) = client.decoder.next_frame().unwrap() {
+                        got.push(match ServerPacket::parse(frame).unwrap() {
+                            ServerPacket::LoginAccepted { session, next_seq } => {
+                                Got::Accepted(session, next_seq)
+                            }
+                            ServerPacket::Sequenced(payload) => Got::Sequenced(payload.to_vec()),
+                            ServerPacket::Heartbeat => Got::Heartbeat,
+                            other => panic!("unexpected {other:?}"),
+                        });
+                        continue;
+                    }
+                    match client.stream.read(client.decoder.spare()) {
+                        Ok(0) => panic!("closed"),
+                        Ok(n) => client.decoder.commit(n),
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(error) => panic!("read: {error}"),
+                    }
+                }
+                thread::yield_now();
+            }
+        };
+        drive(
+            &mut replay,
+            &mut client,
+            now_ns,
+            &|got| got.len() == 3001,
+            &mut got,
+        );
+        assert_eq!(got[0], Got::Accepted(session(), 1));
+        append(&mut writer, 50);
+        now_ns += 1_000_000;
+        drive(
+            &mut replay,
+            &mut client,
+            now_ns,
+            &|got| got.len() == 3051,
+            &mut got,
+        );
+        now_ns += options().heartbeat_interval_ns;
+        drive(
+            &mut replay,
+            &mut client,
+            now_ns,
+            &|got| got.last() == Some(&Got::Heartbeat),
+            &mut got,
+        );
+        for (i, packet) in got[1..3051].iter().enumerate() {
+            assert_eq!(packet, &Got::Sequenced(message(i as u64 + 1)));
+        }
+        assert_eq!(counters.messages_sent.get(), 3050);
+        assert_eq!(allocations, 0, "poll allocated");
     }
 }

@@ -431,6 +431,12 @@ impl RequesterTable {
     }
 }
 
+// The appliance builds each loop on the main thread and moves it to its own.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<RetransmitLoop>();
+};
+
 /// The retransmit loop: its UDP socket, its journal reader, one reply packet
 /// buffer and the requester table. See the module doc.
 pub struct RetransmitLoop {
@@ -638,6 +644,88 @@ impl RetransmitLoop {
     }
 }
 
+/// Test support: a global allocator that counts allocations made on the
+/// current thread inside [`counting`](alloc_count::counting), so tests can
+/// prove a loop's `poll` allocates nothing. It serves every test of this
+/// crate's unit-test binary (there can be only one global allocator) and
+/// otherwise behaves exactly like the system allocator.
+#[cfg(test)]
+pub(crate) mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct CountingAllocator;
+
+    thread_local! {
+        // Const-initialised, no destructor: using them never allocates.
+        static COUNTING: Cell<bool> = const { Cell::new(false) };
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn note() {
+        let _ = COUNTING.try_with(|counting| {
+            if counting.get() {
+                ALLOCATIONS.with(|allocations| allocations.set(allocations.get() + 1));
+            }
+        });
+    }
+
+    // SAFETY: every method forwards to the system allocator with the same
+    // arguments; counting touches only const thread-locals.
+    unsafe impl GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note();
+            // SAFETY: the caller upholds `alloc`'s contract; passed on as is.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note();
+            // SAFETY: as for `alloc`.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note();
+            // SAFETY: `ptr` came from this allocator, i.e. from `System`.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from this allocator, i.e. from `System`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAllocator = CountingAllocator;
+
+    /// Runs `f` and returns its result with the number of allocations
+    /// (including reallocations) it made on this thread.
+    pub(crate) fn counting<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let before = ALLOCATIONS.with(Cell::get);
+        COUNTING.with(|counting| counting.set(true));
+        let result = f();
+        COUNTING.with(|counting| counting.set(false));
+        (result, ALLOCATIONS.with(Cell::get) - before)
+    }
+
+    #[test]
+    fn the_counter_sees_allocations_on_this_thread_only() {
+        let (boxed, allocations) = counting(|| Box::new(7u64));
+        assert_eq!((*boxed, allocations), (7, 1));
+        let ((), allocations) = counting(|| {
+            std::thread::spawn(|| drop(vec![0u8; 100]))
+                .join()
+                .unwrap_or(());
+        });
+        // Spawning allocates here; the other thread's vector is not counted.
+        assert!(allocations >= 1);
+        let ((), allocations) = counting(|| {});
+        assert_eq!(allocations, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,6 +788,8 @@ mod tests {
         counters: RetransmitCounters,
         client: UdpSocket,
         now_ns: u64,
+        /// Allocations made inside `server.poll` so far.
+        poll_allocations: u64,
     }
 
     impl Fixture {
@@ -729,7 +819,15 @@ mod tests {
                 counters,
                 client,
                 now_ns: 1_000_000_000,
+                poll_allocations: 0,
             }
+        }
+
+        fn poll(&mut self) {
+            let now_ns = self.now_ns;
+            let (result, allocations) = super::alloc_count::counting(|| self.server.poll(now_ns));
+            result.unwrap();
+            self.poll_allocations += allocations;
         }
 
         fn request(&self, session: Session, first_seq: u64, count: u16) {
@@ -743,7 +841,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !done(&self.counters) {
                 assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                self.server.poll(self.now_ns).unwrap();
+                self.poll();
                 thread::yield_now();
             }
         }
@@ -776,7 +874,7 @@ mod tests {
             let mut buf = [0u8; 2048];
             let deadline = Instant::now() + Duration::from_secs(1);
             while Instant::now() < deadline {
-                self.server.poll(self.now_ns).unwrap();
+                self.poll();
                 match self.client.recv(&mut buf) {
                     Ok(n) => return Some(buf[..n].to_vec()),
                     Err(error)
@@ -908,7 +1006,7 @@ mod tests {
             if sent % 50 == 0 {
                 // Real time drives the buckets here.
                 f.now_ns = 1_000_000_000 + start.elapsed().as_nanos() as u64;
-                f.server.poll(f.now_ns).unwrap();
+                f.poll();
             }
         }
         f.now_ns = 1_000_000_000 + start.elapsed().as_nanos() as u64;
@@ -968,5 +1066,40 @@ mod tests {
             assert!(!table.admit(a, 0), "address {i} tracked");
             assert_eq!(table.len(), 3);
         }
+    }
+
+    #[test]
+    fn serving_and_ignoring_allocate_nothing() {
+        let mut opts = options();
+        opts.retention_messages = 400;
+        opts.requesters_max = 2;
+        let mut f = Fixture::new(opts, 1000);
+        // Requests of every kind, from several addresses (the table of 2
+        // evicts), served and ignored.
+        let others: Vec<UdpSocket> = (0..3)
+            .map(|_| {
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket.connect(f.server.local_addr()).unwrap();
+                socket
+            })
+            .collect();
+        for round in 0..20u64 {
+            let (first, messages) = decode(&f.ask(700 + round, 30));
+            assert_eq!((first, messages.len()), (700 + round, 30));
+            f.client.send(&[0u8; 7]).unwrap();
+            f.request(Session::from_str("OTHER").unwrap(), 800, 1);
+            f.request(session(), 5000, 1);
+            f.request(session(), 3, 1);
+            f.request(session(), 900, 0);
+            for socket in &others {
+                socket
+                    .send(ReRequest::new(session(), 950, 10).as_bytes())
+                    .unwrap();
+            }
+            append(&mut f.writer, 3);
+        }
+        f.poll_until("every request", |c| c.requests_served.get() == 80);
+        assert_eq!(f.ignored(), 100);
+        assert_eq!(f.poll_allocations, 0, "poll allocated");
     }
 }
