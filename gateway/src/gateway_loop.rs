@@ -40,6 +40,10 @@ pub struct GatewayLoop<A: Authenticator = AuthThread> {
     slot_conns: Vec<Option<ConnId>>,
     /// Core slot of each server connection index.
     conn_slots: Vec<Option<SlotId>>,
+    /// Slots whose receiving is paused (back-pressure).
+    paused_slots: Vec<bool>,
+    /// Bytes one receive may bring.
+    recv_buffer_bytes: usize,
 }
 
 impl<A: Authenticator> std::fmt::Debug for GatewayLoop<A> {
@@ -78,6 +82,8 @@ impl<A: Authenticator> GatewayLoop<A> {
             auth,
             slot_conns: vec![None; config.max_sessions],
             conn_slots: vec![None; config.max_sessions],
+            paused_slots: vec![false; config.max_sessions],
+            recv_buffer_bytes: config.recv_buffer_bytes,
         })
     }
 
@@ -115,6 +121,8 @@ impl<A: Authenticator> GatewayLoop<A> {
             auth,
             slot_conns,
             conn_slots,
+            paused_slots,
+            recv_buffer_bytes,
         } = self;
 
         // Acks first: they free ring space and release waiting logins.
@@ -150,15 +158,22 @@ impl<A: Authenticator> GatewayLoop<A> {
             work += core.service(&mut io, now_ns);
         }
 
-        // Back-pressure: while a connection's waiting frames leave too little
-        // room for another receive (the ring to the sequencer is full, or
-        // was), take no more bytes from the network. TcpServer receives again
-        // only after a Data event is handled, so leaving completions in the
-        // ring leaves bytes in the kernel, and TCP flow control slows the
-        // clients down. Acks, timers and closes keep going meanwhile.
-        if core.is_stalled() {
-            let _ = server.submit();
-            return work;
+        // Back-pressure, per connection: a connection whose waiting frames
+        // leave less than one receive of room (the ring to the sequencer is
+        // full, or its client has too many unread acks) gets no further
+        // receive; its bytes stay in the kernel and TCP flow control slows
+        // that client alone. Resume those that have room again.
+        for (index, paused) in paused_slots.iter_mut().enumerate() {
+            if *paused {
+                let slot = SlotId::from_index(index);
+                if core.receive_room(slot) >= *recv_buffer_bytes {
+                    if let Some(conn) = slot_conns[index] {
+                        server.handle().resume_recv(conn);
+                    }
+                    *paused = false;
+                    work += 1;
+                }
+            }
         }
 
         let polled = server.poll(|handle, event| {
@@ -183,6 +198,9 @@ impl<A: Authenticator> GatewayLoop<A> {
                         let taken = core.on_data(&mut io, slot, bytes, now_ns);
                         if taken < bytes.len() {
                             core.on_receive_overflow(&mut io, slot, now_ns);
+                        } else if core.receive_room(slot) < *recv_buffer_bytes {
+                            io.handle.pause_recv(conn);
+                            paused_slots[slot.index()] = true;
                         }
                     }
                 }
@@ -191,6 +209,7 @@ impl<A: Authenticator> GatewayLoop<A> {
                         core.on_closed(slot);
                         io.slot_conns[slot.index()] = None;
                         conn_slots[conn.index()] = None;
+                        paused_slots[slot.index()] = false;
                     }
                 }
                 TcpEvent::Rejected { .. } => core.counters().sessions_refused.increment(),
@@ -267,6 +286,13 @@ impl<A: Authenticator> GatewayIo for LoopIo<'_, A> {
 
     fn sequencer_capacity(&self) -> usize {
         self.to_sequencer.slots()
+    }
+
+    fn send_room(&self, slot: SlotId) -> usize {
+        match self.slot_conns[slot.index()] {
+            Some(conn) => self.handle.send_capacity(conn),
+            None => 0,
+        }
     }
 
     fn forward(&mut self, inbound: Inbound) -> Result<(), Inbound> {

@@ -63,12 +63,23 @@ pub const FRAMES_PER_SLOT_PER_SERVICE: usize = 64;
 /// Largest frame the gateway itself sends: a debug packet.
 const OUT_FRAME_BYTES_MAX: usize = soup::LENGTH_PREFIX_SIZE + 1 + DEBUG_TEXT_BYTES_MAX;
 
+/// Bytes of one ack on the wire (a sequenced-data frame holding a `k`).
+const ACK_FRAME_BYTES: usize = crate::config::GatewayConfig::ACK_FRAME_BYTES;
+
+/// Bytes of the largest debug packet.
+const DEBUG_FRAME_BYTES: usize = OUT_FRAME_BYTES_MAX;
+
 /// A connection slot of the core, `0..max_sessions`. The loop maps it to its
 /// transport's connection id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotId(u32);
 
 impl SlotId {
+    /// The slot with this index (the loop's own per-slot tables).
+    pub fn from_index(index: usize) -> SlotId {
+        SlotId(index as u32)
+    }
+
     /// The slot numbered `index`.
     pub const fn new(index: u32) -> Self {
         SlotId(index)
@@ -108,6 +119,12 @@ pub trait GatewayIo {
 
     /// Pushes `inbound` onto the ring to the sequencer; hands it back when full.
     fn forward(&mut self, inbound: Inbound) -> Result<(), Inbound>;
+
+    /// Free bytes in the send buffer of the connection in `slot`. The core
+    /// forwards a client's command only when the acks of everything it has
+    /// in flight, plus this one, are sure to fit: a client that sends faster
+    /// than it reads its acks is slowed down, not disconnected.
+    fn send_room(&self, slot: SlotId) -> usize;
 
     /// Queues a password check; hands the request back when the queue is full.
     fn authenticate(&mut self, request: AuthRequest) -> Result<(), AuthRequest>;
@@ -468,6 +485,13 @@ impl GatewayCore {
         }
     }
 
+    /// Bytes the connection in `slot` can still buffer before its frames are
+    /// handled. The loop stops receiving on a connection when this is less
+    /// than one receive, and resumes when it is back.
+    pub fn receive_room(&self, slot: SlotId) -> usize {
+        self.decoders[slot.index()].room()
+    }
+
     /// Sessions logged in now.
     pub fn sessions_logged_in(&self) -> u64 {
         self.core.logged_in
@@ -684,7 +708,9 @@ impl GatewayCore {
                 self.core.enqueue(index);
                 return handled;
             }
-            if state == ConnectionState::LoggedIn && io.sequencer_capacity() == 0 {
+            if state == ConnectionState::LoggedIn
+                && (io.sequencer_capacity() == 0 || !self.core.has_ack_room(io, index))
+            {
                 // Back-pressure: leave the frames where they are.
                 let connection = &mut self.core.connections[index];
                 if !connection.blocked {
@@ -784,6 +810,18 @@ impl Core {
     }
 
     // ---- sending ---------------------------------------------------------
+
+    /// Whether the send buffer of connection `index` has room for the acks
+    /// of everything its client has in flight plus one more command, and a
+    /// debug packet besides.
+    fn has_ack_room(&self, io: &impl GatewayIo, index: usize) -> bool {
+        let Some(client) = self.connections[index].client else {
+            return true;
+        };
+        let in_flight = self.clients[usize::from(client)].in_flight as usize;
+        let needed = (in_flight + 1) * ACK_FRAME_BYTES + DEBUG_FRAME_BYTES;
+        io.send_room(SlotId(index as u32)) >= needed
+    }
 
     /// Sends `bytes`; on a full send buffer closes the connection as a slow
     /// client. Returns whether the bytes were queued.

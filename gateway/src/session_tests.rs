@@ -52,6 +52,14 @@ struct FakeIo {
 }
 
 impl GatewayIo for FakeIo {
+    fn send_room(&self, slot: SlotId) -> usize {
+        if self.full.contains(&slot) {
+            0
+        } else {
+            usize::MAX / 2
+        }
+    }
+
     fn send(&mut self, slot: SlotId, mut bytes: &[u8]) -> Result<(), SendError> {
         if self.full.contains(&slot) {
             return Err(SendError::Full);

@@ -54,7 +54,12 @@ fn counter_names() -> Vec<&'static str> {
     names.extend_from_slice(GatewayCounters::NAMES);
     names.extend_from_slice(RetransmitCounters::NAMES);
     names.extend_from_slice(ReplayCounters::NAMES);
-    names.extend_from_slice(&["journal.bytes", "journal.fsyncs", "journal.records_recovered", "journal.torn_bytes_cut"]);
+    names.extend_from_slice(&[
+        "journal.bytes",
+        "journal.fsyncs",
+        "journal.records_recovered",
+        "journal.torn_bytes_cut",
+    ]);
     names
 }
 
@@ -84,7 +89,8 @@ impl Appliance {
 
         // Journal recovery rebuilds the gateway's per-client numbering and
         // ack history, and the core's per-origin last client_seq.
-        let gateway_counters = GatewayCounters::from_file(&counters, index_of(GatewayCounters::NAMES[0]));
+        let gateway_counters =
+            GatewayCounters::from_file(&counters, index_of(GatewayCounters::NAMES[0]));
         let mut gateway_core = GatewayCore::new(&gateway_config, gateway_counters, &[])
             .map_err(|error| anyhow::anyhow!("gateway recovery: {error}"))?;
         let mut last_client_seq = vec![0u32; 1 << 16];
@@ -98,7 +104,8 @@ impl Appliance {
                     return;
                 }
                 let origin = u16::from_be_bytes([message[1], message[2]]);
-                let client_seq = u32::from_be_bytes([message[3], message[4], message[5], message[6]]);
+                let client_seq =
+                    u32::from_be_bytes([message[3], message[4], message[5], message[6]]);
                 let timestamp_ns = u64::from_be_bytes(message[7..15].try_into().unwrap());
                 last_client_seq[usize::from(origin)] = client_seq;
                 if origin == 0 {
@@ -116,7 +123,9 @@ impl Appliance {
                 };
                 match gateway_core.recover_ack(origin, client_seq, record) {
                     Ok(()) | Err(RecoveryError::UnknownClient(_)) => {}
-                    Err(error) => recovery_error = Some(anyhow::anyhow!("journal message {seq}: {error}")),
+                    Err(error) => {
+                        recovery_error = Some(anyhow::anyhow!("journal message {seq}: {error}"))
+                    }
                 }
             },
         )?;
@@ -139,8 +148,12 @@ impl Appliance {
             created = recovery.created,
             "journal open"
         );
-        counters.counter(index_of("journal.records_recovered")).set(recovery.records);
-        counters.counter(index_of("journal.torn_bytes_cut")).set(recovery.cut_bytes);
+        counters
+            .counter(index_of("journal.records_recovered"))
+            .set(recovery.records);
+        counters
+            .counter(index_of("journal.torn_bytes_cut"))
+            .set(recovery.cut_bytes);
         let last_seqs: Vec<(u16, u32)> = last_client_seq
             .iter()
             .enumerate()
@@ -149,23 +162,39 @@ impl Appliance {
             .collect();
 
         // Rings between the gateway and the sequencer.
-        let (to_sequencer, inbound) = rtrb::RingBuffer::<Inbound>::new(config.gateway.ring_messages);
-        let (outcomes, from_sequencer) = rtrb::RingBuffer::<Outcome>::new(config.gateway.ring_messages);
+        let (to_sequencer, inbound) =
+            rtrb::RingBuffer::<Inbound>::new(config.gateway.ring_messages);
+        let (outcomes, from_sequencer) =
+            rtrb::RingBuffer::<Outcome>::new(config.gateway.ring_messages);
 
         // Bind everything before any loop runs.
-        let publisher = MulticastPublisher::new(&config.multicast(), config.stream.payload_bytes_max)
-            .context("opening the multicast publisher")?;
+        let publisher =
+            MulticastPublisher::new(&config.multicast(), config.stream.payload_bytes_max)
+                .context("opening the multicast publisher")?;
         let auth = AuthThread::spawn(&gateway_config.clients, gateway_config.auth_queue_depth)
             .context("starting the gateway's password-check thread")?;
-        let mut gateway = GatewayLoop::new(&gateway_config, gateway_core, to_sequencer, from_sequencer, auth)
-            .with_context(|| format!("binding gateway.listen {}", gateway_config.listen))?;
+        let mut gateway = GatewayLoop::new(
+            &gateway_config,
+            gateway_core,
+            to_sequencer,
+            from_sequencer,
+            auth,
+        )
+        .with_context(|| format!("binding gateway.listen {}", gateway_config.listen))?;
         let retransmit_counters =
             RetransmitCounters::from_file(&counters, index_of(RetransmitCounters::NAMES[0]));
-        let mut retransmit = RetransmitLoop::new(config, journal.path(), journal.progress(), retransmit_counters)
-            .with_context(|| format!("binding retransmit.listen {}", config.retransmit.listen))?;
-        let replay_counters = ReplayCounters::from_file(&counters, index_of(ReplayCounters::NAMES[0]));
-        let mut replay = ReplayLoop::new(config, journal.path(), journal.progress(), replay_counters)
-            .with_context(|| format!("binding replay.listen {}", config.replay.listen))?;
+        let mut retransmit = RetransmitLoop::new(
+            config,
+            journal.path(),
+            journal.progress(),
+            retransmit_counters,
+        )
+        .with_context(|| format!("binding retransmit.listen {}", config.retransmit.listen))?;
+        let replay_counters =
+            ReplayCounters::from_file(&counters, index_of(ReplayCounters::NAMES[0]));
+        let mut replay =
+            ReplayLoop::new(config, journal.path(), journal.progress(), replay_counters)
+                .with_context(|| format!("binding replay.listen {}", config.replay.listen))?;
 
         let core_config = CoreConfig {
             session,
@@ -174,7 +203,14 @@ impl Appliance {
             batch_messages_max: 4096,
         };
         let core_counters = CoreCounters::from_file(&counters, index_of(CoreCounters::NAMES[0]));
-        let mut core = SequencerCore::new(core_config, journal, publisher, recovery.next_seq, &last_seqs, core_counters);
+        let mut core = SequencerCore::new(
+            core_config,
+            journal,
+            publisher,
+            recovery.next_seq,
+            &last_seqs,
+            core_counters,
+        );
         core.start(clock_ns()).context("starting the session")?;
 
         let mut threads = Vec::new();
@@ -210,13 +246,31 @@ impl Appliance {
                 let _ = core.publisher_mut().flush(Duration::from_secs(1));
                 journal_bytes.set(core.journal_mut().bytes_written());
                 journal_fsyncs.set(core.journal_mut().fsyncs());
-                tracing::info!(next_seq = core.next_seq(), "sequencer loop stopped; journal synced");
+                tracing::info!(
+                    next_seq = core.next_seq(),
+                    "sequencer loop stopped; journal synced"
+                );
                 Ok(())
             })?,
         ));
-        threads.push(spawn("gateway", config.placement("gateway")?, &control, move |now_ns| Ok(gateway.poll(now_ns)))?);
-        threads.push(spawn("retransmit", config.placement("retransmit")?, &control, move |now_ns| retransmit.poll(now_ns))?);
-        threads.push(spawn("replay", config.placement("replay")?, &control, move |now_ns| replay.poll(now_ns))?);
+        threads.push(spawn(
+            "gateway",
+            config.placement("gateway")?,
+            &control,
+            move |now_ns| Ok(gateway.poll(now_ns)),
+        )?);
+        threads.push(spawn(
+            "retransmit",
+            config.placement("retransmit")?,
+            &control,
+            move |now_ns| retransmit.poll(now_ns),
+        )?);
+        threads.push(spawn(
+            "replay",
+            config.placement("replay")?,
+            &control,
+            move |now_ns| replay.poll(now_ns),
+        )?);
         Ok(Appliance {
             control,
             threads,

@@ -281,7 +281,8 @@ impl ApplianceConfig {
     pub fn load(path: &Path) -> Result<ApplianceConfig, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("reading {}: {error}", path.display()))?;
-        let mut config = Self::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mut config =
+            Self::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         if config.journal.dir.is_relative() {
             config.journal.dir = base.join(&config.journal.dir);
@@ -307,7 +308,10 @@ impl ApplianceConfig {
         self.check_roles()?;
         let stream = &self.stream;
         if !stream.group.is_multicast() {
-            return Err(bad("stream.group", format!("{} is not a multicast address", stream.group)));
+            return Err(bad(
+                "stream.group",
+                format!("{} is not a multicast address", stream.group),
+            ));
         }
         if stream.port == 0 {
             return Err(bad("stream.port", "must not be 0"));
@@ -334,10 +338,16 @@ impl ApplianceConfig {
             bad(key, error.reason)
         })?;
         if self.retransmit.messages_per_request_max == 0 {
-            return Err(bad("retransmit.messages_per_request_max", "must be at least 1"));
+            return Err(bad(
+                "retransmit.messages_per_request_max",
+                "must be at least 1",
+            ));
         }
         if self.retransmit.requests_per_sec_per_requester == 0 {
-            return Err(bad("retransmit.requests_per_sec_per_requester", "must be at least 1"));
+            return Err(bad(
+                "retransmit.requests_per_sec_per_requester",
+                "must be at least 1",
+            ));
         }
         if self.retransmit.request_burst == 0 {
             return Err(bad("retransmit.request_burst", "must be at least 1"));
@@ -541,7 +551,10 @@ dir = "journal"
         let config = ApplianceConfig::parse(&minimal()).unwrap();
         assert_eq!(config.stream.payload_bytes_max, 1400);
         assert_eq!(config.fsync_policy().unwrap(), FsyncPolicy::None);
-        assert_eq!(config.placement("sequencer").unwrap().idle, IdleStrategy::DEFAULT_BACK_OFF);
+        assert_eq!(
+            config.placement("sequencer").unwrap().idle,
+            IdleStrategy::DEFAULT_BACK_OFF
+        );
         assert_eq!(config.session().unwrap().as_str(), "DAY1");
     }
 
@@ -553,15 +566,33 @@ dir = "journal"
 
     #[test]
     fn errors_name_the_key() {
-        assert!(error_for("group = \"239.255.0.1\"", "group = \"10.0.0.1\"").contains("stream.group"));
-        assert!(error_for("session = \"DAY1\"", "session = \"MUCH-TOO-LONG\"").contains("stream.session"));
-        assert!(error_for("[journal]", "[journal]\nfsync = \"sometimes\"").contains("journal.fsync"));
+        assert!(
+            error_for("group = \"239.255.0.1\"", "group = \"10.0.0.1\"").contains("stream.group")
+        );
+        assert!(
+            error_for("session = \"DAY1\"", "session = \"MUCH-TOO-LONG\"")
+                .contains("stream.session")
+        );
+        assert!(
+            error_for("[journal]", "[journal]\nfsync = \"sometimes\"").contains("journal.fsync")
+        );
         assert!(error_for("role = \"pos\"", "role = \"king\"").contains("clients[0].role"));
         assert!(error_for("client_id = 1", "client_id = 0").contains("clients[0].client_id"));
         assert!(error_for("[gateway]", "[gateway]\nbogus = 1").contains("bogus"));
-        assert!(error_for("listen = \"127.0.0.1:31003\"", "listen = \"127.0.0.1:31002\"").contains("replay.listen"));
-        assert!(error_for("[journal]", "[loops.gateway]\nidle = \"nap\"\n[journal]").contains("loops.gateway.idle"));
-        assert!(error_for("[journal]", "[loops.sequencer]\ncore = 4096\n[journal]").contains("loops.sequencer.core"));
-        assert!(error_for("password_hash = ", "password_hash = \"plain\" #").contains("clients[0].password_hash"));
+        assert!(error_for(
+            "listen = \"127.0.0.1:31003\"",
+            "listen = \"127.0.0.1:31002\""
+        )
+        .contains("replay.listen"));
+        assert!(
+            error_for("[journal]", "[loops.gateway]\nidle = \"nap\"\n[journal]")
+                .contains("loops.gateway.idle")
+        );
+        assert!(
+            error_for("[journal]", "[loops.sequencer]\ncore = 4096\n[journal]")
+                .contains("loops.sequencer.core")
+        );
+        assert!(error_for("password_hash = ", "password_hash = \"plain\" #")
+            .contains("clients[0].password_hash"));
     }
 }

@@ -407,7 +407,11 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         if self.packet_count == 0 {
             return Ok(());
         }
-        let header = MoldHeader::new(self.config.session, self.packet_first_seq, self.packet_count);
+        let header = MoldHeader::new(
+            self.config.session,
+            self.packet_first_seq,
+            self.packet_count,
+        );
         self.packet[..MoldHeader::SIZE].copy_from_slice(header.as_bytes());
         self.journal.append(
             self.packet_first_seq,
@@ -619,7 +623,9 @@ mod tests {
             to_core.push(inbound).unwrap();
         }
         core.poll(&mut inbound, &mut outcomes, 7).unwrap();
-        let kinds: Vec<_> = std::iter::from_fn(|| from_core.pop().ok()).map(|o| (o.client_seq, o.kind, o.stream_seq)).collect();
+        let kinds: Vec<_> = std::iter::from_fn(|| from_core.pop().ok())
+            .map(|o| (o.client_seq, o.kind, o.stream_seq))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -638,13 +644,20 @@ mod tests {
         let (mut core, _) = core(1400);
         let (mut to_core, mut inbound) = rtrb::RingBuffer::new(16);
         let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(16);
-        let reject = tally_wire::GatewayReject::new(b'P').with_origin(4).with_client_seq(1);
-        to_core.push(Inbound::new(4, 1, b'P', reject.as_bytes())).unwrap();
+        let reject = tally_wire::GatewayReject::new(b'P')
+            .with_origin(4)
+            .with_client_seq(1);
+        to_core
+            .push(Inbound::new(4, 1, b'P', reject.as_bytes()))
+            .unwrap();
         core.poll(&mut inbound, &mut outcomes, 7).unwrap();
         let outcome = from_core.pop().unwrap();
         assert_eq!(outcome.kind, OutcomeKind::Rejected { reason: b'P' });
         assert_eq!(outcome.stream_seq, 1);
-        assert!(matches!(Message::parse(&stream(&mut core)[0].1).unwrap(), Message::GatewayReject(_)));
+        assert!(matches!(
+            Message::parse(&stream(&mut core)[0].1).unwrap(),
+            Message::GatewayReject(_)
+        ));
     }
 
     #[test]
@@ -670,8 +683,15 @@ mod tests {
         core.start(0).unwrap();
         let (_to_core, mut inbound) = rtrb::RingBuffer::<Inbound>::new(16);
         let (mut outcomes, _from_core) = rtrb::RingBuffer::new(16);
-        assert_eq!(core.poll(&mut inbound, &mut outcomes, 999_999_999).unwrap(), 0);
-        assert_eq!(core.poll(&mut inbound, &mut outcomes, 1_000_000_000).unwrap(), 1);
+        assert_eq!(
+            core.poll(&mut inbound, &mut outcomes, 999_999_999).unwrap(),
+            0
+        );
+        assert_eq!(
+            core.poll(&mut inbound, &mut outcomes, 1_000_000_000)
+                .unwrap(),
+            1
+        );
         let packet = MoldPacket::parse(core.publisher_mut().packets.last().unwrap()).unwrap();
         assert_eq!(packet.kind(), tally_wire::mold::PacketKind::Heartbeat);
         assert_eq!(packet.sequence(), 2);

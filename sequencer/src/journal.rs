@@ -195,8 +195,10 @@ impl JournalWriter {
         policy: FsyncPolicy,
         mut on_message: impl FnMut(u64, &[u8]),
     ) -> Result<(JournalWriter, Recovery), JournalError> {
-        std::fs::create_dir_all(dir)
-            .map_err(io_error(format!("creating journal directory {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(io_error(format!(
+            "creating journal directory {}",
+            dir.display()
+        )))?;
         let path = journal_path(dir, session);
         let mut file = OpenOptions::new()
             .read(true)
@@ -223,7 +225,14 @@ impl JournalWriter {
             sync_dir(dir);
             recovery.created = true;
         } else {
-            let end = recover(&mut file, &path, session, len, &mut recovery, &mut on_message)?;
+            let end = recover(
+                &mut file,
+                &path,
+                session,
+                len,
+                &mut recovery,
+                &mut on_message,
+            )?;
             if end < len {
                 recovery.cut_bytes = len - end;
                 tracing::warn!(
@@ -341,7 +350,11 @@ impl JournalWriter {
         self.bytes_written
     }
 
-    fn write_record(&mut self, header: &[u8; RECORD_HEADER_BYTES], blocks: &[u8]) -> io::Result<()> {
+    fn write_record(
+        &mut self,
+        header: &[u8; RECORD_HEADER_BYTES],
+        blocks: &[u8],
+    ) -> io::Result<()> {
         let total = RECORD_HEADER_BYTES + blocks.len();
         let mut written = 0usize;
         while written < total {
@@ -352,7 +365,12 @@ impl JournalWriter {
                 self.file.write(&blocks[written - RECORD_HEADER_BYTES..])
             };
             match result {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "journal write returned 0")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "journal write returned 0",
+                    ))
+                }
                 Ok(n) => written += n,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(error),
@@ -461,6 +479,16 @@ impl JournalReader {
         self.progress.ended()
     }
 
+    /// Sequence number one past the last indexed message.
+    pub fn indexed_next_seq(&self) -> u64 {
+        self.indexed.next_seq
+    }
+
+    /// First sequence number of the oldest indexed record (None before any).
+    pub fn oldest_indexed_seq(&self) -> Option<u64> {
+        self.index.first().map(|&(first_seq, _)| first_seq)
+    }
+
     /// A cursor at the start of the journal.
     pub fn start(&self) -> Cursor {
         Cursor {
@@ -480,8 +508,7 @@ impl JournalReader {
                 self.indexed.offset = info.end_offset();
                 break;
             }
-            if self.index.is_empty()
-                || info.offset - self.last_indexed_offset >= INDEX_STRIDE_BYTES
+            if self.index.is_empty() || info.offset - self.last_indexed_offset >= INDEX_STRIDE_BYTES
             {
                 if self.index.len() == self.index_capacity {
                     // Oldest half goes: requests that old fall outside
@@ -506,10 +533,19 @@ impl JournalReader {
     /// [`follow`](Self::follow) first); `None` when it is not, or is before
     /// the oldest indexed record.
     pub fn seek(&mut self, seq: u64) -> io::Result<Option<Cursor>> {
+        // Published but not indexed yet (a reader that just started on a
+        // long journal): index up to it first.
+        while seq >= self.indexed.next_seq && seq < self.progress.next_seq() {
+            if self.follow(4096)? == 0 {
+                break;
+            }
+        }
         if seq == 0 || seq >= self.indexed.next_seq {
             return Ok(None);
         }
-        let slot = self.index.partition_point(|&(first_seq, _)| first_seq <= seq);
+        let slot = self
+            .index
+            .partition_point(|&(first_seq, _)| first_seq <= seq);
         if slot == 0 {
             return Ok(None);
         }
@@ -520,7 +556,10 @@ impl JournalReader {
                 return Ok(None);
             }
             if seq < info.end_seq() {
-                return Ok(Some(Cursor { offset, next_seq: seq }));
+                return Ok(Some(Cursor {
+                    offset,
+                    next_seq: seq,
+                }));
             }
             offset = info.end_offset();
         }
@@ -657,7 +696,9 @@ fn recover(
     }
     let version = u32::from_be_bytes(contents[8..12].try_into().unwrap());
     if version != VERSION {
-        return Err(bad_header(&format!("version {version}, this build reads {VERSION}")));
+        return Err(bad_header(&format!(
+            "version {version}, this build reads {VERSION}"
+        )));
     }
     if &contents[16..26] != session.as_bytes() {
         return Err(bad_header(&format!(
@@ -748,7 +789,9 @@ fn check_record(rest: &[u8], expected_seq: u64) -> Result<(usize, u16), String> 
         return Ok((record_len, info.count));
     }
     match count_blocks(payload) {
-        Some(blocks) if blocks == u64::from(info.count) && blocks > 0 => Ok((record_len, info.count)),
+        Some(blocks) if blocks == u64::from(info.count) && blocks > 0 => {
+            Ok((record_len, info.count))
+        }
         _ => Err(format!("blocks do not match the count {}", info.count)),
     }
 }
@@ -799,10 +842,11 @@ mod tests {
 
     fn collect(dir: &Path) -> (Vec<(u64, Vec<u8>)>, Recovery) {
         let mut seen = Vec::new();
-        let (_, recovery) = JournalWriter::open(dir, session(), FsyncPolicy::None, |seq, message| {
-            seen.push((seq, message.to_vec()))
-        })
-        .unwrap();
+        let (_, recovery) =
+            JournalWriter::open(dir, session(), FsyncPolicy::None, |seq, message| {
+                seen.push((seq, message.to_vec()))
+            })
+            .unwrap();
         (seen, recovery)
     }
 
@@ -825,7 +869,11 @@ mod tests {
         assert_eq!(recovery.cut_bytes, 0);
         assert_eq!(
             seen,
-            vec![(1, b"one".to_vec()), (2, b"two".to_vec()), (3, b"three".to_vec())]
+            vec![
+                (1, b"one".to_vec()),
+                (2, b"two".to_vec()),
+                (3, b"three".to_vec())
+            ]
         );
     }
 
@@ -837,7 +885,9 @@ mod tests {
             let (mut writer, _) =
                 JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
-            writer.append(2, 2, &blocks(&[b"second", b"third"]), 0).unwrap();
+            writer
+                .append(2, 2, &blocks(&[b"second", b"third"]), 0)
+                .unwrap();
         }
         let full = std::fs::read(&path).unwrap();
         let first_end = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 2 + 5;
@@ -864,8 +914,8 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 3] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
-        let error = JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {})
-            .unwrap_err();
+        let error =
+            JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap_err();
         assert!(matches!(error, JournalError::Corrupt { .. }), "{error}");
     }
 
@@ -889,9 +939,13 @@ mod tests {
     #[test]
     fn other_session_or_garbage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(journal_path(dir.path(), session()), b"definitely not a journal file, no sir, not at all, nope nope nope").unwrap();
-        let error = JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {})
-            .unwrap_err();
+        std::fs::write(
+            journal_path(dir.path(), session()),
+            b"definitely not a journal file, no sir, not at all, nope nope nope",
+        )
+        .unwrap();
+        let error =
+            JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap_err();
         assert!(error.to_string().contains("wrong magic"), "{error}");
     }
 
@@ -938,7 +992,10 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 15);
         assert_eq!(got[0].0, seq - 15);
-        assert_eq!(got[0].1, format!("message 1998 5 {}", "x".repeat(40)).into_bytes());
+        assert_eq!(
+            got[0].1,
+            format!("message 1998 5 {}", "x".repeat(40)).into_bytes()
+        );
         assert_eq!(cursor.next_seq, seq);
         // The future is not there.
         assert_eq!(reader.seek(seq).unwrap(), None);

@@ -5,10 +5,10 @@
 //! Threading contract: each loop is single-threaded and owns its sockets; loops
 //! talk only through `rtrb` rings and the journal.
 
-pub mod journal;
-pub mod core;
-pub mod config;
-pub mod publisher;
-pub mod retransmit;
-pub mod replay;
 pub mod appliance;
+pub mod config;
+pub mod core;
+pub mod journal;
+pub mod publisher;
+pub mod replay;
+pub mod retransmit;

@@ -72,7 +72,10 @@ fn hash_password() -> anyhow::Result<()> {
         eprintln!("password (1 to 10 printable ASCII characters), then Enter:");
     }
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).context("reading the password")?;
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password")?;
     let password = line.trim_end_matches(['\n', '\r']);
     if !tally_gateway::config::password_fits_login(password) {
         anyhow::bail!(
@@ -127,7 +130,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         "tally-sequencer running"
     );
     loop {
-        if stop_signal.load(Ordering::Acquire) || end_signal.load(Ordering::Acquire) || appliance.any_stopped() {
+        if stop_signal.load(Ordering::Acquire)
+            || end_signal.load(Ordering::Acquire)
+            || appliance.any_stopped()
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

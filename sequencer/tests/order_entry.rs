@@ -46,7 +46,11 @@ fn logins_are_accepted_or_rejected_with_the_right_reason() {
 
     let mut client = SoupClient::connect(setup.gateway);
     client.login("read1", READER_PASSWORD, "", 0);
-    assert_eq!(client.recv(LONG), Some(Reply::LoginRejected(b'A')), "a reader may not use the gateway");
+    assert_eq!(
+        client.recv(LONG),
+        Some(Reply::LoginRejected(b'A')),
+        "a reader may not use the gateway"
+    );
 
     let mut client = SoupClient::connect(setup.gateway);
     client.login("pos1", POS_PASSWORD, &setup.session, 0);
@@ -74,14 +78,24 @@ fn an_order_is_acked_and_appears_on_the_stream_stamped() {
     assert_eq!((client_seq, reject), (1, None));
     assert!(stream_seq >= 2, "seq 1 is the start-of-session event");
 
-    assert!(stream.read_until(LONG, |s| s.next_seq > stream_seq), "order reached the stream");
+    assert!(
+        stream.read_until(LONG, |s| s.next_seq > stream_seq),
+        "order reached the stream"
+    );
     let (_, bytes) = &stream.messages[(stream_seq - 1) as usize];
     let Message::Order(on_stream) = Message::parse(bytes).unwrap() else {
         panic!("expected an order at {stream_seq}");
     };
-    assert_eq!(on_stream.header.origin.get(), 1, "origin stamped from the login");
+    assert_eq!(
+        on_stream.header.origin.get(),
+        1,
+        "origin stamped from the login"
+    );
     assert_eq!(on_stream.header.client_seq.get(), 1);
-    assert!(on_stream.header.timestamp_ns.get() > 1_600_000_000_000_000_000, "timestamp stamped");
+    assert!(
+        on_stream.header.timestamp_ns.get() > 1_600_000_000_000_000_000,
+        "timestamp stamped"
+    );
     assert_eq!(on_stream.order_id.get(), 77);
     assert_eq!(on_stream.sku.get(), 42);
     assert_eq!(on_stream.qty.get(), 3);
@@ -169,7 +183,11 @@ fn protocol_errors_close_only_that_connection_and_consume_no_number() {
     assert_eq!(pos.login_ok("pos1", POS_PASSWORD), 2);
     pos.send(order(2, 4).as_bytes());
     let (_, second_seq, _) = ack(pos.recv(LONG));
-    assert_eq!(second_seq, first_seq + 1, "nothing in between was sequenced");
+    assert_eq!(
+        second_seq,
+        first_seq + 1,
+        "nothing in between was sequenced"
+    );
     assert!(stream.read_until(LONG, |s| s.next_seq > second_seq));
     assert_eq!(stream.messages.len() as u64, second_seq);
 }
@@ -208,7 +226,10 @@ fn a_resent_stream_after_a_cut_holds_every_command_exactly_once() {
         assert_eq!(client_seq, acked + 1, "acks in order, one per command");
         acked = client_seq;
     }
-    assert!(stream.read_until(LONG, |s| s.messages.iter().filter(|(_, m)| m[0] == b'O').count() as u32 >= TOTAL));
+    assert!(stream.read_until(
+        LONG,
+        |s| s.messages.iter().filter(|(_, m)| m[0] == b'O').count() as u32 >= TOTAL
+    ));
     let mut seen: Vec<u32> = stream
         .messages
         .iter()

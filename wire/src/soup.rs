@@ -559,6 +559,13 @@ impl FrameDecoder {
         self.end - self.start
     }
 
+    /// Bytes the decoder can still take (after compacting), i.e. the most
+    /// that [`spare`](Self::spare) or [`extend`](Self::extend) can accept.
+    #[inline]
+    pub fn room(&self) -> usize {
+        self.buf.len() - self.buffered()
+    }
+
     /// Forgets everything buffered (and so any sticky error), so the decoder
     /// can serve a new connection without reallocating.
     pub fn clear(&mut self) {

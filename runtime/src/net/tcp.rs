@@ -233,6 +233,8 @@ struct Conn {
     generation: u32,
     state: ConnState,
     recv_armed: bool,
+    /// The owner asked for no more receives until it resumes.
+    recv_paused: bool,
     timeout_armed: bool,
     send: SendQueue,
     reason: CloseReason,
@@ -257,6 +259,10 @@ pub struct TcpServerHandle {
     /// here at most once.
     closed: Vec<(ConnId, CloseReason)>,
     closed_head: usize,
+    /// Connections resumed with [`TcpServerHandle::resume_recv`] whose
+    /// receive the server arms at its next poll (capacity max_connections;
+    /// a connection is listed at most once).
+    resumed: Vec<ConnId>,
     open_connections: usize,
     stats: TcpStats,
 }
@@ -292,6 +298,36 @@ impl TcpServerHandle {
     }
 
     /// Bytes `send` would accept now (0 for a stale or closing id).
+    /// Stops receiving on `conn` after the receive in flight completes: its
+    /// bytes stay in the kernel and TCP flow control slows the peer. For an
+    /// owner that cannot take more input from this one connection (a full
+    /// ring downstream, unread acks) while others carry on.
+    pub fn pause_recv(&mut self, conn: ConnId) {
+        if let Some(i) = self.lookup(conn) {
+            self.conns[i].recv_paused = true;
+        }
+    }
+
+    /// Undoes [`pause_recv`](Self::pause_recv); the receive is armed again at
+    /// the server's next poll.
+    pub fn resume_recv(&mut self, conn: ConnId) {
+        if let Some(i) = self.lookup(conn) {
+            let c = &mut self.conns[i];
+            if c.recv_paused {
+                c.recv_paused = false;
+                if !c.recv_armed && c.state == ConnState::Open {
+                    debug_assert!(self.resumed.len() < self.resumed.capacity());
+                    self.resumed.push(conn);
+                }
+            }
+        }
+    }
+
+    /// Whether receiving on `conn` is paused.
+    pub fn is_recv_paused(&self, conn: ConnId) -> bool {
+        self.lookup(conn).is_some_and(|i| self.conns[i].recv_paused)
+    }
+
     pub fn send_capacity(&self, conn: ConnId) -> usize {
         match self.lookup(conn) {
             Some(i) if self.conns[i].state == ConnState::Open => {
@@ -549,6 +585,7 @@ impl TcpServer {
             generation: 0,
             state: ConnState::Free,
             recv_armed: false,
+            recv_paused: false,
             timeout_armed: false,
             send: SendQueue::new(cfg.send_buffer_bytes),
             reason: CloseReason::Local,
@@ -564,6 +601,7 @@ impl TcpServer {
                 deadlines: HeapArray::new(n, types::Timespec::new()),
                 closed: Vec::with_capacity(n),
                 closed_head: 0,
+                resumed: Vec::with_capacity(n),
                 open_connections: 0,
                 stats: TcpStats::default(),
             },
@@ -605,6 +643,14 @@ impl TcpServer {
         &mut self,
         mut on_event: impl FnMut(&mut TcpServerHandle, TcpEvent<'_>),
     ) -> io::Result<usize> {
+        while let Some(conn) = self.handle.resumed.pop() {
+            if let Some(i) = self.handle.lookup(conn) {
+                let c = &self.handle.conns[i];
+                if c.state == ConnState::Open && !c.recv_armed && !c.recv_paused {
+                    self.arm_recv(i);
+                }
+            }
+        }
         self.handle.ring.submit()?;
         let mut events = self.handle.deliver_closed(&mut on_event);
         let budget = self.handle.ring.cq_capacity();
@@ -686,6 +732,7 @@ impl TcpServer {
         c.state = ConnState::Open;
         c.peer = peer;
         c.reason = CloseReason::Local;
+        c.recv_paused = false;
         c.send.clear();
         let conn = ConnId {
             index,
@@ -757,7 +804,8 @@ impl TcpServer {
                 // The handler may have closed it; Draining still receives (and discards).
                 let c = &self.handle.conns[index];
                 if c.generation == generation
-                    && matches!(c.state, ConnState::Open | ConnState::Draining)
+                    && (c.state == ConnState::Draining
+                        || (c.state == ConnState::Open && !c.recv_paused))
                 {
                     self.arm_recv(index);
                 }
@@ -770,7 +818,9 @@ impl TcpServer {
                 0
             }
             ConnState::Open | ConnState::Draining if cqe.result == -libc::EAGAIN => {
-                self.arm_recv(index);
+                if !(state == ConnState::Open && self.handle.conns[index].recv_paused) {
+                    self.arm_recv(index);
+                }
                 0
             }
             ConnState::Open | ConnState::Draining => {

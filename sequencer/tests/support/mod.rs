@@ -85,6 +85,8 @@ heartbeat_interval_ms = 200
 [gateway]
 listen = "127.0.0.1:{gateway_port}"
 peer_timeout_ms = 15000
+rate_limit_per_sec = 100000000
+rate_burst = 10000000
 
 {CLIENTS}
 
@@ -131,7 +133,9 @@ fsync = "none"
     }
 
     pub fn journal_file(&self) -> PathBuf {
-        self.dir.join("journal").join(format!("{}.journal", self.session))
+        self.dir
+            .join("journal")
+            .join(format!("{}.journal", self.session))
     }
 
     pub fn counters_file(&self) -> PathBuf {
@@ -153,7 +157,10 @@ impl Appliance {
         let child = Command::new(env!("CARGO_BIN_EXE_tally-sequencer"))
             .arg("--config")
             .arg(&setup.config_path)
-            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -173,7 +180,10 @@ impl Appliance {
             {
                 return appliance;
             }
-            assert!(Instant::now() < deadline, "tally-sequencer did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "tally-sequencer did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -192,7 +202,10 @@ impl Appliance {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "tally-sequencer did not exit after signal {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "tally-sequencer did not exit after signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -317,7 +330,9 @@ impl SoupClient {
                     ServerPacket::Sequenced(payload) => Reply::Sequenced(payload.to_vec()),
                     ServerPacket::Heartbeat => Reply::Heartbeat,
                     ServerPacket::EndOfSession => Reply::EndOfSession,
-                    ServerPacket::Debug(text) => Reply::Debug(String::from_utf8_lossy(text).into_owned()),
+                    ServerPacket::Debug(text) => {
+                        Reply::Debug(String::from_utf8_lossy(text).into_owned())
+                    }
                 };
                 return Some(reply);
             }
@@ -334,7 +349,10 @@ impl SoupClient {
                 }
                 Ok(n) => self.decoder.commit(n),
                 Err(error)
-                    if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return None
                 }
@@ -407,7 +425,11 @@ impl StreamReader {
     /// Reads until `done(self)` or the deadline; panics on a gap or a
     /// duplicate (loopback multicast does not lose packets unless a test
     /// overflows the socket buffer).
-    pub fn read_until(&mut self, timeout: Duration, mut done: impl FnMut(&StreamReader) -> bool) -> bool {
+    pub fn read_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&StreamReader) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             let now = Instant::now();
@@ -416,7 +438,10 @@ impl StreamReader {
             }
             let mut packets = Vec::new();
             self.receiver
-                .wait((deadline - now).min(Duration::from_millis(50)), |datagram| packets.push(datagram.to_vec()))
+                .wait(
+                    (deadline - now).min(Duration::from_millis(50)),
+                    |datagram| packets.push(datagram.to_vec()),
+                )
                 .unwrap();
             for datagram in packets {
                 self.accept(&datagram);
@@ -449,14 +474,32 @@ impl StreamReader {
 
 /// Sends one re-request and returns the reply's (seq, message) list, or
 /// None when nothing came back within `timeout`.
-pub fn re_request(setup: &TestSetup, socket: &UdpSocket, seq: u64, count: u16, timeout: Duration) -> Option<Vec<(u64, Vec<u8>)>> {
+pub fn re_request(
+    setup: &TestSetup,
+    socket: &UdpSocket,
+    seq: u64,
+    count: u16,
+    timeout: Duration,
+) -> Option<Vec<(u64, Vec<u8>)>> {
     let request = ReRequest::new(setup.session(), seq, count);
-    socket.send_to(request.as_bytes(), setup.retransmit).unwrap();
+    socket
+        .send_to(request.as_bytes(), setup.retransmit)
+        .unwrap();
     socket.set_read_timeout(Some(timeout)).unwrap();
     let mut buf = [0u8; 65_536];
-    let n = match socket.recv(&mut buf) {
-        Ok(n) => n,
-        Err(_) => return None,
+    let deadline = Instant::now() + timeout;
+    let n = loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => break n,
+            // io_uring task work (a multicast receiver in the test) can
+            // interrupt the blocking receive.
+            Err(error)
+                if error.kind() == std::io::ErrorKind::Interrupted && Instant::now() < deadline =>
+            {
+                continue
+            }
+            Err(_) => return None,
+        }
     };
     let packet = MoldPacket::parse(&buf[..n]).expect("valid reply");
     Some(packet.messages().map(|(s, m)| (s, m.to_vec())).collect())
