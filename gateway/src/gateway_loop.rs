@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::{self, ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
+use tally_runtime::wake::Waker;
 
 use crate::auth::{AuthRequest, AuthThread, Authenticator};
 use crate::config::GatewayConfig;
@@ -44,6 +45,10 @@ pub struct GatewayLoop<A: Authenticator = AuthThread> {
     paused_slots: Vec<bool>,
     /// Bytes one receive may bring.
     recv_buffer_bytes: usize,
+    /// Wakes the sequencer loop when it parked with nothing to do.
+    sequencer_waker: Option<Waker>,
+    /// Wakes this loop (watched by the server's ring) when acks arrive.
+    own_waker: Option<Waker>,
 }
 
 impl<A: Authenticator> std::fmt::Debug for GatewayLoop<A> {
@@ -84,7 +89,27 @@ impl<A: Authenticator> GatewayLoop<A> {
             conn_slots: vec![None; config.max_sessions],
             paused_slots: vec![false; config.max_sessions],
             recv_buffer_bytes: config.recv_buffer_bytes,
+            sequencer_waker: None,
+            own_waker: None,
         })
+    }
+
+    /// Wakes `waker` whenever this loop has handed commands to the sequencer
+    /// (so a parked sequencer starts at once instead of at its park timeout).
+    pub fn wake_sequencer_with(&mut self, waker: Waker) {
+        self.sequencer_waker = Some(waker);
+    }
+
+    /// Lets another thread (the sequencer, after pushing acks) end this
+    /// loop's park at once. Returns the waker to hand to that thread.
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        if let Some(waker) = &self.own_waker {
+            return Ok(waker.clone());
+        }
+        let waker = Waker::new()?;
+        self.server.watch_waker(waker.clone())?;
+        self.own_waker = Some(waker.clone());
+        Ok(waker)
     }
 
     /// The address the listener is bound to (the port, when `listen` said 0).
@@ -123,6 +148,8 @@ impl<A: Authenticator> GatewayLoop<A> {
             conn_slots,
             paused_slots,
             recv_buffer_bytes,
+            sequencer_waker,
+            own_waker: _,
         } = self;
 
         // Acks first: they free ring space and release waiting logins.
@@ -219,28 +246,42 @@ impl<A: Authenticator> GatewayLoop<A> {
         // loop keeps serving what it can.
         work += polled.unwrap_or(0);
         let _ = server.submit();
+        if work > 0 {
+            if let Some(waker) = sequencer_waker {
+                waker.wake();
+            }
+        }
         work
     }
 
     /// Runs [`GatewayLoop::poll`] until `stop` is set, reading a monotonic
-    /// clock each cycle and idling with `idle` (the park phase waits in
-    /// `io_uring_enter`, so a network completion ends it early; outcomes and
+    /// clock each cycle and idling with `idle`. The park phase waits in
+    /// `io_uring_enter`, so a network completion ends it early, and so does
+    /// the sequencer's wake-up once [`GatewayLoop::waker`] was handed to it;
     /// password answers are picked up when the park ends, at most the
-    /// strategy's longest park later).
+    /// strategy's longest park later.
     pub fn run(&mut self, idle: IdleStrategy, stop: &AtomicBool) {
         let mut idler = idle.idler();
         let start = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let now_ns = start.elapsed().as_nanos() as u64;
             let work = self.poll(now_ns);
-            let server = &mut self.server;
-            let stalled = self.core.is_stalled();
-            idler.idle_with(work, |duration: Duration| {
-                if stalled {
-                    // Network completions are deliberately left waiting, so
-                    // io_uring_enter would return at once: sleep instead.
-                    std::thread::park_timeout(duration);
-                } else {
+            let GatewayLoop {
+                server,
+                from_sequencer,
+                own_waker,
+                ..
+            } = self;
+            idler.idle_with(work, |duration: Duration| match own_waker {
+                // Park in the ring: TCP completions and the sequencer's
+                // wake-up (acks on the ring) both end the wait.
+                Some(waker) => waker.park_with(
+                    || !from_sequencer.is_empty(),
+                    || {
+                        let _ = server.wait(duration);
+                    },
+                ),
+                None => {
                     let _ = server.wait(duration);
                 }
             });

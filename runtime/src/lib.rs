@@ -25,3 +25,4 @@ pub mod idle;
 pub mod net;
 pub mod pool;
 pub mod thread;
+pub mod wake;

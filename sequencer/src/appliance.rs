@@ -20,8 +20,8 @@ use tally_gateway::gateway_loop::GatewayLoop;
 use tally_gateway::link::{Inbound, Outcome};
 use tally_gateway::session::{AckRecord, GatewayCore, RecoveryError};
 use tally_runtime::counters::CounterFile;
-use tally_runtime::idle::IdleStrategy;
 use tally_runtime::thread::spawn_loop;
+use tally_runtime::wake::Waker;
 
 use crate::config::ApplianceConfig;
 use crate::core::{CoreConfig, CoreCounters, SequencerCore};
@@ -181,6 +181,11 @@ impl Appliance {
             auth,
         )
         .with_context(|| format!("binding gateway.listen {}", gateway_config.listen))?;
+        // Each side wakes the other when it hands over work and the other
+        // is parked, so a lone command never waits for a park to time out.
+        let gateway_waker = gateway.waker().context("creating the gateway's waker")?;
+        let sequencer_waker = Waker::new().context("creating the sequencer's waker")?;
+        gateway.wake_sequencer_with(sequencer_waker.clone());
         let retransmit_counters =
             RetransmitCounters::from_file(&counters, index_of(RetransmitCounters::NAMES[0]));
         let mut retransmit = RetransmitLoop::new(
@@ -228,13 +233,18 @@ impl Appliance {
                 while !seq_control.stop.load(Ordering::Acquire) {
                     let now_ns = clock_ns();
                     let work = core.poll(&mut inbound, &mut outcomes, now_ns)?;
-                    if work == 0 {
+                    if work > 0 {
+                        gateway_waker.wake();
+                    } else {
                         core.publisher_mut().poll_completions()?;
                         journal_bytes.set(core.journal_mut().bytes_written());
                         journal_fsyncs.set(core.journal_mut().fsyncs());
                         counter_file.set_heartbeat(now_ns);
                     }
-                    idler.idle(work);
+                    idler.idle_with(work, |duration| {
+                        sequencer_waker
+                            .park_with(|| !inbound.is_empty(), || sequencer_waker.park(duration))
+                    });
                 }
                 // Finish what the gateway already handed over, then close.
                 let now_ns = clock_ns();
@@ -253,24 +263,31 @@ impl Appliance {
                 Ok(())
             })?,
         ));
-        threads.push(spawn(
+        let placement = config.placement("gateway")?;
+        let stop = Arc::clone(&control);
+        threads.push((
             "gateway",
-            config.placement("gateway")?,
-            &control,
-            move |now_ns| Ok(gateway.poll(now_ns)),
-        )?);
-        threads.push(spawn(
+            spawn_loop("tally-gateway", placement.core, move || {
+                gateway.run(placement.idle, &stop.stop);
+                Ok(())
+            })?,
+        ));
+        let placement = config.placement("retransmit")?;
+        let stop = Arc::clone(&control);
+        threads.push((
             "retransmit",
-            config.placement("retransmit")?,
-            &control,
-            move |now_ns| retransmit.poll(now_ns),
-        )?);
-        threads.push(spawn(
+            spawn_loop("tally-retransmit", placement.core, move || {
+                retransmit.run(placement.idle, &stop.stop)
+            })?,
+        ));
+        let placement = config.placement("replay")?;
+        let stop = Arc::clone(&control);
+        threads.push((
             "replay",
-            config.placement("replay")?,
-            &control,
-            move |now_ns| replay.poll(now_ns),
-        )?);
+            spawn_loop("tally-replay", placement.core, move || {
+                replay.run(placement.idle, &stop.stop)
+            })?,
+        ));
         Ok(Appliance {
             control,
             threads,
@@ -312,25 +329,4 @@ impl Appliance {
             None => Ok(()),
         }
     }
-}
-
-/// Runs `poll` on its own thread under the loop's idle strategy until the
-/// stop flag is set.
-fn spawn(
-    name: &'static str,
-    placement: crate::config::LoopPlacement,
-    control: &Arc<Control>,
-    mut poll: impl FnMut(u64) -> io::Result<usize> + Send + 'static,
-) -> io::Result<(&'static str, JoinHandle<io::Result<()>>)> {
-    let control = Arc::clone(control);
-    let idle: IdleStrategy = placement.idle;
-    let handle = spawn_loop(&format!("tally-{name}"), placement.core, move || {
-        let mut idler = idle.idler();
-        while !control.stop.load(Ordering::Acquire) {
-            let work = poll(clock_ns())?;
-            idler.idle(work);
-        }
-        Ok(())
-    })?;
-    Ok((name, handle))
 }

@@ -35,6 +35,8 @@ pub(crate) mod kind {
     pub(crate) const TIMEOUT: u8 = 7;
     /// An async cancel; its completion carries nothing we need.
     pub(crate) const CANCEL: u8 = 8;
+    /// A multishot poll on a [`crate::wake::Waker`]'s eventfd.
+    pub(crate) const WAKE: u8 = 9;
 }
 
 /// Bits of the generation kept in `user_data` (the `ConnId` keeps all 32).

@@ -551,6 +551,9 @@ pub struct TcpServer {
     listener: OwnedFd,
     local_addr: SocketAddr,
     accept_armed: bool,
+    /// Another thread's way to end this server's [`TcpServer::wait`] early.
+    waker: Option<crate::wake::Waker>,
+    waker_armed: bool,
 }
 
 impl TcpServer {
@@ -610,6 +613,8 @@ impl TcpServer {
             listener,
             local_addr,
             accept_armed: false,
+            waker: None,
+            waker_armed: false,
         };
         server.arm_accept()?;
         server.handle.ring.submit()?;
@@ -618,6 +623,32 @@ impl TcpServer {
             send_buffer_bytes = cfg.send_buffer_bytes, "tcp server listening"
         );
         Ok(server)
+    }
+
+    /// Watches `waker`'s eventfd in this server's ring, so a
+    /// [`Waker::wake`](crate::wake::Waker::wake) from another thread ends a
+    /// [`wait`](Self::wait) at once (the gateway waits for TCP completions
+    /// and for acks from the sequencer at the same time).
+    pub fn watch_waker(&mut self, waker: crate::wake::Waker) -> io::Result<()> {
+        self.waker = Some(waker);
+        self.arm_waker()?;
+        self.handle.ring.submit()
+    }
+
+    fn arm_waker(&mut self) -> io::Result<()> {
+        let Some(waker) = &self.waker else {
+            return Ok(());
+        };
+        let entry = opcode::PollAdd::new(types::Fd(waker.fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(kind::WAKE, 0, 0));
+        // SAFETY: a poll references no memory of ours; the eventfd stays open
+        // while the server (which holds the waker) lives, and Drop cancels
+        // the poll before the fields are dropped.
+        unsafe { self.handle.ring.push(&entry)? };
+        self.waker_armed = true;
+        Ok(())
     }
 
     fn arm_accept(&mut self) -> io::Result<()> {
@@ -667,6 +698,11 @@ impl TcpServer {
             }
         }
         events += self.handle.deliver_closed(&mut on_event);
+        if self.waker.is_some() && !self.waker_armed {
+            if let Err(e) = self.arm_waker() {
+                self.handle.count_submit_error(&e);
+            }
+        }
         if !self.accept_armed {
             self.handle.stats.accept_rearms += 1;
             if let Err(e) = self.arm_accept() {
@@ -691,6 +727,15 @@ impl TcpServer {
             }
             kind::TIMEOUT => {
                 self.complete_timeout(cqe);
+                0
+            }
+            kind::WAKE => {
+                if let Some(waker) = &self.waker {
+                    waker.clear();
+                }
+                if !cqe.more() {
+                    self.waker_armed = false;
+                }
                 0
             }
             _ => 0, // cancels

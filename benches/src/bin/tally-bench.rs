@@ -1,0 +1,452 @@
+//! `tally-bench`: the end-to-end load tool. See `--help`.
+//!
+//! It runs the appliance in-process (a fresh journal in a temporary
+//! directory, its own ports and multicast group, N `pos` clients), drives it
+//! through real TCP connections with pipelined SoupBinTCP clients, and reads
+//! the real multicast stream with an io_uring subscriber. Two scenarios:
+//!
+//! * `throughput`: every client sends its orders as fast as the acks allow;
+//!   the subscriber counts orders on the stream and checks that sequence
+//!   numbers have no gap (loss must be zero). Reports orders per second
+//!   received by the subscriber, from the first order sent to the last
+//!   order received.
+//! * `latency`: one or more clients at a fixed total rate; reports the
+//!   command → ack round trip (send to `k` received) percentiles.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use tally_runtime::net::{MulticastConfig, MulticastReceiver};
+use tally_sequencer::appliance::{Appliance, Control};
+use tally_sequencer::config::ApplianceConfig;
+use tally_wire::mold::{MoldPacket, PacketKind, Session};
+use tally_wire::soup::{self, FrameDecoder, ServerPacket};
+use tally_wire::{Ack, Order};
+
+/// End-to-end load tool for tally: pipelined SoupBinTCP clients → the
+/// appliance (in-process, fresh journal) → the multicast stream.
+#[derive(Parser, Debug)]
+#[command(name = "tally-bench", version, about, long_about = None)]
+struct Cli {
+    /// Which measurement to run.
+    #[arg(long, value_enum, default_value = "throughput")]
+    scenario: Scenario,
+    /// Order-entry clients (each its own TCP session and client id).
+    #[arg(long, default_value_t = 2)]
+    clients: u16,
+    /// Orders per client (throughput scenario).
+    #[arg(long, default_value_t = 1_000_000)]
+    orders: u64,
+    /// Total commands per second over all clients (latency scenario).
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Seconds to run (latency scenario).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Most commands a client has sent and not had acked.
+    #[arg(long, default_value_t = 8192)]
+    window: u64,
+    /// Idle strategy of the appliance's loops: busy-spin, yield or back-off.
+    #[arg(long, default_value = "back-off")]
+    idle: String,
+    /// fsync policy of the journal: none, batch or interval.
+    #[arg(long, default_value = "none")]
+    fsync: String,
+    /// First TCP/UDP port to use (four consecutive ports).
+    #[arg(long, default_value_t = 34_100)]
+    port_base: u16,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    Throughput,
+    Latency,
+}
+
+const PASSWORD: &str = "benchpass";
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(&cli) {
+        eprintln!("tally-bench: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn config_text(cli: &Cli, journal_dir: &std::path::Path) -> String {
+    let hash = tally_gateway::config::hash_password(PASSWORD);
+    let mut clients = String::new();
+    for id in 1..=cli.clients {
+        clients.push_str(&format!(
+            "[[clients]]\nusername = \"b{id}\"\npassword_hash = \"{hash}\"\nclient_id = {id}\nrole = \"pos\"\n\n"
+        ));
+    }
+    let loops: String = ["gateway", "sequencer", "retransmit", "replay"]
+        .iter()
+        .map(|name| format!("[loops.{name}]\nidle = \"{}\"\n", cli.idle))
+        .collect();
+    format!(
+        r#"
+[stream]
+session = "BENCH"
+group = "239.255.99.1"
+port = {stream}
+interface = "127.0.0.1"
+
+[gateway]
+listen = "127.0.0.1:{gateway}"
+rate_limit_per_sec = 1000000000
+rate_burst = 100000000
+ring_messages = 65536
+
+{clients}
+[retransmit]
+listen = "127.0.0.1:{retransmit}"
+
+[replay]
+listen = "127.0.0.1:{replay}"
+
+[journal]
+dir = "{dir}"
+fsync = "{fsync}"
+
+{loops}
+"#,
+        stream = cli.port_base,
+        gateway = cli.port_base + 1,
+        retransmit = cli.port_base + 2,
+        replay = cli.port_base + 3,
+        dir = journal_dir.display(),
+        fsync = cli.fsync,
+    )
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    if cli.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let journal_dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(journal_dir.clone());
+    let config =
+        ApplianceConfig::parse(&config_text(cli, &journal_dir)).map_err(anyhow::Error::msg)?;
+    let appliance = Appliance::start(&config, Arc::new(Control::default()))?;
+    let gateway: SocketAddr = config.gateway.listen;
+    let multicast = MulticastConfig {
+        group: Ipv4Addr::new(239, 255, 99, 1),
+        port: cli.port_base,
+        interface: Ipv4Addr::LOCALHOST,
+        ttl: 0,
+        loopback: true,
+    };
+    let result = match cli.scenario {
+        Scenario::Throughput => throughput(cli, gateway, &multicast),
+        Scenario::Latency => latency(cli, gateway),
+    };
+    appliance.stop()?;
+    let report = result?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for (key, value) in report.as_object().expect("an object") {
+            println!("{key:>24}: {value}");
+        }
+    }
+    Ok(())
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A logged-in client connection: a writer and a reader half.
+fn connect(gateway: SocketAddr, id: u16) -> anyhow::Result<(TcpStream, FrameDecoder, u32)> {
+    let mut stream = TcpStream::connect(gateway).context("connecting to the gateway")?;
+    stream.set_nodelay(true)?;
+    let mut buf = [0u8; 64];
+    let n = soup::write_login_request(&mut buf, &format!("b{id}"), PASSWORD, Session::BLANK, 0)?;
+    stream.write_all(&buf[..n])?;
+    let mut decoder = FrameDecoder::new(soup::MAX_FRAME_BYTES);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(frame) = decoder.next_frame()? {
+            match ServerPacket::parse(frame)? {
+                ServerPacket::LoginAccepted { next_seq, .. } => {
+                    return Ok((stream, decoder, next_seq as u32))
+                }
+                ServerPacket::Heartbeat => continue,
+                other => bail!("login of b{id} failed: {other:?}"),
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no login answer for b{id}");
+        }
+        let n = read_retrying(&mut stream, decoder.spare())?;
+        if n == 0 {
+            bail!("gateway closed the connection of b{id}");
+        }
+        decoder.commit(n);
+    }
+}
+
+fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Reads acks until `expected` arrived; calls `on_ack(client_seq, at)`.
+fn read_acks(
+    mut stream: TcpStream,
+    mut decoder: FrameDecoder,
+    expected: u64,
+    acked: &AtomicU64,
+    mut on_ack: impl FnMut(u32, Instant),
+) -> anyhow::Result<()> {
+    let mut seen = 0u64;
+    while seen < expected {
+        while let Some(frame) = decoder.next_frame()? {
+            if let ServerPacket::Sequenced(payload) = ServerPacket::parse(frame)? {
+                let ack = Ack::parse(payload)?;
+                if let Ack::Rejected(rejected) = ack {
+                    bail!(
+                        "command {} rejected with reason {}",
+                        rejected.client_seq.get(),
+                        rejected.reason as char
+                    );
+                }
+                on_ack(ack.client_seq(), Instant::now());
+                seen += 1;
+                acked.store(seen, Ordering::Release);
+            }
+        }
+        let n = read_retrying(&mut stream, decoder.spare())?;
+        if n == 0 {
+            bail!("gateway closed the connection after {seen} acks");
+        }
+        decoder.commit(n);
+    }
+    Ok(())
+}
+
+fn order_frame(client_seq: u32, out: &mut Vec<u8>) {
+    let order =
+        Order::new(u64::from(client_seq), 1, 1 + client_seq % 1000, 1).with_client_seq(client_seq);
+    let mut frame = [0u8; 40];
+    let n = soup::write_unsequenced(&mut frame, order.as_bytes()).expect("an order fits");
+    out.extend_from_slice(&frame[..n]);
+}
+
+fn throughput(
+    cli: &Cli,
+    gateway: SocketAddr,
+    multicast: &MulticastConfig,
+) -> anyhow::Result<serde_json::Value> {
+    let total = cli.orders * u64::from(cli.clients);
+    let done = Arc::new(AtomicBool::new(false));
+    let subscriber = {
+        let mut receiver =
+            MulticastReceiver::new(multicast, 1024, 2048).context("joining the stream")?;
+        let done = Arc::clone(&done);
+        std::thread::Builder::new()
+            .name("bench-subscriber".into())
+            .spawn(move || {
+                let mut next_seq = 0u64;
+                let mut orders = 0u64;
+                let mut gaps = 0u64;
+                let mut first: Option<Instant> = None;
+                let mut last = Instant::now();
+                let deadline_after_done = Duration::from_secs(5);
+                let mut done_at: Option<Instant> = None;
+                while orders < total {
+                    if done.load(Ordering::Acquire) {
+                        let at = *done_at.get_or_insert_with(Instant::now);
+                        if at.elapsed() > deadline_after_done {
+                            break;
+                        }
+                    }
+                    let _ = receiver.wait(Duration::from_millis(10), |datagram| {
+                        let Ok(packet) = MoldPacket::parse(datagram) else {
+                            return;
+                        };
+                        if packet.kind() != PacketKind::Data {
+                            return;
+                        }
+                        for (seq, message) in packet.messages() {
+                            if next_seq != 0 && seq != next_seq {
+                                gaps += seq.saturating_sub(next_seq);
+                            }
+                            next_seq = seq + 1;
+                            if message.first() == Some(&b'O') {
+                                if first.is_none() {
+                                    first = Some(Instant::now());
+                                }
+                                orders += 1;
+                            }
+                        }
+                        last = Instant::now();
+                    });
+                }
+                let _ = first;
+                (orders, gaps, last, receiver.stats())
+            })?
+    };
+
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for id in 1..=cli.clients {
+        let (stream, decoder, first_seq) = connect(gateway, id)?;
+        let reader_stream = stream.try_clone()?;
+        let acked = Arc::new(AtomicU64::new(0));
+        let orders = cli.orders;
+        let window = cli.window;
+        let reader = {
+            let acked = Arc::clone(&acked);
+            std::thread::Builder::new()
+                .name(format!("bench-acks-{id}"))
+                .spawn(move || read_acks(reader_stream, decoder, orders, &acked, |_, _| {}))?
+        };
+        let writer = std::thread::Builder::new()
+            .name(format!("bench-client-{id}"))
+            .spawn(move || {
+                let mut stream = stream;
+                let mut buf = Vec::with_capacity(1 << 16);
+                let mut sent = 0u64;
+                while sent < orders {
+                    // Stay within the window of unacked commands.
+                    while sent - acked.load(Ordering::Acquire) >= window {
+                        std::thread::yield_now();
+                    }
+                    let room = (window - (sent - acked.load(Ordering::Acquire)))
+                        .min(orders - sent)
+                        .min(1500);
+                    for _ in 0..room {
+                        order_frame(first_seq + sent as u32, &mut buf);
+                        sent += 1;
+                    }
+                    stream.write_all(&buf)?;
+                    buf.clear();
+                }
+                anyhow::Ok(())
+            })?;
+        handles.push((writer, reader));
+    }
+    for (writer, reader) in handles {
+        writer.join().expect("writer thread")?;
+        reader.join().expect("ack reader thread")?;
+    }
+    let acked_elapsed = started.elapsed();
+    done.store(true, Ordering::Release);
+    let (received, gaps, last_received, stats) = subscriber.join().expect("subscriber thread");
+    // From the first order sent to the last order received on the stream.
+    let elapsed = last_received.saturating_duration_since(started);
+    let lost = total - received.min(total);
+    let rate = received as f64 / elapsed.as_secs_f64().max(1e-9);
+    if lost > 0 || gaps > 0 {
+        eprintln!("tally-bench: LOSS: {lost} orders missing, {gaps} sequence numbers skipped on the stream");
+    }
+    Ok(serde_json::json!({
+        "scenario": "throughput",
+        "clients": cli.clients,
+        "orders_sent": total,
+        "orders_received": received,
+        "orders_lost": lost,
+        "stream_gaps": gaps,
+        "received_per_sec": rate.round(),
+        "acked_per_sec": (total as f64 / acked_elapsed.as_secs_f64()).round(),
+        "subscriber_enobufs": stats.enobufs,
+        "idle": cli.idle,
+        "fsync": cli.fsync,
+    }))
+}
+
+fn latency(cli: &Cli, gateway: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let per_client_rate = (cli.rate / u64::from(cli.clients)).max(1);
+    let per_client = per_client_rate * cli.seconds;
+    let interval = Duration::from_nanos(1_000_000_000 / per_client_rate);
+    let mut handles = Vec::new();
+    for id in 1..=cli.clients {
+        let (stream, decoder, first_seq) = connect(gateway, id)?;
+        let reader_stream = stream.try_clone()?;
+        let sent_at: Arc<Vec<AtomicU64>> =
+            Arc::new((0..per_client).map(|_| AtomicU64::new(0)).collect());
+        let origin = Instant::now();
+        let reader = {
+            let sent_at = Arc::clone(&sent_at);
+            let acked = Arc::new(AtomicU64::new(0));
+            std::thread::Builder::new()
+                .name(format!("bench-acks-{id}"))
+                .spawn(move || {
+                    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+                        .expect("histogram bounds");
+                    read_acks(
+                        reader_stream,
+                        decoder,
+                        per_client,
+                        &acked,
+                        |client_seq, at| {
+                            let index = (client_seq - first_seq) as usize;
+                            let sent = sent_at[index].load(Ordering::Acquire);
+                            let now = at.duration_since(origin).as_nanos() as u64;
+                            let _ = histogram.record(now.saturating_sub(sent).max(1));
+                        },
+                    )?;
+                    anyhow::Ok(histogram)
+                })?
+        };
+        let writer = std::thread::Builder::new()
+            .name(format!("bench-client-{id}"))
+            .spawn(move || {
+                let mut stream = stream;
+                let mut buf = Vec::with_capacity(64);
+                let mut next = Instant::now();
+                for index in 0..per_client {
+                    // Pace: yield until the send time (never sleep past it).
+                    while Instant::now() < next {
+                        std::thread::yield_now();
+                    }
+                    next += interval;
+                    order_frame(first_seq + index as u32, &mut buf);
+                    sent_at[index as usize]
+                        .store(origin.elapsed().as_nanos() as u64, Ordering::Release);
+                    stream.write_all(&buf)?;
+                    buf.clear();
+                }
+                anyhow::Ok(())
+            })?;
+        handles.push((writer, reader));
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for (writer, reader) in handles {
+        writer.join().expect("writer thread")?;
+        histogram.add(reader.join().expect("ack reader thread")?)?;
+    }
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(serde_json::json!({
+        "scenario": "latency",
+        "clients": cli.clients,
+        "rate_per_sec": cli.rate,
+        "commands": histogram.len(),
+        "ack_rtt_p50_us": us(0.50),
+        "ack_rtt_p99_us": us(0.99),
+        "ack_rtt_p999_us": us(0.999),
+        "ack_rtt_max_us": histogram.max() as f64 / 1000.0,
+        "idle": cli.idle,
+        "fsync": cli.fsync,
+    }))
+}
