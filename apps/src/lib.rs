@@ -5,3 +5,7 @@ pub mod consumer;
 pub mod client;
 pub mod loss;
 pub mod testkit;
+pub mod handler;
+pub mod replica;
+pub mod snapshot;
+pub mod warehouse;

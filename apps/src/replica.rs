@@ -1,0 +1,1882 @@
+//! The inventory replica: the state every application rebuilds from the one
+//! ordered stream (DESIGN.md §3).
+//!
+//! A [`Replica`] holds
+//! - every cell (location, sku): on_hand, reserved, available
+//!   (= on_hand − reserved) and version (the sequence number of the last event
+//!   that changed it), stored densely, sku-major (`sku index × locations_max +
+//!   location index`);
+//! - the SKU directory (sku `u32` ↔ symbol of ≤ 16 ASCII bytes) and the
+//!   location directory (`u16` ↔ name);
+//! - open holds, keyed by the stream sequence number of their `V`, with the
+//!   origin and hold id of the client that placed them and an expiry heap;
+//! - a first-in-first-out history of client ids: accepted orders (origin,
+//!   order_id → location, sku, quantity, remaining) and the hold and transfer
+//!   ids each origin has used, so that modify/cancel/confirm/release can be
+//!   decided and duplicate ids detected;
+//! - pending commands: each command seen on the stream, until the event that
+//!   answers it arrives.
+//!
+//! Realtime contract: every table has a fixed capacity, allocated once in
+//! [`Replica::new`] from [`ReplicaLimits`]; [`Replica::apply`] never
+//! allocates, never blocks, and does bounded work (one hash probe sequence per
+//! table it touches; the pending-command cursor advances amortised O(1) per
+//! message). What does not fit is counted in [`ReplicaCounters`], never grown:
+//! a full SKU or hold table drops the directory entry or hold record (cell
+//! quantities stay exact, since every cell event carries its location, sku
+//! and quantity); the client-id history evicts its oldest record; the pending
+//! ring overwrites its oldest slot.
+//!
+//! Invariants: no event may make on_hand or reserved negative, nor reserved
+//! exceed on_hand (the warehouse never emits one). A replica checks each event
+//! and counts a violation ([`Replica::oversold`]) instead of wrapping: a
+//! negative result is clamped at zero. The warehouse asserts the same
+//! invariants before it emits.
+//!
+//! How outcome events find their command: `D`, `H` and `J` carry the
+//! command's sequence number (`cmd_seq`). `E(R)` (release) carries the `V`'s
+//! and `I` (recount) none; for these the replica relies on the warehouse
+//! deciding commands strictly in stream order, so its outcomes come in the
+//! order of their commands: the answer is the oldest still pending command,
+//! when that is a `K` for the same hold (or a `Q` for the same cell).
+//!
+//! Session boundaries: holds carried over from an earlier session are
+//! re-announced by the warehouse's snapshot broadcast with
+//! [`CARRIED_HOLD_BIT`] set in their key; such an `H` registers the hold
+//! without adding to reserved, because the `I` before it already carries the
+//! cell's reserved quantity. A replica joining a new session starts from
+//! [`Replica::clear`].
+//!
+//! Threading: a `Replica` is plain owned data (`Send`), used by one thread.
+
+use core::fmt;
+use core::mem::size_of;
+
+use tally_wire::{
+    delta_reason, hold_outcome, pad_ascii, system_code, trim_ascii, HoldEnded, HoldPlaced,
+    InventoryLevel, LocationDirectory, Message, OnHandDelta, Reserve, SkuDirectory,
+};
+
+/// Set in a hold key (`cmd_seq` of an `H`/`E`) for holds carried over from an
+/// earlier session by the warehouse's snapshot broadcast. Stream sequence
+/// numbers never reach 2^63, so such keys cannot collide with a `V` of the
+/// current session.
+pub const CARRIED_HOLD_BIT: u64 = 1 << 63;
+
+/// Set in a cell's version while the warehouse has applied its own decision
+/// to the cell but not yet seen that event come back on the stream; the low
+/// 32 bits are the event's client_seq. Only a warehouse's replica ever holds
+/// such versions (see `warehouse.rs`).
+pub const PROVISIONAL_VERSION_BIT: u64 = 1 << 63;
+
+/// The largest command ([`Reserve`]): what a pending slot must hold.
+const COMMAND_SIZE_MAX: usize = Reserve::SIZE;
+
+/// Capacities of every table of a [`Replica`], fixed at construction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReplicaLimits {
+    /// Most SKUs in the directory.
+    pub skus_max: u32,
+    /// Most locations in the directory (location ids themselves may be any
+    /// `u16` but 0).
+    pub locations_max: u16,
+    /// Most open holds.
+    pub holds_max: u32,
+    /// Length of the client-id history: accepted orders and used hold and
+    /// transfer ids together. The oldest record is evicted when full.
+    pub orders_max: u32,
+    /// Pending commands remembered (rounded up to a power of two): a command
+    /// whose answer has not arrived within this many stream messages is
+    /// forgotten (counted).
+    pub pending_max: u32,
+}
+
+impl ReplicaLimits {
+    /// Small tables for tests and the sample inventory: 4096 SKUs × 16
+    /// locations, 4096 holds, 65 536 id records, 65 536 pending commands.
+    pub const fn small() -> Self {
+        Self {
+            skus_max: 4096,
+            locations_max: 16,
+            holds_max: 4096,
+            orders_max: 1 << 16,
+            pending_max: 1 << 16,
+        }
+    }
+
+    /// Checks every limit is usable; `Replica::new` asserts the same.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        const HALF: u32 = 1 << 31;
+        if self.skus_max == 0 || self.skus_max > HALF {
+            return Err(LimitsError("skus_max must be in 1..=2^31"));
+        }
+        if self.locations_max == 0 {
+            return Err(LimitsError("locations_max must be at least 1"));
+        }
+        if self.holds_max == 0 || self.holds_max > HALF {
+            return Err(LimitsError("holds_max must be in 1..=2^31"));
+        }
+        if self.orders_max == 0 || self.orders_max > HALF {
+            return Err(LimitsError("orders_max must be in 1..=2^31"));
+        }
+        if self.pending_max == 0 || self.pending_max > HALF {
+            return Err(LimitsError("pending_max must be in 1..=2^31"));
+        }
+        let cells = u64::from(self.skus_max) * u64::from(self.locations_max);
+        if cells > 1 << 34 {
+            return Err(LimitsError("skus_max × locations_max must be at most 2^34"));
+        }
+        Ok(())
+    }
+}
+
+/// Why a [`ReplicaLimits`] is unusable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitsError(pub &'static str);
+
+impl fmt::Display for LimitsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for LimitsError {}
+
+/// One inventory cell (location, sku) as seen from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Cell {
+    /// Units on hand.
+    pub on_hand: u32,
+    /// Units held by open holds.
+    pub reserved: u32,
+    /// `on_hand − reserved` (never below 0; a replica counts a violation if an
+    /// event makes reserved exceed on_hand).
+    pub available: u32,
+    /// Sequence number of the last event that changed the cell; 0 = no event
+    /// ever named it. In a warehouse's own replica a version with
+    /// [`PROVISIONAL_VERSION_BIT`] set means "changed by a decision not yet
+    /// back from the stream".
+    pub version: u64,
+}
+
+/// An open hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Hold {
+    /// Its key: the stream sequence number of the `V` that placed it (with
+    /// [`CARRIED_HOLD_BIT`] for holds carried over from an earlier session).
+    pub cmd_seq: u64,
+    /// The client that placed it, `(origin, hold_id)`, when this replica saw
+    /// the `V` (always, unless it joined mid-stream or forgot the command).
+    pub client: Option<(u16, u64)>,
+    /// Location id.
+    pub location: u16,
+    /// SKU id.
+    pub sku: u32,
+    /// Units held.
+    pub qty: u32,
+    /// When the warehouse expires it, nanoseconds since the Unix epoch.
+    pub expires_at_ns: u64,
+}
+
+/// An accepted order, from the client-id history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrderRecord {
+    /// The client that placed it.
+    pub origin: u16,
+    /// The client's order id.
+    pub order_id: u64,
+    /// Location the stock was taken from (chosen by the warehouse for
+    /// location 0).
+    pub location: u16,
+    /// SKU id.
+    pub sku: u32,
+    /// Quantity when accepted.
+    pub qty: u32,
+    /// Quantity now (after modifies; 0 once cancelled).
+    pub remaining: u32,
+    /// Stream sequence number of the `O`.
+    pub cmd_seq: u64,
+    /// Stream sequence number of the last command that changed it (the `O`
+    /// itself, or its latest accepted `M`/`X`).
+    pub last_cmd_seq: u64,
+}
+
+/// What [`Replica::apply`] did with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Applied {
+    /// `seq` was not after [`Replica::last_seq`]: already applied, skipped.
+    Ignored,
+    /// A command, remembered as pending until its outcome arrives.
+    Recorded,
+    /// An event, applied. `answers` is the sequence number of the pending
+    /// command this event answered (resolved), if any.
+    Event {
+        /// The command this event answered, if it answered one.
+        answers: Option<u64>,
+    },
+}
+
+/// Counts of everything unusual a replica met. All zero on a healthy stream
+/// with adequate limits, except the plain tallies (`messages`, `commands`,
+/// `events`, `rejects`, `gateway_rejects`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplicaCounters {
+    /// Messages applied (commands and events).
+    pub messages: u64,
+    /// Commands recorded.
+    pub commands: u64,
+    /// Events applied.
+    pub events: u64,
+    /// `J` events.
+    pub rejects: u64,
+    /// `j` events.
+    pub gateway_rejects: u64,
+    /// Messages skipped because their seq was not after `last_seq`.
+    pub stale: u64,
+    /// Events that would have made on_hand or reserved negative, on_hand
+    /// overflow, or reserved exceed on_hand (see [`Replica::oversold`]).
+    pub violations: u64,
+    /// Cell events naming a SKU or location missing from the directory (the
+    /// id is registered on the fly with a blank symbol or name).
+    pub unknown_refs: u64,
+    /// Cell events that could not be applied (location 0, or no room to
+    /// register an unknown SKU or location).
+    pub dropped_events: u64,
+    /// Directory entries dropped because the SKU table was full.
+    pub sku_overflow: u64,
+    /// Directory entries dropped because the location table was full, or
+    /// naming location 0.
+    pub location_overflow: u64,
+    /// Holds not recorded because the hold table was full (reserved is still
+    /// exact).
+    pub hold_overflow: u64,
+    /// Client-id records evicted from the full history.
+    pub ids_evicted: u64,
+    /// Pending commands overwritten before their outcome arrived.
+    pub pending_evicted: u64,
+    /// Outcomes whose command this replica no longer remembered (so the order
+    /// or id could not be recorded).
+    pub unattributed: u64,
+    /// Events that contradict the replica's records (an id recorded twice, a
+    /// hold placed twice): signs of a faulty authority.
+    pub anomalies: u64,
+}
+
+// ---------------------------------------------------------------------------
+// Internal storage.
+
+/// One cell as stored: 16 bytes, so 1 M SKUs × 16 locations take 256 MiB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub(crate) struct CellState {
+    pub(crate) on_hand: u32,
+    pub(crate) reserved: u32,
+    pub(crate) version: u64,
+}
+
+impl CellState {
+    #[inline]
+    pub(crate) fn available(&self) -> u32 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+
+    #[inline]
+    fn public(&self) -> Cell {
+        Cell {
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            available: self.available(),
+            version: self.version,
+        }
+    }
+}
+
+/// Marks an unused slot of a [`SlotIndex`].
+const EMPTY: u32 = u32::MAX;
+
+/// An open-addressing (linear probing) hash index from a key to a `u32` slot
+/// of some backing array. It stores only the slot numbers: the key of a slot
+/// is read from the backing array by the caller's closures, so the index
+/// costs 4 bytes per bucket. Capacity is a power of two at least twice the
+/// number of entries it may hold, so probe sequences stay short.
+#[derive(Clone, Debug)]
+pub(crate) struct SlotIndex {
+    buckets: Box<[u32]>,
+    mask: usize,
+    len: u32,
+}
+
+impl SlotIndex {
+    fn with_entries_max(entries_max: u32) -> Self {
+        let buckets = (entries_max as usize * 2).next_power_of_two().max(16);
+        Self {
+            buckets: vec![EMPTY; buckets].into_boxed_slice(),
+            mask: buckets - 1,
+            len: 0,
+        }
+    }
+
+    /// The slot whose key matches (`is(slot)`), probing from `hash`.
+    #[inline]
+    fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let slot = self.buckets[i];
+            if slot == EMPTY {
+                return None;
+            }
+            if is(slot) {
+                return Some(slot);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Adds `slot` under `hash`. The caller checked the key is absent and
+    /// that the backing array (sized for half the buckets) had room.
+    #[inline]
+    fn insert(&mut self, hash: u64, slot: u32) {
+        assert!((self.len as usize) < self.buckets.len() / 2 + 1);
+        let mut i = hash as usize & self.mask;
+        while self.buckets[i] != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.buckets[i] = slot;
+        self.len += 1;
+    }
+
+    /// Removes `slot` (filed under `hash`) with backward-shift deletion, so no
+    /// tombstones accumulate. `home(slot)` is the hash of another slot's key.
+    /// Returns whether it was there.
+    #[inline]
+    fn remove(&mut self, hash: u64, slot: u32, home: impl Fn(u32) -> u64) -> bool {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let here = self.buckets[i];
+            if here == EMPTY {
+                return false;
+            }
+            if here == slot {
+                break;
+            }
+            i = (i + 1) & self.mask;
+        }
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let moving = self.buckets[j];
+            if moving == EMPTY {
+                break;
+            }
+            let k = home(moving) as usize & self.mask;
+            // `moving` may stay at j when its home k lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < k && k <= j
+            } else {
+                i < k || k <= j
+            };
+            if !stays {
+                self.buckets[i] = moving;
+                i = j;
+            }
+        }
+        self.buckets[i] = EMPTY;
+        self.len -= 1;
+        true
+    }
+
+    fn clear(&mut self) {
+        self.buckets.fill(EMPTY);
+        self.len = 0;
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.buckets.len() * size_of::<u32>()
+    }
+}
+
+/// splitmix64's finaliser: a cheap, well-mixing 64-bit hash.
+#[inline]
+pub(crate) fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[inline]
+fn symbol_hash(symbol: &[u8; 16]) -> u64 {
+    let lo = u64::from_le_bytes(symbol[..8].try_into().expect("8 bytes"));
+    let hi = u64::from_le_bytes(symbol[8..].try_into().expect("8 bytes"));
+    mix64(lo ^ mix64(hi))
+}
+
+#[inline]
+fn client_hash(origin: u16, kind: u8, id: u64) -> u64 {
+    mix64(id ^ mix64((u64::from(origin) << 8) | u64::from(kind)))
+}
+
+/// Kinds of client id in the history.
+pub(crate) mod id_kind {
+    pub(crate) const ORDER: u8 = b'O';
+    pub(crate) const HOLD: u8 = b'V';
+    pub(crate) const TRANSFER: u8 = b'T';
+}
+
+/// One record of the client-id history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct IdRecord {
+    pub(crate) id: u64,
+    pub(crate) cmd_seq: u64,
+    pub(crate) last_cmd_seq: u64,
+    pub(crate) sku: u32,
+    pub(crate) qty: u32,
+    pub(crate) remaining: u32,
+    pub(crate) location: u16,
+    pub(crate) origin: u16,
+    pub(crate) kind: u8,
+}
+
+/// Hold slot flags.
+pub(crate) const HOLD_IN_USE: u8 = 1;
+pub(crate) const HOLD_CLIENT_KNOWN: u8 = 2;
+
+/// One slot of the hold table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HoldSlot {
+    pub(crate) cmd_seq: u64,
+    pub(crate) expires_at_ns: u64,
+    pub(crate) hold_id: u64,
+    pub(crate) sku: u32,
+    pub(crate) qty: u32,
+    pub(crate) heap_pos: u32,
+    pub(crate) location: u16,
+    pub(crate) origin: u16,
+    pub(crate) flags: u8,
+}
+
+impl HoldSlot {
+    fn public(&self) -> Hold {
+        Hold {
+            cmd_seq: self.cmd_seq,
+            client: (self.flags & HOLD_CLIENT_KNOWN != 0).then_some((self.origin, self.hold_id)),
+            location: self.location,
+            sku: self.sku,
+            qty: self.qty,
+            expires_at_ns: self.expires_at_ns,
+        }
+    }
+
+    #[inline]
+    fn expiry_key(&self) -> (u64, u64) {
+        (self.expires_at_ns, self.cmd_seq)
+    }
+}
+
+/// Pending slot states.
+pub(crate) const PENDING_EMPTY: u8 = 0;
+pub(crate) const PENDING_UNRESOLVED: u8 = 1;
+pub(crate) const PENDING_RESOLVED: u8 = 2;
+
+/// One slot of the pending-command ring: the command's bytes, verbatim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PendingSlot {
+    pub(crate) seq: u64,
+    pub(crate) state: u8,
+    pub(crate) len: u8,
+    pub(crate) bytes: [u8; COMMAND_SIZE_MAX],
+}
+
+impl PendingSlot {
+    const EMPTY: Self = Self {
+        seq: 0,
+        state: PENDING_EMPTY,
+        len: 0,
+        bytes: [0; COMMAND_SIZE_MAX],
+    };
+
+    #[inline]
+    pub(crate) fn message(&self) -> Message<'_> {
+        Message::parse(&self.bytes[..usize::from(self.len)])
+            .expect("pending slots hold validated commands")
+    }
+}
+
+/// How an outcome event finds the command it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resolve {
+    /// A replica: by the event's cmd_seq, or for `E(R)`/`I` the oldest
+    /// pending command when it matches.
+    Stream,
+    /// The warehouse applying its own decision about the command at this seq.
+    Command(u64),
+    /// The warehouse applying an event that answers no command (expiry,
+    /// snapshot broadcast).
+    Nothing,
+}
+
+/// The inventory state rebuilt from the stream. See the module docs.
+pub struct Replica {
+    pub(crate) limits: ReplicaLimits,
+    pub(crate) last_seq: u64,
+    /// Seq of the last `S(W)` (authority online), 0 = not seen.
+    pub(crate) authority_online_seq: u64,
+    pub(crate) counters: ReplicaCounters,
+
+    // SKU directory.
+    pub(crate) sku_ids: Box<[u32]>,
+    pub(crate) sku_symbols: Box<[[u8; 16]]>,
+    pub(crate) sku_count: u32,
+    sku_index: SlotIndex,
+    symbol_index: SlotIndex,
+
+    // Location directory.
+    /// Location id → index + 1 (0 = unknown), for every `u16`.
+    location_slot: Box<[u16]>,
+    pub(crate) location_ids: Box<[u16]>,
+    pub(crate) location_names: Box<[[u8; 16]]>,
+    pub(crate) location_count: u16,
+
+    /// `sku index × locations_max + location index`.
+    pub(crate) cells: Box<[CellState]>,
+
+    // Open holds: slab + two indexes + expiry heap.
+    pub(crate) holds: Box<[HoldSlot]>,
+    hold_free: Box<[u32]>,
+    hold_free_len: u32,
+    hold_by_cmd: SlotIndex,
+    hold_by_client: SlotIndex,
+    hold_heap: Box<[u32]>,
+    hold_heap_len: u32,
+
+    // Client-id history (ring, oldest evicted).
+    pub(crate) ids: Box<[IdRecord]>,
+    pub(crate) ids_next: u32,
+    pub(crate) ids_len: u32,
+    id_index: SlotIndex,
+
+    // Pending commands, slot = seq & mask.
+    pub(crate) pending: Box<[PendingSlot]>,
+    pending_mask: u64,
+    /// No command before this seq is unresolved (a lower bound, advanced
+    /// lazily).
+    pub(crate) pending_oldest: u64,
+}
+
+impl fmt::Debug for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("limits", &self.limits)
+            .field("last_seq", &self.last_seq)
+            .field("skus", &self.sku_count)
+            .field("locations", &self.location_count)
+            .field("holds", &self.hold_count())
+            .field("ids", &self.ids_len)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// A replica with every table allocated to `limits` (the only allocation
+    /// it ever makes). Panics if `limits` fails [`ReplicaLimits::validate`].
+    pub fn new(limits: ReplicaLimits) -> Self {
+        if let Err(e) = limits.validate() {
+            panic!("invalid replica limits {limits:?}: {e}");
+        }
+        let skus = limits.skus_max as usize;
+        let locations = usize::from(limits.locations_max);
+        let holds = limits.holds_max as usize;
+        let pending = (limits.pending_max as usize).next_power_of_two();
+        let mut replica = Self {
+            limits,
+            last_seq: 0,
+            authority_online_seq: 0,
+            counters: ReplicaCounters::default(),
+            sku_ids: vec![0; skus].into_boxed_slice(),
+            sku_symbols: vec![[b' '; 16]; skus].into_boxed_slice(),
+            sku_count: 0,
+            sku_index: SlotIndex::with_entries_max(limits.skus_max),
+            symbol_index: SlotIndex::with_entries_max(limits.skus_max),
+            location_slot: vec![0; 1 << 16].into_boxed_slice(),
+            location_ids: vec![0; locations].into_boxed_slice(),
+            location_names: vec![[b' '; 16]; locations].into_boxed_slice(),
+            location_count: 0,
+            cells: vec![CellState::default(); skus * locations].into_boxed_slice(),
+            holds: vec![HoldSlot::default(); holds].into_boxed_slice(),
+            hold_free: vec![0; holds].into_boxed_slice(),
+            hold_free_len: 0,
+            hold_by_cmd: SlotIndex::with_entries_max(limits.holds_max),
+            hold_by_client: SlotIndex::with_entries_max(limits.holds_max),
+            hold_heap: vec![0; holds].into_boxed_slice(),
+            hold_heap_len: 0,
+            ids: vec![IdRecord::default(); limits.orders_max as usize].into_boxed_slice(),
+            ids_next: 0,
+            ids_len: 0,
+            id_index: SlotIndex::with_entries_max(limits.orders_max),
+            pending: vec![PendingSlot::EMPTY; pending].into_boxed_slice(),
+            pending_mask: pending as u64 - 1,
+            pending_oldest: 1,
+        };
+        replica.reset_hold_free_list();
+        replica
+    }
+
+    /// Forgets everything (as if just constructed), without allocating.
+    pub fn clear(&mut self) {
+        self.last_seq = 0;
+        self.authority_online_seq = 0;
+        self.counters = ReplicaCounters::default();
+        self.sku_ids.fill(0);
+        self.sku_symbols.fill([b' '; 16]);
+        self.sku_count = 0;
+        self.sku_index.clear();
+        self.symbol_index.clear();
+        self.location_slot.fill(0);
+        self.location_ids.fill(0);
+        self.location_names.fill([b' '; 16]);
+        self.location_count = 0;
+        self.cells.fill(CellState::default());
+        self.holds.fill(HoldSlot::default());
+        self.hold_by_cmd.clear();
+        self.hold_by_client.clear();
+        self.hold_heap_len = 0;
+        self.reset_hold_free_list();
+        self.clear_ids();
+        self.clear_pending();
+    }
+
+    /// Empties the client-id history.
+    pub(crate) fn clear_ids(&mut self) {
+        self.ids.fill(IdRecord::default());
+        self.ids_next = 0;
+        self.ids_len = 0;
+        self.id_index.clear();
+    }
+
+    /// Empties the pending ring and restarts the seq count at 0 (a new
+    /// session).
+    pub(crate) fn clear_pending(&mut self) {
+        self.pending.fill(PendingSlot::EMPTY);
+        self.pending_oldest = 1;
+    }
+
+    fn reset_hold_free_list(&mut self) {
+        // Slot 0 is handed out first.
+        let n = self.holds.len() as u32;
+        for (i, free) in self.hold_free.iter_mut().enumerate() {
+            *free = n - 1 - i as u32;
+        }
+        self.hold_free_len = n;
+    }
+
+    /// The limits this replica was built with.
+    pub fn limits(&self) -> ReplicaLimits {
+        self.limits
+    }
+
+    /// Sequence number of the last message applied (0 = none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Sequence number of the last `S(W)` (authority online) seen; 0 = none.
+    pub fn authority_online_seq(&self) -> u64 {
+        self.authority_online_seq
+    }
+
+    /// Everything unusual this replica counted.
+    pub fn counters(&self) -> &ReplicaCounters {
+        &self.counters
+    }
+
+    /// Number of events that would have made on_hand or reserved negative (or
+    /// reserved exceed on_hand); 0 on a correct stream. Such events are
+    /// clamped, never wrapped.
+    pub fn oversold(&self) -> u64 {
+        self.counters.violations
+    }
+
+    /// Bytes allocated by this replica's tables (fixed at construction).
+    pub fn memory_bytes(&self) -> usize {
+        size_of::<Self>()
+            + self.sku_ids.len() * size_of::<u32>()
+            + self.sku_symbols.len() * size_of::<[u8; 16]>()
+            + self.sku_index.memory_bytes()
+            + self.symbol_index.memory_bytes()
+            + self.location_slot.len() * size_of::<u16>()
+            + self.location_ids.len() * size_of::<u16>()
+            + self.location_names.len() * size_of::<[u8; 16]>()
+            + self.cells.len() * size_of::<CellState>()
+            + self.holds.len() * size_of::<HoldSlot>()
+            + self.hold_free.len() * size_of::<u32>()
+            + self.hold_by_cmd.memory_bytes()
+            + self.hold_by_client.memory_bytes()
+            + self.hold_heap.len() * size_of::<u32>()
+            + self.ids.len() * size_of::<IdRecord>()
+            + self.id_index.memory_bytes()
+            + self.pending.len() * size_of::<PendingSlot>()
+    }
+
+    // -----------------------------------------------------------------------
+    // Applying the stream.
+
+    /// Applies the stream message at `seq`. Messages must come in stream
+    /// order; one whose `seq` is not after [`Self::last_seq`] is skipped
+    /// (counted as stale), so replaying an overlap after a snapshot is
+    /// harmless. Commands are remembered as pending; events change state and
+    /// resolve the command they answer. Never allocates.
+    #[inline]
+    pub fn apply(&mut self, seq: u64, message: &Message) -> Applied {
+        if seq <= self.last_seq {
+            self.counters.stale += 1;
+            return Applied::Ignored;
+        }
+        self.last_seq = seq;
+        self.counters.messages += 1;
+        if message.is_command() {
+            self.record_pending(seq, message.as_bytes());
+            return Applied::Recorded;
+        }
+        let answers = self.apply_event(seq, message, Resolve::Stream);
+        Applied::Event { answers }
+    }
+
+    /// Remembers the command at `seq` until its outcome arrives.
+    #[inline]
+    fn record_pending(&mut self, seq: u64, bytes: &[u8]) {
+        self.counters.commands += 1;
+        let slot = &mut self.pending[(seq & self.pending_mask) as usize];
+        if slot.state == PENDING_UNRESOLVED {
+            self.counters.pending_evicted += 1;
+        }
+        slot.seq = seq;
+        slot.state = PENDING_UNRESOLVED;
+        slot.len = bytes.len() as u8;
+        slot.bytes[..bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// The pending slot of `seq` if it still holds that command.
+    #[inline]
+    pub(crate) fn pending_slot(&self, seq: u64) -> Option<&PendingSlot> {
+        let slot = &self.pending[(seq & self.pending_mask) as usize];
+        (slot.seq == seq && slot.state != PENDING_EMPTY).then_some(slot)
+    }
+
+    /// Marks the command at `seq` answered; true if it was pending.
+    #[inline]
+    fn resolve(&mut self, seq: u64) -> bool {
+        let slot = &mut self.pending[(seq & self.pending_mask) as usize];
+        if slot.seq == seq && slot.state == PENDING_UNRESOLVED {
+            slot.state = PENDING_RESOLVED;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The oldest command still waiting for its outcome, if any.
+    pub(crate) fn oldest_unresolved(&mut self) -> Option<u64> {
+        let capacity = self.pending_mask + 1;
+        let floor = (self.last_seq + 1).saturating_sub(capacity);
+        if self.pending_oldest < floor {
+            self.pending_oldest = floor;
+        }
+        while self.pending_oldest <= self.last_seq {
+            let seq = self.pending_oldest;
+            let slot = &self.pending[(seq & self.pending_mask) as usize];
+            if slot.seq == seq && slot.state == PENDING_UNRESOLVED {
+                return Some(seq);
+            }
+            self.pending_oldest += 1;
+        }
+        None
+    }
+
+    /// The next command at or after `from_seq` still waiting for its outcome.
+    pub(crate) fn next_unresolved(&self, from_seq: u64) -> Option<u64> {
+        let capacity = self.pending_mask + 1;
+        let floor = (self.last_seq + 1).saturating_sub(capacity);
+        let mut seq = from_seq.max(floor).max(1);
+        while seq <= self.last_seq {
+            let slot = &self.pending[(seq & self.pending_mask) as usize];
+            if slot.seq == seq && slot.state == PENDING_UNRESOLVED {
+                return Some(seq);
+            }
+            seq += 1;
+        }
+        None
+    }
+
+    /// Applies one event with `stamp` as the version of the cell it changes.
+    /// Returns the command it answered.
+    pub(crate) fn apply_event(
+        &mut self,
+        stamp: u64,
+        message: &Message,
+        resolve: Resolve,
+    ) -> Option<u64> {
+        self.counters.events += 1;
+        match *message {
+            Message::OnHandDelta(m) => self.on_delta(stamp, m),
+            Message::HoldPlaced(m) => self.on_hold(stamp, m),
+            Message::HoldEnded(m) => self.on_hold_end(stamp, m, resolve),
+            Message::InventoryLevel(m) => self.on_level(stamp, m, resolve),
+            Message::CommandRejected(m) => {
+                self.counters.rejects += 1;
+                let cmd_seq = m.cmd_seq.get();
+                self.resolve(cmd_seq).then_some(cmd_seq)
+            }
+            Message::SkuDirectory(m) => {
+                self.on_sku_directory(m);
+                None
+            }
+            Message::LocationDirectory(m) => {
+                self.on_location_directory(m);
+                None
+            }
+            Message::SystemEvent(m) => {
+                if m.code == system_code::AUTHORITY_ONLINE && stamp & PROVISIONAL_VERSION_BIT == 0 {
+                    self.authority_online_seq = stamp;
+                }
+                None
+            }
+            Message::GatewayReject(_) => {
+                self.counters.gateway_rejects += 1;
+                None
+            }
+            _ => unreachable!("commands are recorded, not applied"),
+        }
+    }
+
+    /// Records that a message at `seq` the warehouse had already applied
+    /// came back on the stream: moves `last_seq`, and turns the provisional
+    /// version `client_seq` left in the cell into `seq` (unless a later
+    /// decision of the warehouse changed the cell again since).
+    pub(crate) fn confirm_own(&mut self, seq: u64, client_seq: u32, message: &Message) -> bool {
+        if seq <= self.last_seq {
+            self.counters.stale += 1;
+            return false;
+        }
+        self.last_seq = seq;
+        self.counters.messages += 1;
+        self.counters.events += 1;
+        let cell = match *message {
+            Message::OnHandDelta(m) => Some((m.location.get(), m.sku.get())),
+            Message::HoldPlaced(m) => Some((m.location.get(), m.sku.get())),
+            Message::HoldEnded(m) => Some((m.location.get(), m.sku.get())),
+            Message::InventoryLevel(m) => Some((m.location.get(), m.sku.get())),
+            Message::SystemEvent(m) => {
+                if m.code == system_code::AUTHORITY_ONLINE {
+                    self.authority_online_seq = seq;
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some((location, sku)) = cell {
+            if let Some(i) = self.cell_slot(location, sku) {
+                let version = &mut self.cells[i].version;
+                let marker = PROVISIONAL_VERSION_BIT | u64::from(client_seq);
+                if *version == marker || *version & PROVISIONAL_VERSION_BIT == 0 {
+                    *version = seq;
+                }
+            }
+        }
+        true
+    }
+
+    fn on_sku_directory(&mut self, m: &SkuDirectory) {
+        let sku = m.sku.get();
+        let Some(index) = self.register_sku(sku) else {
+            self.counters.sku_overflow += 1;
+            return;
+        };
+        self.set_symbol(index, m.symbol);
+    }
+
+    fn on_location_directory(&mut self, m: &LocationDirectory) {
+        let location = m.location.get();
+        let Some(index) = self.register_location(location) else {
+            self.counters.location_overflow += 1;
+            return;
+        };
+        self.location_names[usize::from(index)] = m.name;
+    }
+
+    /// The index of `sku`, adding it (blank symbol) if there is room.
+    pub(crate) fn register_sku(&mut self, sku: u32) -> Option<u32> {
+        if let Some(index) = self.sku_slot(sku) {
+            return Some(index);
+        }
+        if self.sku_count == self.limits.skus_max {
+            return None;
+        }
+        let index = self.sku_count;
+        self.sku_ids[index as usize] = sku;
+        self.sku_symbols[index as usize] = [b' '; 16];
+        self.sku_index.insert(mix64(u64::from(sku)), index);
+        self.sku_count += 1;
+        Some(index)
+    }
+
+    /// Gives the SKU at `index` a new symbol, keeping the symbol index exact
+    /// (the newest SKU to take a symbol owns it).
+    pub(crate) fn set_symbol(&mut self, index: u32, symbol: [u8; 16]) {
+        let old = self.sku_symbols[index as usize];
+        if old == symbol {
+            if symbol != [b' '; 16] && self.symbol_slot(&symbol) != Some(index) {
+                self.index_symbol(index, symbol);
+            }
+            return;
+        }
+        if old != [b' '; 16] && self.symbol_slot(&old) == Some(index) {
+            let symbols = &self.sku_symbols;
+            self.symbol_index.remove(symbol_hash(&old), index, |s| {
+                symbol_hash(&symbols[s as usize])
+            });
+        }
+        self.sku_symbols[index as usize] = symbol;
+        if symbol != [b' '; 16] {
+            self.index_symbol(index, symbol);
+        }
+    }
+
+    fn index_symbol(&mut self, index: u32, symbol: [u8; 16]) {
+        if let Some(other) = self.symbol_slot(&symbol) {
+            let symbols = &self.sku_symbols;
+            self.symbol_index.remove(symbol_hash(&symbol), other, |s| {
+                symbol_hash(&symbols[s as usize])
+            });
+        }
+        self.symbol_index.insert(symbol_hash(&symbol), index);
+    }
+
+    /// The index of `location`, adding it (blank name) if there is room.
+    /// Location 0 ("any") is never a location.
+    pub(crate) fn register_location(&mut self, location: u16) -> Option<u16> {
+        if location == 0 {
+            return None;
+        }
+        if let Some(index) = self.location_index(location) {
+            return Some(index);
+        }
+        if self.location_count == self.limits.locations_max {
+            return None;
+        }
+        let index = self.location_count;
+        self.location_ids[usize::from(index)] = location;
+        self.location_names[usize::from(index)] = [b' '; 16];
+        self.location_slot[usize::from(location)] = index + 1;
+        self.location_count += 1;
+        Some(index)
+    }
+
+    /// The cell slot for an event, registering unknown ids on the fly.
+    #[inline]
+    fn event_cell(&mut self, location: u16, sku: u32) -> Option<usize> {
+        if let Some(i) = self.cell_slot(location, sku) {
+            return Some(i);
+        }
+        if location == 0 {
+            self.counters.dropped_events += 1;
+            return None;
+        }
+        self.counters.unknown_refs += 1;
+        match (self.register_sku(sku), self.register_location(location)) {
+            (Some(s), Some(l)) => Some(self.cell_of(s, l)),
+            _ => {
+                self.counters.dropped_events += 1;
+                None
+            }
+        }
+    }
+
+    fn on_delta(&mut self, stamp: u64, m: &OnHandDelta) -> Option<u64> {
+        let (location, sku, delta) = (m.location.get(), m.sku.get(), m.delta.get());
+        if let Some(i) = self.event_cell(location, sku) {
+            let cell = &mut self.cells[i];
+            let was_ok = cell.reserved <= cell.on_hand;
+            let on_hand = i64::from(cell.on_hand) + i64::from(delta);
+            cell.on_hand = if on_hand < 0 {
+                self.counters.violations += 1;
+                0
+            } else if on_hand > i64::from(u32::MAX) {
+                self.counters.violations += 1;
+                u32::MAX
+            } else {
+                on_hand as u32
+            };
+            if was_ok && cell.reserved > cell.on_hand {
+                self.counters.violations += 1;
+            }
+            cell.version = stamp;
+        }
+        let cmd_seq = m.cmd_seq.get();
+        let first = self.resolve(cmd_seq);
+        match m.reason {
+            delta_reason::ORDER if first => self.record_order(cmd_seq, location, sku, delta),
+            delta_reason::MODIFY | delta_reason::CANCEL if first => {
+                self.change_order(cmd_seq, delta)
+            }
+            delta_reason::TRANSFER if first => self.record_transfer(cmd_seq),
+            _ => {}
+        }
+        first.then_some(cmd_seq)
+    }
+
+    fn record_order(&mut self, cmd_seq: u64, location: u16, sku: u32, delta: i32) {
+        let Some(Message::Order(order)) = self.pending_slot(cmd_seq).map(PendingSlot::message)
+        else {
+            self.counters.unattributed += 1;
+            return;
+        };
+        let qty = delta.unsigned_abs();
+        let record = IdRecord {
+            id: order.order_id.get(),
+            cmd_seq,
+            last_cmd_seq: cmd_seq,
+            sku,
+            qty,
+            remaining: qty,
+            location,
+            origin: order.header.origin.get(),
+            kind: id_kind::ORDER,
+        };
+        self.insert_id(record);
+    }
+
+    fn change_order(&mut self, cmd_seq: u64, delta: i32) {
+        let Some(slot) = self.pending_slot(cmd_seq) else {
+            self.counters.unattributed += 1;
+            return;
+        };
+        let (origin, order_id) = match slot.message() {
+            Message::ModifyOrder(m) => (m.header.origin.get(), m.order_id.get()),
+            Message::CancelOrder(m) => (m.header.origin.get(), m.order_id.get()),
+            _ => {
+                self.counters.anomalies += 1;
+                return;
+            }
+        };
+        let Some(i) = self.id_slot(origin, id_kind::ORDER, order_id) else {
+            self.counters.unattributed += 1;
+            return;
+        };
+        let record = &mut self.ids[i as usize];
+        // remaining − delta: a decrease of the order returns stock (delta > 0).
+        let remaining = i64::from(record.remaining) - i64::from(delta);
+        if !(0..=i64::from(u32::MAX)).contains(&remaining) {
+            self.counters.anomalies += 1;
+        }
+        record.remaining = remaining.clamp(0, i64::from(u32::MAX)) as u32;
+        record.last_cmd_seq = cmd_seq;
+    }
+
+    fn record_transfer(&mut self, cmd_seq: u64) {
+        let Some(Message::Transfer(t)) = self.pending_slot(cmd_seq).map(PendingSlot::message)
+        else {
+            self.counters.unattributed += 1;
+            return;
+        };
+        let record = IdRecord {
+            id: t.transfer_id.get(),
+            cmd_seq,
+            last_cmd_seq: cmd_seq,
+            sku: t.sku.get(),
+            qty: t.qty.get(),
+            remaining: 0,
+            location: t.from.get(),
+            origin: t.header.origin.get(),
+            kind: id_kind::TRANSFER,
+        };
+        self.insert_id(record);
+    }
+
+    fn on_hold(&mut self, stamp: u64, m: &HoldPlaced) -> Option<u64> {
+        let cmd_seq = m.cmd_seq.get();
+        let (location, sku, qty) = (m.location.get(), m.sku.get(), m.qty.get());
+        let carried = cmd_seq & CARRIED_HOLD_BIT != 0;
+        if let Some(i) = self.event_cell(location, sku) {
+            let cell = &mut self.cells[i];
+            if !carried {
+                let reserved = u64::from(cell.reserved) + u64::from(qty);
+                if reserved > u64::from(cell.on_hand) {
+                    self.counters.violations += 1;
+                }
+                cell.reserved = reserved.min(u64::from(u32::MAX)) as u32;
+            }
+            cell.version = stamp;
+        }
+        let mut slot = HoldSlot {
+            cmd_seq,
+            expires_at_ns: m.expires_at_ns.get(),
+            hold_id: 0,
+            sku,
+            qty,
+            heap_pos: 0,
+            location,
+            origin: 0,
+            flags: HOLD_IN_USE,
+        };
+        if !carried {
+            match self.pending_slot(cmd_seq).map(PendingSlot::message) {
+                Some(Message::Reserve(v)) => {
+                    slot.origin = v.header.origin.get();
+                    slot.hold_id = v.hold_id.get();
+                    slot.flags |= HOLD_CLIENT_KNOWN;
+                }
+                _ => self.counters.unattributed += 1,
+            }
+        }
+        if slot.flags & HOLD_CLIENT_KNOWN != 0 {
+            let record = IdRecord {
+                id: slot.hold_id,
+                cmd_seq,
+                last_cmd_seq: cmd_seq,
+                sku,
+                qty,
+                remaining: 0,
+                location,
+                origin: slot.origin,
+                kind: id_kind::HOLD,
+            };
+            self.insert_id(record);
+        }
+        if !(carried && self.hold_slot(cmd_seq).is_some()) {
+            // (The warehouse re-announcing its own carried hold finds it in
+            // place already.)
+            self.insert_hold(slot);
+        }
+        let first = self.resolve(cmd_seq);
+        first.then_some(cmd_seq)
+    }
+
+    fn on_hold_end(&mut self, stamp: u64, m: &HoldEnded, resolve: Resolve) -> Option<u64> {
+        let cmd_seq = m.cmd_seq.get();
+        let (location, sku, qty) = (m.location.get(), m.sku.get(), m.qty.get());
+        if let Some(i) = self.event_cell(location, sku) {
+            let cell = &mut self.cells[i];
+            cell.reserved = match cell.reserved.checked_sub(qty) {
+                Some(reserved) => reserved,
+                None => {
+                    self.counters.violations += 1;
+                    0
+                }
+            };
+            cell.version = stamp;
+        }
+        let ended = match self.hold_slot(cmd_seq) {
+            Some(slot) => Some(self.remove_hold(slot)),
+            None => None,
+        };
+        if m.outcome != hold_outcome::RELEASED {
+            // Expiry answers no command; a confirmation is answered by the
+            // `D(C)` that follows.
+            return None;
+        }
+        match resolve {
+            Resolve::Command(seq) => self.resolve(seq).then_some(seq),
+            Resolve::Nothing => None,
+            Resolve::Stream => {
+                let oldest = self.oldest_unresolved()?;
+                let Some(Message::ReleaseHold(k)) =
+                    self.pending_slot(oldest).map(PendingSlot::message)
+                else {
+                    return None;
+                };
+                let matches = match ended {
+                    Some(h) if h.flags & HOLD_CLIENT_KNOWN != 0 => {
+                        (h.origin, h.hold_id) == (k.header.origin.get(), k.hold_id.get())
+                    }
+                    _ => true,
+                };
+                (matches && self.resolve(oldest)).then_some(oldest)
+            }
+        }
+    }
+
+    fn on_level(&mut self, stamp: u64, m: &InventoryLevel, resolve: Resolve) -> Option<u64> {
+        let (location, sku) = (m.location.get(), m.sku.get());
+        if let Some(i) = self.event_cell(location, sku) {
+            let cell = &mut self.cells[i];
+            cell.on_hand = m.on_hand.get();
+            cell.reserved = m.reserved.get();
+            if cell.reserved > cell.on_hand {
+                self.counters.violations += 1;
+            }
+            cell.version = stamp;
+        }
+        match resolve {
+            Resolve::Command(seq) => self.resolve(seq).then_some(seq),
+            Resolve::Nothing => None,
+            Resolve::Stream => {
+                let oldest = self.oldest_unresolved()?;
+                let Some(Message::Recount(q)) = self.pending_slot(oldest).map(PendingSlot::message)
+                else {
+                    return None;
+                };
+                let matches = (q.location.get(), q.sku.get()) == (location, sku);
+                (matches && self.resolve(oldest)).then_some(oldest)
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Client-id history.
+
+    /// Adds a record, evicting the oldest when full. A key already present is
+    /// an anomaly (the authority accepted a duplicate id): the first record
+    /// stays.
+    pub(crate) fn insert_id(&mut self, record: IdRecord) {
+        if self
+            .id_slot(record.origin, record.kind, record.id)
+            .is_some()
+        {
+            self.counters.anomalies += 1;
+            return;
+        }
+        let capacity = self.ids.len() as u32;
+        let slot = self.ids_next;
+        if self.ids_len == capacity {
+            let old = self.ids[slot as usize];
+            let ids = &self.ids;
+            let removed =
+                self.id_index
+                    .remove(client_hash(old.origin, old.kind, old.id), slot, |s| {
+                        let r = &ids[s as usize];
+                        client_hash(r.origin, r.kind, r.id)
+                    });
+            debug_assert!(removed);
+            self.counters.ids_evicted += 1;
+        } else {
+            self.ids_len += 1;
+        }
+        self.ids[slot as usize] = record;
+        self.id_index
+            .insert(client_hash(record.origin, record.kind, record.id), slot);
+        self.ids_next = if slot + 1 == capacity { 0 } else { slot + 1 };
+    }
+
+    /// The history slot of `(origin, kind, id)`.
+    #[inline]
+    pub(crate) fn id_slot(&self, origin: u16, kind: u8, id: u64) -> Option<u32> {
+        let ids = &self.ids;
+        self.id_index.find(client_hash(origin, kind, id), |s| {
+            let r = &ids[s as usize];
+            r.id == id && r.origin == origin && r.kind == kind
+        })
+    }
+
+    /// The records of the history, oldest first.
+    pub(crate) fn ids_oldest_first(&self) -> impl Iterator<Item = &IdRecord> + '_ {
+        let capacity = self.ids.len() as u32;
+        let start = (self.ids_next + capacity - self.ids_len) % capacity;
+        (0..self.ids_len).map(move |k| &self.ids[((start + k) % capacity) as usize])
+    }
+
+    // -----------------------------------------------------------------------
+    // Holds.
+
+    /// Adds an open hold; false (counted) when the table is full or the key
+    /// is already open.
+    pub(crate) fn insert_hold(&mut self, mut hold: HoldSlot) -> bool {
+        if self.hold_slot(hold.cmd_seq).is_some() {
+            self.counters.anomalies += 1;
+            return false;
+        }
+        if self.hold_free_len == 0 {
+            self.counters.hold_overflow += 1;
+            return false;
+        }
+        self.hold_free_len -= 1;
+        let slot = self.hold_free[self.hold_free_len as usize];
+        hold.flags |= HOLD_IN_USE;
+        hold.heap_pos = self.hold_heap_len;
+        self.holds[slot as usize] = hold;
+        self.hold_by_cmd.insert(mix64(hold.cmd_seq), slot);
+        if hold.flags & HOLD_CLIENT_KNOWN != 0 {
+            self.hold_by_client
+                .insert(client_hash(hold.origin, id_kind::HOLD, hold.hold_id), slot);
+        }
+        self.hold_heap[self.hold_heap_len as usize] = slot;
+        self.hold_heap_len += 1;
+        self.heap_up(hold.heap_pos);
+        true
+    }
+
+    /// Removes the open hold in `slot`, returning it.
+    pub(crate) fn remove_hold(&mut self, slot: u32) -> HoldSlot {
+        let hold = self.holds[slot as usize];
+        assert!(hold.flags & HOLD_IN_USE != 0, "removing a free hold slot");
+        let holds = &self.holds;
+        let removed = self.hold_by_cmd.remove(mix64(hold.cmd_seq), slot, |s| {
+            mix64(holds[s as usize].cmd_seq)
+        });
+        debug_assert!(removed);
+        if hold.flags & HOLD_CLIENT_KNOWN != 0 {
+            let removed = self.hold_by_client.remove(
+                client_hash(hold.origin, id_kind::HOLD, hold.hold_id),
+                slot,
+                |s| {
+                    let h = &holds[s as usize];
+                    client_hash(h.origin, id_kind::HOLD, h.hold_id)
+                },
+            );
+            debug_assert!(removed);
+        }
+        // Take it out of the heap: move the last entry into its place.
+        let pos = hold.heap_pos;
+        self.hold_heap_len -= 1;
+        let last = self.hold_heap[self.hold_heap_len as usize];
+        if pos != self.hold_heap_len {
+            self.hold_heap[pos as usize] = last;
+            self.holds[last as usize].heap_pos = pos;
+            self.heap_down(pos);
+            self.heap_up(self.holds[last as usize].heap_pos);
+        }
+        self.holds[slot as usize] = HoldSlot::default();
+        self.hold_free[self.hold_free_len as usize] = slot;
+        self.hold_free_len += 1;
+        hold
+    }
+
+    /// Changes the key of the open hold in `slot` (the warehouse's session
+    /// start re-keys carried-over holds).
+    pub(crate) fn rekey_hold(&mut self, slot: u32, cmd_seq: u64) {
+        let mut hold = self.remove_hold(slot);
+        hold.cmd_seq = cmd_seq;
+        let inserted = self.insert_hold(hold);
+        assert!(inserted, "a hold just removed fits again");
+    }
+
+    /// The slot of the open hold keyed `cmd_seq`.
+    #[inline]
+    pub(crate) fn hold_slot(&self, cmd_seq: u64) -> Option<u32> {
+        let holds = &self.holds;
+        self.hold_by_cmd
+            .find(mix64(cmd_seq), |s| holds[s as usize].cmd_seq == cmd_seq)
+    }
+
+    /// The slot of the open hold placed by `(origin, hold_id)`.
+    #[inline]
+    pub(crate) fn hold_slot_by_client(&self, origin: u16, hold_id: u64) -> Option<u32> {
+        let holds = &self.holds;
+        self.hold_by_client
+            .find(client_hash(origin, id_kind::HOLD, hold_id), |s| {
+                let h = &holds[s as usize];
+                h.hold_id == hold_id && h.origin == origin
+            })
+    }
+
+    /// Whether another hold fits.
+    pub(crate) fn holds_full(&self) -> bool {
+        self.hold_free_len == 0
+    }
+
+    /// The slot of the open hold that expires first (ties: lowest key).
+    #[inline]
+    pub(crate) fn first_expiring_slot(&self) -> Option<u32> {
+        (self.hold_heap_len > 0).then(|| self.hold_heap[0])
+    }
+
+    fn heap_up(&mut self, mut pos: u32) {
+        let slot = self.hold_heap[pos as usize];
+        let key = self.holds[slot as usize].expiry_key();
+        while pos > 0 {
+            let parent = (pos - 1) / 2;
+            let parent_slot = self.hold_heap[parent as usize];
+            if self.holds[parent_slot as usize].expiry_key() <= key {
+                break;
+            }
+            self.hold_heap[pos as usize] = parent_slot;
+            self.holds[parent_slot as usize].heap_pos = pos;
+            pos = parent;
+        }
+        self.hold_heap[pos as usize] = slot;
+        self.holds[slot as usize].heap_pos = pos;
+    }
+
+    fn heap_down(&mut self, mut pos: u32) {
+        let slot = self.hold_heap[pos as usize];
+        let key = self.holds[slot as usize].expiry_key();
+        loop {
+            let left = 2 * pos + 1;
+            if left >= self.hold_heap_len {
+                break;
+            }
+            let right = left + 1;
+            let mut child = left;
+            if right < self.hold_heap_len
+                && self.holds[self.hold_heap[right as usize] as usize].expiry_key()
+                    < self.holds[self.hold_heap[left as usize] as usize].expiry_key()
+            {
+                child = right;
+            }
+            let child_slot = self.hold_heap[child as usize];
+            if key <= self.holds[child_slot as usize].expiry_key() {
+                break;
+            }
+            self.hold_heap[pos as usize] = child_slot;
+            self.holds[child_slot as usize].heap_pos = pos;
+            pos = child;
+        }
+        self.hold_heap[pos as usize] = slot;
+        self.holds[slot as usize].heap_pos = pos;
+    }
+
+    // -----------------------------------------------------------------------
+    // Lookups.
+
+    /// The index of `sku` in the directory.
+    #[inline]
+    pub(crate) fn sku_slot(&self, sku: u32) -> Option<u32> {
+        let ids = &self.sku_ids;
+        self.sku_index
+            .find(mix64(u64::from(sku)), |s| ids[s as usize] == sku)
+    }
+
+    fn symbol_slot(&self, symbol: &[u8; 16]) -> Option<u32> {
+        let symbols = &self.sku_symbols;
+        self.symbol_index
+            .find(symbol_hash(symbol), |s| symbols[s as usize] == *symbol)
+    }
+
+    /// The index of `location` in the directory.
+    #[inline]
+    pub(crate) fn location_index(&self, location: u16) -> Option<u16> {
+        match self.location_slot[usize::from(location)] {
+            0 => None,
+            index_plus_one => Some(index_plus_one - 1),
+        }
+    }
+
+    /// The flat cell index of (sku index, location index).
+    #[inline]
+    pub(crate) fn cell_of(&self, sku_index: u32, location_index: u16) -> usize {
+        sku_index as usize * usize::from(self.limits.locations_max) + usize::from(location_index)
+    }
+
+    /// The flat cell index of (location, sku), both in the directory.
+    #[inline]
+    pub(crate) fn cell_slot(&self, location: u16, sku: u32) -> Option<usize> {
+        let l = self.location_index(location)?;
+        let s = self.sku_slot(sku)?;
+        Some(self.cell_of(s, l))
+    }
+
+    /// The cell (location, sku); `None` when either id is not in the
+    /// directory. A cell no event has named reads as all zero, version 0.
+    #[inline]
+    pub fn cell(&self, location: u16, sku: u32) -> Option<Cell> {
+        self.cell_slot(location, sku)
+            .map(|i| self.cells[i].public())
+    }
+
+    /// The id of the SKU with `symbol` (trailing spaces ignored).
+    pub fn sku_by_symbol(&self, symbol: &str) -> Option<u32> {
+        let padded = pad_ascii::<16>(symbol.trim_end_matches(' ')).ok()?;
+        if padded == [b' '; 16] {
+            return None;
+        }
+        self.symbol_slot(&padded).map(|s| self.sku_ids[s as usize])
+    }
+
+    /// The symbol of `sku`, without padding (empty when it was never named).
+    pub fn symbol(&self, sku: u32) -> Option<&[u8]> {
+        self.sku_slot(sku)
+            .map(|s| trim_ascii(&self.sku_symbols[s as usize]))
+    }
+
+    /// The name of `location`, without padding.
+    pub fn location_name(&self, location: u16) -> Option<&[u8]> {
+        self.location_index(location)
+            .map(|l| trim_ascii(&self.location_names[usize::from(l)]))
+    }
+
+    /// The id of the location named `name` (a linear scan of the location
+    /// directory, at most `locations_max` entries).
+    pub fn location_by_name(&self, name: &str) -> Option<u16> {
+        let name = name.as_bytes();
+        (0..usize::from(self.location_count))
+            .find(|&l| trim_ascii(&self.location_names[l]) == name)
+            .map(|l| self.location_ids[l])
+    }
+
+    /// Total units available of the SKU named `symbol` over all locations;
+    /// `None` for an unknown symbol.
+    pub fn available_by_symbol(&self, symbol: &str) -> Option<u64> {
+        let sku = self.sku_by_symbol(symbol)?;
+        Some(
+            self.cells_of(sku)
+                .map(|(_, c)| u64::from(c.available))
+                .sum(),
+        )
+    }
+
+    /// Every location of the directory with its cell for `sku` (empty for an
+    /// unknown SKU), in directory order.
+    pub fn cells_of(&self, sku: u32) -> impl Iterator<Item = (u16, Cell)> + '_ {
+        let slot = self.sku_slot(sku);
+        let count = if slot.is_some() {
+            self.location_count
+        } else {
+            0
+        };
+        (0..count).map(move |l| {
+            let s = slot.expect("count is 0 for an unknown SKU");
+            (
+                self.location_ids[usize::from(l)],
+                self.cells[self.cell_of(s, l)].public(),
+            )
+        })
+    }
+
+    /// The SKU directory, `(sku, symbol)` in the order SKUs were first seen.
+    pub fn skus(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
+        (0..self.sku_count as usize).map(|s| (self.sku_ids[s], trim_ascii(&self.sku_symbols[s])))
+    }
+
+    /// The location directory, `(location, name)` in the order first seen.
+    pub fn locations(&self) -> impl Iterator<Item = (u16, &[u8])> + '_ {
+        (0..usize::from(self.location_count))
+            .map(|l| (self.location_ids[l], trim_ascii(&self.location_names[l])))
+    }
+
+    /// Number of SKUs in the directory.
+    pub fn sku_count(&self) -> u32 {
+        self.sku_count
+    }
+
+    /// Number of locations in the directory.
+    pub fn location_count(&self) -> u16 {
+        self.location_count
+    }
+
+    /// SKUs with nothing available at any location (directory order).
+    pub fn depleted(&self) -> impl Iterator<Item = u32> + '_ {
+        let locations = usize::from(self.location_count);
+        (0..self.sku_count).filter_map(move |s| {
+            let row = self.cell_of(s, 0);
+            let empty = self.cells[row..row + locations]
+                .iter()
+                .all(|c| c.available() == 0);
+            empty.then(|| self.sku_ids[s as usize])
+        })
+    }
+
+    /// The open hold placed by the `V` at `cmd_seq`.
+    pub fn hold(&self, cmd_seq: u64) -> Option<Hold> {
+        self.hold_slot(cmd_seq)
+            .map(|s| self.holds[s as usize].public())
+    }
+
+    /// The open hold that `origin` placed with `hold_id`.
+    pub fn hold_by_client(&self, origin: u16, hold_id: u64) -> Option<Hold> {
+        self.hold_slot_by_client(origin, hold_id)
+            .map(|s| self.holds[s as usize].public())
+    }
+
+    /// Every open hold (table order).
+    pub fn holds(&self) -> impl Iterator<Item = Hold> + '_ {
+        self.holds
+            .iter()
+            .filter(|h| h.flags & HOLD_IN_USE != 0)
+            .map(HoldSlot::public)
+    }
+
+    /// Number of open holds.
+    pub fn hold_count(&self) -> u32 {
+        self.limits.holds_max - self.hold_free_len
+    }
+
+    /// The open hold that expires first.
+    pub fn next_expiry(&self) -> Option<Hold> {
+        self.first_expiring_slot()
+            .map(|s| self.holds[s as usize].public())
+    }
+
+    /// The accepted order `(origin, order_id)`, while it is in the history.
+    pub fn order(&self, origin: u16, order_id: u64) -> Option<OrderRecord> {
+        self.id_slot(origin, id_kind::ORDER, order_id).map(|s| {
+            let r = &self.ids[s as usize];
+            OrderRecord {
+                origin: r.origin,
+                order_id: r.id,
+                location: r.location,
+                sku: r.sku,
+                qty: r.qty,
+                remaining: r.remaining,
+                cmd_seq: r.cmd_seq,
+                last_cmd_seq: r.last_cmd_seq,
+            }
+        })
+    }
+
+    /// The command at `seq` while the pending ring still holds it (answered
+    /// or not).
+    pub fn command(&self, seq: u64) -> Option<Message<'_>> {
+        self.pending_slot(seq).map(PendingSlot::message)
+    }
+
+    /// Whether the command at `seq` is still waiting for its outcome.
+    pub fn is_pending(&self, seq: u64) -> bool {
+        self.pending_slot(seq)
+            .is_some_and(|s| s.state == PENDING_UNRESOLVED)
+    }
+
+    /// Number of commands still waiting for their outcome (a scan of the
+    /// pending ring: for tests and health reports, not the hot path).
+    pub fn pending_count(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|s| s.state == PENDING_UNRESOLVED)
+            .count()
+    }
+
+    // -----------------------------------------------------------------------
+    // Digest.
+
+    /// A 64-bit digest of the replicated state, equal on two replicas that
+    /// applied the same stream up to the same seq, whatever their limits or
+    /// table layouts.
+    ///
+    /// Covers: every cell some event named (version ≠ 0) as (sku id,
+    /// location id, on_hand, reserved, version); the SKU directory (id,
+    /// symbol); the location directory (id, name); every open hold (key,
+    /// location, sku, qty, expires_at). Not covered: the client-id history
+    /// and pending commands (they depend on `orders_max`/`pending_max` and on
+    /// where a replica joined), counters, and `last_seq` itself — compare
+    /// digests at the same seq.
+    ///
+    /// Each entry is hashed on its own and the hashes are summed (wrapping),
+    /// so the result does not depend on table order; a cost of
+    /// O(skus × locations) makes it a read-side call.
+    pub fn digest(&self) -> u64 {
+        const CELL: u64 = 0x6365_6c6c;
+        const SKU: u64 = 0x736b_7500;
+        const LOCATION: u64 = 0x6c6f_6300;
+        const HOLD: u64 = 0x686f_6c64;
+        let entry = |tag: u64, words: &[u64]| -> u64 {
+            words.iter().fold(mix64(tag), |h, &w| mix64(h ^ w))
+        };
+        let (mut cells, mut cell_count) = (0u64, 0u64);
+        for s in 0..self.sku_count {
+            let sku = u64::from(self.sku_ids[s as usize]);
+            for l in 0..self.location_count {
+                let c = &self.cells[self.cell_of(s, l)];
+                if c.version == 0 {
+                    continue;
+                }
+                let location = u64::from(self.location_ids[usize::from(l)]);
+                cells = cells.wrapping_add(entry(
+                    CELL,
+                    &[
+                        (sku << 16) | location,
+                        (u64::from(c.on_hand) << 32) | u64::from(c.reserved),
+                        c.version,
+                    ],
+                ));
+                cell_count += 1;
+            }
+        }
+        let mut skus = 0u64;
+        for s in 0..self.sku_count as usize {
+            let symbol = &self.sku_symbols[s];
+            skus = skus.wrapping_add(entry(
+                SKU,
+                &[
+                    u64::from(self.sku_ids[s]),
+                    u64::from_le_bytes(symbol[..8].try_into().expect("8 bytes")),
+                    u64::from_le_bytes(symbol[8..].try_into().expect("8 bytes")),
+                ],
+            ));
+        }
+        let mut locations = 0u64;
+        for l in 0..usize::from(self.location_count) {
+            let name = &self.location_names[l];
+            locations = locations.wrapping_add(entry(
+                LOCATION,
+                &[
+                    u64::from(self.location_ids[l]),
+                    u64::from_le_bytes(name[..8].try_into().expect("8 bytes")),
+                    u64::from_le_bytes(name[8..].try_into().expect("8 bytes")),
+                ],
+            ));
+        }
+        let mut holds = 0u64;
+        for h in self.holds.iter().filter(|h| h.flags & HOLD_IN_USE != 0) {
+            holds = holds.wrapping_add(entry(
+                HOLD,
+                &[
+                    h.cmd_seq,
+                    (u64::from(h.location) << 32) | u64::from(h.sku),
+                    u64::from(h.qty),
+                    h.expires_at_ns,
+                ],
+            ));
+        }
+        entry(
+            0x7461_6c6c_79,
+            &[
+                cells,
+                cell_count,
+                skus,
+                u64::from(self.sku_count),
+                locations,
+                u64::from(self.location_count),
+                holds,
+                u64::from(self.hold_count()),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_wire::{CancelOrder, ModifyOrder, Order, ReleaseHold};
+
+    fn msg(bytes: &[u8]) -> Message<'_> {
+        Message::parse(bytes).unwrap()
+    }
+
+    fn sym(s: &str) -> [u8; 16] {
+        pad_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn slot_index_backward_shift_keeps_every_key_reachable() {
+        // Homes chosen to collide and wrap around a 16-bucket index.
+        let homes = [15u64, 15, 0, 15, 1, 0, 14, 2];
+        let home = |s: u32| homes[s as usize];
+        let mut index = SlotIndex::with_entries_max(8);
+        for s in 0..8u32 {
+            index.insert(home(s), s);
+        }
+        let mut gone = Vec::new();
+        for removed in [3u32, 0, 7, 4, 6] {
+            assert!(index.remove(home(removed), removed, home));
+            assert!(!index.remove(home(removed), removed, home));
+            gone.push(removed);
+            for s in 0..8u32 {
+                let found = index.find(home(s), |x| x == s);
+                assert_eq!(
+                    found.is_none(),
+                    gone.contains(&s),
+                    "slot {s} after {gone:?}"
+                );
+            }
+        }
+        assert_eq!(index.len, 3);
+    }
+
+    #[test]
+    fn order_modify_cancel_records_follow_the_deltas() {
+        let mut r = Replica::new(ReplicaLimits::small());
+        let l = LocationDirectory::new(1, sym("STORE-1"));
+        let k = SkuDirectory::new(7, sym("MUG"));
+        let i = InventoryLevel::new(1, 7, 10, 0);
+        r.apply(1, &msg(l.as_bytes()));
+        r.apply(2, &msg(k.as_bytes()));
+        r.apply(3, &msg(i.as_bytes()));
+        let o = Order::new(99, 0, 7, 4).with_origin(5);
+        assert_eq!(r.apply(4, &msg(o.as_bytes())), Applied::Recorded);
+        assert!(r.is_pending(4));
+        let d = OnHandDelta::new(1, 7, -4, delta_reason::ORDER, 4);
+        assert_eq!(
+            r.apply(5, &msg(d.as_bytes())),
+            Applied::Event { answers: Some(4) }
+        );
+        assert!(!r.is_pending(4));
+        let order = r.order(5, 99).unwrap();
+        assert_eq!((order.location, order.qty, order.remaining), (1, 4, 4));
+        let m = ModifyOrder::new(99, 1).with_origin(5);
+        r.apply(6, &msg(m.as_bytes()));
+        r.apply(
+            7,
+            &msg(OnHandDelta::new(1, 7, 3, delta_reason::MODIFY, 6).as_bytes()),
+        );
+        assert_eq!(r.order(5, 99).unwrap().remaining, 1);
+        let x = CancelOrder::new(99).with_origin(5);
+        r.apply(8, &msg(x.as_bytes()));
+        r.apply(
+            9,
+            &msg(OnHandDelta::new(1, 7, 1, delta_reason::CANCEL, 8).as_bytes()),
+        );
+        let order = r.order(5, 99).unwrap();
+        assert_eq!((order.remaining, order.last_cmd_seq), (0, 8));
+        let cell = r.cell(1, 7).unwrap();
+        assert_eq!((cell.on_hand, cell.version), (10, 9));
+        assert_eq!(r.oversold(), 0);
+    }
+
+    #[test]
+    fn release_is_matched_to_the_oldest_pending_k() {
+        let mut r = Replica::new(ReplicaLimits::small());
+        r.apply(1, &msg(LocationDirectory::new(1, sym("A")).as_bytes()));
+        r.apply(2, &msg(SkuDirectory::new(7, sym("MUG")).as_bytes()));
+        r.apply(3, &msg(InventoryLevel::new(1, 7, 10, 0).as_bytes()));
+        let v = Reserve::new(5, 1, 7, 3, 1000).with_origin(2);
+        r.apply(4, &msg(v.as_bytes()));
+        r.apply(5, &msg(HoldPlaced::new(4, 1, 7, 3, 77).as_bytes()));
+        assert_eq!(r.hold_by_client(2, 5).unwrap().cmd_seq, 4);
+        let k = ReleaseHold::new(5).with_origin(2);
+        r.apply(6, &msg(k.as_bytes()));
+        let e = HoldEnded::new(4, 1, 7, 3, hold_outcome::RELEASED);
+        assert_eq!(
+            r.apply(7, &msg(e.as_bytes())),
+            Applied::Event { answers: Some(6) }
+        );
+        assert_eq!(r.hold(4), None);
+        assert_eq!(r.cell(1, 7).unwrap().reserved, 0);
+        assert_eq!(r.pending_count(), 0);
+    }
+
+    #[test]
+    fn holds_expire_in_order_of_expiry_then_key() {
+        let mut r = Replica::new(ReplicaLimits::small());
+        r.apply(1, &msg(LocationDirectory::new(1, sym("A")).as_bytes()));
+        r.apply(2, &msg(SkuDirectory::new(7, sym("MUG")).as_bytes()));
+        r.apply(3, &msg(InventoryLevel::new(1, 7, 100, 0).as_bytes()));
+        let expiries = [50u64, 10, 30, 10, 70, 20];
+        for (i, &at) in expiries.iter().enumerate() {
+            let seq = 10 + i as u64;
+            r.apply(seq, &msg(HoldPlaced::new(seq, 1, 7, 1, at).as_bytes()));
+        }
+        // End one in the middle of the heap.
+        r.apply(
+            20,
+            &msg(HoldEnded::new(12, 1, 7, 1, hold_outcome::RELEASED).as_bytes()),
+        );
+        let mut order = Vec::new();
+        while let Some(slot) = r.first_expiring_slot() {
+            let h = r.remove_hold(slot);
+            order.push((h.expires_at_ns, h.cmd_seq));
+        }
+        assert_eq!(
+            order,
+            vec![(10, 11), (10, 13), (20, 15), (50, 10), (70, 14)]
+        );
+    }
+
+    #[test]
+    fn violations_are_counted_and_clamped() {
+        let mut r = Replica::new(ReplicaLimits::small());
+        r.apply(1, &msg(InventoryLevel::new(1, 7, 2, 0).as_bytes()));
+        assert_eq!(r.counters().unknown_refs, 1);
+        r.apply(
+            2,
+            &msg(OnHandDelta::new(1, 7, -5, delta_reason::ADJUST, 0).as_bytes()),
+        );
+        assert_eq!(r.oversold(), 1);
+        assert_eq!(r.cell(1, 7).unwrap().on_hand, 0);
+        r.apply(
+            3,
+            &msg(HoldEnded::new(9, 1, 7, 1, hold_outcome::EXPIRED).as_bytes()),
+        );
+        assert_eq!(r.oversold(), 2);
+        assert_eq!(r.cell(1, 7).unwrap().reserved, 0);
+    }
+}
