@@ -122,7 +122,10 @@ impl ClientConfig {
             password,
         );
         config.session = appliance.session().unwrap_or(Session::BLANK);
-        config.window = appliance.gateway.ack_history_per_client.clamp(1, WINDOW_MAX);
+        config.window = appliance
+            .gateway
+            .ack_history_per_client
+            .clamp(1, WINDOW_MAX);
         config
     }
 }
@@ -143,7 +146,10 @@ pub enum ClientError {
     /// Login Accepted's next number does not fit what this client sent
     /// (another process using the same client, or a new session). The
     /// client stops rather than guess.
-    NumberingConflict { appliance_next: u64, client_next: u32 },
+    NumberingConflict {
+        appliance_next: u64,
+        client_next: u32,
+    },
     /// The server ended the session (End of Session). The client stops.
     SessionEnded,
     /// The client was logged out by [`OrderEntryClient::logout`].
@@ -205,7 +211,10 @@ pub struct Ack {
 pub enum ClientEvent {
     /// Logged in; `resending` commands (from `next_client_seq` on) are sent
     /// again because they were never sequenced.
-    LoggedIn { next_client_seq: u32, resending: u32 },
+    LoggedIn {
+        next_client_seq: u32,
+        resending: u32,
+    },
     /// A command's ack, in client_seq order.
     Ack(Ack),
     /// Command `client_seq` was sequenced before a reconnect, but the
@@ -514,8 +523,14 @@ impl OrderEntryClient {
     /// [`send`](Self::send) answers `Disconnected` until then.
     pub fn new(config: ClientConfig) -> Result<OrderEntryClient, ClientError> {
         let mut login = [0u8; 64];
-        soup::write_login_request(&mut login, &config.username, &config.password, config.session, 0)
-            .map_err(|_| ClientError::InvalidCredentials)?;
+        soup::write_login_request(
+            &mut login,
+            &config.username,
+            &config.password,
+            config.session,
+            0,
+        )
+        .map_err(|_| ClientError::InvalidCredentials)?;
         assert!(
             (1..=WINDOW_MAX).contains(&config.window),
             "window {} must be 1..={WINDOW_MAX}",
@@ -559,7 +574,10 @@ impl OrderEntryClient {
 
     /// Connects and logs in, waiting up to `timeout` for Login Accepted
     /// (retrying refused connections with the backoff meanwhile).
-    pub fn connect(config: ClientConfig, timeout: Duration) -> Result<OrderEntryClient, ClientError> {
+    pub fn connect(
+        config: ClientConfig,
+        timeout: Duration,
+    ) -> Result<OrderEntryClient, ClientError> {
         let mut client = OrderEntryClient::new(config)?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -650,8 +668,7 @@ impl OrderEntryClient {
         };
         let state = &mut self.state;
         let decoder = &mut self.decoder;
-        let received =
-            conn.poll_recv(|bytes| feed(decoder, state, bytes, now_ns, &mut on_event));
+        let received = conn.poll_recv(|bytes| feed(decoder, state, bytes, now_ns, &mut on_event));
         let mut lost = match received {
             Ok(n) => {
                 work += usize::from(n > 0);

@@ -17,10 +17,13 @@
 //!   the server's retention, or when the stream ran past the reorder buffer
 //!   (overflow). The consumer logs in to the SoupBinTCP replay feed asking for
 //!   its next number, takes messages from it (and keeps buffering live
-//!   multicast meanwhile), and goes back to multicast only once it has
-//!   delivered everything it has seen on the stream and nothing it dropped
-//!   for overflow is still ahead of it. Every source is deduplicated by
-//!   sequence number, so the switch-over has no gap and no duplicate.
+//!   multicast meanwhile), and goes back to multicast once nothing it dropped
+//!   for overflow is still ahead of it and it has delivered everything seen
+//!   on the stream (after unanswered re-requests or a late join), or
+//!   everything up to what was newest when the replay took over (after an
+//!   overflow or a large or old gap: later loss is left to re-requests).
+//!   Every source is deduplicated by sequence number, so the switch-over has
+//!   no gap and no duplicate.
 //! - **Late join**: with `start_seq` ≥ 1 the consumer starts on the replay
 //!   feed from that number (1, or a snapshot's seq + 1) and then follows live
 //!   multicast the same way. `start_seq` 0 starts with the first packet seen.
@@ -384,6 +387,11 @@ struct Core {
     replay_gap_messages: u64,
     retention_messages: u64,
     replay_phase: ReplayPhase,
+    /// The newest number when the replay feed took over, and whether the
+    /// consumer may go back to multicast once past it (with gaps after it
+    /// left to re-requests) rather than only once fully caught up.
+    replay_target: u64,
+    replay_early_exit: bool,
     /// The number of the next Sequenced Data packet on the replay connection.
     replay_expected_seq: u64,
     replay_retry_at_ns: u64,
@@ -660,13 +668,18 @@ impl Core {
     }
 
     /// In replay mode: whether live multicast can take over now without a
-    /// gap — everything seen anywhere is delivered and nothing dropped for
-    /// overflow is still ahead.
+    /// gap: nothing dropped for overflow is still ahead, and either
+    /// everything seen anywhere is delivered, or (after an overflow, a large
+    /// or an old gap, when re-requests still work) the replay has delivered
+    /// past what was newest when it took over, so what is missing beyond is
+    /// ordinary loss for re-requests. After unanswered re-requests, and for a
+    /// late join, only full catch-up counts.
     fn caught_up(&self) -> bool {
         self.is_ended()
             || (self.live_seen
-                && self.next_seq > self.newest_seq
-                && self.next_seq > self.overflow_max)
+                && self.next_seq > self.overflow_max
+                && (self.next_seq > self.newest_seq
+                    || (self.replay_early_exit && self.next_seq > self.replay_target)))
     }
 
     fn enter_replay(&mut self, reason: ReplayReason, now_ns: u64) {
@@ -678,6 +691,11 @@ impl Core {
             ReplayReason::Retention => self.stats.replay_for_retention += 1,
         }
         self.mode = RecoveryMode::Replay;
+        self.replay_target = self.newest_seq;
+        self.replay_early_exit = matches!(
+            reason,
+            ReplayReason::Overflow | ReplayReason::LargeGap | ReplayReason::Retention
+        );
         self.requests.iter_mut().for_each(|r| r.active = false);
         self.requests_active = 0;
         self.watermark = 0;
@@ -939,6 +957,8 @@ impl StreamConsumer {
             replay_gap_messages: config.replay_gap_messages,
             retention_messages: config.retention_messages,
             replay_phase: ReplayPhase::Idle,
+            replay_target: 0,
+            replay_early_exit: false,
             replay_expected_seq: 0,
             replay_retry_at_ns: 0,
             replay_backoff_ns: REPLAY_BACKOFF_MIN_NS,
@@ -1309,6 +1329,8 @@ mod tests {
             replay_gap_messages: 100,
             retention_messages: u64::MAX,
             replay_phase: ReplayPhase::Idle,
+            replay_target: 0,
+            replay_early_exit: false,
             replay_expected_seq: 0,
             replay_retry_at_ns: 0,
             replay_backoff_ns: REPLAY_BACKOFF_MIN_NS,

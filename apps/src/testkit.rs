@@ -13,14 +13,15 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tally_runtime::net::MulticastConfig;
 use tally_sequencer::appliance::{Appliance, Control};
 use tally_sequencer::config::ApplianceConfig;
 
-use crate::client::ClientConfig;
-use crate::consumer::ConsumerConfig;
+use crate::client::{Ack, ClientConfig, ClientError, ClientEvent, OrderEntryClient};
+use crate::consumer::{ConsumerConfig, StreamConsumer};
 
 /// A configured client: login, password (in clear, for tests and the
 /// demo), origin and role.
@@ -192,7 +193,10 @@ impl ApplianceSpec {
     /// The spec of test `id` (1..=255) in test block `block` (100..=108):
     /// group `239.255.block.id`, ports `20000 + 1300·(block − 100) + 5·id`.
     pub fn for_test(block: u8, id: u8, journal_dir: impl Into<PathBuf>) -> ApplianceSpec {
-        assert!((100..=108).contains(&block), "test block {block} not in 100..=108");
+        assert!(
+            (100..=108).contains(&block),
+            "test block {block} not in 100..=108"
+        );
         assert!(id >= 1, "test id 0 is reserved");
         let port_base = 20_000 + 1_300 * u16::from(block - 100) + 5 * u16::from(id);
         let mut spec =
@@ -373,6 +377,76 @@ impl Drop for RunningAppliance {
             }
         }
     }
+}
+
+/// Sends every message of `messages` through `client`, pipelined as far as
+/// its window allows (reconnecting and resending as it must), and waits for
+/// every ack. Returns the acks in client_seq order. Allocates: tests and
+/// tools only.
+pub fn send_all<M: AsRef<[u8]>>(
+    client: &mut OrderEntryClient,
+    messages: impl IntoIterator<Item = M>,
+    timeout: Duration,
+) -> Result<Vec<Ack>, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let mut messages = messages.into_iter().peekable();
+    let mut acks = Vec::new();
+    let mut on_event = |event| {
+        if let ClientEvent::Ack(ack) = event {
+            acks.push(ack);
+        }
+    };
+    while messages.peek().is_some() {
+        while let Some(message) = messages.peek() {
+            match client.queue(message.as_ref()) {
+                Ok(_) => {
+                    messages.next();
+                }
+                Err(ClientError::WindowFull | ClientError::Disconnected) => break,
+                Err(error) => return Err(error),
+            }
+        }
+        client.flush();
+        if Instant::now() >= deadline {
+            return Err(ClientError::Timeout);
+        }
+        client.wait(Duration::from_millis(20), &mut on_event);
+    }
+    client.wait_all_acked(
+        deadline.saturating_duration_since(Instant::now()),
+        &mut on_event,
+    )?;
+    Ok(acks)
+}
+
+/// Reads the stream with a fresh consumer (`config`, typically from seq 1)
+/// until `last_seq` was delivered; returns every `(seq, message bytes)`.
+/// Panics on a gap, a duplicate or the deadline. Allocates: tests only.
+pub fn read_stream(
+    config: &ConsumerConfig,
+    last_seq: u64,
+    timeout: Duration,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut consumer = StreamConsumer::new(config).expect("join the stream");
+    let mut messages: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut expected = config.start_seq.max(1);
+    let done = consumer
+        .run_until(
+            timeout,
+            |seq, message| {
+                assert_eq!(seq, expected, "in order, no gap, no duplicate");
+                expected += 1;
+                messages.push((seq, message.as_bytes().to_vec()));
+            },
+            |consumer| consumer.delivered_seq() >= last_seq,
+        )
+        .expect("consume the stream");
+    assert!(
+        done,
+        "stream read up to {} of {last_seq}",
+        consumer.delivered_seq()
+    );
+    messages
 }
 
 #[cfg(test)]
