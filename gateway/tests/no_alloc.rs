@@ -1,5 +1,6 @@
-//! The gateway loop's hot path does not allocate: a counting global
-//! allocator watches the gateway thread (only) while it serves logins,
+//! The gateway loop's hot path does not allocate: the shared counting global
+//! allocator (`tally_runtime::alloc_count`) watches the gateway thread (the
+//! only thread the test arms) while it serves logins,
 //! thousands of orders and their acks, gateway rejects, duplicates,
 //! heartbeats and a logout over real loopback TCP.
 //!
@@ -9,11 +10,9 @@
 //! connection's frame decoder (`FrameDecoder` has no way to drop buffered
 //! bytes); that happens once per such connection, never per message.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,49 +21,12 @@ use tally_gateway::{
     hash_password, AuthThread, ClientEntry, GatewayConfig, GatewayCore, GatewayCounters,
     GatewayLoop, Inbound, Outcome, OutcomeKind, Role,
 };
+use tally_runtime::alloc_count::{
+    arm_current_thread, armed_allocations, disarm_current_thread, CountingAllocator,
+};
 use tally_wire::mold::Session;
 use tally_wire::soup;
 use tally_wire::{Order, Recount};
-
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -166,10 +128,11 @@ fn orders(from: u32, to: u32) -> Vec<u8> {
 #[test]
 fn the_gateway_loop_does_not_allocate_while_serving() {
     // The allocator does count (on the thread that opts in).
-    COUNTING.with(|c| c.set(true));
+    let before = armed_allocations();
+    arm_current_thread();
     drop(std::hint::black_box(Box::new(7u64)));
-    COUNTING.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.swap(0, Ordering::Relaxed), 1);
+    disarm_current_thread();
+    assert_eq!(armed_allocations() - before, 1);
 
     let hash = hash_password("pw");
     let client = |username: &str, client_id| ClientEntry {
@@ -205,14 +168,18 @@ fn the_gateway_loop_does_not_allocate_while_serving() {
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let counting = window.load(Ordering::Relaxed);
-                COUNTING.with(|c| c.set(counting));
+                if counting {
+                    arm_current_thread();
+                } else {
+                    disarm_current_thread();
+                }
                 window_seen.store(counting, Ordering::Relaxed);
                 let work = gateway.poll(start.elapsed().as_nanos() as u64);
                 if work == 0 {
                     thread::yield_now();
                 }
             }
-            COUNTING.with(|c| c.set(false));
+            disarm_current_thread();
             gateway
         })
     };
@@ -250,6 +217,7 @@ fn the_gateway_loop_does_not_allocate_while_serving() {
     till1.stream.write_all(&orders(1, 200)).unwrap();
     assert_eq!(till1.acks(200), 2);
 
+    let allocations_before = armed_allocations();
     window.store(true, Ordering::Relaxed);
     let deadline = Instant::now() + DEADLINE;
     while !window_seen.load(Ordering::Relaxed) {
@@ -284,7 +252,7 @@ fn the_gateway_loop_does_not_allocate_while_serving() {
     while window_seen.load(Ordering::Relaxed) {
         thread::yield_now();
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocations = armed_allocations() - allocations_before;
     stop.store(true, Ordering::Relaxed);
     sequencer_thread.join().unwrap();
     let gateway = gateway_thread.join().unwrap();

@@ -1,58 +1,15 @@
 //! Counter file: cross-thread and cross-mapping reads, bad files, and a
 //! counting allocator proving the hot path does not allocate.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tally_runtime::alloc_count::{counting, CountingAllocator};
 use tally_runtime::counters::{self, CounterFile, CounterReader};
 
-/// Counts allocations made by the current thread (tests run on several
-/// threads; a thread-local count is not disturbed by the others).
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_allocation() {
-    // `try_with`: the thread-local may already be gone while a thread exits.
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: forwards every call to the System allocator unchanged; counting
-// touches only a const-initialised thread-local Cell, which never allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller upholds GlobalAlloc::alloc's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller upholds GlobalAlloc::alloc_zeroed's contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller upholds GlobalAlloc::realloc's contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller upholds GlobalAlloc::dealloc's contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts allocations made by the current thread while armed (tests run on
+/// several threads; a thread's own count is not disturbed by the others).
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
@@ -73,17 +30,18 @@ fn counter_hot_path_does_not_allocate() {
     let sent = file.counter(0);
     let gaps = file.counter(1);
     let max_cycle = file.counter(2);
-    let before = allocations();
-    for i in 0..10_000u64 {
-        sent.increment();
-        sent.add(2);
-        gaps.add_shared(1);
-        max_cycle.set_max(i % 977);
-        max_cycle.set_max_shared(i % 977);
-        gaps.set(gaps.get());
-    }
-    file.set_heartbeat(1);
-    assert_eq!(allocations(), before, "counter operations allocated");
+    let ((), allocations) = counting(|| {
+        for i in 0..10_000u64 {
+            sent.increment();
+            sent.add(2);
+            gaps.add_shared(1);
+            max_cycle.set_max(i % 977);
+            max_cycle.set_max_shared(i % 977);
+            gaps.set(gaps.get());
+        }
+        file.set_heartbeat(1);
+    });
+    assert_eq!(allocations, 0, "counter operations allocated");
     assert_eq!(sent.get(), 30_000);
     assert_eq!(gaps.get(), 10_000);
     assert_eq!(max_cycle.get(), 976);
@@ -91,9 +49,8 @@ fn counter_hot_path_does_not_allocate() {
 
 #[test]
 fn allocation_counter_sees_allocations() {
-    let before = allocations();
-    let boxed = std::hint::black_box(Box::new(5u64));
-    assert!(allocations() > before);
+    let (boxed, allocations) = counting(|| std::hint::black_box(Box::new(5u64)));
+    assert!(allocations > 0);
     drop(boxed);
 }
 

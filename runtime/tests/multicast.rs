@@ -11,71 +11,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tally_runtime::alloc_count::{counting, CountingAllocator};
 use tally_runtime::net::{
     MulticastConfig, MulticastReceiver, MulticastSender, RecvMode, UdpSocketRing,
 };
 
 const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-/// A global allocator that counts allocations made by the current thread
-/// while armed, to prove the per-message paths allocate nothing.
-mod counting_alloc {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    pub struct Counting;
-
-    thread_local! {
-        static ARMED: Cell<bool> = const { Cell::new(false) };
-        static COUNT: Cell<u64> = const { Cell::new(0) };
-    }
-
-    fn note() {
-        let _ = ARMED.try_with(|armed| {
-            if armed.get() {
-                COUNT.with(|count| count.set(count.get() + 1));
-            }
-        });
-    }
-
-    // SAFETY: every call is forwarded unchanged to the system allocator.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            note();
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            note();
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.alloc_zeroed(layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            note();
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: forwarded with the caller's guarantees.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-    }
-
-    /// Runs `f` and returns how many allocations this thread made in it.
-    pub fn count_allocations(f: impl FnOnce()) -> u64 {
-        COUNT.with(|count| count.set(0));
-        ARMED.with(|armed| armed.set(true));
-        f();
-        ARMED.with(|armed| armed.set(false));
-        COUNT.with(|count| count.get())
-    }
-}
-
+/// Counts allocations made by the current thread while armed, to prove the
+/// per-message paths allocate nothing.
 #[global_allocator]
-static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// A port no one on this host is using right now (multicast receivers bind
 /// group:port, so only other tests on the same group could collide, and each
@@ -477,13 +423,13 @@ fn datagram_hot_paths_do_not_allocate() {
         }
     };
     round(0); // warm-up: first use of clocks and thread-locals
-    let allocations = counting_alloc::count_allocations(|| {
+    let ((), allocations) = counting(|| {
         for index in 1..=1000 {
             round(index);
         }
     });
     assert_eq!(allocations, 0);
-    let control = counting_alloc::count_allocations(|| drop(std::hint::black_box(vec![1u8; 10])));
+    let ((), control) = counting(|| drop(std::hint::black_box(vec![1u8; 10])));
     assert_eq!(control, 1, "the allocation counter counts");
     assert_eq!(receiver.stats().datagrams, 2002);
     assert_eq!(fallback.stats().datagrams, 2002);

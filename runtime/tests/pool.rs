@@ -4,50 +4,12 @@
 //! `sysctl vm.nr_hugepages`, asserts the pool takes them, and puts the old
 //! value back afterwards, also when the test fails.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::{Mutex, MutexGuard};
 
+use tally_runtime::alloc_count::{counting, CountingAllocator};
 use tally_runtime::pool::{BufferId, BufferPool, HugeRegion, PageKind, PoolOptions};
 
-/// Counts allocations made by the current thread.
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_allocation() {
-    let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
-}
-
-// SAFETY: forwards every call to the System allocator unchanged; counting
-// touches only a const-initialised thread-local Cell, which never allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller upholds GlobalAlloc::alloc's contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller upholds GlobalAlloc::alloc_zeroed's contract.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: the caller upholds GlobalAlloc::realloc's contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller upholds GlobalAlloc::dealloc's contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts allocations made by the current thread while armed.
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
@@ -173,19 +135,20 @@ fn lock_is_reported_not_fatal() {
 fn acquire_and_release_do_not_allocate() {
     let mut pool = BufferPool::with_options(16, 256, NO_HUGETLB).unwrap();
     let mut held = [BufferId::from_index(0); 16];
-    let before = ALLOCATIONS.with(Cell::get);
-    for round in 0..1_000 {
-        for slot in held.iter_mut() {
-            *slot = pool.acquire().unwrap();
-            pool.get_mut(*slot)[0] = round as u8;
+    let ((), allocations) = counting(|| {
+        for round in 0..1_000 {
+            for slot in held.iter_mut() {
+                *slot = pool.acquire().unwrap();
+                pool.get_mut(*slot)[0] = round as u8;
+            }
+            assert!(pool.acquire().is_none());
+            for &id in held.iter().rev() {
+                assert_eq!(pool.get(id)[0], round as u8);
+                pool.release(id);
+            }
         }
-        assert!(pool.acquire().is_none());
-        for &id in held.iter().rev() {
-            assert_eq!(pool.get(id)[0], round as u8);
-            pool.release(id);
-        }
-    }
-    assert_eq!(ALLOCATIONS.with(Cell::get), before, "the pool allocated");
+    });
+    assert_eq!(allocations, 0, "the pool allocated");
 }
 
 #[test]

@@ -1193,7 +1193,7 @@ mod tests {
                     "timed out; got {} packets",
                     got.len()
                 );
-                let (result, n) = crate::retransmit::alloc_count::counting(|| replay.poll(now_ns));
+                let (result, n) = tally_runtime::alloc_count::counting(|| replay.poll(now_ns));
                 result.unwrap();
                 allocations += n;
                 loop {

@@ -644,72 +644,31 @@ impl RetransmitLoop {
     }
 }
 
-/// Test support: a global allocator that counts allocations made on the
-/// current thread inside [`counting`](alloc_count::counting), so tests can
-/// prove a loop's `poll` allocates nothing. It serves every test of this
-/// crate's unit-test binary (there can be only one global allocator) and
-/// otherwise behaves exactly like the system allocator.
+/// The counting allocator of `tally_runtime::alloc_count`, so tests can prove
+/// a loop's `poll` allocates nothing. It serves every test of this crate's
+/// unit-test binary (there can be only one global allocator; `replay.rs`
+/// counts with it too) and otherwise behaves exactly like the system
+/// allocator.
 #[cfg(test)]
-pub(crate) mod alloc_count {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
+#[global_allocator]
+static ALLOCATOR: tally_runtime::alloc_count::CountingAllocator =
+    tally_runtime::alloc_count::CountingAllocator;
 
-    struct CountingAllocator;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{FsyncPolicy, JournalWriter};
+    use std::net::UdpSocket;
+    use std::thread;
+    use tally_runtime::alloc_count::counting;
+    use tally_wire::mold::MoldPacket;
 
-    thread_local! {
-        // Const-initialised, no destructor: using them never allocates.
-        static COUNTING: Cell<bool> = const { Cell::new(false) };
-        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    fn session() -> Session {
+        Session::from_str("RETX01").unwrap()
     }
 
-    fn note() {
-        let _ = COUNTING.try_with(|counting| {
-            if counting.get() {
-                ALLOCATIONS.with(|allocations| allocations.set(allocations.get() + 1));
-            }
-        });
-    }
-
-    // SAFETY: every method forwards to the system allocator with the same
-    // arguments; counting touches only const thread-locals.
-    unsafe impl GlobalAlloc for CountingAllocator {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            note();
-            // SAFETY: the caller upholds `alloc`'s contract; passed on as is.
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            note();
-            // SAFETY: as for `alloc`.
-            unsafe { System.alloc_zeroed(layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            note();
-            // SAFETY: `ptr` came from this allocator, i.e. from `System`.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: `ptr` came from this allocator, i.e. from `System`.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-    }
-
-    #[global_allocator]
-    static GLOBAL: CountingAllocator = CountingAllocator;
-
-    /// Runs `f` and returns its result with the number of allocations
-    /// (including reallocations) it made on this thread.
-    pub(crate) fn counting<R>(f: impl FnOnce() -> R) -> (R, u64) {
-        let before = ALLOCATIONS.with(Cell::get);
-        COUNTING.with(|counting| counting.set(true));
-        let result = f();
-        COUNTING.with(|counting| counting.set(false));
-        (result, ALLOCATIONS.with(Cell::get) - before)
-    }
-
+    /// The allocator installed above counts in this binary, so the "poll
+    /// allocated nothing" checks here and in `replay.rs` are not vacuous.
     #[test]
     fn the_counter_sees_allocations_on_this_thread_only() {
         let (boxed, allocations) = counting(|| Box::new(7u64));
@@ -723,19 +682,6 @@ pub(crate) mod alloc_count {
         assert!(allocations >= 1);
         let ((), allocations) = counting(|| {});
         assert_eq!(allocations, 0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::journal::{FsyncPolicy, JournalWriter};
-    use std::net::UdpSocket;
-    use std::thread;
-    use tally_wire::mold::MoldPacket;
-
-    fn session() -> Session {
-        Session::from_str("RETX01").unwrap()
     }
 
     fn blocks(messages: &[Vec<u8>]) -> Vec<u8> {
@@ -825,7 +771,7 @@ mod tests {
 
         fn poll(&mut self) {
             let now_ns = self.now_ns;
-            let (result, allocations) = super::alloc_count::counting(|| self.server.poll(now_ns));
+            let (result, allocations) = counting(|| self.server.poll(now_ns));
             result.unwrap();
             self.poll_allocations += allocations;
         }

@@ -1,53 +1,17 @@
-//! Proves the encode and decode paths allocate nothing: a counting global
-//! allocator records allocations made by this thread while they run.
+//! Proves the encode and decode paths allocate nothing: the shared counting
+//! global allocator (`tally_runtime::alloc_count`) records allocations made by
+//! this thread while they run.
 //!
-//! This test crate needs `unsafe` to implement `GlobalAlloc`; the library
-//! itself stays `#![forbid(unsafe_code)]`.
+//! The `unsafe` of `GlobalAlloc` lives in `tally-runtime` (a dev-dependency
+//! only); this library stays `#![forbid(unsafe_code)]`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use tally_runtime::alloc_count::{counting, CountingAllocator};
 use tally_wire::mold::{self, MoldPacket, PacketBuilder, ReRequest, Session};
 use tally_wire::soup::{self, ClientPacket, FrameDecoder, ServerPacket};
 use tally_wire::*;
 
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments, so
-// `System` upholds the `GlobalAlloc` contract; the counter is a const-initialised
-// thread-local `Cell`, which itself never allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        // SAFETY: forwarded unchanged; `ptr` came from `System` with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
-
-/// Allocations this thread made while running `f`.
-fn allocations_in(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
 
 #[test]
 fn encode_and_decode_do_not_allocate() {
@@ -57,7 +21,7 @@ fn encode_and_decode_do_not_allocate() {
     let mut decoder = FrameDecoder::new(1024); // the one allocation, at start-up
     let mut checksum = 0u64;
 
-    let allocations = allocations_in(|| {
+    let ((), allocations) = counting(|| {
         for i in 0..1000u64 {
             // Stream messages: build, stamp in place, parse.
             let order = Order::new(i, 1, 2, 3).with_client_seq(i as u32);
@@ -110,6 +74,6 @@ fn encode_and_decode_do_not_allocate() {
     });
     assert!(checksum > 0);
     // The counter does see allocations.
-    assert_eq!(allocations_in(|| drop(std::hint::black_box(vec![1u8]))), 1);
+    assert_eq!(counting(|| drop(std::hint::black_box(vec![1u8]))).1, 1);
     assert_eq!(allocations, 0, "encode/decode allocated");
 }
