@@ -1,11 +1,13 @@
 //! `tally-apps` owns the foundation types for stream consumers and senders, the
 //! inventory replica, and the applications (warehouse, pos, monitor, tap,
 //! demo).
-pub mod consumer;
+pub mod cli;
 pub mod client;
-pub mod loss;
-pub mod testkit;
+pub mod consumer;
 pub mod handler;
+pub mod loss;
 pub mod replica;
 pub mod snapshot;
+pub mod testkit;
+pub mod text;
 pub mod warehouse;
