@@ -30,6 +30,26 @@
 //! loopback, a refused connection returns at once); everything else is
 //! non-blocking except the `*_blocking`/`wait*` helpers for tools and tests.
 
+//! ```no_run
+//! use std::time::Duration;
+//! use tally_apps::client::{ClientConfig, ClientEvent, OrderEntryClient};
+//! use tally_apps::consumer::monotonic_ns;
+//! use tally_wire::Order;
+//! # fn run(appliance: &tally_sequencer::config::ApplianceConfig) -> Result<(), tally_apps::client::ClientError> {
+//! let config = ClientConfig::for_appliance(appliance, "pos1", "pos1pass");
+//! let mut client = OrderEntryClient::connect(config, Duration::from_secs(10))?;
+//! let client_seq = client.send(Order::new(1, 0, 42, 2).as_bytes())?;
+//! loop {
+//!     client.poll(monotonic_ns(), |event| {
+//!         if let ClientEvent::Ack(ack) = event {
+//!             // ack.client_seq == client_seq, ack.stream_seq = its number
+//!             let _ = (ack, client_seq);
+//!         }
+//!     });
+//! }
+//! # }
+//! ```
+
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;

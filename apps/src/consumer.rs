@@ -43,6 +43,24 @@
 //! `replay_connect_timeout_ns`. Times passed to [`StreamConsumer::poll`] are
 //! [`monotonic_ns`] readings.
 //!
+//! ```no_run
+//! use tally_apps::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
+//! # fn run(appliance: &tally_sequencer::config::ApplianceConfig) -> std::io::Result<()> {
+//! let mut config = ConsumerConfig::for_appliance(appliance, "read1", "readpass");
+//! config.start_seq = 1; // the whole session (or a snapshot's seq + 1)
+//! let mut consumer = StreamConsumer::new(&config)?;
+//! loop {
+//!     let now_ns = monotonic_ns();
+//!     consumer.poll(now_ns, |seq, message| {
+//!         // every message once, in order: apply it
+//!         let _ = (seq, message.msg_type());
+//!     })?;
+//!     let _stale = consumer.is_stale(now_ns);
+//!     let _lag = consumer.lag();
+//! }
+//! # }
+//! ```
+//!
 //! Messages that do not decode as a stream message (the gateway validates
 //! every one, so only a newer schema would produce them) still take their
 //! number: they are counted in `undecodable_messages` and skipped.

@@ -281,10 +281,34 @@ fn a_full_window_is_back_pressure() {
         client.send(&[b'O'; 3]),
         Err(ClientError::InvalidMessage { len: 3 })
     );
-    client.flush();
-    client.wait_all_acked(LONG, |_| {}).unwrap();
-    assert_eq!(client.send(order(5).as_bytes()), Ok(5));
+    // send_blocking waits out the full window (polling writes the four).
+    assert_eq!(
+        client.send_blocking(order(5).as_bytes(), LONG, |_| {}),
+        Ok(5)
+    );
     client.wait_acked(5, LONG, |_| {}).unwrap();
+
+    // Dropped while idle: send_blocking waits out the reconnect too.
+    client.drop_connection();
+    assert!(!client.is_ready());
+    assert_eq!(
+        client.send(order(6).as_bytes()),
+        Err(ClientError::Disconnected)
+    );
+    let mut logged_in = Vec::new();
+    let sent = client.send_blocking(order(6).as_bytes(), LONG, |event| {
+        if let ClientEvent::LoggedIn {
+            next_client_seq,
+            resending,
+        } = event
+        {
+            logged_in.push((next_client_seq, resending));
+        }
+    });
+    assert_eq!(sent, Ok(6));
+    assert_eq!(logged_in, [(6, 0)]);
+    client.wait_acked(6, LONG, |_| {}).unwrap();
+    assert_eq!(client.stats().disconnects, 1);
 }
 
 #[test]
