@@ -24,6 +24,7 @@ pub mod alloc_count;
 pub mod counters;
 pub mod idle;
 pub mod net;
+pub mod notify;
 pub mod pool;
 pub mod thread;
 pub mod wake;

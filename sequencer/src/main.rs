@@ -4,10 +4,12 @@ use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tally_runtime::counters::CounterReader;
+use tally_runtime::notify::Notifier;
 use tally_sequencer::appliance::{Appliance, Control};
 use tally_sequencer::config::ApplianceConfig;
 
@@ -108,6 +110,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // systemd's NOTIFY_SOCKET / WATCHDOG_USEC, read once here: library code
+    // reads no environment. A no-op when not started by systemd.
+    let notifier = Notifier::from_env().context("the sd_notify environment")?;
     let config = ApplianceConfig::load(path).map_err(anyhow::Error::msg)?;
 
     let stop_signal = Arc::new(AtomicBool::new(false));
@@ -129,6 +134,16 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         next_seq = appliance.recovery.next_seq,
         "tally-sequencer running"
     );
+    // Start returned: every socket is bound and every loop runs.
+    let mut health = Health::new(&config);
+    notify(notifier.ready());
+    notify(notifier.status(&health.status_line()));
+    let status_interval = Duration::from_secs(1);
+    // systemd kills the service when no WATCHDOG=1 arrives within the
+    // interval; ping four times per interval, each time only if alive.
+    let watchdog_interval = notifier.watchdog_interval().map(|interval| interval / 4);
+    let mut next_status = Instant::now() + status_interval;
+    let mut next_watchdog = Instant::now();
     loop {
         if stop_signal.load(Ordering::Acquire)
             || end_signal.load(Ordering::Acquire)
@@ -136,11 +151,121 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         {
             break;
         }
+        let now = Instant::now();
+        if now >= next_status {
+            notify(notifier.status(&health.status_line()));
+            next_status = now + status_interval;
+        }
+        if let Some(interval) = watchdog_interval.filter(|_| now >= next_watchdog) {
+            match health.stalled_loop(&appliance) {
+                None => notify(notifier.watchdog()),
+                Some(what) => {
+                    tracing::warn!(what, "loop not making progress; withholding WATCHDOG=1");
+                    notify(notifier.status(&format!("stalled: {what}")));
+                }
+            }
+            next_watchdog = now + interval;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    notify(notifier.stopping());
     let end_session = end_signal.load(Ordering::Acquire);
     appliance.request_stop(end_session);
     appliance.stop()?;
     tracing::info!(end_session, "tally-sequencer stopped");
     Ok(())
+}
+
+/// Reports a failed notification and carries on: systemd's bookkeeping must
+/// never stop the appliance.
+fn notify(result: std::io::Result<()>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "sd_notify failed");
+    }
+}
+
+/// What the main thread reads for `STATUS=` and the watchdog: the appliance's
+/// own counter file, read like `tally-stat` reads it (never touching a loop).
+struct Health {
+    session: String,
+    counters: Option<CounterReader>,
+    next_seq: Option<usize>,
+    sequenced: Option<usize>,
+    packets: Option<usize>,
+    sessions: Option<usize>,
+    last_status: (Instant, u64),
+    /// Heartbeat and progress counters at the previous watchdog check.
+    last_liveness: Option<(u64, u64, u64)>,
+}
+
+impl Health {
+    fn new(config: &ApplianceConfig) -> Health {
+        let path = config.counters_path();
+        let counters = CounterReader::open(&path)
+            .map_err(|error| tracing::warn!(%error, "status and watchdog see no counters"))
+            .ok();
+        let find = |name: &str| {
+            let reader = counters.as_ref()?;
+            (0..reader.len()).find(|&index| reader.name(index) == name)
+        };
+        let mut health = Health {
+            session: config.stream.session.to_string(),
+            next_seq: find("sequencer.next_seq"),
+            sequenced: find("sequencer.messages_sequenced"),
+            packets: find("sequencer.packets_sent"),
+            sessions: find("sessions_active"),
+            counters,
+            last_status: (Instant::now(), 0),
+            last_liveness: None,
+        };
+        health.last_status.1 = health.value(health.sequenced);
+        health
+    }
+
+    fn value(&self, index: Option<usize>) -> u64 {
+        match (&self.counters, index) {
+            (Some(reader), Some(index)) => reader.value(index),
+            _ => 0,
+        }
+    }
+
+    /// `session DEMO, seq 1234, 56 msg/s, 2 sessions`: the last sequence
+    /// number assigned, the rate since the previous line, client sessions.
+    fn status_line(&mut self) -> String {
+        let now = Instant::now();
+        let sequenced = self.value(self.sequenced);
+        let (then, before) = self.last_status;
+        let seconds = now.duration_since(then).as_secs_f64();
+        let rate = if seconds > 0.0 {
+            sequenced.saturating_sub(before) as f64 / seconds
+        } else {
+            0.0
+        };
+        self.last_status = (now, sequenced);
+        format!(
+            "session {}, seq {}, {rate:.0} msg/s, {} sessions",
+            self.session,
+            self.value(self.next_seq).saturating_sub(1),
+            self.value(self.sessions)
+        )
+    }
+
+    /// Which loop is stuck, if any: a loop thread that ended, or a
+    /// sequencer loop whose heartbeat (stored each idle cycle) and progress
+    /// counters (moving while it is busy) both stood still since the
+    /// previous check. Comparing values rather than heartbeat age keeps a
+    /// wall-clock step from looking like a hang.
+    fn stalled_loop(&mut self, appliance: &Appliance) -> Option<&'static str> {
+        if appliance.any_stopped() {
+            return Some("a loop thread has ended");
+        }
+        let reader = self.counters.as_ref()?;
+        let now = (
+            reader.heartbeat_ns(),
+            self.value(self.next_seq),
+            self.value(self.packets),
+        );
+        let previous = self.last_liveness.replace(now);
+        (previous == Some(now)).then_some("the sequencer loop's heartbeat is stale")
+    }
 }
