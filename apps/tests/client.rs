@@ -9,62 +9,23 @@
 //! Each test has its own ports, multicast group (239.255.102.N, see
 //! `testkit`) and journal directory; every wait has a deadline.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tally_apps::client::{Ack, ClientError, ClientEvent, OrderEntryClient};
 use tally_apps::consumer::monotonic_ns;
 use tally_apps::testkit::{read_stream, send_all, ApplianceSpec};
+use tally_runtime::alloc_count::{
+    arm_current_thread, armed_allocations, counting, disarm_current_thread,
+};
 use tally_runtime::counters::CounterReader;
 use tally_wire::{reject_reason, Message, Order, Transfer};
 
 const LONG: Duration = Duration::from_secs(60);
 
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static ALLOCATOR: tally_runtime::alloc_count::CountingAllocator =
+    tally_runtime::alloc_count::CountingAllocator;
 
 fn order(order_id: u64) -> Order {
     Order::new(order_id, 1, 9, 1)
@@ -388,7 +349,10 @@ fn the_client_thread_does_not_allocate_while_it_sends_and_takes_acks() {
     let mut acked = 0u64;
     let mut next = 1u64;
     let deadline = Instant::now() + LONG;
-    COUNTING.with(|c| c.set(true));
+    let (_boxed, seen) = counting(|| Box::new(7u64));
+    assert_eq!(seen, 1, "the counting allocator is installed");
+    let before = armed_allocations();
+    arm_current_thread();
     while acked < 20_000 && Instant::now() < deadline {
         while next <= 20_000 && client.has_room() {
             client.queue(order(next).as_bytes()).unwrap();
@@ -400,11 +364,8 @@ fn the_client_thread_does_not_allocate_while_it_sends_and_takes_acks() {
             }
         });
     }
-    COUNTING.with(|c| c.set(false));
+    disarm_current_thread();
+    let allocations = armed_allocations() - before;
     assert_eq!(acked, 20_000);
-    assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed),
-        0,
-        "allocations on the client thread"
-    );
+    assert_eq!(allocations, 0, "allocations on the client thread");
 }

@@ -8,8 +8,6 @@
 //! Each test has its own ports, multicast group (239.255.102.N, see
 //! `testkit`) and journal directory; every wait has a deadline.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -18,52 +16,16 @@ use std::time::{Duration, Instant};
 use tally_apps::client::OrderEntryClient;
 use tally_apps::consumer::{monotonic_ns, ConsumerConfig, RecoveryMode, StreamConsumer};
 use tally_apps::testkit::{send_all, ApplianceSpec};
+use tally_runtime::alloc_count::{
+    arm_current_thread, armed_allocations, counting, disarm_current_thread,
+};
 use tally_wire::{Message, Order};
 
 const LONG: Duration = Duration::from_secs(60);
 
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static ALLOCATOR: tally_runtime::alloc_count::CountingAllocator =
+    tally_runtime::alloc_count::CountingAllocator;
 
 /// Orders `first..first + count` (order_id = its index) as stream messages.
 fn orders(first: u32, count: u32) -> impl Iterator<Item = Order> {
@@ -466,7 +428,10 @@ fn the_consumer_thread_does_not_allocate_while_it_fills_gaps() {
         })
     };
     let deadline = Instant::now() + LONG;
-    COUNTING.with(|c| c.set(true));
+    let (_boxed, seen) = counting(|| Box::new(7u64));
+    assert_eq!(seen, 1, "the counting allocator is installed");
+    let before = armed_allocations();
+    arm_current_thread();
     while consumer.delivered_seq() < target.load(Ordering::Acquire) && Instant::now() < deadline {
         consumer
             .poll(monotonic_ns(), |seq, message| {
@@ -475,7 +440,8 @@ fn the_consumer_thread_does_not_allocate_while_it_fills_gaps() {
             })
             .unwrap();
     }
-    COUNTING.with(|c| c.set(false));
+    disarm_current_thread();
+    let allocations = armed_allocations() - before;
     sender.join().unwrap();
     let stats = consumer.stats();
     assert!(
@@ -488,10 +454,6 @@ fn the_consumer_thread_does_not_allocate_while_it_fills_gaps() {
         1,
         "the late join only: {stats:?}"
     );
-    assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed),
-        0,
-        "allocations on the consumer thread"
-    );
+    assert_eq!(allocations, 0, "allocations on the consumer thread");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
 }
