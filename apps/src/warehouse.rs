@@ -482,11 +482,13 @@ impl Warehouse {
     /// `first_client_seq` (the next number from Login Accepted). Own events
     /// below it that come back on the stream are an earlier run's and are
     /// applied; events from it on are this run's and are not applied twice.
+    /// Call it after construction or restore, and again before
+    /// [`Self::session_start_events`] of a new session (numbering restarts).
     pub fn begin_run(&mut self, first_client_seq: u32) {
         assert!(first_client_seq >= 1, "client_seq starts at 1");
         assert!(
-            self.next_client_seq == self.first_client_seq,
-            "begin_run after this run already emitted"
+            self.next_client_seq == self.first_client_seq || self.in_flight() == 0,
+            "begin_run while this run's events are in flight"
         );
         self.first_client_seq = first_client_seq;
         self.next_client_seq = first_client_seq;
