@@ -271,6 +271,74 @@ pub struct ClientStats {
     pub protocol_errors: u64,
 }
 
+/// A client's counters in a process's shared-memory counter file, for
+/// `tally-stat`: register [`ClientCounters::NAMES`], then
+/// [`publish`](Self::publish) from the client's thread now and then.
+#[derive(Clone, Debug)]
+pub struct ClientCounters {
+    counters: Vec<tally_runtime::counters::Counter>,
+}
+
+impl ClientCounters {
+    /// Counter names, in the order [`publish`](Self::publish) writes them.
+    /// `client.sessions_active` (1 while logged in) is a gauge.
+    pub const NAMES: &'static [&'static str] = &[
+        "client.sessions_active",
+        "client.commands",
+        "client.acks_accepted",
+        "client.acks_rejected",
+        "client.acks_unavailable",
+        "client.resent",
+        "client.connects",
+        "client.disconnects",
+        "client.heartbeats_sent",
+        "client.send_full",
+    ];
+
+    /// Handles to `NAMES` at `first_index..` of `file`.
+    ///
+    /// # Panics
+    /// When the file holds other names there (a bug in how it was made).
+    pub fn from_file(file: &tally_runtime::counters::CounterFile, first_index: usize) -> Self {
+        let names: Vec<&str> = file.names().collect();
+        let counters = Self::NAMES
+            .iter()
+            .enumerate()
+            .map(|(offset, name)| {
+                let index = first_index + offset;
+                assert_eq!(
+                    names.get(index),
+                    Some(name),
+                    "counter file position {index}"
+                );
+                file.counter(index)
+            })
+            .collect();
+        ClientCounters { counters }
+    }
+
+    /// Writes the client's counters.
+    pub fn publish(&self, client: &OrderEntryClient) {
+        let stats = client.stats();
+        let values = [
+            u64::from(client.is_ready()),
+            stats.commands,
+            stats.acks_accepted,
+            stats.acks_rejected,
+            stats.acks_unavailable,
+            stats.resent,
+            stats.connects,
+            stats.disconnects,
+            stats.heartbeats_sent,
+            stats.send_full,
+        ];
+        const _: () = assert!(ClientCounters::NAMES.len() == 10);
+        for (counter, value) in self.counters.iter().zip(values) {
+            counter.set(value);
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Link {
     /// No connection; connect at `retry_at_ns`.
@@ -1134,6 +1202,23 @@ mod tests {
         );
         ack(&mut client, 1);
         assert_eq!(client.queue(Order::new(1, 1, 9, 1).as_bytes()), Ok(4));
+    }
+
+    #[test]
+    fn counters_are_published_under_their_names() {
+        let file = tally_runtime::counters::CounterFile::in_memory(ClientCounters::NAMES);
+        let counters = ClientCounters::from_file(&file, 0);
+        let mut client = client();
+        login(&mut client, 1);
+        client.queue(Order::new(1, 1, 9, 1).as_bytes()).unwrap();
+        counters.publish(&client);
+        assert_eq!(
+            file.counter_by_name("client.sessions_active")
+                .unwrap()
+                .get(),
+            1
+        );
+        assert_eq!(file.counter_by_name("client.commands").unwrap().get(), 1);
     }
 
     #[test]

@@ -328,6 +328,87 @@ impl ConsumerStats {
     }
 }
 
+/// A consumer's counters in a process's shared-memory counter file, for
+/// `tally-stat`: register [`ConsumerCounters::NAMES`] when creating the
+/// file, then [`publish`](Self::publish) from the consumer's thread now and
+/// then (every poll is fine: a few relaxed stores).
+#[derive(Clone, Debug)]
+pub struct ConsumerCounters {
+    counters: Vec<tally_runtime::counters::Counter>,
+}
+
+impl ConsumerCounters {
+    /// Counter names, in the order [`publish`](Self::publish) writes them.
+    /// `consumer.next_seq` and `consumer.lag` are gauges.
+    pub const NAMES: &'static [&'static str] = &[
+        "consumer.next_seq",
+        "consumer.lag",
+        "consumer.datagrams",
+        "consumer.heartbeats",
+        "consumer.messages_delivered",
+        "consumer.gaps_detected",
+        "consumer.re_requests_sent",
+        "consumer.re_request_timeouts",
+        "consumer.recovered_by_retransmit",
+        "consumer.recovered_by_replay",
+        "consumer.duplicates_discarded",
+        "consumer.reorder_overflows",
+        "consumer.replay_recoveries",
+        "consumer.replay_switchbacks",
+        "consumer.stale_transitions",
+        "consumer.datagrams_dropped_by_loss_filter",
+    ];
+
+    /// Handles to `NAMES` at `first_index..` of `file`.
+    ///
+    /// # Panics
+    /// When the file holds other names there (a bug in how it was made).
+    pub fn from_file(file: &tally_runtime::counters::CounterFile, first_index: usize) -> Self {
+        let names: Vec<&str> = file.names().collect();
+        let counters = Self::NAMES
+            .iter()
+            .enumerate()
+            .map(|(offset, name)| {
+                let index = first_index + offset;
+                assert_eq!(
+                    names.get(index),
+                    Some(name),
+                    "counter file position {index}"
+                );
+                file.counter(index)
+            })
+            .collect();
+        ConsumerCounters { counters }
+    }
+
+    /// Writes the consumer's position and counters.
+    pub fn publish(&self, consumer: &StreamConsumer) {
+        let stats = consumer.stats();
+        let values = [
+            consumer.next_seq(),
+            consumer.lag(),
+            stats.datagrams,
+            stats.heartbeats,
+            stats.messages_delivered,
+            stats.gaps_detected,
+            stats.re_requests_sent,
+            stats.re_request_timeouts,
+            stats.recovered_by_retransmit,
+            stats.recovered_by_replay,
+            stats.duplicates_discarded,
+            stats.reorder_overflows,
+            stats.replay_recoveries(),
+            stats.replay_switchbacks,
+            stats.stale_transitions,
+            stats.datagrams_dropped_by_loss_filter,
+        ];
+        const _: () = assert!(ConsumerCounters::NAMES.len() == 16);
+        for (counter, value) in self.counters.iter().zip(values) {
+            counter.set(value);
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     Multicast,
@@ -1616,6 +1697,40 @@ mod tests {
             proptest::prop_assert_eq!(core.buffered, 0);
             proptest::prop_assert_eq!(core.stats.messages_delivered, 200);
         }
+    }
+
+    #[test]
+    fn counters_are_published_under_their_names() {
+        let mut names = vec!["other"];
+        names.extend_from_slice(ConsumerCounters::NAMES);
+        let file = tally_runtime::counters::CounterFile::in_memory(&names);
+        let counters = ConsumerCounters::from_file(&file, 1);
+        let multicast = MulticastConfig {
+            group: Ipv4Addr::new(239, 255, 102, 250),
+            port: 21_999,
+            interface: Ipv4Addr::LOCALHOST,
+            ttl: 0,
+            loopback: true,
+        };
+        let config = ConsumerConfig::new(
+            multicast,
+            Session::from_str("TEST").unwrap(),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+            "127.0.0.1:1".parse().unwrap(),
+            "read1",
+            "readpass",
+        );
+        let mut consumer = StreamConsumer::new(&config).unwrap();
+        consumer.core.stats.gaps_detected = 7;
+        counters.publish(&consumer);
+        assert_eq!(file.counter_by_name("consumer.next_seq").unwrap().get(), 1);
+        assert_eq!(
+            file.counter_by_name("consumer.gaps_detected")
+                .unwrap()
+                .get(),
+            7
+        );
+        assert_eq!(file.counter_by_name("other").unwrap().get(), 0);
     }
 
     #[test]
