@@ -1167,10 +1167,7 @@ impl Replica {
             };
             cell.version = stamp;
         }
-        let ended = match self.hold_slot(cmd_seq) {
-            Some(slot) => Some(self.remove_hold(slot)),
-            None => None,
-        };
+        let ended = self.hold_slot(cmd_seq).map(|slot| self.remove_hold(slot));
         if m.outcome != hold_outcome::RELEASED {
             // Expiry answers no command; a confirmation is answered by the
             // `D(C)` that follows.
@@ -1718,7 +1715,7 @@ impl Replica {
             ));
         }
         entry(
-            0x7461_6c6c_79,
+            0x74_616c_6c79,
             &[
                 cells,
                 cell_count,

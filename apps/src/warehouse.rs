@@ -155,7 +155,7 @@ impl Default for EventBuf {
 impl fmt::Debug for EventBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.iter().map(|b| Message::parse(b)))
+            .entries(self.iter().map(Message::parse))
             .finish()
     }
 }

@@ -613,7 +613,7 @@ proptest! {
                 2 => InventoryLevel::new(l, k, q % 50, (x % 60) as u32).as_bytes().to_vec(),
                 3 => OnHandDelta::new(l, k, d, [b'O', b'M', b'X', b'T', b'A'][(q % 5) as usize], x % 8)
                     .as_bytes().to_vec(),
-                4 => HoldPlaced::new(x % 8 | (q as u64 & 1) << 63, l, k, q % 30, x).as_bytes().to_vec(),
+                4 => HoldPlaced::new((x % 8) | ((q as u64 & 1) << 63), l, k, q % 30, x).as_bytes().to_vec(),
                 5 => HoldEnded::new(x % 8, l, k, q % 30, [b'C', b'R', b'X'][(q % 3) as usize])
                     .as_bytes().to_vec(),
                 6 => CommandRejected::new(x % 8, b'I').as_bytes().to_vec(),

@@ -1054,9 +1054,14 @@ fn audit_outcomes(stream: &[Vec<u8>]) -> usize {
     commands
 }
 
-/// Everything but positions: quantities, open holds without their keys,
-/// orders without their seqs.
-fn content(r: &Replica) -> (Vec<(u32, u16, u32, u32)>, Vec<(u16, u32, u32, u64)>) {
+/// Known cells as (sku, location, on_hand, reserved).
+type Cells = Vec<(u32, u16, u32, u32)>;
+/// Open holds as (location, sku, qty, expires_at).
+type Holds = Vec<(u16, u32, u32, u64)>;
+
+/// Everything but stream positions: quantities, and open holds without
+/// their keys.
+fn content(r: &Replica) -> (Cells, Holds) {
     let mut cells = Vec::new();
     for (sku, _) in r.skus() {
         for (location, cell) in r.cells_of(sku) {
@@ -1367,7 +1372,8 @@ fn the_shipped_sample_inventory_loads() {
 
 #[test]
 fn inventory_file_errors_name_the_line() {
-    let cases: [(&str, usize, fn(&InventoryErrorKind) -> bool); 7] = [
+    type Case = (&'static str, usize, fn(&InventoryErrorKind) -> bool);
+    let cases: [Case; 7] = [
         ("", 0, |k| matches!(k, InventoryErrorKind::Empty)),
         ("loc,sku,qty\n", 1, |k| {
             matches!(k, InventoryErrorKind::BadHeader(_))
