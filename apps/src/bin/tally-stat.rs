@@ -537,7 +537,7 @@ impl Report {
         }
         let mut text = String::new();
         text.push_str(&format!(
-            "{:<16} {:>8} {:<8} {:>12}",
+            "{:<16} {:>8} {:<12} {:>12}",
             "PROCESS", "PID", "STATE", "SEQ"
         ));
         for column in COLUMNS {
@@ -550,7 +550,7 @@ impl Report {
                 _ => format!("{} {}", row.state.as_str(), age(row.heartbeat_age_ns)),
             };
             text.push_str(&format!(
-                "{:<16} {:>8} {:<8} {:>12}",
+                "{:<16} {:>8} {:<12} {:>12}",
                 row.process,
                 row.pid,
                 state,
@@ -696,6 +696,10 @@ fn pid_is_the_writer(pid: u32, file_start_ns: u64, boot_time_s: Option<u64>) -> 
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
+    // A zombie has exited; only its parent has not reaped it yet.
+    if matches!(process_state(&stat), Some('Z' | 'X')) {
+        return false;
+    }
     let (Some(boot_time_s), Some(start_ticks)) = (boot_time_s, process_start_ticks(&stat)) else {
         return true;
     };
@@ -717,6 +721,11 @@ fn pid_is_the_writer(pid: u32, file_start_ns: u64, boot_time_s: Option<u64>) -> 
 fn process_start_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Field 3 of `/proc/PID/stat`: `R`, `S`, `D`, `Z` (zombie), ...
+fn process_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// `btime` of `/proc/stat`: when the host booted, seconds since the epoch.
@@ -763,6 +772,7 @@ mod tests {
         let stat =
             "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
         assert_eq!(process_start_ticks(stat), Some(987_654));
+        assert_eq!(process_state(stat), Some('S'));
     }
 
     #[test]
