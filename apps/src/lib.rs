@@ -11,3 +11,4 @@ pub mod snapshot;
 pub mod testkit;
 pub mod text;
 pub mod warehouse;
+pub mod warehouse_app;

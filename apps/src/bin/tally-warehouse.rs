@@ -1,0 +1,112 @@
+//! `tally-warehouse`: the authority. See `--help`.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tally_apps::cli::ConnectArgs;
+use tally_apps::replica::ReplicaLimits;
+use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
+
+/// The warehouse: the one application that decides. It follows the stream,
+/// decides every order, modify, cancel, reservation, confirmation, release,
+/// transfer, recount and adjustment exactly as DESIGN.md §3 says, and
+/// announces each outcome on the stream. A new session starts with its
+/// snapshot broadcast (locations, SKUs, levels, open holds, then "authority
+/// online") built from --inventory; a restart resumes from --snapshot and the
+/// stream without deciding anything twice. SIGINT/SIGTERM: stop deciding,
+/// wait for its events to come back, save the snapshot, exit.
+#[derive(Parser, Debug)]
+#[command(name = "tally-warehouse", version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Initial inventory for a new session (CSV: location,sku_symbol,quantity).
+    #[arg(long, value_name = "CSV", default_value = "apps/data/inventory.csv")]
+    inventory: PathBuf,
+    /// Snapshot file (read at start when present; written periodically and
+    /// on shutdown).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "target/tally-demo/warehouse.snapshot"
+    )]
+    snapshot: PathBuf,
+    /// Seconds between snapshots (0 = only on shutdown).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    snapshot_interval: u64,
+    /// SKUs the state can hold.
+    #[arg(long, default_value_t = 100_000)]
+    skus_max: u32,
+    /// Locations the state can hold.
+    #[arg(long, default_value_t = 16)]
+    locations_max: u16,
+    /// Open holds the state can hold.
+    #[arg(long, default_value_t = 1 << 20)]
+    holds_max: u32,
+    /// Order, hold and transfer ids remembered (for modify/cancel and
+    /// duplicate checks).
+    #[arg(long, default_value_t = 1 << 22)]
+    orders_max: u32,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(&cli) {
+        eprintln!("tally-warehouse: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    tally_apps::cli::init_logging();
+    let appliance = cli.connect.appliance()?;
+    let user = cli.connect.user_or("wh");
+    let own_origin = appliance
+        .clients
+        .iter()
+        .find(|client| client.username == user)
+        .map(|client| client.client_id)
+        .ok_or_else(|| anyhow::anyhow!("no client {user:?} in {}", cli.connect.config.display()))?;
+    let limits = ReplicaLimits {
+        skus_max: cli.skus_max,
+        locations_max: cli.locations_max,
+        holds_max: cli.holds_max,
+        orders_max: cli.orders_max,
+        pending_max: 1 << 20,
+    };
+    limits
+        .validate()
+        .map_err(|error| anyhow::anyhow!("table limits: {error}"))?;
+    let config = WarehouseAppConfig {
+        consumer: cli.connect.consumer(&appliance, "read1", "readpass")?,
+        client: cli.connect.client(&appliance, "wh", "whpass")?,
+        own_origin,
+        limits,
+        inventory: Some(cli.inventory.clone()),
+        snapshot: Some(cli.snapshot.clone()),
+        snapshot_interval: Duration::from_secs(cli.snapshot_interval),
+        expiry_check_interval: Duration::from_millis(100),
+        catch_up_timeout: Duration::from_secs(120),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let mut app = WarehouseApp::start(config)?;
+    tracing::info!(
+        seq = app.consumer().delivered_seq(),
+        "tally-warehouse deciding"
+    );
+    app.run(&stop)?;
+    let counters = app.engine().counters();
+    tracing::info!(
+        decided = counters.decided,
+        accepted = counters.accepted,
+        rejected = counters.rejected(),
+        "tally-warehouse stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! The warehouse application: the authority, wired to the appliance.
+//!
+//! It logs in to the gateway as the `authority` client, follows the stream
+//! with a [`StreamConsumer`], lets the [`Warehouse`] engine decide every
+//! command, and sends the engine's events back through its
+//! [`OrderEntryClient`]. Everything runs on one thread ([`WarehouseApp::poll`]
+//! is its duty cycle); the demo runs it in-process, `tally-warehouse` as a
+//! process.
+//!
+//! Start-up, in order:
+//! 1. log in; Login Accepted's next number starts this run's numbering;
+//! 2. state: the snapshot file when there is one for this stream session,
+//!    else empty — either way decisions are deferred;
+//! 3. catch up: read the stream from the snapshot's seq + 1 (or from 1)
+//!    until the consumer has delivered everything the stream has; commands
+//!    answered by outcome events on the way are not decided again;
+//! 4. a session that never had an authority (no `S(W)` on the stream) gets
+//!    the initial inventory file and the session-start broadcast (`L`, `R`,
+//!    `I`, `H`, `S(W)`);
+//! 5. decide what is still unanswered, in stream order, then live.
+//!
+//! Snapshots are written when nothing of the warehouse's is in flight: on a
+//! timer the engine pauses decisions, the loop keeps reading the stream until
+//! its own events have all come back, saves, and resumes (deciding what
+//! queued meanwhile). The same happens on shutdown.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tally_wire::MAX_MESSAGE_SIZE;
+
+use crate::client::{ClientConfig, ClientEvent, OrderEntryClient};
+use crate::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
+use crate::replica::ReplicaLimits;
+use crate::snapshot;
+use crate::warehouse::{CatchUp, CatchUpError, EventSink, Warehouse, WarehouseConfig};
+
+/// How the warehouse application is set up.
+#[derive(Clone, Debug)]
+pub struct WarehouseAppConfig {
+    /// The stream (starting seq is chosen by the app).
+    pub consumer: ConsumerConfig,
+    /// The authority's order-entry login.
+    pub client: ClientConfig,
+    /// The authority's client id (its events' origin).
+    pub own_origin: u16,
+    /// Replica table sizes.
+    pub limits: ReplicaLimits,
+    /// Initial inventory (CSV: location, sku symbol, quantity) for a session
+    /// that has none yet.
+    pub inventory: Option<PathBuf>,
+    /// Snapshot file: read at start when present, written periodically and
+    /// on shutdown.
+    pub snapshot: Option<PathBuf>,
+    /// Time between snapshots; 0 = only on shutdown.
+    pub snapshot_interval: Duration,
+    /// How often holds are checked for expiry.
+    pub expiry_check_interval: Duration,
+    /// Longest wait to catch up with the stream at start.
+    pub catch_up_timeout: Duration,
+}
+
+/// Events waiting for room in the client's window, at most.
+const OUTBOX_EVENTS_MAX: usize = 1 << 18;
+
+/// The engine's sink: events go to a bounded outbox, drained into the
+/// client as its window allows.
+struct Outbox {
+    events: VecDeque<([u8; MAX_MESSAGE_SIZE], u8)>,
+}
+
+impl EventSink for Outbox {
+    fn publish(&mut self, message: &[u8]) {
+        let mut bytes = [0u8; MAX_MESSAGE_SIZE];
+        bytes[..message.len()].copy_from_slice(message);
+        assert!(
+            self.events.len() < OUTBOX_EVENTS_MAX,
+            "outbox room was checked"
+        );
+        self.events.push_back((bytes, message.len() as u8));
+    }
+
+    fn room(&self) -> usize {
+        OUTBOX_EVENTS_MAX - self.events.len()
+    }
+}
+
+/// What the warehouse application reports.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct WarehouseAppStats {
+    pub snapshots_saved: u64,
+    pub events_sent: u64,
+    pub rejected_acks: u64,
+    pub holds_expired: u64,
+}
+
+/// The running authority.
+pub struct WarehouseApp {
+    config: WarehouseAppConfig,
+    engine: Warehouse,
+    consumer: StreamConsumer,
+    client: OrderEntryClient,
+    outbox: Outbox,
+    session: [u8; 10],
+    next_snapshot: Option<Instant>,
+    snapshot_wanted: bool,
+    next_expiry_check: Instant,
+    stats: WarehouseAppStats,
+}
+
+impl WarehouseApp {
+    /// Logs in, restores or starts the state, catches up with the stream,
+    /// broadcasts the session start if the session has none, and returns the
+    /// app deciding live.
+    pub fn start(config: WarehouseAppConfig) -> anyhow::Result<WarehouseApp> {
+        let client = OrderEntryClient::connect(config.client.clone(), Duration::from_secs(10))
+            .map_err(|error| {
+                anyhow::anyhow!("logging in as {}: {error}", config.client.username)
+            })?;
+        let first_client_seq = client.next_client_seq();
+        let engine_config = WarehouseConfig {
+            own_origin: config.own_origin,
+            limits: config.limits,
+        };
+        let session = *config.consumer.session.as_bytes();
+        let mut start_seq = 1;
+        let mut engine = None;
+        if let Some(path) = config.snapshot.as_ref().filter(|path| path.exists()) {
+            let info = snapshot::read_info(path)
+                .with_context(|| format!("reading the snapshot {}", path.display()))?;
+            if info.session == session {
+                let (restored, info) = Warehouse::restore(path, engine_config)
+                    .with_context(|| format!("restoring the snapshot {}", path.display()))?;
+                tracing::info!(path = %path.display(), seq = info.seq, "warehouse restored from its snapshot");
+                start_seq = info.seq + 1;
+                engine = Some(restored);
+            } else {
+                tracing::warn!(path = %path.display(), "snapshot is of another session; starting from the stream");
+            }
+        }
+        let mut engine = engine.unwrap_or_else(|| {
+            let mut engine = Warehouse::new(engine_config);
+            engine.pause_decisions();
+            engine
+        });
+        engine.begin_run(first_client_seq);
+
+        let mut consumer_config = config.consumer.clone();
+        consumer_config.start_seq = start_seq;
+        let consumer = StreamConsumer::new(&consumer_config).context("joining the stream")?;
+        let mut app = WarehouseApp {
+            next_snapshot: (!config.snapshot_interval.is_zero() && config.snapshot.is_some())
+                .then(|| Instant::now() + config.snapshot_interval),
+            next_expiry_check: Instant::now(),
+            config,
+            engine,
+            consumer,
+            client,
+            outbox: Outbox {
+                events: VecDeque::with_capacity(OUTBOX_EVENTS_MAX),
+            },
+            session,
+            snapshot_wanted: false,
+            stats: WarehouseAppStats::default(),
+        };
+        app.catch_up()?;
+        Ok(app)
+    }
+
+    fn catch_up(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.config.catch_up_timeout;
+        // Read until everything the stream has is delivered (a heartbeat or
+        // packet tells the newest seq).
+        loop {
+            self.poll_stream(monotonic_ns())?;
+            self.poll_client(monotonic_ns());
+            let consumer = &self.consumer;
+            if consumer.newest_seq() > 0
+                && consumer.delivered_seq() >= consumer.newest_seq()
+                && !consumer.is_recovering()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "could not catch up with the stream in {:?} (delivered {}, newest {})",
+                    self.config.catch_up_timeout,
+                    consumer.delivered_seq(),
+                    consumer.newest_seq()
+                );
+            }
+            self.wait_stream(Duration::from_millis(20))?;
+        }
+        if self.engine.replica().authority_online_seq() == 0 {
+            if let Some(path) = &self.config.inventory {
+                let summary = self
+                    .engine
+                    .load_inventory_file(path)
+                    .with_context(|| format!("loading the inventory {}", path.display()))?;
+                tracing::info!(path = %path.display(), ?summary, "initial inventory loaded");
+            }
+            let events = self.engine.session_start_events(&mut self.outbox);
+            tracing::info!(events, "session start broadcast");
+        }
+        // Decide what queued while catching up, once our previous run's
+        // events are all back.
+        loop {
+            match self.engine.finish_catch_up(&mut self.outbox) {
+                Ok(CatchUp::Done { decided }) => {
+                    tracing::info!(
+                        decided,
+                        seq = self.consumer.delivered_seq(),
+                        "warehouse live"
+                    );
+                    break;
+                }
+                Ok(CatchUp::More { .. }) => self.drain_outbox(),
+                Err(CatchUpError::AwaitingOwnEvents { seen, expected }) => {
+                    if Instant::now() > deadline {
+                        bail!(
+                            "the stream never carried the previous run's events {seen}..{expected}"
+                        );
+                    }
+                    self.poll_stream(monotonic_ns())?;
+                    self.poll_client(monotonic_ns());
+                    self.wait_stream(Duration::from_millis(20))?;
+                }
+            }
+        }
+        self.drain_outbox();
+        Ok(())
+    }
+
+    /// One duty cycle: stream in, decisions out, acks, expiry, snapshots.
+    pub fn poll(&mut self) -> anyhow::Result<usize> {
+        let now_ns = monotonic_ns();
+        let mut work = self.poll_stream(now_ns)?;
+        work += self.poll_client(now_ns);
+        let now = Instant::now();
+        if now >= self.next_expiry_check && self.engine.is_live() {
+            self.next_expiry_check = now + self.config.expiry_check_interval;
+            // Holds expire on the wall clock their expires_at is stamped in.
+            let expired = self.engine.expire(wall_clock_ns(), &mut self.outbox);
+            self.stats.holds_expired += expired as u64;
+            work += expired;
+        }
+        if let Some(at) = self.next_snapshot {
+            if now >= at && !self.snapshot_wanted {
+                self.engine.pause_decisions();
+                self.snapshot_wanted = true;
+            }
+        }
+        if self.snapshot_wanted && self.engine.in_flight() == 0 && self.outbox.events.is_empty() {
+            self.save_snapshot()?;
+            self.snapshot_wanted = false;
+            self.next_snapshot = Some(now + self.config.snapshot_interval);
+            self.resume()?;
+        }
+        self.drain_outbox();
+        Ok(work)
+    }
+
+    /// Runs until `stop` is set, then saves a final snapshot.
+    pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if self.poll()? == 0 {
+                self.wait_stream(Duration::from_millis(1))?;
+            }
+        }
+        self.shutdown()
+    }
+
+    /// Stops deciding, waits (bounded) for its events to come back, and
+    /// writes the snapshot.
+    pub fn shutdown(&mut self) -> anyhow::Result<()> {
+        if self.config.snapshot.is_none() {
+            return Ok(());
+        }
+        self.engine.pause_decisions();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.engine.in_flight() > 0 || !self.outbox.events.is_empty() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} events still in flight after 10 s; no snapshot written",
+                    self.engine.in_flight()
+                );
+            }
+            self.poll_stream(monotonic_ns())?;
+            self.poll_client(monotonic_ns());
+            self.drain_outbox();
+            self.wait_stream(Duration::from_millis(5))?;
+        }
+        self.save_snapshot()
+    }
+
+    fn save_snapshot(&mut self) -> anyhow::Result<()> {
+        let Some(path) = &self.config.snapshot else {
+            return Ok(());
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).ok();
+        }
+        let bytes = self
+            .engine
+            .save_snapshot(path, &self.session)
+            .with_context(|| format!("writing the snapshot {}", path.display()))?;
+        self.stats.snapshots_saved += 1;
+        tracing::info!(path = %path.display(), bytes, seq = self.engine.replica().last_seq(), "snapshot saved");
+        Ok(())
+    }
+
+    fn resume(&mut self) -> anyhow::Result<()> {
+        loop {
+            match self.engine.finish_catch_up(&mut self.outbox) {
+                Ok(CatchUp::Done { .. }) => return Ok(()),
+                Ok(CatchUp::More { .. }) => self.drain_outbox(),
+                Err(error) => bail!("resuming after a snapshot: {error}"),
+            }
+        }
+    }
+
+    fn poll_stream(&mut self, now_ns: u64) -> io::Result<usize> {
+        // Back-pressure: while the outbox is half full, leave the stream in
+        // the socket (the consumer recovers anything the kernel drops).
+        if self.outbox.events.len() > OUTBOX_EVENTS_MAX / 2 {
+            return Ok(0);
+        }
+        let engine = &mut self.engine;
+        let outbox = &mut self.outbox;
+        self.consumer.poll(now_ns, |seq, message| {
+            engine.on_stream(seq, &message, outbox);
+        })
+    }
+
+    /// Blocks until the stream delivers something or `timeout` passes;
+    /// what it delivers goes to the engine like in `poll_stream`.
+    fn wait_stream(&mut self, timeout: Duration) -> io::Result<usize> {
+        if self.outbox.events.len() > OUTBOX_EVENTS_MAX / 2 {
+            return Ok(0);
+        }
+        let engine = &mut self.engine;
+        let outbox = &mut self.outbox;
+        self.consumer.wait(timeout, |seq, message| {
+            engine.on_stream(seq, &message, outbox);
+        })
+    }
+
+    fn poll_client(&mut self, now_ns: u64) -> usize {
+        let stats = &mut self.stats;
+        self.client.poll(now_ns, |event| match event {
+            ClientEvent::Ack(ack) if ack.reject.is_some() => {
+                stats.rejected_acks += 1;
+                tracing::warn!(client_seq = ack.client_seq, reason = ?ack.reject.map(char::from), "an event was rejected by the gateway");
+            }
+            ClientEvent::Closed(error) => tracing::error!(%error, "order-entry session closed"),
+            _ => {}
+        })
+    }
+
+    fn drain_outbox(&mut self) {
+        while let Some((bytes, len)) = self.outbox.events.front() {
+            if !self.client.has_room() {
+                break;
+            }
+            match self.client.queue(&bytes[..usize::from(*len)]) {
+                Ok(_) => {
+                    self.outbox.events.pop_front();
+                    self.stats.events_sent += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.client.flush();
+    }
+
+    /// The decision engine (its replica is the authoritative state).
+    pub fn engine(&self) -> &Warehouse {
+        &self.engine
+    }
+
+    /// The stream consumer.
+    pub fn consumer(&self) -> &StreamConsumer {
+        &self.consumer
+    }
+
+    /// Counters of the app.
+    pub fn stats(&self) -> WarehouseAppStats {
+        self.stats
+    }
+
+    /// Whether nothing of the warehouse's is waiting or in flight.
+    pub fn is_quiet(&self) -> bool {
+        self.engine.in_flight() == 0 && self.outbox.events.is_empty()
+    }
+}
+
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0)
+}
