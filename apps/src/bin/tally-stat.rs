@@ -341,7 +341,7 @@ const COLUMNS: &[Column] = &[
                 "logins_rejected",
                 "replay.logins_rejected",
             ],
-            &["*.rejects", "*_rejects"],
+            &["*.rejects", "*_rejects", "*.rejected", "*acks_rejected"],
         ],
     },
     Column {
@@ -762,9 +762,25 @@ mod tests {
         assert_eq!(find("rejects", &sequencer), vec![3, 5]);
         assert_eq!(find("sessions", &sequencer), vec![6, 7]);
         assert!(find("gaps", &sequencer).is_empty());
-        let consumer = ["consumer.messages_delivered", "consumer.gaps_detected"];
-        assert_eq!(find("messages", &consumer), vec![0]);
-        assert_eq!(find("gaps", &consumer), vec![1]);
+        // A receiver with an order-entry client (apps: consumer.rs, client.rs).
+        let receiver = [
+            "consumer.next_seq",
+            "consumer.lag",
+            "consumer.datagrams",
+            "consumer.messages_delivered",
+            "consumer.gaps_detected",
+            "consumer.re_requests_sent",
+            "client.sessions_active",
+            "client.acks_rejected",
+        ];
+        assert_eq!(find("messages", &receiver), vec![3]);
+        assert_eq!(find("packets", &receiver), vec![2]);
+        assert_eq!(find("gaps", &receiver), vec![4]);
+        assert_eq!(find("retransmits", &receiver), vec![5]);
+        assert_eq!(find("sessions", &receiver), vec![6]);
+        assert_eq!(find("rejects", &receiver), vec![7]);
+        assert_eq!(find("lag", &receiver), vec![1]);
+        assert!(is_gauge("consumer.lag") && is_gauge("consumer.next_seq"));
     }
 
     #[test]
