@@ -20,8 +20,11 @@
 #   /etc/systemd/system/tally-{sequencer,warehouse,monitor}.service, tally-pos@.service
 #   /etc/tally/               root:tally 0750
 #     sequencer.toml          from config/tally.toml, paths moved to /var/lib/tally
-#     warehouse.toml, monitor.toml, pos-1.toml   from config/ when they exist
-#     *.env                   optional environment (RUST_LOG=...), one per service
+#     warehouse.toml, monitor.toml, pos-1.toml   the appliance config as the
+#                             applications read it (config/NAME.toml if it exists)
+#     *.env                   environment per service: RUST_LOG, and the
+#                             applications' arguments (TALLY_WAREHOUSE_ARGS, ...)
+#     inventory.csv           the warehouse's initial inventory (sample data)
 #   /var/lib/tally/           tally:tally 0750 (systemd makes the per-service
 #                             subdirectories: StateDirectory=)
 set -euo pipefail
@@ -63,7 +66,9 @@ config_dir=/etc/tally
 state_dir=/var/lib/tally
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 binaries=(tally-sequencer tally-warehouse tally-monitor tally-pos tally-stat tally-tap)
-# Example configurations: source in config/ -> name in /etc/tally.
+# Example configurations: source in config/ -> name in /etc/tally. The
+# applications' --config is the appliance configuration as their host sees
+# it, so they start from config/tally.toml unless config/ has their own.
 configs=("tally.toml:sequencer.toml" "warehouse.toml:warehouse.toml" "monitor.toml:monitor.toml" "pos.toml:pos-1.toml")
 # Services whose configs get their demo paths moved: name in /etc/tally -> state subdirectory.
 declare -A state_of=([sequencer.toml]=sequencer [warehouse.toml]=warehouse [monitor.toml]=monitor [pos-1.toml]=pos-1)
@@ -160,28 +165,57 @@ installed_config() { # source, service
 }
 for entry in "${configs[@]}"; do
     source_file="$repo/config/${entry%%:*}"
+    [ -f "$source_file" ] || source_file="$repo/config/tally.toml"
     name=${entry#*:}
     target="$destdir$config_dir/$name"
     if [ ! -f "$source_file" ]; then
-        echo "(skip $name: no example config/${entry%%:*} in the repository yet)"
+        echo "(skip $name: no example config in the repository)"
     elif [ -e "$target" ]; then
         echo "(keep $target: it exists; the new example is $source_file)"
     else
         installed_config "$source_file" "${state_of[$name]}" |
-            write_to "$target" 0640 "from config/${entry%%:*}, files under $state_dir/${state_of[$name]}"
+            write_to "$target" 0640 "from config/${source_file##*/}, files under $state_dir/${state_of[$name]}"
         owned root:tally "$target"
     fi
 done
+# The environment files: RUST_LOG, and the applications' arguments after
+# --config (see each binary's --help).
+env_text() { # service
+    printf '# Environment of tally-%s (systemd EnvironmentFile=).\nRUST_LOG=info\n' "$1"
+    case $1 in
+        warehouse)
+            printf '# Arguments after --config, split on spaces (tally-warehouse --help).\n'
+            printf 'TALLY_WAREHOUSE_ARGS=--user wh --password-file %s/warehouse.password --snapshot %s/warehouse/warehouse.snapshot --inventory %s/inventory.csv\n' \
+                "$config_dir" "$state_dir" "$config_dir"
+            ;;
+        monitor)
+            printf '# Arguments after --config, split on spaces (tally-monitor --help).\nTALLY_MONITOR_ARGS=\n'
+            ;;
+        pos)
+            printf '# Arguments after --config for every till, split on spaces (tally-pos --help);\n'
+            printf '# /etc/tally/pos-NAME.env can set its own TALLY_POS_ARGS (login, location).\nTALLY_POS_ARGS=\n'
+            ;;
+    esac
+}
 for env_name in sequencer warehouse monitor pos; do
     target="$destdir$config_dir/$env_name.env"
     if [ -e "$target" ]; then
         echo "(keep $target)"
     else
-        printf '# Environment for tally-%s (systemd EnvironmentFile=).\nRUST_LOG=info\n' "$env_name" |
-            write_to "$target" 0640 "default environment"
+        env_text "$env_name" | write_to "$target" 0640 "default environment"
         owned root:tally "$target"
     fi
 done
+# The warehouse's initial inventory for a new session (sample data).
+if [ -f "$repo/apps/data/inventory.csv" ]; then
+    if [ -e "$destdir$config_dir/inventory.csv" ]; then
+        echo "(keep $destdir$config_dir/inventory.csv)"
+    else
+        run install -m 0640 "$repo/apps/data/inventory.csv" "$destdir$config_dir/inventory.csv"
+        owned root:tally "$destdir$config_dir/inventory.csv"
+    fi
+fi
+echo "(passwords: write each application's login password, one line, to $config_dir/SERVICE.password, root:tally 0640)"
 
 echo "== systemd"
 if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
