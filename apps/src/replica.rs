@@ -517,6 +517,10 @@ pub(crate) enum Resolve {
 }
 
 /// The inventory state rebuilt from the stream. See the module docs.
+///
+/// `Clone` copies every table (a start-up or test operation, never the hot
+/// path).
+#[derive(Clone)]
 pub struct Replica {
     pub(crate) limits: ReplicaLimits,
     pub(crate) last_seq: u64,

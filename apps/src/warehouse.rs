@@ -384,6 +384,7 @@ impl std::error::Error for InventoryError {
 const SNAPSHOT_TAG: u64 = u64::from_be_bytes(*b"WAREHOUS");
 
 /// The authority. See the module docs.
+#[derive(Clone)]
 pub struct Warehouse {
     replica: Replica,
     own_origin: u16,

@@ -1,0 +1,201 @@
+//! Scenario: the warehouse's decisions (`tally_apps::warehouse::Warehouse`).
+//!
+//! A warehouse holding 10 000 SKUs × 8 locations (plenty of stock) consumes
+//! a pre-built stream of commands from 16 clients. Each command goes through
+//! the whole per-command path of the authority: `on_stream` records it as
+//! pending, decides it, applies the resulting events to its own state and
+//! writes them to an `EventBuf`; those events then come back through
+//! `on_stream` as its own stream messages (version stamping), as they would
+//! from the sequencer. `Throughput::Elements` is the number of commands, so
+//! criterion reports decisions per second. Target (issue 4): at least
+//! 1 million decisions per second.
+//!
+//! Scenarios: `orders` (orders at a named location, all accepted), `orders_any_location`
+//! (location 0: the warehouse scans 8 locations for the most available),
+//! `mixed` (orders, location-0 orders, modifies, reserves, confirms, cancels,
+//! transfers, adjusts, recounts and unknown-SKU rejects, in equal parts).
+//!
+//! Every command carries a fresh id, so the stream is long (1 Mi commands);
+//! when a batch would run past its end, the clock stops while the warehouse
+//! is reset to its starting state (a clone) and the stream starts over.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tally_apps::replica::ReplicaLimits;
+use tally_apps::warehouse::{EventBuf, Warehouse, WarehouseConfig};
+use tally_wire::{
+    delta_reason, header_mut, Adjust, CancelOrder, ConfirmHold, Message, ModifyOrder, Order,
+    Recount, Reserve, Transfer,
+};
+
+const WH: u16 = 100;
+const SKUS: u32 = 10_000;
+const LOCATIONS: u16 = 8;
+const COMMANDS: usize = 1 << 20;
+const BATCH: usize = 1024;
+const T0: u64 = 1_700_000_000_000_000_000;
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A live warehouse with its snapshot broadcast already back from the
+/// stream; returns it and the next stream seq.
+fn warehouse() -> (Warehouse, u64) {
+    let mut csv = String::from("location,sku_symbol,quantity\n");
+    for s in 1..=SKUS {
+        for l in 1..=LOCATIONS {
+            csv.push_str(&format!("STORE-{l},SKU-{s:06},1000000\n"));
+        }
+    }
+    let mut wh = Warehouse::new(WarehouseConfig {
+        own_origin: WH,
+        limits: ReplicaLimits {
+            skus_max: 16_384,
+            locations_max: 16,
+            holds_max: 1 << 16,
+            orders_max: 1 << 20,
+            pending_max: 1 << 16,
+        },
+    });
+    wh.load_inventory(csv.as_bytes()).unwrap();
+    wh.begin_run(1);
+    let mut broadcast = Vec::new();
+    wh.session_start_events(&mut |e: &[u8]| broadcast.push(e.to_vec()));
+    let mut buf = EventBuf::new();
+    for (i, event) in broadcast.iter().enumerate() {
+        wh.on_stream(i as u64 + 1, &Message::parse(event).unwrap(), &mut buf);
+    }
+    assert!(buf.is_empty() && wh.in_flight() == 0);
+    (wh, broadcast.len() as u64 + 1)
+}
+
+/// Stamps what the gateway and sequencer would: origin, client_seq, time.
+fn stamp(mut bytes: Vec<u8>, origin: u16, client_seq: u32, timestamp_ns: u64) -> Vec<u8> {
+    let h = header_mut(&mut bytes).unwrap();
+    h.origin = origin.into();
+    h.client_seq = client_seq.into();
+    h.timestamp_ns = timestamp_ns.into();
+    bytes
+}
+
+#[derive(Clone, Copy)]
+enum Mix {
+    Orders,
+    OrdersAnyLocation,
+    Mixed,
+}
+
+fn commands(mix: Mix) -> Vec<Vec<u8>> {
+    let mut rng = Rng(7);
+    let mut client_seq = [0u32; 17];
+    let mut out = Vec::with_capacity(COMMANDS);
+    let mut g = 0u64;
+    while out.len() < COMMANDS {
+        g += 1;
+        let origin = 1 + (g % 16) as u16;
+        let location = 1 + rng.below(u64::from(LOCATIONS)) as u16;
+        let sku = 1 + rng.below(u64::from(SKUS)) as u32;
+        let group: Vec<Vec<u8>> = match mix {
+            Mix::Orders => vec![Order::new(g, location, sku, 1).as_bytes().to_vec()],
+            Mix::OrdersAnyLocation => vec![Order::new(g, 0, sku, 1).as_bytes().to_vec()],
+            Mix::Mixed => {
+                let to = 1 + (location % LOCATIONS);
+                vec![
+                    Order::new(2 * g, location, sku, 2).as_bytes().to_vec(),
+                    Order::new(2 * g + 1, 0, sku, 1).as_bytes().to_vec(),
+                    ModifyOrder::new(2 * g, 1).as_bytes().to_vec(),
+                    Reserve::new(g, location, sku, 2, 60_000)
+                        .as_bytes()
+                        .to_vec(),
+                    ConfirmHold::new(g).as_bytes().to_vec(),
+                    CancelOrder::new(2 * g).as_bytes().to_vec(),
+                    Transfer::new(g, location, to, sku, 1).as_bytes().to_vec(),
+                    Adjust::new(location, sku, 3, delta_reason::ADJUST)
+                        .as_bytes()
+                        .to_vec(),
+                    Recount::new(to, sku, 1_000_000, 0).as_bytes().to_vec(),
+                    Order::new(2 * g + 1, location, SKUS + 1, 1)
+                        .as_bytes()
+                        .to_vec(),
+                ]
+            }
+        };
+        for bytes in group {
+            client_seq[usize::from(origin)] += 1;
+            let seq = client_seq[usize::from(origin)];
+            out.push(stamp(bytes, origin, seq, T0 + out.len() as u64 * 1000));
+        }
+    }
+    out.truncate(COMMANDS);
+    out
+}
+
+fn bench_mix(c: &mut Criterion, name: &str, mix: Mix) {
+    let (start, first_seq) = warehouse();
+    let bytes = commands(mix);
+    let messages: Vec<Message> = bytes.iter().map(|b| Message::parse(b).unwrap()).collect();
+    let mut group = c.benchmark_group("warehouse");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function(name, |b| {
+        let mut wh = start.clone();
+        let mut seq = first_seq;
+        let mut cursor = 0usize;
+        let mut buf = EventBuf::new();
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            let mut clock = Instant::now();
+            for _ in 0..iters {
+                if cursor + BATCH > messages.len() {
+                    elapsed += clock.elapsed();
+                    wh = start.clone();
+                    seq = first_seq;
+                    cursor = 0;
+                    clock = Instant::now();
+                }
+                for message in &messages[cursor..cursor + BATCH] {
+                    buf.clear();
+                    wh.on_stream(seq, black_box(message), &mut buf);
+                    seq += 1;
+                    // The events come back on the stream (the warehouse's
+                    // own: only their versions are stamped).
+                    let mut own = EventBuf::new();
+                    for event in buf.iter() {
+                        let event = Message::parse(event).unwrap();
+                        wh.on_stream(seq, &event, &mut own);
+                        seq += 1;
+                    }
+                }
+                cursor += BATCH;
+            }
+            black_box(wh.counters().decided);
+            elapsed + clock.elapsed()
+        });
+        assert_eq!(wh.replica().oversold(), 0);
+        assert_eq!(wh.counters().own_out_of_order, 0);
+    });
+    group.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    bench_mix(c, "orders", Mix::Orders);
+    bench_mix(c, "orders_any_location", Mix::OrdersAnyLocation);
+    bench_mix(c, "mixed", Mix::Mixed);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
