@@ -6,6 +6,7 @@ pub mod client;
 pub mod consumer;
 pub mod handler;
 pub mod loss;
+pub mod monitor;
 pub mod replica;
 pub mod snapshot;
 pub mod testkit;
