@@ -46,13 +46,23 @@
 //! The flow of the warehouse binary:
 //!
 //! ```text
-//! let (mut wh, info) = Warehouse::restore(path, config)?   // or Warehouse::new + load_inventory_*
+//! let mut wh = match snapshot of this session {
+//!     Some(path) => Warehouse::restore(path, config)?.0,      // deferring; replay from info.seq + 1
+//!     None => { let mut wh = Warehouse::new(config); wh.pause_decisions(); wh }  // replay from 1
+//! };
 //! wh.begin_run(next_client_seq_from_login_accepted);
-//! if new session { wh.session_start_events(&mut send) }   // L, R, I, H, S(W); decisions live
-//! else { replay the stream from info.seq + 1 through on_stream,
-//!        then finish_catch_up(&mut send) until Done }        // retry while AwaitingOwnEvents
-//! loop { on_stream(seq, &msg, &mut buf) for each stream message; expire(now_ns, &mut buf) }
+//! feed the stream through wh.on_stream(seq, &msg, &mut out) up to its newest seq;
+//! if wh.replica().authority_online_seq() == 0 {               // no broadcast in this session yet
+//!     wh.load_inventory_file(csv)?;  wh.session_start_events(&mut out);   // L, R, I, H, S(W)
+//! }
+//! loop { match wh.finish_catch_up(&mut out) { Done => break, More => send out,
+//!        Err(AwaitingOwnEvents) => keep feeding the stream } }
+//! live: on_stream for every message; expire(now_ns, &mut out) now and then;
+//! snapshot: pause_decisions(); feed until in_flight() == 0; save_snapshot(); finish_catch_up()
 //! ```
+//!
+//! A new session on a running warehouse (the stream numbers from 1 again):
+//! [`Warehouse::start_new_session`], `begin_run(1)`, `session_start_events`.
 
 use core::fmt;
 use std::io::BufRead;
@@ -640,20 +650,37 @@ impl Warehouse {
         emitted
     }
 
-    /// Starts a new session (the stream restarts at seq 1): forgets the old
-    /// session's orders, ids and pending commands, re-keys open holds as
-    /// carried over ([`CARRIED_HOLD_BIT`] | 1, 2, …), and publishes the
-    /// snapshot broadcast — `L` for every location, `R` for every SKU, `I`
-    /// for every known cell, `H` for each open hold, then `S(W)` — and
-    /// decides live. Call [`Self::begin_run`] first. Returns the events
-    /// published (`out` must have room for all of them: use a closure).
-    pub fn session_start_events<S: EventSink>(&mut self, out: &mut S) -> usize {
+    /// Prepares for a new session's stream, which numbers from seq 1 again:
+    /// forgets the stream position, the pending commands, the client-id
+    /// history (order ids may be reused in a new session) and the previous
+    /// session's own client_seqs. Cells, directories and open holds stay; the
+    /// next [`Self::session_start_events`] announces them. Then call
+    /// [`Self::begin_run`] with the new session's first client_seq.
+    pub fn start_new_session(&mut self) {
+        assert_eq!(self.in_flight(), 0, "a new session with events in flight");
         self.replica.last_seq = 0;
         self.replica.clear_pending();
         self.replica.clear_ids();
         self.deferring = false;
         self.deferred_cursor = 0;
-        self.own_last_seen = self.first_client_seq - 1;
+        self.own_last_seen = 0;
+        self.first_client_seq = 1;
+        self.next_client_seq = 1;
+    }
+
+    /// Publishes the snapshot broadcast that opens a session: `L` for every
+    /// location, `R` for every SKU, `I` for every known cell, `H` for each
+    /// open hold, then `S(W)`. Open holds (carried over from an earlier
+    /// session) are first re-keyed [`CARRIED_HOLD_BIT`] | 1, 2, … so their
+    /// keys cannot meet a `V` of this session. Call it once per session,
+    /// after catching up with what the session's stream already holds (an
+    /// `S(W)` seen on it means an earlier run already broadcast: do not call
+    /// it again), and after [`Self::begin_run`]. It changes neither the
+    /// stream position nor the mode: commands that queued while catching up
+    /// are still decided by [`Self::finish_catch_up`]. Returns the events
+    /// published (`out` must have room for all of them: use a closure or a
+    /// growable queue).
+    pub fn session_start_events<S: EventSink>(&mut self, out: &mut S) -> usize {
         let before = self.next_client_seq;
 
         for l in 0..usize::from(self.replica.location_count) {

@@ -15,9 +15,9 @@ use tally_apps::warehouse::{
     CatchUp, CatchUpError, EventBuf, InventoryErrorKind, Warehouse, WarehouseConfig,
 };
 use tally_wire::{
-    delta_reason, header_mut, hold_outcome, reject_reason, Adjust, CancelOrder, CommandRejected,
-    ConfirmHold, HoldEnded, HoldPlaced, InventoryLevel, Message, ModifyOrder, OnHandDelta, Order,
-    Recount, ReleaseHold, Reserve, Transfer, WireMessage,
+    delta_reason, header_mut, hold_outcome, reject_reason, system_code, Adjust, CancelOrder,
+    CommandRejected, ConfirmHold, HoldEnded, HoldPlaced, InventoryLevel, Message, ModifyOrder,
+    OnHandDelta, Order, Recount, ReleaseHold, Reserve, SystemEvent, Transfer, WireMessage,
 };
 
 // ---------------------------------------------------------------------------
@@ -289,7 +289,8 @@ fn session_start_broadcasts_locations_skus_levels_holds_then_authority_online() 
     // A new session carries an open hold over: re-keyed, not counted twice.
     let (v, _) = sim.send(POS, Reserve::new(1, A, MUG, 4, 60_000));
     assert_eq!(sim.cell(A, MUG).reserved, 4);
-    sim.wh.begin_run(1); // a new session numbers from 1 again
+    sim.wh.start_new_session(); // the stream numbers from 1 again
+    sim.wh.begin_run(1);
     let mut broadcast = Vec::new();
     sim.wh
         .session_start_events(&mut |e: &[u8]| broadcast.push(e.to_vec()));
@@ -307,6 +308,48 @@ fn session_start_broadcasts_locations_skus_levels_holds_then_authority_online() 
     // The carried hold can still be confirmed by its client.
     let hold = sim.wh.replica().hold_by_client(POS, 1).unwrap();
     assert_eq!(hold.cmd_seq, CARRIED_HOLD_BIT | 1);
+}
+
+#[test]
+fn a_fresh_warehouse_decides_commands_that_queued_before_its_broadcast() {
+    let mut sim = Sim::with_inventory(INVENTORY);
+    // Start over: the same session, but the warehouse comes up late.
+    sim.wh = Warehouse::new(config());
+    sim.stream.clear();
+    sim.client_seq.clear();
+    sim.fed = 0;
+    sim.replica = Replica::new(ReplicaLimits::small());
+    sim.replica_fed = 0;
+    sim.outbox.clear();
+    sim.wh.pause_decisions();
+    sim.wh.begin_run(1);
+    sim.sequence(
+        SystemEvent::new(system_code::START_OF_SESSION)
+            .as_bytes()
+            .to_vec(),
+        0,
+    );
+    let o = sim.sequence(Order::new(1, A, MUG, 2).as_bytes().to_vec(), POS);
+    sim.feed_warehouse();
+    assert!(sim.outbox.is_empty());
+    assert_eq!(sim.wh.replica().authority_online_seq(), 0);
+    sim.wh.load_inventory(INVENTORY.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    sim.wh
+        .session_start_events(&mut |e: &[u8]| out.push(e.to_vec()));
+    assert!(!sim.wh.is_live());
+    let decided = sim
+        .wh
+        .finish_catch_up(&mut |e: &[u8]| out.push(e.to_vec()))
+        .unwrap();
+    assert_eq!(decided, CatchUp::Done { decided: 1 });
+    sim.outbox.extend(out);
+    sim.settle();
+    let d: OnHandDelta = parse(sim.stream.last().unwrap());
+    assert_eq!((d.cmd_seq.get(), d.delta.get()), (o, -2));
+    assert_eq!(sim.cell(A, MUG).on_hand, 8);
+    assert_eq!(sim.replica.pending_count(), 0);
+    sim.assert_consistent();
 }
 
 // ---------------------------------------------------------------------------
