@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod handler;
 pub mod loss;
 pub mod monitor;
+pub mod pos;
 pub mod replica;
 pub mod snapshot;
 pub mod testkit;
