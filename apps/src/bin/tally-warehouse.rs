@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use tally_apps::cli::ConnectArgs;
 use tally_apps::replica::ReplicaLimits;
