@@ -53,8 +53,12 @@ use tally_wire::{
     Order, ReleaseHold, Reserve,
 };
 
-use crate::client::{ClientConfig, ClientError, ClientEvent, OrderEntryClient};
-use crate::consumer::{monotonic_ns, ConsumerConfig, RecoveryMode, StreamConsumer};
+use tally_runtime::counters::{Counter, CounterFile};
+
+use crate::client::{ClientConfig, ClientCounters, ClientError, ClientEvent, OrderEntryClient};
+use crate::consumer::{
+    monotonic_ns, ConsumerConfig, ConsumerCounters, RecoveryMode, StreamConsumer,
+};
 use crate::replica::{Applied, Replica, ReplicaLimits};
 
 /// Largest latency the histograms record (longer ones are clamped): 60 s.
@@ -226,6 +230,16 @@ impl KindCounts {
     pub fn total(&self) -> u64 {
         self.order + self.modify + self.cancel + self.reserve + self.confirm + self.release
     }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &KindCounts) {
+        self.order += other.order;
+        self.modify += other.modify;
+        self.cancel += other.cancel;
+        self.reserve += other.reserve;
+        self.confirm += other.confirm;
+        self.release += other.release;
+    }
 }
 
 /// Counts per reject reason (DESIGN §3's letters).
@@ -276,6 +290,19 @@ impl ReasonCounts {
             + self.not_permitted
             + self.rate_limited
             + self.other
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &ReasonCounts) {
+        self.insufficient += other.insufficient;
+        self.unknown_sku += other.unknown_sku;
+        self.unknown_location += other.unknown_location;
+        self.duplicate_id += other.duplicate_id;
+        self.no_such += other.no_such;
+        self.invalid_quantity += other.invalid_quantity;
+        self.not_permitted += other.not_permitted;
+        self.rate_limited += other.rate_limited;
+        self.other += other.other;
     }
 
     /// `(letter, count)` for every reason counted at least once.
@@ -343,6 +370,36 @@ pub struct PosStats {
     /// Own open orders or holds not tracked because the table was full.
     pub open_orders_untracked: u64,
     pub open_holds_untracked: u64,
+}
+
+impl PosStats {
+    /// Adds `other`'s counts to these (the demo's total over its tills).
+    pub fn merge(&mut self, other: &PosStats) {
+        self.sent.merge(&other.sent);
+        self.outcomes += other.outcomes;
+        self.filled += other.filled;
+        self.modified += other.modified;
+        self.cancelled += other.cancelled;
+        self.holds_placed += other.holds_placed;
+        self.holds_confirmed += other.holds_confirmed;
+        self.holds_released += other.holds_released;
+        self.holds_expired += other.holds_expired;
+        self.rejected += other.rejected;
+        self.rejects.merge(&other.rejects);
+        self.gateway_rejected += other.gateway_rejected;
+        self.gateway_rejects.merge(&other.gateway_rejects);
+        self.skipped_would_fail += other.skipped_would_fail;
+        self.skipped.merge(&other.skipped);
+        self.units_sold += other.units_sold;
+        self.in_flight += other.in_flight;
+        self.full += other.full;
+        self.pacing_dropped += other.pacing_dropped;
+        self.acks += other.acks;
+        self.acks_unavailable += other.acks_unavailable;
+        self.duplicate_outcomes += other.duplicate_outcomes;
+        self.open_orders_untracked += other.open_orders_untracked;
+        self.open_holds_untracked += other.open_holds_untracked;
+    }
 }
 
 /// Relative weights of the command kinds in load mode (0 = never).
@@ -585,6 +642,79 @@ impl RttSummary {
 /// digits (what [`Pos::histogram`] holds; merge tills' with `add`).
 pub fn rtt_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, RTT_NS_MAX, 3).expect("valid bounds")
+}
+
+/// A till's counters in a process's shared-memory counter file, for
+/// `tally-stat`: the till's own (`pos.*`), its consumer's (`consumer.*`) and
+/// its client's (`client.*`). Create it at start-up, then
+/// [`publish`](Self::publish) from the till's thread now and then (a few
+/// dozen relaxed stores).
+pub struct PosCounterFile {
+    file: CounterFile,
+    pos: Vec<Counter>,
+    consumer: ConsumerCounters,
+    client: ClientCounters,
+}
+
+impl PosCounterFile {
+    /// The till's own counter names, in the order `publish` writes them.
+    /// `pos.commands_active` (awaiting their outcome) is a gauge.
+    pub const NAMES: &'static [&'static str] = &[
+        "pos.commands_sent",
+        "pos.outcomes",
+        "pos.filled",
+        "pos.rejected",
+        "pos.gateway_rejected",
+        "pos.skipped_would_fail",
+        "pos.holds_placed",
+        "pos.holds_expired",
+        "pos.commands_active",
+    ];
+
+    /// Creates the counter file at `path` (replacing one left by an earlier
+    /// run), owned by `process_name`.
+    pub fn create(path: &std::path::Path, process_name: &str) -> io::Result<PosCounterFile> {
+        let names: Vec<&str> = Self::NAMES
+            .iter()
+            .chain(ConsumerCounters::NAMES)
+            .chain(ClientCounters::NAMES)
+            .copied()
+            .collect();
+        let file = CounterFile::create(path, process_name, &names)?;
+        let pos = (0..Self::NAMES.len()).map(|i| file.counter(i)).collect();
+        let consumer = ConsumerCounters::from_file(&file, Self::NAMES.len());
+        let client =
+            ClientCounters::from_file(&file, Self::NAMES.len() + ConsumerCounters::NAMES.len());
+        Ok(PosCounterFile {
+            file,
+            pos,
+            consumer,
+            client,
+        })
+    }
+
+    /// Writes every counter of `pos` and the heartbeat.
+    pub fn publish(&self, pos: &Pos) {
+        let stats = pos.stats();
+        let values = [
+            stats.sent.total(),
+            stats.outcomes,
+            stats.filled,
+            stats.rejected,
+            stats.gateway_rejected,
+            stats.skipped_would_fail,
+            stats.holds_placed,
+            stats.holds_expired,
+            stats.in_flight,
+        ];
+        const _: () = assert!(PosCounterFile::NAMES.len() == 9);
+        for (counter, value) in self.pos.iter().zip(values) {
+            counter.set(value);
+        }
+        self.consumer.publish(pos.consumer());
+        self.client.publish(pos.client());
+        self.file.set_heartbeat(wall_clock_ns());
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -928,8 +1058,21 @@ impl Pos {
         &mut self,
         stop: &AtomicBool,
         until: Option<Instant>,
-        mut on_tick: impl FnMut(&mut Pos),
+        on_tick: impl FnMut(&mut Pos),
     ) -> Result<bool, PosError> {
+        self.run_load(stop, until, on_tick)?;
+        self.drain(self.drain_timeout)
+    }
+
+    /// [`run`](Self::run) without the drain at the end: returns when `stop`
+    /// is set, `until` passes or the session ends, still sending (call
+    /// [`drain`](Self::drain) next, or poll on).
+    pub fn run_load(
+        &mut self,
+        stop: &AtomicBool,
+        until: Option<Instant>,
+        mut on_tick: impl FnMut(&mut Pos),
+    ) -> Result<(), PosError> {
         const TICK_NS: u64 = 1_000_000_000;
         let mut next_tick_ns = monotonic_ns() + TICK_NS;
         while !stop.load(Ordering::Acquire)
@@ -948,11 +1091,12 @@ impl Pos {
                 self.park(now_ns, PARK_NS_MAX.min(next_tick_ns.saturating_sub(now_ns)))?;
             }
         }
-        self.drain(self.drain_timeout)
+        Ok(())
     }
 
     /// Stops sending and polls until every command sent has its outcome, up
-    /// to `timeout`; returns whether none is left in flight.
+    /// to `timeout` (the drain timeout of the configuration is what
+    /// [`run`](Self::run) uses); returns whether none is left in flight.
     pub fn drain(&mut self, timeout: Duration) -> Result<bool, PosError> {
         self.core.sending = false;
         self.client.flush();
@@ -1131,6 +1275,11 @@ impl Pos {
 
     pub fn client(&self) -> &OrderEntryClient {
         &self.client
+    }
+
+    /// How long [`run`](Self::run) waits for outstanding outcomes.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
     }
 
     /// The origin our commands carry.

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,15 +22,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tally_apps::client::{ClientError, OrderEntryClient};
 use tally_apps::consumer::{monotonic_ns, StreamConsumer};
 use tally_apps::pos::{
-    rtt_histogram, CommandKind, LoadConfig, Mix, Outcome, OutcomeReport, Pos, PosConfig, Refused,
+    rtt_histogram, CommandKind, LoadConfig, Outcome, OutcomeReport, Pos, PosConfig, Refused,
 };
 use tally_apps::replica::{Applied, Replica, ReplicaLimits};
 use tally_apps::testkit::{demo_client, read_stream, ApplianceSpec};
 use tally_apps::warehouse::{EventBuf, Warehouse, WarehouseConfig};
+use tally_runtime::alloc_count::{arm_current_thread, armed_allocations, disarm_current_thread};
+use tally_runtime::counters::CounterReader;
 use tally_wire::{reject_reason, Message};
 
 const BLOCK: u8 = 106;
 const LONG: Duration = Duration::from_secs(60);
+
+#[global_allocator]
+static ALLOCATOR: tally_runtime::alloc_count::CountingAllocator =
+    tally_runtime::alloc_count::CountingAllocator;
 
 fn wall_clock_ns() -> u64 {
     SystemTime::now()
@@ -344,7 +351,10 @@ fn tills_race_for_scarce_stock(id: u8, loss_ratio: f64) {
             load.rate_per_sec = 400;
             load.ttl_ms_min = 20;
             load.ttl_ms_max = 300;
-            load.mix = Mix::default();
+            // More holds than confirms and releases: some expire.
+            load.mix = "order=40,modify=10,cancel=15,reserve=20,confirm=5,release=3"
+                .parse()
+                .unwrap();
             config.load = Some(load);
             if loss_ratio > 0.0 {
                 config.consumer.loss = Some((77 + i as u64, loss_ratio));
@@ -369,6 +379,7 @@ fn tills_race_for_scarce_stock(id: u8, loss_ratio: f64) {
     // Every till: exactly one outcome per command, no oversell, and the
     // warehouse's state at the same seq.
     let mut units_sold = 0i64;
+    let mut holds_expired = 0;
     let mut rtt = rtt_histogram();
     for mut pos in tills {
         let stats = pos.stats();
@@ -384,6 +395,7 @@ fn tills_race_for_scarce_stock(id: u8, loss_ratio: f64) {
         assert!(pos.histogram().max() > 0);
         rtt.add(pos.histogram()).unwrap();
         units_sold += stats.units_sold;
+        holds_expired += stats.holds_expired;
         assert!(
             pos.catch_up(final_seq, LONG).unwrap(),
             "till reaches the final seq"
@@ -404,6 +416,10 @@ fn tills_race_for_scarce_stock(id: u8, loss_ratio: f64) {
         pos.logout();
     }
     assert!(!rtt.is_empty());
+    assert!(
+        holds_expired > 0,
+        "the warehouse expired some of the tills' holds"
+    );
     println!(
         "rtt p50 {} µs p99 {} µs over {}",
         rtt.value_at_quantile(0.5) / 1000,
@@ -452,6 +468,77 @@ fn tills_racing_for_scarce_stock_never_oversell_and_agree_with_the_warehouse() {
 #[test]
 fn tills_agree_with_the_warehouse_with_5_percent_loss_on_their_receivers() {
     tills_race_for_scarce_stock(3, 0.05);
+}
+
+/// Plenty of stock: orders keep filling for the whole run.
+const PLENTY: &str = "\
+location,sku_symbol,quantity
+NORTH,MUG,100000
+NORTH,TEE,100000
+SOUTH,MUG,100000
+SOUTH,CAP,100000
+";
+
+#[test]
+fn the_till_thread_does_not_allocate_in_load_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ApplianceSpec::for_test(BLOCK, 6, dir.path());
+    let _appliance = spec.start().unwrap();
+    let warehouse = WarehouseThread::start(&spec, PLENTY);
+    let mut config = pos_config(&spec, "pos1");
+    let mut load = LoadConfig::new(6);
+    load.rate_per_sec = 2000;
+    load.ttl_ms_min = 20;
+    load.ttl_ms_max = 200;
+    config.load = Some(load);
+    // Gap fill only: a replay fallback opens a connection, which allocates.
+    config.consumer.re_request_retries = 1_000;
+    config.consumer.replay_gap_messages = u64::MAX;
+    let mut pos = Pos::new(config).unwrap();
+    assert!(pos.wait_ready(LONG).unwrap());
+    // Warm up: the first commands, outcomes, holds and expiries.
+    let stop = AtomicBool::new(false);
+    pos.run_load(
+        &stop,
+        Some(Instant::now() + Duration::from_millis(500)),
+        |_| {},
+    )
+    .unwrap();
+    let before_stats = pos.stats();
+
+    let (_boxed, seen) = tally_runtime::alloc_count::counting(|| Box::new(7u64));
+    assert_eq!(seen, 1, "the counting allocator is installed");
+    let before = armed_allocations();
+    arm_current_thread();
+    let mut ticks = 0;
+    pos.run_load(
+        &stop,
+        Some(Instant::now() + Duration::from_secs(2)),
+        |pos| {
+            ticks += 1;
+            pos.reset_interval();
+        },
+    )
+    .unwrap();
+    let drained = pos.drain(LONG).unwrap();
+    disarm_current_thread();
+    let allocations = armed_allocations() - before;
+
+    let stats = pos.stats();
+    assert!(drained);
+    assert!(ticks >= 1);
+    let sent = stats.sent.total() - before_stats.sent.total();
+    assert!(sent > 1000, "{stats:?}");
+    assert!(stats.sent.modify > 0 && stats.sent.confirm > 0 && stats.sent.release > 0);
+    assert!(stats.holds_placed > 0 && stats.filled > 0);
+    assert_eq!(
+        pos.consumer().stats().replay_recoveries(),
+        1,
+        "the late join only"
+    );
+    assert_eq!(allocations, 0, "allocations on the till's thread");
+    pos.logout();
+    warehouse.finish();
 }
 
 // ---------------------------------------------------------------------------
@@ -522,9 +609,22 @@ fn tally_pos_stops_cleanly_on_sigterm_with_its_summary() {
     let _appliance = spec.start().unwrap();
     let warehouse = WarehouseThread::start(&spec, SCARCE);
     let config = write_config(&spec, dir.path());
-    let mut child = tally_pos(&config, &["--rate", "200", "--json"])
-        .spawn()
-        .unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let counters = dir.path().join("pos2.counters");
+    let mut child = tally_pos(
+        &config,
+        &[
+            "--rate",
+            "200",
+            "--json",
+            "--counters",
+            counters.to_str().unwrap(),
+        ],
+    )
+    .env("NOTIFY_SOCKET", &notify_path)
+    .spawn()
+    .unwrap();
     // Wait for the first per-second line, then SIGTERM.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
@@ -548,6 +648,40 @@ fn tally_pos_stops_cleanly_on_sigterm_with_its_summary() {
     assert!(output.status.success(), "{seen}");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     check_summary(&summary);
+
+    // systemd heard READY=1, a status line and STOPPING=1, in that order.
+    notify.set_nonblocking(true).unwrap();
+    let mut notes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let position = |what: &str| {
+        notes
+            .iter()
+            .position(|note| note.starts_with(what))
+            .unwrap_or_else(|| panic!("{what} in {notes:?}"))
+    };
+    assert!(position("READY=1") < position("STATUS="));
+    assert!(position("STATUS=") < position("STOPPING=1"));
+
+    // tally-stat sees its counters: the final values are the summary's.
+    let reader = CounterReader::open(&counters).unwrap();
+    let values: HashMap<String, u64> = reader
+        .read()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    assert_eq!(
+        values["pos.commands_sent"],
+        summary["sent"].as_u64().unwrap()
+    );
+    assert_eq!(
+        values["pos.outcomes"],
+        summary["outcomes"].as_u64().unwrap()
+    );
+    assert_eq!(values["pos.commands_active"], 0);
+    assert!(values["consumer.messages_delivered"] > 0);
+    assert!(values["client.acks_accepted"] > 0);
     warehouse.finish();
 }
 

@@ -1,6 +1,7 @@
 //! `tally-pos`: a point of sale in load mode. See `--help`.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,10 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use tally_apps::cli::ConnectArgs;
-use tally_apps::pos::{Idle, LoadConfig, Mix, Pos, PosConfig, PosStats, RttSummary};
+use tally_apps::pos::{
+    Idle, LoadConfig, Mix, Pos, PosConfig, PosCounterFile, PosStats, RttSummary,
+};
+use tally_runtime::notify::Notifier;
 
 /// A till: keeps its own inventory replica from the stream, never sends a
 /// command its replica shows would fail, and matches the warehouse's answers
@@ -17,7 +21,12 @@ use tally_apps::pos::{Idle, LoadConfig, Mix, Pos, PosConfig, PosStats, RttSummar
 /// reservations, confirms and releases at --rate per second (0 = as fast as
 /// answers come back) once the warehouse's directory is on the stream;
 /// prints a line a second and a summary at the end (--seconds, Ctrl-C or
-/// SIGTERM).
+/// SIGTERM: stop sending, wait for the outstanding answers, print).
+///
+/// Under systemd (Type=notify) it sends READY=1 once it is ready to send,
+/// a STATUS= line a second and STOPPING=1 at shutdown; its counters go to a
+/// counter file for tally-stat (--counters, by default
+/// $RUNTIME_DIRECTORY/tally-pos.counters when systemd sets it).
 #[derive(Parser, Debug)]
 #[command(name = "tally-pos", version, about, long_about)]
 struct Cli {
@@ -69,6 +78,10 @@ struct Cli {
     /// Longest wait at start for the gateway and the warehouse's directory.
     #[arg(long, value_name = "S", default_value_t = 30)]
     ready_timeout: u64,
+    /// Counter file for tally-stat (default: $RUNTIME_DIRECTORY/tally-pos.counters
+    /// when that is set, else none).
+    #[arg(long, value_name = "FILE")]
+    counters: Option<PathBuf>,
 }
 
 fn main() {
@@ -112,11 +125,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     config.load = Some(load);
     config.idle = if cli.spin { Idle::Spin } else { Idle::Park };
 
+    let notifier = Notifier::from_env().context("the sd_notify environment")?;
+    let counters_path = cli.counters.clone().or_else(|| {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join("tally-pos.counters"))
+    });
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     let mut pos = Pos::new(config).context("starting the till")?;
+    let counters = match &counters_path {
+        Some(path) => Some(
+            PosCounterFile::create(path, &format!("tally-pos {user}"))
+                .with_context(|| format!("creating the counter file {}", path.display()))?,
+        ),
+        None => None,
+    };
     tracing::info!(
         user,
         origin = pos.origin(),
@@ -139,6 +164,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     tracing::info!(seq = pos.replica().last_seq(), "ready: sending");
+    notify(notifier.ready());
 
     let started = Instant::now();
     let until = cli.seconds.map(|s| started + Duration::from_secs(s));
@@ -146,22 +172,38 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut second = 0u64;
     let quiet = cli.quiet;
     let to_stderr = cli.json;
-    let drained = pos.run(&stop, until, |pos| {
+    pos.run_load(&stop, until, |pos| {
         second += 1;
         let stats = pos.stats();
+        let line = tick_line(second, &previous, &stats, pos);
         if !quiet {
-            let line = tick_line(second, &previous, &stats, pos);
             if to_stderr {
                 eprintln!("{line}");
             } else {
                 println!("{line}");
             }
         }
+        if let Some(counters) = &counters {
+            counters.publish(pos);
+        }
+        notify(notifier.status(&line));
+        notify(notifier.watchdog());
         previous = stats;
         pos.reset_interval();
     })?;
     let elapsed = started.elapsed();
+    notify(notifier.stopping());
+    let drained = pos.drain(pos.drain_timeout())?;
+    if !drained {
+        tracing::warn!(
+            in_flight = pos.in_flight(),
+            "stopped with commands still awaiting their outcome"
+        );
+    }
     pos.logout();
+    if let Some(counters) = &counters {
+        counters.publish(&pos);
+    }
     let summary = summary(&user, pos.origin(), seed, elapsed, drained, &pos);
     if cli.json {
         println!("{summary}");
@@ -169,6 +211,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         print_summary(&summary)?;
     }
     Ok(())
+}
+
+/// Reports a failed notification and carries on (systemd's bookkeeping
+/// must not stop the till).
+fn notify(result: std::io::Result<()>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "sd_notify failed");
+    }
 }
 
 /// One line a second: rates over the last second, totals, RTT of the last
