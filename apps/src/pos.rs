@@ -1014,16 +1014,36 @@ impl Pos {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            let now_ns = monotonic_ns();
-            if self.poll(now_ns)? == 0 {
-                self.park(now_ns, PARK_NS_MAX)?;
-            }
+            self.wait_with(Duration::from_nanos(PARK_NS_MAX), |_| {})?;
         }
+    }
+
+    /// Polls once and, when that found nothing to do, waits (parked or
+    /// spinning, as configured) up to `timeout` for a stream message or the
+    /// next send; reports our commands' outcomes to `on_outcome`. Returns
+    /// the work done.
+    pub fn wait_with(
+        &mut self,
+        timeout: Duration,
+        mut on_outcome: impl FnMut(&OutcomeReport),
+    ) -> Result<usize, PosError> {
+        let now_ns = monotonic_ns();
+        let work = self.poll_with(now_ns, &mut on_outcome)?;
+        if work == 0 {
+            let max_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+            self.park(now_ns, max_ns, &mut on_outcome)?;
+        }
+        Ok(work)
     }
 
     /// Waits (parked or spinning) until a stream message arrives, the next
     /// send is due, or `max_ns` passed.
-    fn park(&mut self, now_ns: u64, max_ns: u64) -> Result<(), PosError> {
+    fn park(
+        &mut self,
+        now_ns: u64,
+        max_ns: u64,
+        on_outcome: &mut impl FnMut(&OutcomeReport),
+    ) -> Result<(), PosError> {
         if self.idle == Idle::Spin {
             std::hint::spin_loop();
             return Ok(());
@@ -1038,10 +1058,9 @@ impl Pos {
             return Ok(());
         }
         let core = &mut self.core;
-        let mut on_outcome = |_: &OutcomeReport| {};
         self.consumer
             .wait(Duration::from_nanos(wait_ns), |seq, message| {
-                core.on_stream(seq, &message, &mut on_outcome)
+                core.on_stream(seq, &message, on_outcome)
             })?;
         if let Some(error) = core.error.take() {
             return Err(error);
@@ -1088,7 +1107,8 @@ impl Pos {
                 }
             }
             if self.poll(now_ns)? == 0 {
-                self.park(now_ns, PARK_NS_MAX.min(next_tick_ns.saturating_sub(now_ns)))?;
+                let max_ns = PARK_NS_MAX.min(next_tick_ns.saturating_sub(now_ns));
+                self.park(now_ns, max_ns, &mut |_| {})?;
             }
         }
         Ok(())
@@ -1226,7 +1246,12 @@ impl Pos {
             }
             match attempt {
                 Ok(command) => {
-                    if core.send(&mut self.client, &command, now_ns).is_err() {
+                    // Stamped now, not at the start of the poll: the RTT
+                    // must not include the stream work before it.
+                    if core
+                        .send(&mut self.client, &command, monotonic_ns())
+                        .is_err()
+                    {
                         break;
                     }
                     work += 1;

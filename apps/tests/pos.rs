@@ -143,7 +143,7 @@ fn wait_outcome(pos: &mut Pos, client_seq: u32) -> OutcomeReport {
     let mut found = None;
     while found.is_none() {
         assert!(Instant::now() < deadline, "no outcome for {client_seq}");
-        pos.poll_with(monotonic_ns(), |report| {
+        pos.wait_with(Duration::from_millis(10), |report| {
             if report.client_seq == client_seq {
                 found = Some(*report);
             }
