@@ -1,0 +1,196 @@
+//! `tally-monitor`: the read side over HTTP/JSON. See `--help`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use tally_apps::cli::ConnectArgs;
+use tally_apps::monitor::{IndexLimits, Monitor, MonitorConfig};
+use tally_apps::replica::ReplicaLimits;
+use tally_runtime::notify::Notifier;
+
+/// The monitor: a replica of the stream served over HTTP/JSON. It rebuilds
+/// the session from the replay feed (seq 1 on), then follows the multicast
+/// stream, and answers
+///
+///   GET /availability/{symbol}[?location=NAME_OR_ID]
+///   GET /cells/{location}/{symbol}/history[?limit=N]
+///   GET /orders/{origin}/{order_id}
+///   GET /holds/{origin}/{hold_id}
+///   GET /depleted[?scope=all|any][&limit=N]
+///   GET /health   (503 when the stream is stale)
+///   GET /ready    (503 until the authority's snapshot broadcast is applied
+///                  and the lag is small)
+///   GET /metrics  (Prometheus text format)
+///
+/// Every JSON answer carries "seq" (the stream sequence number it reflects),
+/// "lag" (newest seq seen − seq) and "stale" (true when the stream went
+/// silent: sequencer stopped or link cut). SIGINT/SIGTERM stop it.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally-monitor",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// HTTP listen address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// HTTP worker threads.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    workers: usize,
+    /// /ready answers 200 only within this many messages of the newest.
+    #[arg(long, value_name = "MESSAGES", default_value_t = 1000)]
+    ready_lag_max: u64,
+    /// Events kept per cell for /cells/…/history.
+    #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.history_depth)]
+    history_depth: u32,
+    /// Cells with a history.
+    #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.history_cells_max)]
+    history_cells: u32,
+    /// Order timelines kept (most recently active).
+    #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.orders_max)]
+    order_timelines: u32,
+    /// Hold timelines kept (most recently active).
+    #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.holds_max)]
+    hold_timelines: u32,
+    /// SKUs the replica can hold.
+    #[arg(long, default_value_t = 100_000)]
+    skus_max: u32,
+    /// Locations the replica can hold.
+    #[arg(long, default_value_t = 16)]
+    locations_max: u16,
+    /// Open holds the replica can hold.
+    #[arg(long, default_value_t = 1 << 20)]
+    holds_max: u32,
+    /// Order, hold and transfer ids the replica remembers.
+    #[arg(long, default_value_t = 1 << 20)]
+    orders_max: u32,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(&cli) {
+        eprintln!("tally-monitor: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    tally_apps::cli::init_logging();
+    let notifier = Notifier::from_env().context("the sd_notify environment")?;
+    let appliance = cli.connect.appliance()?;
+    let mut config = MonitorConfig::new(
+        cli.listen,
+        cli.connect.consumer(&appliance, "read1", "readpass")?,
+    );
+    config.consumer.start_seq = 1;
+    config.limits = ReplicaLimits {
+        skus_max: cli.skus_max,
+        locations_max: cli.locations_max,
+        holds_max: cli.holds_max,
+        orders_max: cli.orders_max,
+        pending_max: 1 << 20,
+    };
+    config
+        .limits
+        .validate()
+        .map_err(|error| anyhow::anyhow!("replica limits: {error}"))?;
+    config.indexes = IndexLimits {
+        history_depth: cli.history_depth,
+        history_cells_max: cli.history_cells,
+        orders_max: cli.order_timelines,
+        holds_max: cli.hold_timelines,
+        ..IndexLimits::DEFAULT
+    };
+    config
+        .indexes
+        .validate()
+        .map_err(|error| anyhow::anyhow!("index limits: {error}"))?;
+    config.http_workers = cli.workers;
+    config.ready_lag_max = cli.ready_lag_max;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let monitor = Monitor::start(config).context("starting the monitor")?;
+    tracing::info!(listen = %monitor.local_addr(), "tally-monitor serving");
+
+    // Supervision: READY=1 once caught up with the stream (or once it is
+    // known to be stale: nothing to catch up with, and the monitor says so
+    // on every answer), STATUS= every second, WATCHDOG=1 while the stream
+    // thread publishes.
+    let watchdog = notifier.watchdog_interval().map(|interval| interval / 4);
+    let mut notified_ready = false;
+    let mut next_status = Instant::now();
+    let mut last_batches = 0;
+    let mut last_watchdog = Instant::now();
+    let mut failure = None;
+    while !stop.load(Ordering::Acquire) {
+        let status = monitor.status();
+        if let Some(error) = status.failed {
+            failure = Some(error);
+            break;
+        }
+        if !notified_ready && (status.caught_up || status.freshness.stale) {
+            notify(notifier.ready());
+            notified_ready = true;
+            tracing::info!(
+                seq = status.freshness.seq,
+                stale = status.freshness.stale,
+                ready = status.ready,
+                "tally-monitor caught up"
+            );
+        }
+        let now = Instant::now();
+        if now >= next_status {
+            next_status = now + Duration::from_secs(1);
+            notify(notifier.status(&format!(
+                "seq {} lag {}{}{}",
+                status.freshness.seq,
+                status.freshness.lag,
+                if status.freshness.stale { " STALE" } else { "" },
+                if status.ready { "" } else { " (not ready)" },
+            )));
+        }
+        let batches = monitor.read(|model| model.liveness().batches);
+        if let Some(interval) = watchdog {
+            if batches != last_batches && now.duration_since(last_watchdog) >= interval {
+                notify(notifier.watchdog());
+                last_watchdog = now;
+            }
+        }
+        last_batches = batches;
+        monitor.wait_until(Duration::from_millis(250), |model, _| {
+            stop.load(Ordering::Acquire) || model.liveness().failed.is_some()
+        });
+    }
+    notify(notifier.stopping());
+    let status = monitor.status();
+    monitor.stop().context("stopping the monitor")?;
+    tracing::info!(
+        seq = status.freshness.seq,
+        messages = status.messages,
+        oversold = status.oversold,
+        "tally-monitor stopped"
+    );
+    match failure {
+        Some(error) => Err(anyhow::anyhow!("the stream consumer failed: {error}")),
+        None => Ok(()),
+    }
+}
+
+/// sd_notify errors are logged, never fatal.
+fn notify(result: std::io::Result<()>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "sd_notify");
+    }
+}
