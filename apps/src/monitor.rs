@@ -113,7 +113,7 @@ pub struct IndexLimits {
 
 impl IndexLimits {
     /// 16 events × 8 192 cells, 16 384 orders and 8 192 holds with 8
-    /// messages each: about 17 MiB.
+    /// messages each: about 23 MiB.
     pub const DEFAULT: IndexLimits = IndexLimits {
         history_depth: 16,
         history_cells_max: 8192,
@@ -306,7 +306,10 @@ impl<K: Copy + Eq + Hash> ClockTable<K> {
     fn new(capacity: usize) -> Self {
         assert!(capacity > 0 && capacity <= u32::MAX as usize);
         ClockTable {
-            index: HashMap::with_capacity(capacity),
+            // Twice the entries: with the load at most half, hashbrown
+            // rehashes in place instead of growing when removals leave
+            // tombstones.
+            index: HashMap::with_capacity(2 * capacity),
             keys: Vec::with_capacity(capacity),
             referenced: Vec::with_capacity(capacity),
             hand: 0,
@@ -350,7 +353,8 @@ impl<K: Copy + Eq + Hash> ClockTable<K> {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.capacity * (std::mem::size_of::<K>() * 2 + 4 + 1 + 8)
+        self.index.capacity() * (std::mem::size_of::<K>() + 4 + 1)
+            + self.capacity * (std::mem::size_of::<K>() + 1)
     }
 }
 
@@ -581,7 +585,7 @@ impl Indexes {
             holds: ClockTable::new(holds),
             hold_meta: vec![HoldMeta::default(); holds].into_boxed_slice(),
             hold_rings: Rings::new(holds, timeline),
-            hold_by_reserve: HashMap::with_capacity(holds),
+            hold_by_reserve: HashMap::with_capacity(2 * holds),
             counters: IndexCounters::default(),
         }
     }
@@ -595,7 +599,7 @@ impl Indexes {
             + self.holds.memory_bytes()
             + self.hold_meta.len() * std::mem::size_of::<HoldMeta>()
             + self.hold_rings.memory_bytes()
-            + self.hold_meta.len() * 24
+            + self.hold_by_reserve.capacity() * (8 + 4 + 1)
     }
 
     /// The timeline slot of order `key`, emptied when it is new.
@@ -2527,6 +2531,13 @@ mod tests {
         let reply = f.model.respond("GET", "/availability/MUG", later, &http);
         let v: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(v["stale"], true);
+    }
+
+    #[test]
+    fn default_indexes_take_about_23_mib() {
+        let indexes = Indexes::new(&IndexLimits::DEFAULT);
+        let mib = indexes.memory_bytes() as f64 / (1 << 20) as f64;
+        assert!((20.0..26.0).contains(&mib), "{mib} MiB");
     }
 
     #[test]
