@@ -38,7 +38,35 @@
 //! [`Pos::new`]; the duty cycle ([`Pos::poll`]) does not allocate, lock or
 //! log (the consumer's and client's own contracts apply to their recoveries).
 //! Times passed to `poll` are [`monotonic_ns`] readings; hold expiry is
-//! compared with the wall clock, as the sequencer stamps it.
+//! compared with the wall clock, as the sequencer stamps it. A till relies
+//! on its replica's pending-command ring (`ReplicaLimits::pending_max`
+//! stream messages) to attribute outcomes: an answer arriving later than
+//! that is not matched, and its command stays in flight.
+//!
+//! A till in load mode on its own thread, as the demo runs several:
+//!
+//! ```no_run
+//! use std::sync::atomic::AtomicBool;
+//! use std::time::{Duration, Instant};
+//! use tally_apps::pos::{LoadConfig, Pos, PosConfig, RttSummary};
+//! # fn run(appliance: &tally_sequencer::config::ApplianceConfig) -> Result<(), tally_apps::pos::PosError> {
+//! let mut config = PosConfig::for_appliance(appliance, "pos2", "pos2pass")?;
+//! config.load = Some(LoadConfig::new(42)); // 1 000 commands/s, seed 42
+//! let mut pos = Pos::new(config)?;
+//! pos.wait_ready(Duration::from_secs(30))?; // logged in, directory seen
+//! let stop = AtomicBool::new(false); // set by another thread to stop early
+//! let until = Instant::now() + Duration::from_secs(10);
+//! let drained = pos.run(&stop, Some(until), |pos| {
+//!     let _per_second = (pos.stats(), RttSummary::of(pos.interval_histogram()));
+//!     pos.reset_interval();
+//! })?;
+//! // Aggregate: PosStats::merge, Histogram::add, and the replica at its seq.
+//! let (stats, rtt) = (pos.stats(), pos.histogram());
+//! let (seq, digest) = (pos.replica().last_seq(), pos.replica().digest());
+//! # let _ = (drained, stats, rtt, seq, digest);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::io;
