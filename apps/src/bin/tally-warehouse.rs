@@ -96,12 +96,21 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    let notifier =
+        tally_runtime::notify::Notifier::from_env().context("the sd_notify environment")?;
     let mut app = WarehouseApp::start(config)?;
     tracing::info!(
         seq = app.consumer().delivered_seq(),
         "tally-warehouse deciding"
     );
+    // Ready for systemd only once caught up and deciding live.
+    let _ = notifier.ready();
+    let _ = notifier.status(&format!(
+        "deciding from seq {}",
+        app.consumer().delivered_seq()
+    ));
     app.run(&stop)?;
+    let _ = notifier.stopping();
     let counters = app.engine().counters();
     tracing::info!(
         decided = counters.decided,
