@@ -10,7 +10,15 @@ fn the_demo_passes_its_own_verification() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let output = Command::new(env!("CARGO_BIN_EXE_tally-demo"))
         .current_dir(root)
-        .args(["--seconds", "10", "--json", "--loss", "2"])
+        .args([
+            "--seconds",
+            "10",
+            "--json",
+            "--loss",
+            "2",
+            "--monitor",
+            "127.0.0.1:0",
+        ])
         .output()
         .expect("run tally-demo");
     let stdout = String::from_utf8_lossy(&output.stdout);

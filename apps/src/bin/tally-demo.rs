@@ -12,6 +12,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tally_apps::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use tally_apps::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
+use tally_apps::monitor::{Monitor, MonitorConfig};
 use tally_apps::pos::{rtt_histogram, LoadConfig, Pos, PosConfig, PosStats};
 use tally_apps::replica::{Replica, ReplicaLimits};
 use tally_apps::testkit::DEMO_CLIENTS;
@@ -63,6 +64,9 @@ struct Cli {
     /// Seed of the tills' random choices and of the loss.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Where the monitor's HTTP/JSON read side listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    monitor: std::net::SocketAddr,
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -223,6 +227,22 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         &format!("tally-demo: warehouse online with {locations} locations x {skus} SKUs"),
     );
 
+    // The read side: HTTP/JSON on --monitor.
+    let mut monitor_config = MonitorConfig::new(
+        cli.monitor,
+        ConsumerConfig::for_appliance(&config, &reader_user, &reader_password),
+    );
+    monitor_config.consumer.start_seq = 1;
+    let monitor = Monitor::start(monitor_config)
+        .with_context(|| format!("starting the monitor on {}", cli.monitor))?;
+    say(
+        cli,
+        &format!(
+            "tally-demo: monitor on http://{0}/health (try /availability/<SYMBOL>, /depleted, /metrics)",
+            monitor.local_addr()
+        ),
+    );
+
     // The tills.
     let stop_tills = Arc::new(AtomicBool::new(false));
     let until = Instant::now() + Duration::from_secs(cli.seconds);
@@ -360,17 +380,29 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         pos.catch_up(final_seq, Duration::from_secs(30))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    monitor.wait_for_seq(final_seq, Duration::from_secs(30));
+    let (monitor_seq, monitor_digest) = monitor.digest();
+    let monitor_oversold = monitor.read(|model| model.replica().oversold());
+    monitor.stop()?;
     appliance.stop()?;
 
     // Verify.
     let warehouse_digest = warehouse.engine().digest();
     let warehouse_seq = warehouse.engine().replica().last_seq();
-    let mut replicas = vec![(
-        "tap".to_string(),
-        tap.replica.last_seq(),
-        tap.replica.digest(),
-        tap.replica.oversold(),
-    )];
+    let mut replicas = vec![
+        (
+            "tap".to_string(),
+            tap.replica.last_seq(),
+            tap.replica.digest(),
+            tap.replica.oversold(),
+        ),
+        (
+            "monitor".to_string(),
+            monitor_seq,
+            monitor_digest,
+            monitor_oversold,
+        ),
+    ];
     let mut rtt = rtt_histogram();
     let mut stats_total = PosStats::default();
     let mut gaps_recovered = 0u64;
