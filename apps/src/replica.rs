@@ -291,17 +291,20 @@ impl CellState {
     }
 }
 
-/// Marks an unused slot of a [`SlotIndex`].
-const EMPTY: u32 = u32::MAX;
+/// Marks an unused bucket of a [`SlotIndex`].
+const EMPTY: u64 = u64::MAX;
 
 /// An open-addressing (linear probing) hash index from a key to a `u32` slot
-/// of some backing array. It stores only the slot numbers: the key of a slot
-/// is read from the backing array by the caller's closures, so the index
-/// costs 4 bytes per bucket. Capacity is a power of two at least twice the
-/// number of entries it may hold, so probe sequences stay short.
+/// of some backing array, where the key itself lives. Each 8-byte bucket
+/// holds the slot and the low 32 bits of the key's hash: a probe compares
+/// the hash bits first and reads the backing array only on a match, and
+/// deletion finds every entry's home bucket from its own hash bits, never
+/// from the backing array. Capacity is a power of two at least twice the
+/// number of entries it may hold (and at most 2^32), so probe sequences stay
+/// short.
 #[derive(Clone, Debug)]
 pub(crate) struct SlotIndex {
-    buckets: Box<[u32]>,
+    buckets: Box<[u64]>,
     mask: usize,
     len: u32,
 }
@@ -309,6 +312,7 @@ pub(crate) struct SlotIndex {
 impl SlotIndex {
     fn with_entries_max(entries_max: u32) -> Self {
         let buckets = (entries_max as usize * 2).next_power_of_two().max(16);
+        assert!(buckets <= 1 << 32);
         Self {
             buckets: vec![EMPTY; buckets].into_boxed_slice(),
             mask: buckets - 1,
@@ -316,17 +320,23 @@ impl SlotIndex {
         }
     }
 
+    #[inline]
+    fn bucket(hash: u64, slot: u32) -> u64 {
+        (hash << 32) | u64::from(slot)
+    }
+
     /// The slot whose key matches (`is(slot)`), probing from `hash`.
     #[inline]
     fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+        let tag = hash as u32;
         let mut i = hash as usize & self.mask;
         loop {
-            let slot = self.buckets[i];
-            if slot == EMPTY {
+            let bucket = self.buckets[i];
+            if bucket == EMPTY {
                 return None;
             }
-            if is(slot) {
-                return Some(slot);
+            if (bucket >> 32) as u32 == tag && is(bucket as u32) {
+                return Some(bucket as u32);
             }
             i = (i + 1) & self.mask;
         }
@@ -341,22 +351,22 @@ impl SlotIndex {
         while self.buckets[i] != EMPTY {
             i = (i + 1) & self.mask;
         }
-        self.buckets[i] = slot;
+        self.buckets[i] = Self::bucket(hash, slot);
         self.len += 1;
     }
 
     /// Removes `slot` (filed under `hash`) with backward-shift deletion, so no
-    /// tombstones accumulate. `home(slot)` is the hash of another slot's key.
-    /// Returns whether it was there.
+    /// tombstones accumulate. Returns whether it was there.
     #[inline]
-    fn remove(&mut self, hash: u64, slot: u32, home: impl Fn(u32) -> u64) -> bool {
+    fn remove(&mut self, hash: u64, slot: u32) -> bool {
+        let wanted = Self::bucket(hash, slot);
         let mut i = hash as usize & self.mask;
         loop {
             let here = self.buckets[i];
             if here == EMPTY {
                 return false;
             }
-            if here == slot {
+            if here == wanted {
                 break;
             }
             i = (i + 1) & self.mask;
@@ -368,7 +378,7 @@ impl SlotIndex {
             if moving == EMPTY {
                 break;
             }
-            let k = home(moving) as usize & self.mask;
+            let k = (moving >> 32) as usize & self.mask;
             // `moving` may stay at j when its home k lies cyclically in (i, j].
             let stays = if i <= j {
                 i < k && k <= j
@@ -391,7 +401,7 @@ impl SlotIndex {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.buckets.len() * size_of::<u32>()
+        self.buckets.len() * size_of::<u64>()
     }
 }
 
@@ -936,10 +946,7 @@ impl Replica {
             return;
         }
         if old != [b' '; 16] && self.symbol_slot(&old) == Some(index) {
-            let symbols = &self.sku_symbols;
-            self.symbol_index.remove(symbol_hash(&old), index, |s| {
-                symbol_hash(&symbols[s as usize])
-            });
+            self.symbol_index.remove(symbol_hash(&old), index);
         }
         self.sku_symbols[index as usize] = symbol;
         if symbol != [b' '; 16] {
@@ -949,10 +956,7 @@ impl Replica {
 
     fn index_symbol(&mut self, index: u32, symbol: [u8; 16]) {
         if let Some(other) = self.symbol_slot(&symbol) {
-            let symbols = &self.sku_symbols;
-            self.symbol_index.remove(symbol_hash(&symbol), other, |s| {
-                symbol_hash(&symbols[s as usize])
-            });
+            self.symbol_index.remove(symbol_hash(&symbol), other);
         }
         self.symbol_index.insert(symbol_hash(&symbol), index);
     }
@@ -1242,13 +1246,9 @@ impl Replica {
         let slot = self.ids_next;
         if self.ids_len == capacity {
             let old = self.ids[slot as usize];
-            let ids = &self.ids;
-            let removed =
-                self.id_index
-                    .remove(client_hash(old.origin, old.kind, old.id), slot, |s| {
-                        let r = &ids[s as usize];
-                        client_hash(r.origin, r.kind, r.id)
-                    });
+            let removed = self
+                .id_index
+                .remove(client_hash(old.origin, old.kind, old.id), slot);
             debug_assert!(removed);
             self.counters.ids_evicted += 1;
         } else {
@@ -1311,20 +1311,12 @@ impl Replica {
     pub(crate) fn remove_hold(&mut self, slot: u32) -> HoldSlot {
         let hold = self.holds[slot as usize];
         assert!(hold.flags & HOLD_IN_USE != 0, "removing a free hold slot");
-        let holds = &self.holds;
-        let removed = self.hold_by_cmd.remove(mix64(hold.cmd_seq), slot, |s| {
-            mix64(holds[s as usize].cmd_seq)
-        });
+        let removed = self.hold_by_cmd.remove(mix64(hold.cmd_seq), slot);
         debug_assert!(removed);
         if hold.flags & HOLD_CLIENT_KNOWN != 0 {
-            let removed = self.hold_by_client.remove(
-                client_hash(hold.origin, id_kind::HOLD, hold.hold_id),
-                slot,
-                |s| {
-                    let h = &holds[s as usize];
-                    client_hash(h.origin, id_kind::HOLD, h.hold_id)
-                },
-            );
+            let removed = self
+                .hold_by_client
+                .remove(client_hash(hold.origin, id_kind::HOLD, hold.hold_id), slot);
             debug_assert!(removed);
         }
         // Take it out of the heap: move the last entry into its place.
@@ -1749,20 +1741,21 @@ mod tests {
 
     #[test]
     fn slot_index_backward_shift_keeps_every_key_reachable() {
-        // Homes chosen to collide and wrap around a 16-bucket index.
+        // Homes chosen to collide and wrap around a 16-bucket index (the
+        // low bits pick the bucket, the high bits keep the hashes distinct).
         let homes = [15u64, 15, 0, 15, 1, 0, 14, 2];
-        let home = |s: u32| homes[s as usize];
+        let hash = |s: u32| homes[s as usize] | (u64::from(s) << 8);
         let mut index = SlotIndex::with_entries_max(8);
         for s in 0..8u32 {
-            index.insert(home(s), s);
+            index.insert(hash(s), s);
         }
         let mut gone = Vec::new();
         for removed in [3u32, 0, 7, 4, 6] {
-            assert!(index.remove(home(removed), removed, home));
-            assert!(!index.remove(home(removed), removed, home));
+            assert!(index.remove(hash(removed), removed));
+            assert!(!index.remove(hash(removed), removed));
             gone.push(removed);
             for s in 0..8u32 {
-                let found = index.find(home(s), |x| x == s);
+                let found = index.find(hash(s), |x| x == s);
                 assert_eq!(
                     found.is_none(),
                     gone.contains(&s),

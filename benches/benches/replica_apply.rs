@@ -5,7 +5,10 @@
 //!   confirms, cancels, transfers, adjusts, recounts, rejects) — commands
 //!   (remembered as pending) and events (applied, matched to their
 //!   commands, orders and ids recorded) interleaved as on the wire; 10 000
-//!   SKUs × 8 locations.
+//!   SKUs × 8 locations, a client-id history of 64 Ki records (as
+//!   `ReplicaLimits::small()`, which the apps use). `stream_mixed_1mi_ids`:
+//!   the same with a history of 1 Mi records, whose index no longer fits the
+//!   cache (each new order's lookup goes to memory).
 //! - `deltas`: `D` events alone on random cells of the same inventory (the
 //!   cell update without any bookkeeping).
 //! - `deltas_1m_x_16`: the same on a replica of 1 M SKUs × 16 locations,
@@ -192,7 +195,7 @@ fn run(c: &mut Criterion, name: &str, start: &Replica, messages: &[Message], res
 /// A replica holding `skus` × `locations` cells of 1 000 000 units, with
 /// the pre-built deltas for it: each cell −1 and +1 once per pass, in random
 /// order, so passes can repeat forever.
-fn deltas_for(skus: u32, locations: u16, count: usize) -> (Replica, Vec<Vec<u8>>) {
+fn deltas_for(skus: u32, locations: u16, count: usize) -> (Replica, Vec<u8>) {
     let mut replica = Replica::new(ReplicaLimits {
         skus_max: skus,
         locations_max: locations,
@@ -237,7 +240,8 @@ fn deltas_for(skus: u32, locations: u16, count: usize) -> (Replica, Vec<Vec<u8>>
         let j = rng.below(i as u64 + 1) as usize;
         deltas.swap(i, j);
     }
-    (replica, deltas)
+    // Back to back in one buffer, as in a datagram.
+    (replica, deltas.concat())
 }
 
 fn bench(c: &mut Criterion) {
@@ -248,25 +252,46 @@ fn bench(c: &mut Criterion) {
             Message::parse(&arena[offset as usize..offset as usize + usize::from(len)]).unwrap()
         })
         .collect();
+    let events = messages.iter().filter(|m| m.is_event()).count();
+    eprintln!(
+        "recorded stream: {} messages, {} events ({:.1} %)",
+        messages.len(),
+        events,
+        100.0 * events as f64 / messages.len() as f64
+    );
     // Start after the snapshot broadcast (L, R, I…, S).
     let broadcast = messages
         .iter()
         .position(|m| m.msg_type() == b'S')
         .expect("S(W)")
         + 1;
-    let mut start = Replica::new(limits());
-    for (i, m) in messages[..broadcast].iter().enumerate() {
-        start.apply(i as u64 + 1, m);
+    // The client-id history as the apps size it (64 Ki records, an index
+    // that stays in cache), and sixteen times that (1 Mi records: the index
+    // lookup of each new order then misses the cache).
+    for (name, orders_max) in [("stream_mixed", 1 << 16), ("stream_mixed_1mi_ids", 1 << 20)] {
+        let mut start = Replica::new(ReplicaLimits {
+            orders_max,
+            ..limits()
+        });
+        for (i, m) in messages[..broadcast].iter().enumerate() {
+            start.apply(i as u64 + 1, m);
+        }
+        run(c, name, &start, &messages[broadcast..], true);
     }
-    run(c, "stream_mixed", &start, &messages[broadcast..], true);
 
     let (start, deltas) = deltas_for(SKUS, LOCATIONS, 1 << 20);
-    let messages: Vec<Message> = deltas.iter().map(|b| Message::parse(b).unwrap()).collect();
+    let messages: Vec<Message> = deltas
+        .chunks(OnHandDelta::SIZE)
+        .map(|b| Message::parse(b).unwrap())
+        .collect();
     run(c, "deltas", &start, &messages, false);
     drop(start);
 
     let (start, deltas) = deltas_for(1_000_000, 16, 1 << 22);
-    let messages: Vec<Message> = deltas.iter().map(|b| Message::parse(b).unwrap()).collect();
+    let messages: Vec<Message> = deltas
+        .chunks(OnHandDelta::SIZE)
+        .map(|b| Message::parse(b).unwrap())
+        .collect();
     run(c, "deltas_1m_x_16", &start, &messages, false);
 }
 
