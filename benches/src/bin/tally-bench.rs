@@ -12,6 +12,10 @@
 //!   order received.
 //! * `latency`: one or more clients at a fixed total rate; reports the
 //!   command → ack round trip (send to `k` received) percentiles.
+//! * `outcome`: the warehouse runs too (in-process, deep stock); POS tills
+//!   send orders at a fixed total rate and measure order sent → its `D`/`J`
+//!   seen on the stream: the full POS → gateway → sequencer → warehouse →
+//!   gateway → sequencer → POS trip.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -70,6 +74,7 @@ struct Cli {
 enum Scenario {
     Throughput,
     Latency,
+    Outcome,
 }
 
 const PASSWORD: &str = "benchpass";
@@ -90,6 +95,9 @@ fn config_text(cli: &Cli, journal_dir: &std::path::Path) -> String {
             "[[clients]]\nusername = \"b{id}\"\npassword_hash = \"{hash}\"\nclient_id = {id}\nrole = \"pos\"\n\n"
         ));
     }
+    clients.push_str(&format!(
+        "[[clients]]\nusername = \"bwh\"\npassword_hash = \"{hash}\"\nclient_id = 900\nrole = \"authority\"\n\n"
+    ));
     let loops: String = ["gateway", "sequencer", "retransmit", "replay"]
         .iter()
         .map(|name| format!("[loops.{name}]\nidle = \"{}\"\n", cli.idle))
@@ -150,6 +158,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let result = match cli.scenario {
         Scenario::Throughput => throughput(cli, gateway, &multicast),
         Scenario::Latency => latency(cli, gateway),
+        Scenario::Outcome => outcome(cli, &config, &journal_dir),
     };
     appliance.stop()?;
     let report = result?;
@@ -446,6 +455,139 @@ fn latency(cli: &Cli, gateway: SocketAddr) -> anyhow::Result<serde_json::Value> 
         "ack_rtt_p99_us": us(0.99),
         "ack_rtt_p999_us": us(0.999),
         "ack_rtt_max_us": histogram.max() as f64 / 1000.0,
+        "idle": cli.idle,
+        "fsync": cli.fsync,
+    }))
+}
+
+/// Orders through the whole loop: till → appliance → warehouse → appliance →
+/// till, measured by the tills' own round-trip histograms.
+fn outcome(
+    cli: &Cli,
+    config: &ApplianceConfig,
+    dir: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    use tally_apps::client::ClientConfig;
+    use tally_apps::consumer::ConsumerConfig;
+    use tally_apps::pos::{rtt_histogram, LoadConfig, Mix, Pos, PosConfig};
+    use tally_apps::replica::ReplicaLimits;
+    use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
+
+    // Deep stock, so orders are decided, not skipped: 4 stores x 100 SKUs.
+    let inventory = dir.join("bench-inventory.csv");
+    let mut csv = String::from("location,sku_symbol,quantity\n");
+    for store in 1..=4 {
+        for sku in 1..=100 {
+            csv.push_str(&format!("STORE-{store},SKU-{sku:03},100000000\n"));
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&inventory, csv)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let warehouse_config = WarehouseAppConfig {
+        consumer: ConsumerConfig::for_appliance(config, "bwh", PASSWORD),
+        client: ClientConfig::for_appliance(config, "bwh", PASSWORD),
+        own_origin: 900,
+        limits: ReplicaLimits::small(),
+        inventory: Some(inventory),
+        snapshot: None,
+        snapshot_interval: Duration::ZERO,
+        expiry_check_interval: Duration::from_millis(100),
+        catch_up_timeout: Duration::from_secs(30),
+    };
+    let warehouse = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("bench-warehouse".into())
+            .spawn(move || {
+                let mut app = match WarehouseApp::start(warehouse_config) {
+                    Ok(app) => app,
+                    Err(error) => {
+                        let _ = ready_tx.send(false);
+                        return Err(error);
+                    }
+                };
+                let _ = ready_tx.send(true);
+                app.run(&stop)
+            })?
+    };
+    if !ready_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or(false)
+    {
+        stop.store(true, Ordering::Release);
+        warehouse.join().expect("warehouse thread")?;
+        bail!("the warehouse did not start");
+    }
+    let per_till = (cli.rate / u64::from(cli.clients)).max(1);
+    let until = Instant::now() + Duration::from_secs(cli.seconds);
+    let mut tills = Vec::new();
+    for id in 1..=cli.clients {
+        let mut pos_config = PosConfig::for_appliance(config, &format!("b{id}"), PASSWORD)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut load = LoadConfig::new(u64::from(id));
+        load.rate_per_sec = per_till;
+        load.qty_max = 1;
+        load.mix = Mix {
+            order: 1,
+            modify: 0,
+            cancel: 0,
+            reserve: 0,
+            confirm: 0,
+            release: 0,
+        };
+        pos_config.load = Some(load);
+        let stop = Arc::clone(&stop);
+        tills.push(
+            std::thread::Builder::new()
+                .name(format!("bench-pos-{id}"))
+                .spawn(move || {
+                    let mut pos = Pos::new(pos_config).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if !pos
+                        .wait_ready(Duration::from_secs(30))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                    {
+                        bail!("till b{id} never saw the warehouse's directory");
+                    }
+                    pos.run(&stop, Some(until), |_| {})
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    anyhow::Ok((pos.histogram().clone(), pos.stats()))
+                })?,
+        );
+    }
+    let mut histogram = rtt_histogram();
+    let mut filled = 0;
+    let mut rejected = 0;
+    let mut skipped = 0;
+    let mut result = Ok(());
+    for till in tills {
+        match till.join().expect("till thread") {
+            Ok((h, stats)) => {
+                histogram.add(&h)?;
+                filled += stats.filled;
+                rejected += stats.rejected + stats.gateway_rejected;
+                skipped += stats.skipped_would_fail;
+            }
+            Err(error) => result = Err(error),
+        }
+    }
+    stop.store(true, Ordering::Release);
+    warehouse.join().expect("warehouse thread")?;
+    result?;
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Ok(serde_json::json!({
+        "scenario": "outcome",
+        "clients": cli.clients,
+        "rate_per_sec": cli.rate,
+        "orders_answered": histogram.len(),
+        "filled": filled,
+        "rejected": rejected,
+        "skipped": skipped,
+        "order_rtt_p50_us": us(0.50),
+        "order_rtt_p99_us": us(0.99),
+        "order_rtt_p999_us": us(0.999),
+        "order_rtt_max_us": histogram.max() as f64 / 1000.0,
         "idle": cli.idle,
         "fsync": cli.fsync,
     }))
