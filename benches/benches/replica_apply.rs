@@ -55,6 +55,44 @@ impl Rng {
     }
 }
 
+/// Times the measured batches: wall time by default (criterion's usual
+/// clock), or this thread's CPU time with `TALLY_BENCH_CLOCK=thread-cpu`, so
+/// that other processes on a shared machine do not count (on an idle machine
+/// the two agree for this single-threaded, I/O-free loop).
+#[derive(Clone, Copy)]
+struct Stopwatch {
+    thread_cpu: bool,
+}
+
+impl Stopwatch {
+    fn from_env() -> Self {
+        let thread_cpu = std::env::var("TALLY_BENCH_CLOCK").is_ok_and(|v| v == "thread-cpu");
+        if thread_cpu {
+            eprintln!("timing with this thread's CPU time (TALLY_BENCH_CLOCK=thread-cpu)");
+        }
+        Self { thread_cpu }
+    }
+
+    fn now(self) -> Duration {
+        if self.thread_cpu {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into the one we own.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        } else {
+            EPOCH.with(|epoch| epoch.elapsed())
+        }
+    }
+}
+
+thread_local! {
+    static EPOCH: Instant = Instant::now();
+}
+
 fn limits() -> ReplicaLimits {
     ReplicaLimits {
         skus_max: 16_384,
@@ -157,7 +195,14 @@ fn recorded_stream() -> (Vec<u8>, Vec<(u32, u8)>) {
     (arena, index)
 }
 
-fn run(c: &mut Criterion, name: &str, start: &Replica, messages: &[Message], reset_on_wrap: bool) {
+fn run(
+    c: &mut Criterion,
+    stopwatch: Stopwatch,
+    name: &str,
+    start: &Replica,
+    messages: &[Message],
+    reset_on_wrap: bool,
+) {
     let mut group = c.benchmark_group("replica_apply");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function(name, |b| {
@@ -167,14 +212,14 @@ fn run(c: &mut Criterion, name: &str, start: &Replica, messages: &[Message], res
         let mut cursor = 0usize;
         b.iter_custom(|iters| {
             let mut elapsed = Duration::ZERO;
-            let mut clock = Instant::now();
+            let mut clock = stopwatch.now();
             for _ in 0..iters {
                 if cursor + BATCH > messages.len() {
                     if reset_on_wrap {
-                        elapsed += clock.elapsed();
+                        elapsed += stopwatch.now() - clock;
                         replica = start.clone();
                         seq = first_seq;
-                        clock = Instant::now();
+                        clock = stopwatch.now();
                     }
                     cursor = 0;
                 }
@@ -185,7 +230,7 @@ fn run(c: &mut Criterion, name: &str, start: &Replica, messages: &[Message], res
                 cursor += BATCH;
             }
             black_box(replica.last_seq());
-            elapsed + clock.elapsed()
+            elapsed + (stopwatch.now() - clock)
         });
         assert_eq!(replica.oversold(), 0);
     });
@@ -245,6 +290,7 @@ fn deltas_for(skus: u32, locations: u16, count: usize) -> (Replica, Vec<u8>) {
 }
 
 fn bench(c: &mut Criterion) {
+    let stopwatch = Stopwatch::from_env();
     let (arena, index) = recorded_stream();
     let messages: Vec<Message> = index
         .iter()
@@ -276,7 +322,7 @@ fn bench(c: &mut Criterion) {
         for (i, m) in messages[..broadcast].iter().enumerate() {
             start.apply(i as u64 + 1, m);
         }
-        run(c, name, &start, &messages[broadcast..], true);
+        run(c, stopwatch, name, &start, &messages[broadcast..], true);
     }
 
     let (start, deltas) = deltas_for(SKUS, LOCATIONS, 1 << 20);
@@ -284,7 +330,7 @@ fn bench(c: &mut Criterion) {
         .chunks(OnHandDelta::SIZE)
         .map(|b| Message::parse(b).unwrap())
         .collect();
-    run(c, "deltas", &start, &messages, false);
+    run(c, stopwatch, "deltas", &start, &messages, false);
     drop(start);
 
     let (start, deltas) = deltas_for(1_000_000, 16, 1 << 22);
@@ -292,7 +338,7 @@ fn bench(c: &mut Criterion) {
         .chunks(OnHandDelta::SIZE)
         .map(|b| Message::parse(b).unwrap())
         .collect();
-    run(c, "deltas_1m_x_16", &start, &messages, false);
+    run(c, stopwatch, "deltas_1m_x_16", &start, &messages, false);
 }
 
 criterion_group!(benches, bench);

@@ -53,6 +53,44 @@ impl Rng {
     }
 }
 
+/// Times the measured batches: wall time by default (criterion's usual
+/// clock), or this thread's CPU time with `TALLY_BENCH_CLOCK=thread-cpu`, so
+/// that other processes on a shared machine do not count (on an idle machine
+/// the two agree for this single-threaded, I/O-free loop).
+#[derive(Clone, Copy)]
+struct Stopwatch {
+    thread_cpu: bool,
+}
+
+impl Stopwatch {
+    fn from_env() -> Self {
+        let thread_cpu = std::env::var("TALLY_BENCH_CLOCK").is_ok_and(|v| v == "thread-cpu");
+        if thread_cpu {
+            eprintln!("timing with this thread's CPU time (TALLY_BENCH_CLOCK=thread-cpu)");
+        }
+        Self { thread_cpu }
+    }
+
+    fn now(self) -> Duration {
+        if self.thread_cpu {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into the one we own.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        } else {
+            EPOCH.with(|epoch| epoch.elapsed())
+        }
+    }
+}
+
+thread_local! {
+    static EPOCH: Instant = Instant::now();
+}
+
 /// A live warehouse with its snapshot broadcast already back from the
 /// stream; returns it and the next stream seq.
 fn warehouse() -> (Warehouse, u64) {
@@ -145,7 +183,7 @@ fn commands(mix: Mix) -> Vec<Vec<u8>> {
     out
 }
 
-fn bench_mix(c: &mut Criterion, name: &str, mix: Mix) {
+fn bench_mix(c: &mut Criterion, stopwatch: Stopwatch, name: &str, mix: Mix) {
     let (start, first_seq) = warehouse();
     let bytes = commands(mix);
     let messages: Vec<Message> = bytes.iter().map(|b| Message::parse(b).unwrap()).collect();
@@ -158,14 +196,14 @@ fn bench_mix(c: &mut Criterion, name: &str, mix: Mix) {
         let mut buf = EventBuf::new();
         b.iter_custom(|iters| {
             let mut elapsed = Duration::ZERO;
-            let mut clock = Instant::now();
+            let mut clock = stopwatch.now();
             for _ in 0..iters {
                 if cursor + BATCH > messages.len() {
-                    elapsed += clock.elapsed();
+                    elapsed += stopwatch.now() - clock;
                     wh = start.clone();
                     seq = first_seq;
                     cursor = 0;
-                    clock = Instant::now();
+                    clock = stopwatch.now();
                 }
                 for message in &messages[cursor..cursor + BATCH] {
                     buf.clear();
@@ -183,7 +221,7 @@ fn bench_mix(c: &mut Criterion, name: &str, mix: Mix) {
                 cursor += BATCH;
             }
             black_box(wh.counters().decided);
-            elapsed + clock.elapsed()
+            elapsed + (stopwatch.now() - clock)
         });
         assert_eq!(wh.replica().oversold(), 0);
         assert_eq!(wh.counters().own_out_of_order, 0);
@@ -192,9 +230,10 @@ fn bench_mix(c: &mut Criterion, name: &str, mix: Mix) {
 }
 
 fn bench(c: &mut Criterion) {
-    bench_mix(c, "orders", Mix::Orders);
-    bench_mix(c, "orders_any_location", Mix::OrdersAnyLocation);
-    bench_mix(c, "mixed", Mix::Mixed);
+    let stopwatch = Stopwatch::from_env();
+    bench_mix(c, stopwatch, "orders", Mix::Orders);
+    bench_mix(c, stopwatch, "orders_any_location", Mix::OrdersAnyLocation);
+    bench_mix(c, stopwatch, "mixed", Mix::Mixed);
 }
 
 criterion_group!(benches, bench);
