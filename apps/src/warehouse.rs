@@ -225,6 +225,11 @@ pub struct WarehouseCounters {
     pub expired: u64,
     /// Own events that came back out of client_seq order (should stay 0).
     pub own_out_of_order: u64,
+    /// Own events the gateway refused (a `j` with the warehouse's origin):
+    /// the warehouse applied a decision the stream will never carry, so its
+    /// state is ahead of every replica. Must stay 0; if not, restart from
+    /// the last snapshot.
+    pub own_events_rejected: u64,
 }
 
 impl WarehouseCounters {
@@ -598,6 +603,10 @@ impl Warehouse {
         }
         let header = message.header();
         if header.origin.get() == self.own_origin && message.is_event() {
+            if let Message::GatewayReject(_) = message {
+                // Not our event but the gateway's verdict on one of ours.
+                self.counters.own_events_rejected += 1;
+            }
             let client_seq = header.client_seq.get();
             if client_seq != self.own_last_seen.wrapping_add(1) {
                 self.counters.own_out_of_order += 1;

@@ -839,6 +839,23 @@ fn own_events_of_this_run_are_not_applied_twice() {
 }
 
 #[test]
+fn an_own_event_refused_by_the_gateway_is_counted() {
+    let mut sim = Sim::new();
+    sim.sequence(Order::new(1, A, MUG, 1).as_bytes().to_vec(), POS);
+    sim.feed_warehouse();
+    let d = sim.outbox.pop_front().unwrap();
+    let client_seq = parse::<OnHandDelta>(&d).header.client_seq.get();
+    // The gateway records a `j` in its place (say, rate limited).
+    let j = tally_wire::GatewayReject::new(reject_reason::RATE_LIMITED).with_client_seq(client_seq);
+    sim.sequence(j.as_bytes().to_vec(), WH);
+    sim.settle();
+    assert_eq!(sim.wh.counters().own_events_rejected, 1);
+    assert_eq!(sim.wh.in_flight(), 0);
+    // The warehouse is ahead of the stream: the digests say so.
+    assert_ne!(sim.wh.digest(), sim.replica.digest());
+}
+
+#[test]
 fn snapshot_is_refused_while_events_are_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wh.snap");
