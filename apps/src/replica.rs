@@ -661,6 +661,22 @@ impl Replica {
         self.clear_pending();
     }
 
+    /// Empties the directories and cells (an inventory load that failed half
+    /// way); there can be no holds without SKUs.
+    pub(crate) fn clear_inventory(&mut self) {
+        assert_eq!(self.hold_count(), 0, "clearing inventory under open holds");
+        self.sku_ids.fill(0);
+        self.sku_symbols.fill([b' '; 16]);
+        self.sku_count = 0;
+        self.sku_index.clear();
+        self.symbol_index.clear();
+        self.location_slot.fill(0);
+        self.location_ids.fill(0);
+        self.location_names.fill([b' '; 16]);
+        self.location_count = 0;
+        self.cells.fill(CellState::default());
+    }
+
     /// Empties the client-id history.
     pub(crate) fn clear_ids(&mut self) {
         self.ids.fill(IdRecord::default());

@@ -758,21 +758,31 @@ impl Warehouse {
     /// `location,sku_symbol,quantity`, then one row per cell. Location ids
     /// 1..n and SKU ids 1..m are assigned in order of first appearance;
     /// blank lines and lines starting with `#` are skipped. Only into an
-    /// empty warehouse; errors name the line.
+    /// empty warehouse; errors name the line and leave it empty.
     pub fn load_inventory(
         &mut self,
         reader: impl BufRead,
     ) -> Result<InventorySummary, InventoryError> {
-        let err = |line: usize, kind| InventoryError { line, kind };
         if self.replica.sku_count != 0 || self.replica.location_count != 0 {
-            return Err(err(0, InventoryErrorKind::NotEmpty));
+            return Err(InventoryError {
+                line: 0,
+                kind: InventoryErrorKind::NotEmpty,
+            });
         }
+        let loaded = self.load_rows(reader);
+        if loaded.is_err() {
+            // Nothing half-loaded stays behind (the stream position and
+            // pending commands are kept).
+            self.replica.clear_inventory();
+        }
+        loaded
+    }
+
+    fn load_rows(&mut self, reader: impl BufRead) -> Result<InventorySummary, InventoryError> {
+        let err = |line: usize, kind| InventoryError { line, kind };
         let mut rows = 0u32;
         let mut units = 0u64;
         let mut header_seen = false;
-        // Line of the row that set each cell, to name duplicates (a load-time
-        // table; the hot path never sees it).
-        let mut first_line = std::collections::HashMap::new();
         for (i, line) in reader.lines().enumerate() {
             let number = i + 1;
             let line = line.map_err(|e| err(number, InventoryErrorKind::Io(e)))?;
@@ -861,24 +871,35 @@ impl Warehouse {
                 }
             };
             let cell = self.replica.cell_of(sku_index, location_index);
-            if let Some(&first) = first_line.get(&cell) {
+            // While loading, a cell's version holds the line that set it,
+            // to name duplicates without a side table.
+            let version = self.replica.cells[cell].version;
+            if version != 0 {
+                let first_line = (version & u64::from(u32::MAX)) as usize;
                 return Err(err(
                     number,
-                    InventoryErrorKind::DuplicateCell { first_line: first },
+                    InventoryErrorKind::DuplicateCell { first_line },
                 ));
             }
-            first_line.insert(cell, number);
-            // Known, not yet on the stream: the broadcast's `I` stamps it.
             self.replica.cells[cell] = CellState {
                 on_hand: quantity,
                 reserved: 0,
-                version: PROVISIONAL_VERSION_BIT,
+                version: PROVISIONAL_VERSION_BIT | number as u64,
             };
             rows += 1;
             units += u64::from(quantity);
         }
         if !header_seen {
             return Err(err(0, InventoryErrorKind::Empty));
+        }
+        // Known, not yet on the stream: the broadcast's `I` stamps each.
+        for s in 0..self.replica.sku_count {
+            for l in 0..self.replica.location_count {
+                let cell = self.replica.cell_of(s, l);
+                if self.replica.cells[cell].version != 0 {
+                    self.replica.cells[cell].version = PROVISIONAL_VERSION_BIT;
+                }
+            }
         }
         Ok(InventorySummary {
             locations: self.replica.location_count,

@@ -1469,6 +1469,10 @@ fn inventory_file_errors_name_the_line() {
     for (text, line, kind) in cases {
         let mut wh = Warehouse::new(config());
         let err = wh.load_inventory(text.as_bytes()).unwrap_err();
+        assert_eq!(
+            wh.replica().sku_count() + u32::from(wh.replica().location_count()),
+            0
+        );
         assert_eq!(err.line, line, "{text:?}: {err}");
         assert!(kind(&err.kind), "{text:?}: {err}");
         if line > 0 {
