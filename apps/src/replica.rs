@@ -578,6 +578,12 @@ pub struct Replica {
     pub(crate) pending_oldest: u64,
 }
 
+// A replica moves to the thread that owns it.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Replica>();
+};
+
 impl fmt::Debug for Replica {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Replica")

@@ -416,6 +416,12 @@ pub struct Warehouse {
     counters: WarehouseCounters,
 }
 
+// A warehouse moves to the thread that runs its loop.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Warehouse>();
+};
+
 impl fmt::Debug for Warehouse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Warehouse")
