@@ -276,7 +276,7 @@ impl SoupClient {
     /// Logs in and expects Login Accepted; returns its next sequence number.
     pub fn login_ok(&mut self, username: &str, password: &str) -> u64 {
         self.login(username, password, "", 0);
-        match self.recv(Duration::from_secs(10)) {
+        match self.recv(Duration::from_secs(30)) {
             Some(Reply::LoginAccepted { next_seq, .. }) => next_seq,
             other => panic!("expected login accepted, got {other:?}"),
         }
