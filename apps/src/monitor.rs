@@ -1,8 +1,8 @@
 //! `tally-monitor`'s library: the read side of DESIGN.md §6. A replica of the
 //! stream, with bounded indexes of its recent history, served over
 //! HTTP/JSON: availability by SKU symbol, a cell's recent events, an order's
-//! timeline, a hold's status, depleted SKUs, `/health`, `/ready` and
-//! Prometheus `/metrics`.
+//! timeline, a hold's status, depleted SKUs, the replica's digest
+//! (`/digest`), `/health`, `/ready` and Prometheus `/metrics`.
 //!
 //! # Threads and sharing
 //!
@@ -998,6 +998,7 @@ const ROUTES: &[&str] = &[
     "/orders/{origin}/{order_id}",
     "/holds/{origin}/{hold_id}",
     "/depleted[?scope=all|any][&limit=N]",
+    "/digest",
     "/health",
     "/ready",
     "/metrics",
@@ -1144,6 +1145,7 @@ impl ReadModel {
             }
             ["holds", origin, hold_id] => no_query(query).and_then(|()| self.hold(origin, hold_id)),
             ["depleted"] => self.depleted(query),
+            ["digest"] => no_query(query).map(|()| self.digest_json()),
             ["health"] => {
                 return match no_query(query) {
                     Ok(()) => self.health(now_ns, fresh),
@@ -1463,6 +1465,17 @@ impl ReadModel {
             "truncated": count > skus.len() as u64,
             "skus": skus,
         }))
+    }
+
+    /// `GET /digest`: the replica's [`Replica::digest`] and the seq it
+    /// reflects (`digest_seq`), to compare replicas with the authority at
+    /// the same seq (O(skus × locations), like `/depleted`).
+    fn digest_json(&self) -> Value {
+        json!({
+            "digest": format!("{:016x}", self.replica.digest()),
+            "digest_seq": self.replica.last_seq(),
+            "oversold": self.replica.oversold(),
+        })
     }
 
     /// `GET /health`: 200 while the stream is alive, 503 when stale or the
@@ -2511,6 +2524,14 @@ mod tests {
 
         assert_eq!(f.get("/health").0, 200);
         assert_eq!(f.get("/ready").0, 200);
+        let (status, v) = f.get("/digest");
+        assert_eq!(status, 200);
+        let digest = format!("{:016x}", f.model.replica.digest());
+        assert_eq!(v["digest"], digest.as_str());
+        assert_eq!(v["digest_seq"], f.model.replica.last_seq());
+        assert_eq!(v["digest_seq"], v["seq"]);
+        assert_eq!(v["oversold"], 0);
+        assert_eq!(f.get("/digest?x=1").0, 400);
         assert_eq!(f.get("/nope").0, 404);
         let reply = f
             .model

@@ -21,6 +21,7 @@ use tally_runtime::notify::Notifier;
 ///   GET /orders/{origin}/{order_id}
 ///   GET /holds/{origin}/{hold_id}
 ///   GET /depleted[?scope=all|any][&limit=N]
+///   GET /digest   (the replica's digest and the seq it reflects)
 ///   GET /health   (503 when the stream is stale)
 ///   GET /ready    (503 until the authority's snapshot broadcast is applied
 ///                  and the lag is small)

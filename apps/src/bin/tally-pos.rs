@@ -82,6 +82,13 @@ struct Cli {
     /// when that is set, else none).
     #[arg(long, value_name = "FILE")]
     counters: Option<PathBuf>,
+    /// After --seconds of load (and the wait for the outcomes), keep
+    /// following the stream until SIGINT/SIGTERM (STATUS= names the seq as
+    /// it moves), then catch up with the newest seq the stream announced and
+    /// print the summary: its digest is then the replica's at the session's
+    /// final seq, comparable with every other replica's.
+    #[arg(long, requires = "seconds")]
+    follow: bool,
 }
 
 fn main() {
@@ -201,6 +208,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         );
     }
     pos.logout();
+    if cli.follow && !stop.load(std::sync::atomic::Ordering::Acquire) {
+        follow(&mut pos, &stop, &notifier)?;
+    }
     if let Some(counters) = &counters {
         counters.publish(&pos);
     }
@@ -209,6 +219,35 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         println!("{summary}");
     } else {
         print_summary(&summary)?;
+    }
+    Ok(())
+}
+
+/// `--follow`: applies the stream until `stop` (or the session's end),
+/// telling systemd the seq whenever it moves, then catches up with the
+/// newest seq the stream announced.
+fn follow(pos: &mut Pos, stop: &AtomicBool, notifier: &Notifier) -> anyhow::Result<()> {
+    const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
+    tracing::info!(
+        seq = pos.replica().last_seq(),
+        "load done: following the stream until SIGINT/SIGTERM"
+    );
+    let mut reported_seq = None;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) && !pos.consumer().is_ended() {
+        let seq = pos.replica().last_seq();
+        if reported_seq != Some(seq) {
+            notify(notifier.status(&format!("following: seq {seq}")));
+            reported_seq = Some(seq);
+        }
+        pos.poll_until(Duration::from_millis(100), |_| false)?;
+    }
+    let newest_seq = pos.consumer().newest_seq();
+    if !pos.catch_up(newest_seq, CATCH_UP_TIMEOUT)? {
+        tracing::warn!(
+            seq = pos.replica().last_seq(),
+            newest_seq,
+            "stopped following before catching up with the stream"
+        );
     }
     Ok(())
 }

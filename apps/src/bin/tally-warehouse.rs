@@ -51,6 +51,11 @@ struct Cli {
     /// duplicate checks).
     #[arg(long, default_value_t = 1 << 22)]
     orders_max: u32,
+    /// At exit, print a JSON summary on stdout: the seq the authoritative
+    /// state reflects, its digest (compare replicas' digests at that seq),
+    /// oversold units and the decision counters.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() {
@@ -111,12 +116,29 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     ));
     app.run(&stop)?;
     let _ = notifier.stopping();
-    let counters = app.engine().counters();
+    let engine = app.engine();
+    let counters = engine.counters();
+    let seq = engine.replica().last_seq();
+    let digest = format!("{:016x}", engine.digest());
     tracing::info!(
+        seq,
+        digest,
         decided = counters.decided,
         accepted = counters.accepted,
         rejected = counters.rejected(),
         "tally-warehouse stopped"
     );
+    if cli.json {
+        let summary = serde_json::json!({
+            "final_seq": seq,
+            "digest": digest,
+            "oversold": engine.replica().oversold(),
+            "decided": counters.decided,
+            "accepted": counters.accepted,
+            "rejected": counters.rejected(),
+            "snapshots_saved": app.stats().snapshots_saved,
+        });
+        println!("{summary}");
+    }
     Ok(())
 }
