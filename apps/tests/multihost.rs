@@ -25,12 +25,12 @@
 //!
 //! Needs root and `ip netns`: otherwise each test prints why and passes,
 //! unless `TALLY_REQUIRE_NETNS=1` (CI) makes that a failure. The two tests
-//! take turns (each runs seven processes on what may be a 2-core machine).
-//! Each LAN has its own namespace prefix (`tmh<pid><tag>`), is cleared
-//! before it is built (leftovers of a killed run) and removed at the end,
-//! pass or fail; every child is killed on drop. Addresses: the script's
-//! 10.77.0.0/24, ports 35000..=35003 and 35080, group 239.255.120.1 — all
-//! inside the test's own namespaces.
+//! take turns (each runs five or six processes on what may be a 2-core
+//! machine). Each LAN has its own namespace prefix (`tmh<pid><tag>`), is
+//! cleared before it is built (with the leftovers of killed runs) and
+//! removed at the end, pass or fail; every child is killed on drop.
+//! Addresses: the script's 10.77.0.0/24, ports 35000..=35003 and 35080,
+//! group 239.255.120.1 — all inside the test's own namespaces.
 
 use std::fs::File;
 use std::io::{Read, Write};
