@@ -53,9 +53,16 @@ die() {
     exit 1
 }
 
+# The header above, on stdout for help (exit 0), on stderr for a usage
+# error (exit 2).
 usage() {
-    sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0" >&2
-    exit "${1:-2}"
+    local code=${1:-2}
+    if [ "$code" -eq 0 ]; then
+        sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0"
+    else
+        sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0" >&2
+    fi
+    exit "$code"
 }
 
 check_name() {
