@@ -239,6 +239,16 @@ impl WarehouseApp {
         let now_ns = monotonic_ns();
         let mut work = self.poll_stream(now_ns)?;
         work += self.poll_client(now_ns);
+        if self.stats.rejected_acks > 0 {
+            // The engine applied an event the stream will never carry: its
+            // state is ahead of every replica's. Stop; a restart rebuilds it
+            // from the snapshot and the stream.
+            bail!(
+                "the gateway refused {} of the warehouse's events; its state is ahead of the \
+                 stream, so it stops (restart it: it rebuilds from its snapshot and the stream)",
+                self.stats.rejected_acks
+            );
+        }
         let now = Instant::now();
         if now >= self.next_expiry_check && self.engine.is_live() {
             self.next_expiry_check = now + self.config.expiry_check_interval;
