@@ -364,21 +364,9 @@ impl ConsumerCounters {
     /// # Panics
     /// When the file holds other names there (a bug in how it was made).
     pub fn from_file(file: &tally_runtime::counters::CounterFile, first_index: usize) -> Self {
-        let names: Vec<&str> = file.names().collect();
-        let counters = Self::NAMES
-            .iter()
-            .enumerate()
-            .map(|(offset, name)| {
-                let index = first_index + offset;
-                assert_eq!(
-                    names.get(index),
-                    Some(name),
-                    "counter file position {index}"
-                );
-                file.counter(index)
-            })
-            .collect();
-        ConsumerCounters { counters }
+        ConsumerCounters {
+            counters: file.counters_at(first_index, Self::NAMES),
+        }
     }
 
     /// Writes the consumer's position and counters.

@@ -20,11 +20,12 @@
 //! is reset to its starting state (a clone) and the stream starts over.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tally_apps::replica::ReplicaLimits;
 use tally_apps::warehouse::{EventBuf, Warehouse, WarehouseConfig};
+use tally_benches::{Rng, Stopwatch};
 use tally_wire::{
     delta_reason, header_mut, Adjust, CancelOrder, ConfirmHold, Message, ModifyOrder, Order,
     Recount, Reserve, Transfer,
@@ -36,60 +37,6 @@ const LOCATIONS: u16 = 8;
 const COMMANDS: usize = 1 << 20;
 const BATCH: usize = 1024;
 const T0: u64 = 1_700_000_000_000_000_000;
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Times the measured batches: wall time by default (criterion's usual
-/// clock), or this thread's CPU time with `TALLY_BENCH_CLOCK=thread-cpu`, so
-/// that other processes on a shared machine do not count (on an idle machine
-/// the two agree for this single-threaded, I/O-free loop).
-#[derive(Clone, Copy)]
-struct Stopwatch {
-    thread_cpu: bool,
-}
-
-impl Stopwatch {
-    fn from_env() -> Self {
-        let thread_cpu = std::env::var("TALLY_BENCH_CLOCK").is_ok_and(|v| v == "thread-cpu");
-        if thread_cpu {
-            eprintln!("timing with this thread's CPU time (TALLY_BENCH_CLOCK=thread-cpu)");
-        }
-        Self { thread_cpu }
-    }
-
-    fn now(self) -> Duration {
-        if self.thread_cpu {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: clock_gettime writes one timespec into the one we own.
-            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-            assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-        } else {
-            EPOCH.with(|epoch| epoch.elapsed())
-        }
-    }
-}
-
-thread_local! {
-    static EPOCH: Instant = Instant::now();
-}
 
 /// A live warehouse with its snapshot broadcast already back from the
 /// stream; returns it and the next stream seq.

@@ -1,3 +1,63 @@
 //! `tally-benches` holds tally's criterion micro-benchmarks (one file per
 //! scenario under `benches/`) and, later, the end-to-end load tool
 //! `tally-bench`.
+
+use std::time::{Duration, Instant};
+
+/// A seeded splitmix64 generator for benchmark inputs.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Times the measured batches: wall time by default (criterion's usual
+/// clock), or this thread's CPU time with `TALLY_BENCH_CLOCK=thread-cpu`, so
+/// that other processes on a shared machine do not count (on an idle machine
+/// the two agree for this single-threaded, I/O-free loop).
+#[derive(Clone, Copy)]
+pub struct Stopwatch {
+    thread_cpu: bool,
+}
+
+impl Stopwatch {
+    /// Reads `TALLY_BENCH_CLOCK` (a benchmark binary's own setting).
+    pub fn from_env() -> Self {
+        let thread_cpu = std::env::var("TALLY_BENCH_CLOCK").is_ok_and(|v| v == "thread-cpu");
+        if thread_cpu {
+            eprintln!("timing with this thread's CPU time (TALLY_BENCH_CLOCK=thread-cpu)");
+        }
+        Self { thread_cpu }
+    }
+
+    /// The time now on the chosen clock.
+    pub fn now(self) -> Duration {
+        if self.thread_cpu {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into the one we own.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+            Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        } else {
+            EPOCH.with(|epoch| epoch.elapsed())
+        }
+    }
+}
+
+thread_local! {
+    static EPOCH: Instant = Instant::now();
+}

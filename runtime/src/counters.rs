@@ -311,6 +311,29 @@ impl CounterFile {
         }
     }
 
+    /// Handles to the counters `names`, which must sit at `first_index..` in
+    /// this file, in that order (a struct of counters that a process lays out
+    /// in its file calls this in its `from_file`).
+    ///
+    /// # Panics
+    /// When the file holds other names there: the file was laid out wrong, a
+    /// bug.
+    pub fn counters_at(&self, first_index: usize, names: &[&str]) -> Vec<Counter> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(offset, name)| {
+                let index = first_index + offset;
+                assert_eq!(
+                    self.names().nth(index),
+                    Some(*name),
+                    "counter file position {index} is not the counter {name}"
+                );
+                self.counter(index)
+            })
+            .collect()
+    }
+
     /// A handle to the counter called `name`.
     pub fn counter_by_name(&self, name: &str) -> Option<Counter> {
         let index = self.names.iter().position(|known| known == name)?;
