@@ -1,6 +1,8 @@
 //! `tally-benches` holds tally's criterion micro-benchmarks (one file per
-//! scenario under `benches/`) and, later, the end-to-end load tool
-//! `tally-bench`.
+//! scenario under `benches/`), the end-to-end load tool `tally-bench`
+//! (`src/bin/tally-bench.rs`), and the few helpers the benchmarks share: a
+//! seeded generator for their inputs and a stopwatch that can time a
+//! thread's CPU time on a shared machine.
 
 use std::time::{Duration, Instant};
 
