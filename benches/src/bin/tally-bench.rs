@@ -425,9 +425,20 @@ fn latency(cli: &Cli, gateway: SocketAddr) -> anyhow::Result<serde_json::Value> 
                 let mut buf = Vec::with_capacity(64);
                 let mut next = Instant::now();
                 for index in 0..per_client {
-                    // Pace: yield until the send time (never sleep past it).
-                    while Instant::now() < next {
-                        std::thread::yield_now();
+                    // Pace without burning a core the appliance needs (this
+                    // machine may have only two): sleep until shortly before
+                    // the send time, then yield the last stretch.
+                    loop {
+                        let now = Instant::now();
+                        if now >= next {
+                            break;
+                        }
+                        let left = next - now;
+                        if left > Duration::from_micros(80) {
+                            std::thread::sleep(left - Duration::from_micros(60));
+                        } else {
+                            std::thread::yield_now();
+                        }
                     }
                     next += interval;
                     order_frame(first_seq + index as u32, &mut buf);
