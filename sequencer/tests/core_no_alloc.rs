@@ -23,7 +23,7 @@ fn the_sequencer_duty_cycle_does_not_allocate() {
         JournalWriter::open(dir.path(), session, FsyncPolicy::None, |_, _| {}).unwrap();
     let multicast = MulticastConfig {
         group: "239.255.103.77".parse().unwrap(),
-        port: 33_977,
+        port: 23_877,
         interface: "127.0.0.1".parse().unwrap(),
         ttl: 0,
         loopback: true,

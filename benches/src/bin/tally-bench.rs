@@ -63,7 +63,7 @@ struct Cli {
     #[arg(long, default_value = "none")]
     fsync: String,
     /// First TCP/UDP port to use (four consecutive ports).
-    #[arg(long, default_value_t = 34_100)]
+    #[arg(long, default_value_t = 31_100)]
     port_base: u16,
     /// Print one JSON object instead of text.
     #[arg(long)]
