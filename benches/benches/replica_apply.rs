@@ -27,11 +27,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tally_apps::replica::{Replica, ReplicaLimits};
 use tally_apps::warehouse::{EventBuf, Warehouse, WarehouseConfig};
-use tally_benches::{Rng, Stopwatch};
+use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
 use tally_wire::{
-    delta_reason, header_mut, pad_ascii, Adjust, CancelOrder, ConfirmHold, InventoryLevel,
-    LocationDirectory, Message, ModifyOrder, OnHandDelta, Order, Recount, Reserve, SkuDirectory,
-    Transfer,
+    delta_reason, pad_ascii, InventoryLevel, LocationDirectory, Message, OnHandDelta, SkuDirectory,
 };
 
 const WH: u16 = 100;
@@ -49,14 +47,6 @@ fn limits() -> ReplicaLimits {
         orders_max: 1 << 20,
         pending_max: 1 << 16,
     }
-}
-
-fn stamp(mut bytes: Vec<u8>, origin: u16, client_seq: u32, timestamp_ns: u64) -> Vec<u8> {
-    let h = header_mut(&mut bytes).unwrap();
-    h.origin = origin.into();
-    h.client_seq = client_seq.into();
-    h.timestamp_ns = timestamp_ns.into();
-    bytes
 }
 
 /// Runs a warehouse over mixed commands and records the whole stream it
@@ -97,26 +87,8 @@ fn recorded_stream() -> (Vec<u8>, Vec<(u32, u8)>) {
         g += 1;
         let origin = 1 + (g % 16) as u16;
         let location = 1 + rng.below(u64::from(LOCATIONS)) as u16;
-        let to = 1 + (location % LOCATIONS);
         let sku = 1 + rng.below(u64::from(SKUS)) as u32;
-        let group: [Vec<u8>; 10] = [
-            Order::new(2 * g, location, sku, 2).as_bytes().to_vec(),
-            Order::new(2 * g + 1, 0, sku, 1).as_bytes().to_vec(),
-            ModifyOrder::new(2 * g, 1).as_bytes().to_vec(),
-            Reserve::new(g, location, sku, 2, 60_000)
-                .as_bytes()
-                .to_vec(),
-            ConfirmHold::new(g).as_bytes().to_vec(),
-            CancelOrder::new(2 * g).as_bytes().to_vec(),
-            Transfer::new(g, location, to, sku, 1).as_bytes().to_vec(),
-            Adjust::new(location, sku, 3, delta_reason::ADJUST)
-                .as_bytes()
-                .to_vec(),
-            Recount::new(to, sku, 1_000_000, 0).as_bytes().to_vec(),
-            Order::new(2 * g + 1, location, SKUS + 1, 1)
-                .as_bytes()
-                .to_vec(),
-        ];
+        let group = mixed_commands(g, location, sku, LOCATIONS, SKUS);
         for command in group {
             client_seq[usize::from(origin)] += 1;
             let command = stamp(

@@ -25,11 +25,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tally_apps::replica::ReplicaLimits;
 use tally_apps::warehouse::{EventBuf, Warehouse, WarehouseConfig};
-use tally_benches::{Rng, Stopwatch};
-use tally_wire::{
-    delta_reason, header_mut, Adjust, CancelOrder, ConfirmHold, Message, ModifyOrder, Order,
-    Recount, Reserve, Transfer,
-};
+use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
+use tally_wire::{Message, Order};
 
 const WH: u16 = 100;
 const SKUS: u32 = 10_000;
@@ -69,15 +66,6 @@ fn warehouse() -> (Warehouse, u64) {
     (wh, broadcast.len() as u64 + 1)
 }
 
-/// Stamps what the gateway and sequencer would: origin, client_seq, time.
-fn stamp(mut bytes: Vec<u8>, origin: u16, client_seq: u32, timestamp_ns: u64) -> Vec<u8> {
-    let h = header_mut(&mut bytes).unwrap();
-    h.origin = origin.into();
-    h.client_seq = client_seq.into();
-    h.timestamp_ns = timestamp_ns.into();
-    bytes
-}
-
 #[derive(Clone, Copy)]
 enum Mix {
     Orders,
@@ -98,27 +86,7 @@ fn commands(mix: Mix) -> Vec<Vec<u8>> {
         let group: Vec<Vec<u8>> = match mix {
             Mix::Orders => vec![Order::new(g, location, sku, 1).as_bytes().to_vec()],
             Mix::OrdersAnyLocation => vec![Order::new(g, 0, sku, 1).as_bytes().to_vec()],
-            Mix::Mixed => {
-                let to = 1 + (location % LOCATIONS);
-                vec![
-                    Order::new(2 * g, location, sku, 2).as_bytes().to_vec(),
-                    Order::new(2 * g + 1, 0, sku, 1).as_bytes().to_vec(),
-                    ModifyOrder::new(2 * g, 1).as_bytes().to_vec(),
-                    Reserve::new(g, location, sku, 2, 60_000)
-                        .as_bytes()
-                        .to_vec(),
-                    ConfirmHold::new(g).as_bytes().to_vec(),
-                    CancelOrder::new(2 * g).as_bytes().to_vec(),
-                    Transfer::new(g, location, to, sku, 1).as_bytes().to_vec(),
-                    Adjust::new(location, sku, 3, delta_reason::ADJUST)
-                        .as_bytes()
-                        .to_vec(),
-                    Recount::new(to, sku, 1_000_000, 0).as_bytes().to_vec(),
-                    Order::new(2 * g + 1, location, SKUS + 1, 1)
-                        .as_bytes()
-                        .to_vec(),
-                ]
-            }
+            Mix::Mixed => mixed_commands(g, location, sku, LOCATIONS, SKUS).to_vec(),
         };
         for bytes in group {
             client_seq[usize::from(origin)] += 1;

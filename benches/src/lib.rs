@@ -63,3 +63,43 @@ impl Stopwatch {
 thread_local! {
     static EPOCH: Instant = Instant::now();
 }
+
+/// `bytes` (one stream message) with its header's origin, client_seq and
+/// timestamp set.
+pub fn stamp(mut bytes: Vec<u8>, origin: u16, client_seq: u32, timestamp_ns: u64) -> Vec<u8> {
+    let header = tally_wire::header_mut(&mut bytes).expect("a complete stream message");
+    header.origin = origin.into();
+    header.client_seq = client_seq.into();
+    header.timestamp_ns = timestamp_ns.into();
+    bytes
+}
+
+/// The ten commands of one round of the benchmarks' mixed workload, in
+/// equal parts: an order at `location`, an order at location 0, a modify, a
+/// reserve, its confirm, a cancel, a transfer to the next location, a
+/// restock, a recount, and an order for an unknown SKU (`skus + 1`).
+pub fn mixed_commands(g: u64, location: u16, sku: u32, locations: u16, skus: u32) -> [Vec<u8>; 10] {
+    use tally_wire::{
+        delta_reason, Adjust, CancelOrder, ConfirmHold, ModifyOrder, Order, Recount, Reserve,
+        Transfer,
+    };
+    let to = 1 + (location % locations);
+    [
+        Order::new(2 * g, location, sku, 2).as_bytes().to_vec(),
+        Order::new(2 * g + 1, 0, sku, 1).as_bytes().to_vec(),
+        ModifyOrder::new(2 * g, 1).as_bytes().to_vec(),
+        Reserve::new(g, location, sku, 2, 60_000)
+            .as_bytes()
+            .to_vec(),
+        ConfirmHold::new(g).as_bytes().to_vec(),
+        CancelOrder::new(2 * g).as_bytes().to_vec(),
+        Transfer::new(g, location, to, sku, 1).as_bytes().to_vec(),
+        Adjust::new(location, sku, 3, delta_reason::ADJUST)
+            .as_bytes()
+            .to_vec(),
+        Recount::new(to, sku, 1_000_000, 0).as_bytes().to_vec(),
+        Order::new(2 * g + 1, location, skus + 1, 1)
+            .as_bytes()
+            .to_vec(),
+    ]
+}
