@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types};
 
 use super::dgram::{DatagramRecv, RecvStats};
-use super::ring::{kind, user_data, Cqe, Region, Ring, CQE_BATCH};
+use super::ring::{kind, until_done, user_data, Cqe, Region, Ring, CQE_BATCH};
 use super::{
     sock, MulticastConfig, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED,
     SEND_BUFFER_BYTES_WANTED,
@@ -292,21 +292,13 @@ impl MulticastSender {
     /// Waits until no send is in flight; `TimedOut` if that takes longer than
     /// `timeout`.
     pub fn flush(&mut self, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        until_done(timeout, "sends still in flight", |wait| {
+            if let Some(wait) = wait {
+                self.ring.wait(wait)?;
+            }
             self.poll_completions()?;
-            if self.ring.in_flight() == 0 {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "sends still in flight",
-                ));
-            }
-            self.ring.wait(deadline - now)?;
-        }
+            Ok(self.ring.in_flight() == 0)
+        })
     }
 
     /// Sends not yet completed.

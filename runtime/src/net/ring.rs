@@ -47,6 +47,29 @@ pub(crate) const fn user_data(kind: u8, generation: u32, index: u32) -> u64 {
     ((kind as u64) << 56) | (((generation & GENERATION_MASK) as u64) << 32) | index as u64
 }
 
+/// Runs `cycle` until it reports done, or fails with `TimedOut` (`what`
+/// says what was left) once `timeout` has passed. The first call gets `None`;
+/// later ones get the time left, for the caller to wait in its ring before it
+/// reaps and checks again. The shared deadline loop of the `flush` methods.
+pub(crate) fn until_done(
+    timeout: Duration,
+    what: &'static str,
+    mut cycle: impl FnMut(Option<Duration>) -> io::Result<bool>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut wait = None;
+    loop {
+        if cycle(wait)? {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+        }
+        wait = Some(deadline - now);
+    }
+}
+
 /// A completion, copied out of the completion queue so the queue is released
 /// before the owner dispatches it (dispatch needs `&mut` on the ring again).
 #[derive(Clone, Copy, Debug, Default)]

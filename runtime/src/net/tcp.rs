@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
-use super::ring::{kind, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH, GENERATION_MASK};
+use super::ring::{
+    kind, until_done, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH, GENERATION_MASK,
+};
 use super::{sock, DROP_DRAIN_TIMEOUT};
 
 /// How long [`TcpServerHandle::close`] keeps flushing queued bytes before it
@@ -1288,24 +1290,19 @@ impl TcpConn {
     /// Waits until the kernel has taken every queued byte. `TimedOut` after
     /// `timeout`; the close error if the connection closes first.
     pub fn flush(&mut self, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        until_done(timeout, "bytes still queued", |wait| {
+            if let Some(wait) = wait {
+                self.ring.wait(wait)?;
+            }
             self.reap()?;
             if self.send.len == 0 {
-                return Ok(());
+                return Ok(true);
             }
-            if let Some(errno) = self.closed {
-                return Err(Self::closed_error(errno));
+            match self.closed {
+                Some(errno) => Err(Self::closed_error(errno)),
+                None => Ok(false),
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "bytes still queued",
-                ));
-            }
-            self.ring.wait(deadline - now)?;
-        }
+        })
     }
 
     /// Bytes queued and not yet taken by the kernel.

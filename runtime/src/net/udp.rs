@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types};
 
 use super::dgram::{DatagramRecv, RecvStats};
-use super::ring::{kind, user_data, zeroed, Cqe, HeapArray, Region, Ring, CQE_BATCH};
+use super::ring::{kind, until_done, user_data, zeroed, Cqe, HeapArray, Region, Ring, CQE_BATCH};
 use super::{sock, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED};
 
 /// Send-side counters of a [`UdpSocketRing`].
@@ -281,21 +281,13 @@ impl UdpSocketRing {
 
     /// Waits until no send is in flight; `TimedOut` after `timeout`.
     pub fn flush(&mut self, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        until_done(timeout, "sends still in flight", |wait| {
+            if let Some(wait) = wait {
+                self.ring.wait(wait)?;
+            }
             self.reap_without_callback()?;
-            if self.sends_in_flight() == 0 {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "sends still in flight",
-                ));
-            }
-            self.ring.wait(deadline - now)?;
-        }
+            Ok(self.sends_in_flight() == 0)
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddrV4 {
