@@ -1,0 +1,169 @@
+//! The write-ahead journal: every packet the sequencer publishes is appended
+//! here first.
+//!
+//! One file per stream session, `<dir>/<session>.journal`:
+//!
+//! ```text
+//! file header, 64 bytes
+//!   0  [8]  magic "TALLYJNL"
+//!   8  u32  version (1)
+//!  12  u32  header length (64)
+//!  16  [10] session, space padded
+//!  26  [6]  zero
+//!  32  u64  created, ns since the Unix epoch
+//!  40  [24] zero
+//! records, back to back
+//!   0  u32  payload length in bytes
+//!   4  u32  CRC32C over bytes 0..4 and 8..24+payload length
+//!   8  u64  sequence number of the first message in the record
+//!  16  u16  message count; 0xFFFF marks the end of the session
+//!  18  [6]  zero
+//!  24  payload: `count` MoldUDP64 message blocks (u16 length, bytes)
+//! ```
+//!
+//! All integers are big-endian, like the wire. A record's payload is exactly
+//! the block area of the MoldUDP64 packet that carried it, so a retransmit is
+//! a copy. Appends are single `writev` calls; the fsync policy decides when
+//! `fdatasync` runs. Readers on other threads never read past the end the
+//! writer has published in [`JournalProgress`].
+//!
+//! Recovery reads the whole file, checks every record's checksum, sequence
+//! continuity and block structure, and cuts a torn tail: an incomplete final
+//! record, a final record whose checksum fails, or a run of zeros. A damaged
+//! record with intact records after it is not a torn write: opening fails
+//! rather than reuse sequence numbers that receivers may already hold.
+
+mod checkpoint;
+mod format;
+mod reader;
+mod recover;
+mod writer;
+
+pub use checkpoint::{checkpoint_path, Checkpoint};
+pub use format::{
+    RecordInfo, COUNT_END_OF_SESSION, FILE_HEADER_BYTES, RECORD_HEADER_BYTES,
+    RECORD_PAYLOAD_BYTES_MAX,
+};
+pub use reader::{Cursor, JournalReader, INDEX_STRIDE_BYTES};
+pub use writer::JournalWriter;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tally_wire::mold::Session;
+
+/// When the journal calls `fdatasync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Never: the journal survives a process crash (the page cache holds it),
+    /// not a host crash.
+    None,
+    /// Before each packet is published: survives a host crash; costs one
+    /// `fdatasync` per packet.
+    Batch,
+    /// At most this many nanoseconds after a write: bounds what a host crash
+    /// can lose.
+    Interval { interval_ns: u64 },
+}
+
+/// Why a journal could not be opened.
+#[derive(Debug)]
+pub enum JournalError {
+    /// An I/O error, with what was being done.
+    Io { context: String, source: io::Error },
+    /// The file is not a tally journal, or belongs to another session.
+    BadHeader { path: PathBuf, reason: String },
+    /// A damaged record with intact data after it.
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for JournalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JournalError::Io { context, source } => write!(f, "{context}: {source}"),
+            JournalError::BadHeader { path, reason } => {
+                write!(f, "{}: not a usable journal: {reason}", path.display())
+            }
+            JournalError::Corrupt {
+                path,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "{}: corrupt record at byte {offset} with intact records after it ({reason}); \
+                 refusing to start so that no sequence number is reused",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JournalError {}
+
+pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> JournalError {
+    let context = context.into();
+    move |source| JournalError::Io { context, source }
+}
+
+/// What the writer has made visible to readers. Written by the sequencer
+/// thread only, read by the retransmit and replay threads.
+#[derive(Debug, Default)]
+pub struct JournalProgress {
+    /// File offset one past the last complete record.
+    end_offset: AtomicU64,
+    /// Sequence number the next message will get.
+    next_seq: AtomicU64,
+    /// The session has ended (end-of-session record written).
+    ended: AtomicBool,
+}
+
+impl JournalProgress {
+    /// File offset one past the last complete record.
+    pub fn end_offset(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    /// Sequence number the next message will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Acquire)
+    }
+
+    /// Whether the session has ended.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn publish(&self, end_offset: u64, next_seq: u64) {
+        // next_seq first: a reader that sees the new end offset also sees a
+        // next_seq at least as new.
+        self.next_seq.store(next_seq, Ordering::Release);
+        self.end_offset.store(end_offset, Ordering::Release);
+    }
+}
+
+/// What recovery found in an existing journal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Sequence number the next message gets.
+    pub next_seq: u64,
+    /// Records read.
+    pub records: u64,
+    /// Messages read.
+    pub messages: u64,
+    /// Bytes cut from a torn tail.
+    pub cut_bytes: u64,
+    /// The session already ended.
+    pub ended: bool,
+    /// The file was created by this open.
+    pub created: bool,
+}
+
+/// The path of a session's journal in `dir`.
+pub fn journal_path(dir: &Path, session: Session) -> PathBuf {
+    dir.join(format!("{}.journal", session.as_str()))
+}
