@@ -8,6 +8,7 @@
 pub mod appliance;
 pub mod config;
 pub mod core;
+pub mod exit;
 pub mod journal;
 pub mod publisher;
 pub mod replay;
