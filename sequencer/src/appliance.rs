@@ -99,6 +99,7 @@ impl Appliance {
             &config.journal.dir,
             session,
             config.fsync_policy()?,
+            &crate::journal::RecoveryOptions::default(),
             |seq, message| {
                 if recovery_error.is_some() || message.len() < tally_wire::Header::SIZE {
                     return;

@@ -858,8 +858,14 @@ mod tests {
     impl Fixture {
         fn new(options: ReplayOptions, messages: u64) -> Self {
             let dir = tempfile::tempdir().unwrap();
-            let (mut writer, _) =
-                JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+            let (mut writer, _) = JournalWriter::open(
+                dir.path(),
+                session(),
+                FsyncPolicy::None,
+                &crate::journal::RecoveryOptions::default(),
+                |_, _| {},
+            )
+            .unwrap();
             append(&mut writer, messages);
             let file = CounterFile::in_memory(ReplayCounters::NAMES);
             let counters = ReplayCounters::from_file(&file, 0);
@@ -1159,8 +1165,14 @@ mod tests {
     #[test]
     fn serving_allocates_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) =
-            JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+        let (mut writer, _) = JournalWriter::open(
+            dir.path(),
+            session(),
+            FsyncPolicy::None,
+            &crate::journal::RecoveryOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
         append(&mut writer, 3000);
         let file = CounterFile::in_memory(ReplayCounters::NAMES);
         let counters = ReplayCounters::from_file(&file, 0);

@@ -741,8 +741,14 @@ mod tests {
     impl Fixture {
         fn new(options: RetransmitOptions, messages: u64) -> Self {
             let dir = tempfile::tempdir().unwrap();
-            let (mut writer, _) =
-                JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+            let (mut writer, _) = JournalWriter::open(
+                dir.path(),
+                session(),
+                FsyncPolicy::None,
+                &crate::journal::RecoveryOptions::default(),
+                |_, _| {},
+            )
+            .unwrap();
             append(&mut writer, messages);
             let file = CounterFile::in_memory(RetransmitCounters::NAMES);
             let counters = RetransmitCounters::from_file(&file, 0);

@@ -19,8 +19,14 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 fn the_sequencer_duty_cycle_does_not_allocate() {
     let dir = tempfile::tempdir().unwrap();
     let session = Session::from_str("NOALLOC").unwrap();
-    let (journal, recovery) =
-        JournalWriter::open(dir.path(), session, FsyncPolicy::None, |_, _| {}).unwrap();
+    let (journal, recovery) = JournalWriter::open(
+        dir.path(),
+        session,
+        FsyncPolicy::None,
+        &tally_sequencer::journal::RecoveryOptions::default(),
+        |_, _| {},
+    )
+    .unwrap();
     let multicast = MulticastConfig {
         group: "239.255.103.77".parse().unwrap(),
         port: 23_877,

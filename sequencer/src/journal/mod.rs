@@ -45,8 +45,10 @@ pub use format::{
     RECORD_PAYLOAD_BYTES_MAX,
 };
 pub use reader::{Cursor, JournalReader, INDEX_STRIDE_BYTES};
+pub use recover::RecoveryOptions;
 pub use writer::JournalWriter;
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -166,4 +168,17 @@ pub struct Recovery {
 /// The path of a session's journal in `dir`.
 pub fn journal_path(dir: &Path, session: Session) -> PathBuf {
     dir.join(format!("{}.journal", session.as_str()))
+}
+
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(handle) = File::open(dir) {
+        let _ = handle.sync_all();
+    }
+}
+
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as u64)
+        .unwrap_or(0)
 }

@@ -1,14 +1,87 @@
 //! Recovery: reads an existing journal at start-up, checks every record,
 //! and tells a torn tail (cut) from corruption (refused).
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use tally_wire::mold::Session;
 
 use super::format::*;
-use super::{io_error, JournalError, Recovery};
+use super::{io_error, journal_path, now_ns, sync_dir, JournalError, Recovery};
+
+/// What the operator allows recovery to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryOptions {
+    /// Accept a journal that lost acknowledged messages (the operator's
+    /// explicit, loudly named flag). Never set by default.
+    pub accept_loss: bool,
+}
+
+/// Opens (or creates) the journal of `session` in `dir`, recovers it, calls
+/// `on_message(seq, message)` for every journaled message in order, and
+/// returns the file (positioned anywhere: the writer seeks to its end), its
+/// path and what recovery found.
+pub(crate) fn open_and_recover(
+    dir: &Path,
+    session: Session,
+    _options: &RecoveryOptions,
+    mut on_message: &mut impl FnMut(u64, &[u8]),
+) -> Result<(File, PathBuf, Recovery), JournalError> {
+    std::fs::create_dir_all(dir).map_err(io_error(format!(
+        "creating journal directory {}",
+        dir.display()
+    )))?;
+    let path = journal_path(dir, session);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error(format!("opening journal {}", path.display())))?;
+    let len = file
+        .metadata()
+        .map_err(io_error(format!("reading size of {}", path.display())))?
+        .len();
+
+    let mut recovery = Recovery {
+        next_seq: 1,
+        ..Recovery::default()
+    };
+    if len == 0 {
+        let header = file_header(session, now_ns());
+        file.write_all(&header)
+            .map_err(io_error(format!("writing header of {}", path.display())))?;
+        file.sync_all()
+            .map_err(io_error(format!("syncing new journal {}", path.display())))?;
+        sync_dir(dir);
+        recovery.created = true;
+    } else {
+        let end = recover(
+            &mut file,
+            &path,
+            session,
+            len,
+            &mut recovery,
+            &mut on_message,
+        )?;
+        if end < len {
+            recovery.cut_bytes = len - end;
+            tracing::warn!(
+                path = %path.display(),
+                cut_bytes = recovery.cut_bytes,
+                at_offset = end,
+                "journal had a torn tail; cut it"
+            );
+            file.set_len(end)
+                .map_err(io_error(format!("cutting torn tail of {}", path.display())))?;
+            file.sync_all()
+                .map_err(io_error(format!("syncing {}", path.display())))?;
+        }
+    }
+    Ok((file, path, recovery))
+}
 
 /// Reads and checks every record; returns the offset where valid data ends.
 pub(crate) fn recover(

@@ -1,6 +1,6 @@
 //! The appending side of the journal, owned by the sequencer thread.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tally_wire::mold::Session;
 
 use super::format::*;
-use super::recover::recover;
-use super::{io_error, journal_path, FsyncPolicy, JournalError, JournalProgress, Recovery};
+use super::recover::{open_and_recover, RecoveryOptions};
+use super::{io_error, FsyncPolicy, JournalError, JournalProgress, Recovery};
 
 /// The appending side. Owned by the sequencer thread.
 #[derive(Debug)]
@@ -35,60 +35,10 @@ impl JournalWriter {
         dir: &Path,
         session: Session,
         policy: FsyncPolicy,
+        options: &RecoveryOptions,
         mut on_message: impl FnMut(u64, &[u8]),
     ) -> Result<(JournalWriter, Recovery), JournalError> {
-        std::fs::create_dir_all(dir).map_err(io_error(format!(
-            "creating journal directory {}",
-            dir.display()
-        )))?;
-        let path = journal_path(dir, session);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error(format!("opening journal {}", path.display())))?;
-        let len = file
-            .metadata()
-            .map_err(io_error(format!("reading size of {}", path.display())))?
-            .len();
-
-        let mut recovery = Recovery {
-            next_seq: 1,
-            ..Recovery::default()
-        };
-        if len == 0 {
-            let header = file_header(session, now_ns());
-            file.write_all(&header)
-                .map_err(io_error(format!("writing header of {}", path.display())))?;
-            file.sync_all()
-                .map_err(io_error(format!("syncing new journal {}", path.display())))?;
-            sync_dir(dir);
-            recovery.created = true;
-        } else {
-            let end = recover(
-                &mut file,
-                &path,
-                session,
-                len,
-                &mut recovery,
-                &mut on_message,
-            )?;
-            if end < len {
-                recovery.cut_bytes = len - end;
-                tracing::warn!(
-                    path = %path.display(),
-                    cut_bytes = recovery.cut_bytes,
-                    at_offset = end,
-                    "journal had a torn tail; cut it"
-                );
-                file.set_len(end)
-                    .map_err(io_error(format!("cutting torn tail of {}", path.display())))?;
-                file.sync_all()
-                    .map_err(io_error(format!("syncing {}", path.display())))?;
-            }
-        }
+        let (mut file, path, recovery) = open_and_recover(dir, session, options, &mut on_message)?;
         let end_offset = file
             .seek(SeekFrom::End(0))
             .map_err(io_error(format!("seeking {}", path.display())))?;
@@ -103,7 +53,7 @@ impl JournalWriter {
                 next_seq: recovery.next_seq,
                 policy,
                 unsynced: false,
-                last_sync_ns: now_ns(),
+                last_sync_ns: super::now_ns(),
                 progress,
                 fsyncs: 0,
                 bytes_written: 0,
@@ -233,23 +183,10 @@ impl JournalWriter {
     }
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(handle) = File::open(dir) {
-        let _ = handle.sync_all();
-    }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::JournalReader;
+    use crate::journal::{journal_path, JournalReader, RecoveryOptions};
 
     fn session() -> Session {
         Session::from_str("TEST01").unwrap()
@@ -266,11 +203,14 @@ mod tests {
 
     fn collect(dir: &Path) -> (Vec<(u64, Vec<u8>)>, Recovery) {
         let mut seen = Vec::new();
-        let (_, recovery) =
-            JournalWriter::open(dir, session(), FsyncPolicy::None, |seq, message| {
-                seen.push((seq, message.to_vec()))
-            })
-            .unwrap();
+        let (_, recovery) = JournalWriter::open(
+            dir,
+            session(),
+            FsyncPolicy::None,
+            &RecoveryOptions::default(),
+            |seq, message| seen.push((seq, message.to_vec())),
+        )
+        .unwrap();
         (seen, recovery)
     }
 
@@ -278,8 +218,14 @@ mod tests {
     fn append_reopen_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut writer, recovery) =
-                JournalWriter::open(dir.path(), session(), FsyncPolicy::Batch, |_, _| {}).unwrap();
+            let (mut writer, recovery) = JournalWriter::open(
+                dir.path(),
+                session(),
+                FsyncPolicy::Batch,
+                &RecoveryOptions::default(),
+                |_, _| {},
+            )
+            .unwrap();
             assert!(recovery.created);
             assert_eq!(recovery.next_seq, 1);
             writer.append(1, 2, &blocks(&[b"one", b"two"]), 0).unwrap();
@@ -306,8 +252,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(dir.path(), session());
         {
-            let (mut writer, _) =
-                JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+            let (mut writer, _) = JournalWriter::open(
+                dir.path(),
+                session(),
+                FsyncPolicy::None,
+                &RecoveryOptions::default(),
+                |_, _| {},
+            )
+            .unwrap();
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
             writer
                 .append(2, 2, &blocks(&[b"second", b"third"]), 0)
@@ -330,16 +282,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(dir.path(), session());
         {
-            let (mut writer, _) =
-                JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+            let (mut writer, _) = JournalWriter::open(
+                dir.path(),
+                session(),
+                FsyncPolicy::None,
+                &RecoveryOptions::default(),
+                |_, _| {},
+            )
+            .unwrap();
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
             writer.append(2, 1, &blocks(&[b"second"]), 0).unwrap();
         }
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 3] ^= 0xFF;
         std::fs::write(&path, &bytes).unwrap();
-        let error =
-            JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap_err();
+        let error = JournalWriter::open(
+            dir.path(),
+            session(),
+            FsyncPolicy::None,
+            &RecoveryOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_err();
         assert!(matches!(error, JournalError::Corrupt { .. }), "{error}");
     }
 
@@ -348,8 +312,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(dir.path(), session());
         {
-            let (mut writer, _) =
-                JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+            let (mut writer, _) = JournalWriter::open(
+                dir.path(),
+                session(),
+                FsyncPolicy::None,
+                &RecoveryOptions::default(),
+                |_, _| {},
+            )
+            .unwrap();
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
         }
         let mut bytes = std::fs::read(&path).unwrap();
@@ -368,8 +338,14 @@ mod tests {
             b"definitely not a journal file, no sir, not at all, nope nope nope",
         )
         .unwrap();
-        let error =
-            JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap_err();
+        let error = JournalWriter::open(
+            dir.path(),
+            session(),
+            FsyncPolicy::None,
+            &RecoveryOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("wrong magic"), "{error}");
     }
 
@@ -377,8 +353,14 @@ mod tests {
     fn end_of_session_is_remembered() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut writer, _) =
-                JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+            let (mut writer, _) = JournalWriter::open(
+                dir.path(),
+                session(),
+                FsyncPolicy::None,
+                &RecoveryOptions::default(),
+                |_, _| {},
+            )
+            .unwrap();
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
             writer.end_session().unwrap();
         }
@@ -390,8 +372,14 @@ mod tests {
     #[test]
     fn reader_follows_seeks_and_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) =
-            JournalWriter::open(dir.path(), session(), FsyncPolicy::None, |_, _| {}).unwrap();
+        let (mut writer, _) = JournalWriter::open(
+            dir.path(),
+            session(),
+            FsyncPolicy::None,
+            &RecoveryOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
         let mut reader = JournalReader::open(writer.path(), writer.progress(), 4).unwrap();
         let mut seq = 1u64;
         // Enough records to span several index strides and force index trimming.
