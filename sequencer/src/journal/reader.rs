@@ -20,8 +20,18 @@ pub struct Cursor {
 
 /// A reading side for the retransmit and replay threads: its own file handle,
 /// a sparse index (one entry per `INDEX_STRIDE_BYTES` of journal) built by
-/// following the writer's published end, and one record buffer. All memory is
-/// allocated in [`JournalReader::open`].
+/// following the writer's published end, and one read-ahead buffer. All
+/// memory is allocated in [`JournalReader::open`].
+///
+/// Reads are batched: one `pread` fills [`READ_AHEAD_BYTES`] of journal,
+/// which serves many records (and, while following the writer, many
+/// headers). Data below the writer's published end never changes (the
+/// journal is append-only; a torn tail is cut before any reader opens), so
+/// what the buffer holds stays valid.
+///
+/// Every record is checked (CRC32C, sequence number, block structure) before
+/// any of its messages is handed out: a damaged record is an
+/// [`io::ErrorKind::InvalidData`] error naming its byte offset, never data.
 #[derive(Debug)]
 pub struct JournalReader {
     file: File,
@@ -32,8 +42,16 @@ pub struct JournalReader {
     /// How far the index has followed the journal.
     indexed: Cursor,
     last_indexed_offset: u64,
-    record: Box<[u8]>,
+    /// Read-ahead buffer: journal bytes `chunk_offset..chunk_offset + chunk_len`.
+    chunk: Box<[u8]>,
+    chunk_offset: u64,
+    chunk_len: usize,
+    /// `pread` calls made (tests and counters: reads are batched).
+    preads: u64,
 }
+
+/// Journal bytes one `pread` fetches ahead.
+pub const READ_AHEAD_BYTES: usize = 256 * 1024;
 
 /// Spacing of the reader's sparse index, in journal bytes.
 pub const INDEX_STRIDE_BYTES: u64 = 64 * 1024;
@@ -58,7 +76,11 @@ impl JournalReader {
                 next_seq: 1,
             },
             last_indexed_offset: 0,
-            record: vec![0u8; RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX].into_boxed_slice(),
+            chunk: vec![0u8; READ_AHEAD_BYTES + RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX]
+                .into_boxed_slice(),
+            chunk_offset: 0,
+            chunk_len: 0,
+            preads: 0,
         })
     }
 
@@ -96,7 +118,7 @@ impl JournalReader {
         let end = self.progress.end_offset();
         let mut done = 0;
         while done < records_max && self.indexed.offset < end {
-            let info = self.read_header(self.indexed.offset)?;
+            let info = self.read_header(self.indexed.offset, end)?;
             if info.count == COUNT_END_OF_SESSION {
                 self.indexed.offset = info.end_offset();
                 break;
@@ -143,8 +165,9 @@ impl JournalReader {
             return Ok(None);
         }
         let (_, mut offset) = self.index[slot - 1];
+        let end = self.progress.end_offset();
         loop {
-            let info = self.read_header(offset)?;
+            let info = self.read_header(offset, end)?;
             if info.count == COUNT_END_OF_SESSION {
                 return Ok(None);
             }
@@ -161,7 +184,9 @@ impl JournalReader {
     /// Hands messages from `cursor` on to `on_message(seq, message)` until it
     /// returns false, `messages_max` were handed out, or the published end is
     /// reached. Advances the cursor past what was handed out. Returns the
-    /// number handed out.
+    /// number handed out. A record that fails its check is an
+    /// [`io::ErrorKind::InvalidData`] error (its messages are not handed out;
+    /// the cursor stays before it).
     pub fn read(
         &mut self,
         cursor: &mut Cursor,
@@ -171,17 +196,10 @@ impl JournalReader {
         let end = self.progress.end_offset();
         let mut handed = 0usize;
         while handed < messages_max && cursor.offset < end {
-            let info = self.read_header(cursor.offset)?;
+            let (info, payload) = self.checked_record(cursor.offset, end)?;
             if info.count == COUNT_END_OF_SESSION {
                 break;
             }
-            let payload_len = info.payload_bytes as usize;
-            let payload_start = RECORD_HEADER_BYTES;
-            self.file.read_exact_at(
-                &mut self.record[payload_start..payload_start + payload_len],
-                cursor.offset + RECORD_HEADER_BYTES as u64,
-            )?;
-            let payload = &self.record[payload_start..payload_start + payload_len];
             let mut at = 0usize;
             let mut seq = info.first_seq;
             let mut stopped = false;
@@ -207,9 +225,175 @@ impl JournalReader {
         Ok(handed)
     }
 
-    fn read_header(&self, offset: u64) -> io::Result<RecordInfo> {
-        let mut header = [0u8; RECORD_HEADER_BYTES];
-        self.file.read_exact_at(&mut header, offset)?;
-        Ok(parse_record_header(offset, &header))
+    /// `pread` calls made so far (each fills the read-ahead buffer).
+    pub fn preads(&self) -> u64 {
+        self.preads
+    }
+
+    /// The record at `offset` (below `end`), its payload checked: CRC32C,
+    /// blocks that tile the payload and match the count.
+    fn checked_record(&mut self, offset: u64, end: u64) -> io::Result<(RecordInfo, &[u8])> {
+        let info = self.read_header(offset, end)?;
+        let record_len = RECORD_HEADER_BYTES + info.payload_bytes as usize;
+        let at = self.buffered(offset, record_len, end)?;
+        let record = &self.chunk[at..at + record_len];
+        let header: &[u8; RECORD_HEADER_BYTES] =
+            record[..RECORD_HEADER_BYTES].try_into().expect("24 bytes");
+        let payload = &record[RECORD_HEADER_BYTES..];
+        let stored_crc = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+        let reason = if record_crc(header, payload) != stored_crc {
+            Some("checksum mismatch")
+        } else if info.count == COUNT_END_OF_SESSION {
+            (!payload.is_empty()).then_some("end-of-session record with a payload")
+        } else if count_blocks(payload) != Some(u64::from(info.count)) || info.count == 0 {
+            Some("blocks do not match the count")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(corrupt(offset, reason));
+        }
+        Ok((info, payload))
+    }
+
+    /// The header of the record at `offset`, its length checked against the
+    /// published end.
+    fn read_header(&mut self, offset: u64, end: u64) -> io::Result<RecordInfo> {
+        let at = self.buffered(offset, RECORD_HEADER_BYTES, end)?;
+        let header: &[u8; RECORD_HEADER_BYTES] = self.chunk[at..at + RECORD_HEADER_BYTES]
+            .try_into()
+            .expect("24 bytes");
+        let info = parse_record_header(offset, header);
+        if info.payload_bytes as usize > RECORD_PAYLOAD_BYTES_MAX || info.end_offset() > end {
+            return Err(corrupt(offset, "length runs past the published end"));
+        }
+        Ok(info)
+    }
+
+    /// Makes journal bytes `offset..offset + len` (all below `end`) present
+    /// in the read-ahead buffer; returns where they start in it. One `pread`
+    /// fetches up to [`READ_AHEAD_BYTES`] more than asked.
+    fn buffered(&mut self, offset: u64, len: usize, end: u64) -> io::Result<usize> {
+        debug_assert!(offset + len as u64 <= end);
+        let chunk_end = self.chunk_offset + self.chunk_len as u64;
+        if offset >= self.chunk_offset && offset + len as u64 <= chunk_end {
+            return Ok((offset - self.chunk_offset) as usize);
+        }
+        let want = (end - offset).min(self.chunk.len() as u64) as usize;
+        assert!(want >= len, "a record fits the read-ahead buffer");
+        self.file.read_exact_at(&mut self.chunk[..want], offset)?;
+        self.preads += 1;
+        self.chunk_offset = offset;
+        self.chunk_len = want;
+        Ok(0)
+    }
+}
+
+fn corrupt(offset: u64, reason: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("journal record at byte {offset} fails its check ({reason}); not served"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{FsyncPolicy, JournalWriter, RecoveryOptions};
+    use tally_wire::mold::Session;
+
+    fn blocks(record: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..10u64 {
+            let message = format!("message {record} {i} {}", "y".repeat(30));
+            out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+            out.extend_from_slice(message.as_bytes());
+        }
+        out
+    }
+
+    fn journal(records: u64) -> (tempfile::TempDir, JournalWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = JournalWriter::open(
+            dir.path(),
+            Session::from_str("READ01").unwrap(),
+            FsyncPolicy::None,
+            &RecoveryOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        for record in 0..records {
+            writer
+                .append(1 + record * 10, 10, &blocks(record), 0)
+                .unwrap();
+        }
+        (dir, writer)
+    }
+
+    #[test]
+    fn reads_are_batched_not_one_pread_per_record() {
+        // 5 000 records of ~450 bytes: ~2.3 MB of journal.
+        let (_dir, writer) = journal(5_000);
+        let mut reader = JournalReader::open(writer.path(), writer.progress(), 64).unwrap();
+        let mut cursor = reader.start();
+        let mut next = 1u64;
+        while reader
+            .read(&mut cursor, 1_000, |seq, _| {
+                assert_eq!(seq, next);
+                next += 1;
+                true
+            })
+            .unwrap()
+            > 0
+        {}
+        assert_eq!(next, 50_001);
+        let bytes = writer.progress().end_offset();
+        let preads_max = bytes / READ_AHEAD_BYTES as u64 + 2;
+        assert!(
+            reader.preads() <= preads_max,
+            "{} preads for {bytes} bytes (at most {preads_max})",
+            reader.preads()
+        );
+    }
+
+    #[test]
+    fn a_damaged_record_is_refused_not_served() {
+        let (dir, writer) = journal(20);
+        let path = writer.path().to_path_buf();
+        let progress = writer.progress();
+        drop(writer);
+        // Flip one payload byte of record 7 (messages 71..=80).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let record_len = RECORD_HEADER_BYTES + blocks(0).len();
+        let at = FILE_HEADER_BYTES + 7 * record_len + RECORD_HEADER_BYTES + 5;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut reader = JournalReader::open(&path, progress, 64).unwrap();
+        let mut cursor = reader.seek(60).unwrap().expect("indexed");
+        let mut served = Vec::new();
+        let error = reader
+            .read(&mut cursor, 1_000, |seq, _| {
+                served.push(seq);
+                true
+            })
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        let offset = FILE_HEADER_BYTES + 7 * record_len;
+        assert!(
+            error.to_string().contains(&format!("byte {offset}")),
+            "{error}"
+        );
+        assert_eq!(
+            served,
+            (60..=70).collect::<Vec<_>>(),
+            "nothing of the bad record"
+        );
+        assert_eq!(cursor.next_seq, 71);
+        // The records after it are still served to a reader that skips it.
+        let mut cursor = reader.seek(81).unwrap().expect("indexed");
+        let n = reader.read(&mut cursor, 1_000, |_, _| true).unwrap();
+        assert_eq!(n, 120);
+        drop(dir);
     }
 }
