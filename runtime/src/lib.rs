@@ -22,6 +22,7 @@
 
 pub mod alloc_count;
 pub mod counters;
+pub mod file;
 pub mod idle;
 pub mod net;
 pub mod notify;

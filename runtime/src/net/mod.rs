@@ -26,7 +26,7 @@ use std::time::Duration;
 
 mod dgram;
 mod multicast;
-mod ring;
+pub(crate) mod ring;
 mod sock;
 mod tcp;
 mod udp;

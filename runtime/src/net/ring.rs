@@ -37,6 +37,12 @@ pub(crate) mod kind {
     pub(crate) const CANCEL: u8 = 8;
     /// A multishot poll on a [`crate::wake::Waker`]'s eventfd.
     pub(crate) const WAKE: u8 = 9;
+    /// A file write (index = staging buffer).
+    pub(crate) const FILE_WRITE: u8 = 10;
+    /// A file `fdatasync`.
+    pub(crate) const FILE_SYNC: u8 = 11;
+    /// A write of the side file after a sync.
+    pub(crate) const FILE_SIDE_WRITE: u8 = 12;
 }
 
 /// Bits of the generation kept in `user_data` (the `ConnId` keeps all 32).
