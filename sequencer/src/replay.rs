@@ -56,7 +56,7 @@ use crate::config::ApplianceConfig;
 use crate::journal::{Cursor, JournalProgress, JournalReader};
 
 /// Largest frame (type + payload) a replay client may send: a login.
-const INBOUND_FRAME_BYTES_MAX: usize = 1 + soup::LOGIN_REQUEST_PAYLOAD;
+const INBOUND_FRAME_BYTES_MAX: usize = 1 + soup::LOGIN_REQUEST_PAYLOAD_MAX;
 /// Per-connection buffer for a partly received frame.
 const INBOUND_BUFFER_BYTES: usize = 64;
 const _: () = assert!(INBOUND_BUFFER_BYTES >= LENGTH_PREFIX_SIZE + INBOUND_FRAME_BYTES_MAX);
@@ -494,6 +494,7 @@ impl<A: Authenticator> Feed<A> {
                     password,
                     session,
                     requested_seq,
+                    ..
                 },
             ) => {
                 let client_index = self

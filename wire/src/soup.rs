@@ -56,9 +56,21 @@ pub const USERNAME_SIZE: usize = 6;
 pub const PASSWORD_SIZE: usize = 10;
 /// Width of a sequence number field (login request, login accepted).
 pub const SEQUENCE_FIELD_SIZE: usize = 20;
-/// Payload size of a login request: username 6, password 10, session 10,
-/// requested sequence number 20.
+/// Payload size of a SoupBinTCP 4.0 login request: username 6, password
+/// 10, session 10, requested sequence number 20.
 pub const LOGIN_REQUEST_PAYLOAD: usize = 46;
+/// Width of the requested heartbeat timeout field that SoupBinTCP 4.1 adds
+/// at the end of a login request.
+pub const HEARTBEAT_TIMEOUT_FIELD_SIZE: usize = 5;
+/// Payload size of a SoupBinTCP 4.1 login request: the 4.0 fields, then the
+/// requested heartbeat timeout (5, numeric, milliseconds; 0 or blank = the
+/// server's default).
+pub const LOGIN_REQUEST_PAYLOAD_V41: usize = LOGIN_REQUEST_PAYLOAD + HEARTBEAT_TIMEOUT_FIELD_SIZE;
+/// The largest login request payload a server must accept (4.1's).
+pub const LOGIN_REQUEST_PAYLOAD_MAX: usize = LOGIN_REQUEST_PAYLOAD_V41;
+/// The largest requested heartbeat timeout the 5-digit field can hold, in
+/// milliseconds.
+pub const HEARTBEAT_TIMEOUT_MS_MAX: u32 = 99_999;
 /// Payload size of a login accepted: session 10, next sequence number 20.
 pub const LOGIN_ACCEPTED_PAYLOAD: usize = 30;
 
@@ -184,6 +196,10 @@ pub enum ClientPacket<'a> {
         session: Session,
         /// Requested sequence number; a blank field is 0.
         requested_seq: u64,
+        /// SoupBinTCP 4.1's requested heartbeat timeout, in milliseconds:
+        /// `None` for a 4.0 (46-byte) login request, `Some(0)` for a 4.1
+        /// request that leaves it to the server (a blank or zero field).
+        heartbeat_timeout_ms: Option<u32>,
     },
     /// `U` unsequenced data: one stream message (not validated here).
     Unsequenced(&'a [u8]),
@@ -196,7 +212,9 @@ pub enum ClientPacket<'a> {
 impl<'a> ClientPacket<'a> {
     /// Parses `frame` (type byte + payload, length prefix removed). Validates
     /// the type and the payload length of fixed-size packets, and the login's
-    /// sequence number field. Never panics.
+    /// numeric fields. A login request is either SoupBinTCP 4.0's (46-byte
+    /// payload) or 4.1's (51 bytes: the requested heartbeat timeout added).
+    /// Never panics.
     pub fn parse(frame: &'a [u8]) -> Result<Self, SoupError> {
         let (&packet_type, payload) = frame.split_first().ok_or(SoupError::EmptyFrame)?;
         let bad_length = SoupError::BadLength {
@@ -205,8 +223,17 @@ impl<'a> ClientPacket<'a> {
         };
         match packet_type {
             packet_type::LOGIN_REQUEST => {
+                let (fields, heartbeat_timeout_ms) = match payload.len() {
+                    LOGIN_REQUEST_PAYLOAD => (payload, None),
+                    LOGIN_REQUEST_PAYLOAD_V41 => {
+                        let (fields, timeout) = payload.split_at(LOGIN_REQUEST_PAYLOAD);
+                        // Five digits: always below u32::MAX.
+                        (fields, Some(parse_sequence_field(timeout)? as u32))
+                    }
+                    _ => return Err(bad_length),
+                };
                 let fields: &[u8; LOGIN_REQUEST_PAYLOAD] =
-                    payload.try_into().map_err(|_| bad_length)?;
+                    fields.try_into().map_err(|_| bad_length)?;
                 let (username, rest) = fields
                     .split_first_chunk::<USERNAME_SIZE>()
                     .ok_or(bad_length)?;
@@ -221,6 +248,7 @@ impl<'a> ClientPacket<'a> {
                     password,
                     session: Session(*session),
                     requested_seq: parse_sequence_field(seq)?,
+                    heartbeat_timeout_ms,
                 })
             }
             packet_type::UNSEQUENCED => Ok(ClientPacket::Unsequenced(payload)),
@@ -360,6 +388,39 @@ pub fn write_login_request(
             out[6..16].copy_from_slice(&password);
             out[16..26].copy_from_slice(&session.0);
             out[26..46].copy_from_slice(&sequence_field(requested_seq));
+        },
+    )
+}
+
+/// Writes a SoupBinTCP 4.1 `L` login request: the 4.0 fields as in
+/// [`write_login_request`], then `heartbeat_timeout_ms` (0 = the server's
+/// default) right-aligned in 5 bytes. Returns the frame length (54). Errors
+/// with [`SoupError::BadNumber`] above [`HEARTBEAT_TIMEOUT_MS_MAX`].
+pub fn write_login_request_v41(
+    buf: &mut [u8],
+    username: &str,
+    password: &str,
+    session: Session,
+    requested_seq: u64,
+    heartbeat_timeout_ms: u32,
+) -> Result<usize, SoupError> {
+    if heartbeat_timeout_ms > HEARTBEAT_TIMEOUT_MS_MAX {
+        return Err(SoupError::BadNumber);
+    }
+    let username = pad_ascii::<USERNAME_SIZE>(username)?;
+    let password = pad_ascii::<PASSWORD_SIZE>(password)?;
+    let timeout = sequence_field(u64::from(heartbeat_timeout_ms));
+    write_frame_with(
+        buf,
+        packet_type::LOGIN_REQUEST,
+        LOGIN_REQUEST_PAYLOAD_V41,
+        |out| {
+            out[..6].copy_from_slice(&username);
+            out[6..16].copy_from_slice(&password);
+            out[16..26].copy_from_slice(&session.0);
+            out[26..46].copy_from_slice(&sequence_field(requested_seq));
+            out[46..51]
+                .copy_from_slice(&timeout[SEQUENCE_FIELD_SIZE - HEARTBEAT_TIMEOUT_FIELD_SIZE..]);
         },
     )
 }
@@ -588,6 +649,51 @@ mod tests {
         }
         assert_eq!(parse_sequence_field(b"                    "), Ok(0));
         assert_eq!(parse_sequence_field(b""), Ok(0));
+    }
+
+    #[test]
+    fn login_requests_of_both_versions_parse() {
+        let mut buf = [0u8; 64];
+        let session = Session::from_str("DAY1").unwrap();
+        let n = write_login_request(&mut buf, "pos1", "pw", session, 7).unwrap();
+        assert_eq!(n, 49);
+        let Ok(ClientPacket::LoginRequest {
+            requested_seq,
+            heartbeat_timeout_ms,
+            ..
+        }) = ClientPacket::parse(&buf[2..n])
+        else {
+            panic!("4.0 login does not parse")
+        };
+        assert_eq!((requested_seq, heartbeat_timeout_ms), (7, None));
+        let n = write_login_request_v41(&mut buf, "pos1", "pw", session, 7, 2500).unwrap();
+        assert_eq!(n, 54);
+        assert_eq!(&buf[49..54], b" 2500");
+        let Ok(ClientPacket::LoginRequest {
+            requested_seq,
+            heartbeat_timeout_ms,
+            ..
+        }) = ClientPacket::parse(&buf[2..n])
+        else {
+            panic!("4.1 login does not parse")
+        };
+        assert_eq!((requested_seq, heartbeat_timeout_ms), (7, Some(2500)));
+        assert_eq!(
+            write_login_request_v41(&mut buf, "pos1", "pw", session, 7, 100_000),
+            Err(SoupError::BadNumber)
+        );
+        // Any other length is still wrong.
+        for len in [45, 47, 50, 52] {
+            let mut frame = vec![b'L'];
+            frame.resize(1 + len, b' ');
+            assert_eq!(
+                ClientPacket::parse(&frame),
+                Err(SoupError::BadLength {
+                    packet_type: b'L',
+                    len
+                })
+            );
+        }
     }
 
     #[test]

@@ -736,6 +736,7 @@ fn soup_login_request() {
         password,
         session,
         requested_seq,
+        heartbeat_timeout_ms,
     } = ClientPacket::parse(&frame).unwrap()
     else {
         panic!("not a login request")
@@ -744,10 +745,58 @@ fn soup_login_request() {
     assert_eq!(password, b"s3cret    ");
     assert_eq!(session.as_str(), "TALLY1");
     assert_eq!(requested_seq, 42);
+    assert_eq!(heartbeat_timeout_ms, None, "4.0 has no heartbeat timeout");
     let mut buf = [0u8; 64];
     let n = soup::write_login_request(&mut buf, "alice", "s3cret", session, 42).unwrap();
     assert_eq!(&buf[..n], &bytes[..]);
     assert_eq!(soup::LOGIN_REQUEST_PAYLOAD, 46);
+}
+
+#[test]
+fn soup_4_1_login_request_with_heartbeat_timeout() {
+    let bytes = layout(&[
+        (0, &[0x00, 52]),              // length: type + 51
+        (2, b"L"),                     // packet type
+        (3, b"alice "),                // username [6]
+        (9, b"s3cret    "),            // password [10]
+        (19, b"TALLY1    "),           // requested session [10]
+        (29, b"                  42"), // requested sequence [20], right-aligned
+        (49, b" 5000"),                // requested heartbeat timeout [5], ms
+    ]);
+    let frame = one_frame(&bytes);
+    let ClientPacket::LoginRequest {
+        username,
+        requested_seq,
+        heartbeat_timeout_ms,
+        session,
+        ..
+    } = ClientPacket::parse(&frame).unwrap()
+    else {
+        panic!("not a login request")
+    };
+    assert_eq!(username, b"alice ");
+    assert_eq!(requested_seq, 42);
+    assert_eq!(heartbeat_timeout_ms, Some(5000));
+    let mut buf = [0u8; 64];
+    let n = soup::write_login_request_v41(&mut buf, "alice", "s3cret", session, 42, 5000).unwrap();
+    assert_eq!(&buf[..n], &bytes[..]);
+    assert_eq!(soup::LOGIN_REQUEST_PAYLOAD_V41, 51);
+    // A blank or zero timeout leaves it to the server.
+    for field in [b"     ", b"    0", b"00000"] {
+        let mut frame = frame.clone();
+        frame[47..52].copy_from_slice(field);
+        assert!(matches!(
+            ClientPacket::parse(&frame),
+            Ok(ClientPacket::LoginRequest {
+                heartbeat_timeout_ms: Some(0),
+                ..
+            })
+        ));
+    }
+    // Not a number: rejected like a bad sequence number.
+    let mut bad = frame.clone();
+    bad[47..52].copy_from_slice(b"  x12");
+    assert_eq!(ClientPacket::parse(&bad), Err(SoupError::BadNumber));
 }
 
 #[test]

@@ -140,11 +140,21 @@ proptest! {
         let mut buf = [0u8; 512];
         let n = soup::write_login_request(&mut buf, &user, &password, session, seq).unwrap();
         prop_assert_eq!(usize::from(u16::from_be_bytes([buf[0], buf[1]])), n - 2);
-        let Ok(ClientPacket::LoginRequest { username, password: pw, session: s, requested_seq }) =
+        let Ok(ClientPacket::LoginRequest { username, password: pw, session: s, requested_seq, heartbeat_timeout_ms }) =
             ClientPacket::parse(&buf[2..n]) else { panic!("login request does not parse") };
         prop_assert_eq!(trim_ascii(username), user.as_bytes());
         prop_assert_eq!(trim_ascii(pw), password.as_bytes());
-        prop_assert_eq!((s, requested_seq), (session, seq));
+        prop_assert_eq!((s, requested_seq, heartbeat_timeout_ms), (session, seq, None));
+
+        // SoupBinTCP 4.1: the same fields plus the requested heartbeat timeout.
+        let timeout = (seq % 100_000) as u32;
+        let n = soup::write_login_request_v41(&mut buf, &user, &password, session, seq, timeout).unwrap();
+        prop_assert_eq!(n, 2 + 1 + soup::LOGIN_REQUEST_PAYLOAD_V41);
+        let Ok(ClientPacket::LoginRequest { username, password: pw, session: s, requested_seq, heartbeat_timeout_ms }) =
+            ClientPacket::parse(&buf[2..n]) else { panic!("4.1 login request does not parse") };
+        prop_assert_eq!(trim_ascii(username), user.as_bytes());
+        prop_assert_eq!(trim_ascii(pw), password.as_bytes());
+        prop_assert_eq!((s, requested_seq, heartbeat_timeout_ms), (session, seq, Some(timeout)));
 
         let n = soup::write_login_accepted(&mut buf, session, seq).unwrap();
         prop_assert_eq!(ServerPacket::parse(&buf[2..n]), Ok(ServerPacket::LoginAccepted { session, next_seq: seq }));
@@ -248,6 +258,22 @@ proptest! {
         frame[27..47].copy_from_slice(digits.as_bytes());
         match ClientPacket::parse(&frame) {
             Ok(ClientPacket::LoginRequest { .. }) | Err(SoupError::BadNumber) => {}
+            other => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn login_4_1_with_arbitrary_fields_never_panics(fields in vec(any::<u8>(), 51), digits in "[ 0-9]{20}", timeout in "[ 0-9]{5}") {
+        let mut frame = vec![b'L'];
+        frame.extend_from_slice(&fields);
+        let _ = ClientPacket::parse(&frame);
+        frame[27..47].copy_from_slice(digits.as_bytes());
+        frame[47..52].copy_from_slice(timeout.as_bytes());
+        match ClientPacket::parse(&frame) {
+            Ok(ClientPacket::LoginRequest { heartbeat_timeout_ms: Some(ms), .. }) => {
+                prop_assert!(ms <= soup::HEARTBEAT_TIMEOUT_MS_MAX)
+            }
+            Err(SoupError::BadNumber) => {}
             other => prop_assert!(false, "unexpected {other:?}"),
         }
     }
