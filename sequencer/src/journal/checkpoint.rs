@@ -16,7 +16,25 @@
 //! checkpoint is a lower bound of the journal's length. A journal found
 //! shorter than its checkpoint lost acknowledged messages, and recovery
 //! refuses it instead of handing their numbers out again.
+//!
+//! Two ways to store it:
+//!
+//! - [`store`] replaces the file atomically (a temporary file, `fsync`,
+//!   `rename`, `fsync` of the directory): a crash leaves the old checkpoint
+//!   or the new one, never a mix or none. Recovery uses it when it creates a
+//!   journal, cuts one, or repairs one; `tally-journal repair` too. It costs
+//!   two syncs and a rename, which is fine once per start.
+//! - [`CheckpointFile`] rewrites the 32 bytes in place with one `pwrite` at
+//!   offset 0 and one `fdatasync`: the writer's path, after every journal
+//!   sync. 32 bytes at the start of a file lie in one 512-byte sector, which
+//!   disks write whole, so the write is not torn in practice; if it ever is,
+//!   the CRC says so and recovery refuses with "checkpoint damaged" rather
+//!   than trust it. A rename per sync would double the syncs on the hot
+//!   path for no gain in safety.
 
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tally_wire::mold::Session;
@@ -77,6 +95,88 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// The checkpoint of a freshly created journal: no messages, header only.
+    pub const FRESH: Checkpoint = Checkpoint {
+        next_seq: 1,
+        end_offset: super::FILE_HEADER_BYTES as u64,
+    };
+
+    /// Whether a journal ending at `end_offset` with `next_seq` holds at
+    /// least what this checkpoint says was written.
+    pub fn is_covered_by(&self, next_seq: u64, end_offset: u64) -> bool {
+        next_seq >= self.next_seq && end_offset >= self.end_offset
+    }
+
+    /// Whether the checkpoint says messages were written.
+    pub fn has_messages(&self) -> bool {
+        self.next_seq > 1 || self.end_offset > super::FILE_HEADER_BYTES as u64
+    }
+}
+
+/// Replaces the checkpoint at `path` atomically and durably: writes
+/// `<path>.tmp`, syncs it, renames it over `path` and syncs the directory.
+/// Synchronous; for start-up and repair, not for the hot path (see
+/// [`CheckpointFile`]).
+pub fn store(path: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&temporary)?;
+        file.write_all(&checkpoint.encode())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// An open checkpoint file, rewritten in place: one `pwrite` of 32 bytes at
+/// offset 0 and one `fdatasync` per [`write_and_sync`](Self::write_and_sync).
+#[derive(Debug)]
+pub struct CheckpointFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl CheckpointFile {
+    /// Opens the existing checkpoint at `path` for rewriting (recovery has
+    /// created it by the time the writer opens it).
+    pub fn open(path: &Path) -> io::Result<CheckpointFile> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(CheckpointFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes `checkpoint` over the old one and syncs it. Call only once the
+    /// journal data it describes is synced.
+    pub fn write_and_sync(&mut self, checkpoint: &Checkpoint) -> io::Result<()> {
+        self.file.write_all_at(&checkpoint.encode(), 0)?;
+        self.file.sync_data()
+    }
+
+    /// The open file (for a writer that submits the write and the sync
+    /// through io_uring itself: write [`Checkpoint::encode`] at offset 0).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The checkpoint's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The path of a session's checkpoint in `dir`.
 pub fn checkpoint_path(dir: &Path, session: Session) -> PathBuf {
     dir.join(format!("{}.checkpoint", session.as_str()))
@@ -100,5 +200,31 @@ mod tests {
             assert!(Checkpoint::decode(&damaged).is_err(), "byte {byte}");
         }
         assert!(Checkpoint::decode(&bytes[..31]).is_err());
+    }
+
+    #[test]
+    fn store_then_rewrite_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("S.checkpoint");
+        assert_eq!(Checkpoint::read(&path).unwrap(), None);
+        store(&path, &Checkpoint::FRESH).unwrap();
+        assert_eq!(
+            Checkpoint::read(&path).unwrap(),
+            Some(Ok(Checkpoint::FRESH))
+        );
+        let later = Checkpoint {
+            next_seq: 10,
+            end_offset: 500,
+        };
+        CheckpointFile::open(&path)
+            .unwrap()
+            .write_and_sync(&later)
+            .unwrap();
+        assert_eq!(Checkpoint::read(&path).unwrap(), Some(Ok(later)));
+        assert!(later.is_covered_by(10, 500));
+        assert!(!later.is_covered_by(9, 600));
+        assert!(!later.is_covered_by(11, 499));
+        assert!(!Checkpoint::FRESH.has_messages());
+        assert!(later.has_messages());
     }
 }

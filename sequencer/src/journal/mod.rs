@@ -27,11 +27,15 @@
 //! `fdatasync` runs. Readers on other threads never read past the end the
 //! writer has published in [`JournalProgress`].
 //!
-//! Recovery reads the whole file, checks every record's checksum, sequence
-//! continuity and block structure, and cuts a torn tail: an incomplete final
-//! record, a final record whose checksum fails, or a run of zeros. A damaged
-//! record with intact records after it is not a torn write: opening fails
-//! rather than reuse sequence numbers that receivers may already hold.
+//! Recovery ([`recover`]) streams the file, checks every record's length,
+//! checksum, sequence continuity and block structure, and at the first record
+//! that fails looks at every byte offset from there to the end of the file
+//! for an intact record. None (an incomplete record, garbage, zero fill): a
+//! torn tail, cut. One: corruption, refused with the offsets and sequence
+//! numbers, rather than reuse numbers that receivers may already hold. The
+//! [`Checkpoint`] beside the journal is a lower bound of what was written; a
+//! journal that holds less is refused too. Only the operator's
+//! `--accept-journal-loss` ([`RecoveryOptions`]) turns a refusal into a cut.
 
 mod checkpoint;
 mod format;
@@ -39,13 +43,17 @@ mod reader;
 mod recover;
 mod writer;
 
-pub use checkpoint::{checkpoint_path, Checkpoint};
+pub use checkpoint::{
+    checkpoint_path, store as store_checkpoint, Checkpoint, CheckpointFile, CHECKPOINT_BYTES,
+};
 pub use format::{
-    RecordInfo, COUNT_END_OF_SESSION, FILE_HEADER_BYTES, RECORD_HEADER_BYTES,
-    RECORD_PAYLOAD_BYTES_MAX,
+    check_file_header, FileHeader, RecordInfo, COUNT_END_OF_SESSION, FILE_HEADER_BYTES,
+    RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
 };
 pub use reader::{Cursor, JournalReader, INDEX_STRIDE_BYTES};
-pub use recover::RecoveryOptions;
+pub use recover::{
+    scan, Damage, IntactAfter, ReadAt, RecoveryOptions, ScanSummary, ScannedRecord,
+};
 pub use writer::JournalWriter;
 
 use std::fs::File;
@@ -76,13 +84,53 @@ pub enum JournalError {
     Io { context: String, source: io::Error },
     /// The file is not a tally journal, or belongs to another session.
     BadHeader { path: PathBuf, reason: String },
-    /// A damaged record with intact data after it.
+    /// A damaged record with intact records after it: not a torn tail.
     Corrupt {
         path: PathBuf,
+        /// File offset of the damaged record.
         offset: u64,
+        /// What is wrong with it.
         reason: String,
+        /// The last message before the damage (0: none).
+        last_good_seq: u64,
+        /// File offset of the first intact record after the damage.
+        intact_offset: u64,
+        /// Sequence number of the first message of that record.
+        intact_seq: u64,
+    },
+    /// The checkpoint beside the journal cannot be read as one.
+    CheckpointDamaged { path: PathBuf, reason: String },
+    /// The journal holds less than its checkpoint says was written (cut,
+    /// truncated to its header, or replaced).
+    BehindCheckpoint {
+        path: PathBuf,
+        checkpoint_path: PathBuf,
+        /// What the journal holds (after cutting a torn tail).
+        journal_next_seq: u64,
+        journal_end_offset: u64,
+        /// What the checkpoint says was written.
+        checkpoint: Checkpoint,
+    },
+    /// The journal file is missing (or empty) while its checkpoint says
+    /// messages were written.
+    Missing {
+        path: PathBuf,
+        checkpoint_path: PathBuf,
+        checkpoint: Checkpoint,
     },
 }
+
+impl JournalError {
+    /// Whether the error says the journal or its checkpoint is damaged (a
+    /// restart cannot fix it; the operator must look), rather than an I/O
+    /// failure.
+    pub fn is_damage(&self) -> bool {
+        !matches!(self, JournalError::Io { .. })
+    }
+}
+
+const DAMAGE_HINT: &str = "refusing to start so that no sequence number is reused; \
+     inspect with `tally-journal verify`, see README \"When the journal is damaged\"";
 
 impl std::fmt::Display for JournalError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,11 +143,51 @@ impl std::fmt::Display for JournalError {
                 path,
                 offset,
                 reason,
+                last_good_seq,
+                intact_offset,
+                intact_seq,
             } => write!(
                 f,
-                "{}: corrupt record at byte {offset} with intact records after it ({reason}); \
-                 refusing to start so that no sequence number is reused",
+                "journal {}: damaged record at byte {offset} ({reason}) after last good \
+                 sequence number {last_good_seq}, with intact records after it (the first at \
+                 byte {intact_offset}, sequence number {intact_seq}): not a torn tail; \
+                 {DAMAGE_HINT}",
                 path.display()
+            ),
+            JournalError::CheckpointDamaged { path, reason } => write!(
+                f,
+                "checkpoint {}: damaged ({reason}); {DAMAGE_HINT}",
+                path.display()
+            ),
+            JournalError::BehindCheckpoint {
+                path,
+                checkpoint_path,
+                journal_next_seq,
+                journal_end_offset,
+                checkpoint,
+            } => write!(
+                f,
+                "journal {}: holds messages up to sequence number {} ({journal_end_offset} \
+                 bytes), but its checkpoint {} says messages up to {} ({} bytes) were written: \
+                 acknowledged messages are missing; {DAMAGE_HINT}",
+                path.display(),
+                journal_next_seq - 1,
+                checkpoint_path.display(),
+                checkpoint.next_seq - 1,
+                checkpoint.end_offset
+            ),
+            JournalError::Missing {
+                path,
+                checkpoint_path,
+                checkpoint,
+            } => write!(
+                f,
+                "journal {}: missing or empty, but its checkpoint {} says messages up to \
+                 sequence number {} ({} bytes) were written; {DAMAGE_HINT}",
+                path.display(),
+                checkpoint_path.display(),
+                checkpoint.next_seq - 1,
+                checkpoint.end_offset
             ),
         }
     }

@@ -1,12 +1,28 @@
 //! Recovery: reads an existing journal at start-up, checks every record,
-//! and tells a torn tail (cut) from corruption (refused).
+//! tells a torn tail (cut) from corruption (refused), and holds the journal
+//! to its checkpoint.
+//!
+//! The scan ([`scan`]) is shared with the operator's `tally-journal`. It reads
+//! the file in windows of [`SCAN_WINDOW_BYTES`] and walks records in order.
+//! At the first record that fails (length, checksum, sequence number, block
+//! structure, or anything after the end-of-session record) it looks at every
+//! byte offset from that record to the end of the file for an intact record
+//! (one whose length, header and checksum hold, whatever its sequence
+//! number). Zero fill, garbage and a partly written record are not intact.
+//! If nothing intact follows, the damage is a torn tail: the crash interrupted
+//! the last write. If something does, the damage is in the middle of the
+//! journal, and cutting there would drop acknowledged messages and hand their
+//! numbers out again.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tally_wire::mold::Session;
 
+use super::checkpoint::{self, checkpoint_path, Checkpoint};
 use super::format::*;
 use super::{io_error, journal_path, now_ns, sync_dir, JournalError, Recovery};
 
@@ -14,170 +30,920 @@ use super::{io_error, journal_path, now_ns, sync_dir, JournalError, Recovery};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryOptions {
     /// Accept a journal that lost acknowledged messages (the operator's
-    /// explicit, loudly named flag). Never set by default.
+    /// explicit, loudly named flag): cut it at the first damage and rewrite
+    /// the checkpoint to match. Never set by default.
     pub accept_loss: bool,
+}
+
+/// Bytes the scan reads at a time (a multiple of the largest record, so a
+/// record always fits in one window).
+pub const SCAN_WINDOW_BYTES: usize = 4 << 20;
+const RECORD_BYTES_MAX: usize = RECORD_HEADER_BYTES + RECORD_PAYLOAD_BYTES_MAX;
+const _: () = assert!(SCAN_WINDOW_BYTES >= 2 * RECORD_BYTES_MAX);
+
+/// Something the scan can read at an offset: a file, or bytes in memory
+/// (tests).
+pub trait ReadAt {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = (offset as usize).min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// A record the scan found intact and in sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct ScannedRecord<'a> {
+    /// Where it is and what it holds.
+    pub info: RecordInfo,
+    /// Its MoldUDP64 blocks (empty for the end-of-session record).
+    pub payload: &'a [u8],
+}
+
+/// Intact records found after a damaged one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntactAfter {
+    /// File offset of the first.
+    pub offset: u64,
+    /// Sequence number of its first message.
+    pub first_seq: u64,
+    /// Intact records from there to the end of the file.
+    pub records: u64,
+    /// Messages in them.
+    pub messages: u64,
+    /// One past the highest sequence number among them.
+    pub end_seq: u64,
+}
+
+/// The first damaged record and what follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// File offset of the damaged record (where the good part ends).
+    pub offset: u64,
+    /// What is wrong with it.
+    pub reason: String,
+    /// Every byte from `offset` to the end of the file is zero.
+    pub zero_fill: bool,
+    /// Intact records after the damage; `None` means a torn tail.
+    pub after: Option<IntactAfter>,
+}
+
+impl Damage {
+    /// A torn tail: nothing intact follows the damage.
+    pub fn is_torn_tail(&self) -> bool {
+        self.after.is_none()
+    }
+}
+
+/// What a scan found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// The file's length.
+    pub file_bytes: u64,
+    /// Intact records in sequence before any damage (end of session included).
+    pub records: u64,
+    /// Messages in them.
+    pub messages: u64,
+    /// Sequence number after the last good message.
+    pub next_seq: u64,
+    /// File offset one past the last good record.
+    pub end_offset: u64,
+    /// The end-of-session record was found.
+    pub ended: bool,
+    /// The first damage, if any.
+    pub damage: Option<Damage>,
+    /// The caller stopped the scan early (no damage was looked for after).
+    pub stopped: bool,
+}
+
+/// Reads records from `source` (a journal of `file_bytes` bytes whose file
+/// header the caller has checked) in order, calling `on_record` for each
+/// intact record in sequence until it breaks, and at the first damaged one
+/// looks for intact records after it. `on_progress(offset)` is called each
+/// time a new window is read.
+pub fn scan<S: ReadAt + ?Sized>(
+    source: &S,
+    file_bytes: u64,
+    mut on_record: impl FnMut(&ScannedRecord<'_>) -> ControlFlow<()>,
+    mut on_progress: impl FnMut(u64),
+) -> io::Result<ScanSummary> {
+    assert!(file_bytes >= FILE_HEADER_BYTES as u64);
+    let mut window = Window::new(source, file_bytes);
+    let mut summary = ScanSummary {
+        file_bytes,
+        records: 0,
+        messages: 0,
+        next_seq: 1,
+        end_offset: FILE_HEADER_BYTES as u64,
+        ended: false,
+        damage: None,
+        stopped: false,
+    };
+    let mut offset = FILE_HEADER_BYTES as u64;
+    while offset < file_bytes {
+        let rest = window.at(offset, &mut on_progress)?;
+        let reason = match check_record(rest, summary.next_seq) {
+            Ok(_) if summary.ended => "a record follows the end-of-session record".to_string(),
+            Ok((record_len, count)) => {
+                let info =
+                    parse_record_header(offset, rest[..RECORD_HEADER_BYTES].try_into().unwrap());
+                let record = ScannedRecord {
+                    info,
+                    payload: &rest[RECORD_HEADER_BYTES..record_len],
+                };
+                let flow = on_record(&record);
+                summary.records += 1;
+                if count == COUNT_END_OF_SESSION {
+                    summary.ended = true;
+                } else {
+                    summary.messages += u64::from(count);
+                    summary.next_seq = info.end_seq();
+                }
+                offset += record_len as u64;
+                summary.end_offset = offset;
+                if flow.is_break() {
+                    summary.stopped = true;
+                    return Ok(summary);
+                }
+                continue;
+            }
+            Err(reason) => reason,
+        };
+        summary.damage = Some(look_past_damage(
+            &mut window,
+            offset,
+            reason,
+            &mut on_progress,
+        )?);
+        break;
+    }
+    Ok(summary)
+}
+
+/// From the damaged record at `damage_offset` to the end of the file: every
+/// intact record (skipping over each one found), one byte at a time between
+/// them.
+fn look_past_damage<S: ReadAt + ?Sized>(
+    window: &mut Window<'_, S>,
+    damage_offset: u64,
+    reason: String,
+    on_progress: &mut impl FnMut(u64),
+) -> io::Result<Damage> {
+    let file_bytes = window.file_bytes;
+    let mut after: Option<IntactAfter> = None;
+    let mut zero_fill = true;
+    let mut at = damage_offset;
+    while at < file_bytes {
+        let rest = window.at(at, on_progress)?;
+        match intact_record(rest) {
+            Ok((info, record_len)) => {
+                zero_fill = false;
+                let messages = if info.count == COUNT_END_OF_SESSION {
+                    0
+                } else {
+                    u64::from(info.count)
+                };
+                let found = after.get_or_insert(IntactAfter {
+                    offset: at,
+                    first_seq: info.first_seq,
+                    records: 0,
+                    messages: 0,
+                    end_seq: info.first_seq,
+                });
+                found.records += 1;
+                found.messages += messages;
+                found.end_seq = found.end_seq.max(info.first_seq + messages);
+                at += record_len as u64;
+            }
+            Err(_) => {
+                zero_fill &= rest[0] == 0;
+                at += 1;
+            }
+        }
+    }
+    Ok(Damage {
+        offset: damage_offset,
+        reason,
+        zero_fill,
+        after,
+    })
+}
+
+/// A window of the file: the bytes at an offset, at least a whole largest
+/// record's worth or all up to the end of the file.
+struct Window<'s, S: ?Sized> {
+    source: &'s S,
+    file_bytes: u64,
+    buf: Vec<u8>,
+    start: u64,
+    len: usize,
+}
+
+impl<'s, S: ReadAt + ?Sized> Window<'s, S> {
+    fn new(source: &'s S, file_bytes: u64) -> Self {
+        let capacity = (SCAN_WINDOW_BYTES as u64).min(file_bytes) as usize;
+        Window {
+            source,
+            file_bytes,
+            buf: vec![0u8; capacity],
+            start: 0,
+            len: 0,
+        }
+    }
+
+    fn at(&mut self, offset: u64, on_progress: &mut impl FnMut(u64)) -> io::Result<&[u8]> {
+        assert!(offset < self.file_bytes);
+        let want_end = (offset + RECORD_BYTES_MAX as u64).min(self.file_bytes);
+        if offset < self.start || want_end > self.start + self.len as u64 {
+            let len = (self.buf.len() as u64).min(self.file_bytes - offset) as usize;
+            let mut filled = 0usize;
+            while filled < len {
+                match self
+                    .source
+                    .read_at(&mut self.buf[filled..len], offset + filled as u64)
+                {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "the file ended at byte {} while being read \
+                                 (was it truncated meanwhile?)",
+                                offset + filled as u64
+                            ),
+                        ))
+                    }
+                    Ok(n) => filled += n,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            }
+            self.start = offset;
+            self.len = len;
+            on_progress(offset);
+        }
+        let from = (offset - self.start) as usize;
+        Ok(&self.buf[from..self.len])
+    }
 }
 
 /// Opens (or creates) the journal of `session` in `dir`, recovers it, calls
 /// `on_message(seq, message)` for every journaled message in order, and
 /// returns the file (positioned anywhere: the writer seeks to its end), its
-/// path and what recovery found.
+/// path and what recovery found. Creates or refreshes the checkpoint (after
+/// syncing the journal) before returning.
 pub(crate) fn open_and_recover(
     dir: &Path,
     session: Session,
-    _options: &RecoveryOptions,
-    mut on_message: &mut impl FnMut(u64, &[u8]),
+    options: &RecoveryOptions,
+    on_message: &mut impl FnMut(u64, &[u8]),
 ) -> Result<(File, PathBuf, Recovery), JournalError> {
     std::fs::create_dir_all(dir).map_err(io_error(format!(
         "creating journal directory {}",
         dir.display()
     )))?;
     let path = journal_path(dir, session);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_error(format!("opening journal {}", path.display())))?;
-    let len = file
-        .metadata()
-        .map_err(io_error(format!("reading size of {}", path.display())))?
-        .len();
+    let checkpoint_path = checkpoint_path(dir, session);
+    let checkpoint = read_checkpoint(&checkpoint_path, options)?;
 
-    let mut recovery = Recovery {
-        next_seq: 1,
-        ..Recovery::default()
-    };
-    if len == 0 {
-        let header = file_header(session, now_ns());
-        file.write_all(&header)
-            .map_err(io_error(format!("writing header of {}", path.display())))?;
-        file.sync_all()
-            .map_err(io_error(format!("syncing new journal {}", path.display())))?;
-        sync_dir(dir);
-        recovery.created = true;
-    } else {
-        let end = recover(
-            &mut file,
-            &path,
-            session,
-            len,
-            &mut recovery,
-            &mut on_message,
-        )?;
-        if end < len {
-            recovery.cut_bytes = len - end;
-            tracing::warn!(
-                path = %path.display(),
-                cut_bytes = recovery.cut_bytes,
-                at_offset = end,
-                "journal had a torn tail; cut it"
-            );
-            file.set_len(end)
-                .map_err(io_error(format!("cutting torn tail of {}", path.display())))?;
-            file.sync_all()
-                .map_err(io_error(format!("syncing {}", path.display())))?;
+    let existing = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(file) => Some(file),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(io_error(format!("opening journal {}", path.display()))(
+                error,
+            ))
         }
-    }
-    Ok((file, path, recovery))
-}
-
-/// Reads and checks every record; returns the offset where valid data ends.
-pub(crate) fn recover(
-    file: &mut File,
-    path: &Path,
-    session: Session,
-    len: u64,
-    recovery: &mut Recovery,
-    on_message: &mut impl FnMut(u64, &[u8]),
-) -> Result<u64, JournalError> {
-    let bad_header = |reason: &str| JournalError::BadHeader {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
     };
+    let len = match &existing {
+        Some(file) => file
+            .metadata()
+            .map_err(io_error(format!("reading size of {}", path.display())))?
+            .len(),
+        None => 0,
+    };
+    // A file shorter than its header holds no message: a crash while the
+    // journal was being created. Start it again unless the checkpoint says
+    // messages were written.
+    let empty = len < FILE_HEADER_BYTES as u64
+        && existing.as_ref().is_none_or(|file| {
+            let mut head = vec![0u8; len as usize];
+            file.read_exact_at(&mut head, 0).is_ok()
+                && MAGIC.starts_with(&head[..head.len().min(8)])
+        });
+    if empty {
+        if let Some(checkpoint) = checkpoint.filter(Checkpoint::has_messages) {
+            if !options.accept_loss {
+                return Err(JournalError::Missing {
+                    path,
+                    checkpoint_path,
+                    checkpoint,
+                });
+            }
+            tracing::error!(
+                journal = %path.display(),
+                checkpoint = %checkpoint_path.display(),
+                lost_up_to_seq = checkpoint.next_seq - 1,
+                lost_bytes = checkpoint.end_offset,
+                "ACCEPTING JOURNAL LOSS (--accept-journal-loss): the journal is missing or \
+                 empty but its checkpoint says messages up to this sequence number were \
+                 written; starting a new journal at sequence number 1, so those numbers \
+                 WILL BE REUSED for different messages"
+            );
+        } else if existing.is_some() {
+            tracing::warn!(
+                journal = %path.display(),
+                bytes = len,
+                "journal shorter than its header and no message checkpointed: \
+                 a crash while it was created; writing it again"
+            );
+        }
+        let file = create_journal(dir, &path, session, existing)?;
+        store_checkpoint(&checkpoint_path, &Checkpoint::FRESH)?;
+        let recovery = Recovery {
+            next_seq: 1,
+            created: true,
+            ..Recovery::default()
+        };
+        return Ok((file, path, recovery));
+    }
+    let file = existing.expect("a non-empty journal exists");
     if len < FILE_HEADER_BYTES as u64 {
-        return Err(bad_header("shorter than the 64-byte file header"));
+        return Err(JournalError::BadHeader {
+            path,
+            reason: format!("{len} bytes, shorter than the {FILE_HEADER_BYTES}-byte file header"),
+        });
     }
-    let mut contents = Vec::with_capacity(len as usize);
-    file.seek(SeekFrom::Start(0))
-        .and_then(|_| file.read_to_end(&mut contents))
-        .map_err(io_error(format!("reading {}", path.display())))?;
-    if &contents[0..8] != MAGIC {
-        return Err(bad_header("wrong magic (expected TALLYJNL)"));
-    }
-    let version = u32::from_be_bytes(contents[8..12].try_into().unwrap());
-    if version != VERSION {
-        return Err(bad_header(&format!(
-            "version {version}, this build reads {VERSION}"
-        )));
-    }
-    if &contents[16..26] != session.as_bytes() {
-        return Err(bad_header(&format!(
+
+    let bad_header = |reason: String| JournalError::BadHeader {
+        path: path.clone(),
+        reason,
+    };
+    let mut header = [0u8; FILE_HEADER_BYTES];
+    file.read_exact_at(&mut header, 0)
+        .map_err(io_error(format!(
+            "reading the header of {}",
+            path.display()
+        )))?;
+    let file_header = check_file_header(&header).map_err(&bad_header)?;
+    if header[16..26] != *session.as_bytes() {
+        return Err(bad_header(format!(
             "it belongs to session {:?}, not {:?}",
-            String::from_utf8_lossy(&contents[16..26]).trim_end(),
+            file_header.session,
             session.as_str()
         )));
     }
 
-    let mut offset = FILE_HEADER_BYTES;
-    let mut next_seq = 1u64;
-    loop {
-        if offset == contents.len() {
-            break;
-        }
-        let rest = &contents[offset..];
-        let fail = match check_record(rest, next_seq) {
-            Ok((record_len, count)) => {
-                let payload = &rest[RECORD_HEADER_BYTES..record_len];
-                if recovery.ended {
-                    Some("a record follows the end of session".to_string())
-                } else if count == COUNT_END_OF_SESSION {
-                    recovery.ended = true;
-                    recovery.records += 1;
-                    offset += record_len;
-                    None
-                } else {
-                    let mut at = 0usize;
-                    while at < payload.len() {
-                        let len = usize::from(u16::from_be_bytes([payload[at], payload[at + 1]]));
-                        on_message(next_seq, &payload[at + 2..at + 2 + len]);
-                        next_seq += 1;
-                        recovery.messages += 1;
-                        at += 2 + len;
-                    }
-                    recovery.records += 1;
-                    offset += record_len;
-                    None
-                }
+    let mut recovery = Recovery::default();
+    let summary = scan(
+        &file,
+        len,
+        |record| {
+            if record.info.count != COUNT_END_OF_SESSION {
+                for_each_message(record, &mut *on_message);
             }
-            Err(reason) => Some(reason),
-        };
-        if let Some(reason) = fail {
-            if is_torn_tail(rest) {
-                break;
+            ControlFlow::Continue(())
+        },
+        |_| {},
+    )
+    .map_err(io_error(format!("reading {}", path.display())))?;
+    recovery.next_seq = summary.next_seq;
+    recovery.records = summary.records;
+    recovery.messages = summary.messages;
+    recovery.ended = summary.ended;
+
+    // Decide everything before changing anything.
+    let mut losing = Vec::new();
+    if let Some(damage) = &summary.damage {
+        if let Some(after) = &damage.after {
+            if !options.accept_loss {
+                return Err(JournalError::Corrupt {
+                    path,
+                    offset: damage.offset,
+                    reason: damage.reason.clone(),
+                    last_good_seq: summary.next_seq - 1,
+                    intact_offset: after.offset,
+                    intact_seq: after.first_seq,
+                });
             }
-            return Err(JournalError::Corrupt {
-                path: path.to_path_buf(),
-                offset: offset as u64,
-                reason,
-            });
+            losing.push(format!(
+                "a damaged record at byte {} ({}) followed by {} intact records \
+                 (messages {}..{}, first at byte {})",
+                damage.offset,
+                damage.reason,
+                after.records,
+                after.first_seq,
+                after.end_seq,
+                after.offset
+            ));
         }
     }
-    recovery.next_seq = next_seq;
-    Ok(offset as u64)
+    if let Some(checkpoint) = checkpoint {
+        if !checkpoint.is_covered_by(summary.next_seq, summary.end_offset) {
+            if !options.accept_loss {
+                return Err(JournalError::BehindCheckpoint {
+                    path,
+                    checkpoint_path,
+                    journal_next_seq: summary.next_seq,
+                    journal_end_offset: summary.end_offset,
+                    checkpoint,
+                });
+            }
+            losing.push(format!(
+                "the checkpoint says messages up to {} ({} bytes) were written, the journal \
+                 keeps messages up to {} ({} bytes)",
+                checkpoint.next_seq - 1,
+                checkpoint.end_offset,
+                summary.next_seq - 1,
+                summary.end_offset
+            ));
+        }
+    }
+
+    let end = summary.end_offset;
+    if end < len {
+        recovery.cut_bytes = len - end;
+        if losing.is_empty() {
+            let damage = summary.damage.as_ref().expect("a cut follows damage");
+            tracing::warn!(
+                path = %path.display(),
+                cut_bytes = recovery.cut_bytes,
+                at_offset = end,
+                next_seq = summary.next_seq,
+                zero_fill = damage.zero_fill,
+                reason = %damage.reason,
+                "journal had a torn tail (nothing intact after it); cut it"
+            );
+        }
+    }
+    if !losing.is_empty() {
+        tracing::error!(
+            journal = %path.display(),
+            cut_at_offset = end,
+            cut_bytes = recovery.cut_bytes,
+            last_kept_seq = summary.next_seq - 1,
+            next_seq = summary.next_seq,
+            "ACCEPTING JOURNAL LOSS (--accept-journal-loss): {}; the journal now ends there \
+             and the checkpoint is rewritten to match. Sequence numbers from {} on WILL BE \
+             REUSED for different messages: receivers that hold the old ones must start over",
+            losing.join("; "),
+            summary.next_seq
+        );
+    }
+    if end < len {
+        file.set_len(end).map_err(io_error(format!(
+            "cutting {} at byte {end}",
+            path.display()
+        )))?;
+    }
+    // The checkpoint may only claim what is on disk: sync first (after a
+    // process crash with fsync = "none" the page cache may hold the tail).
+    file.sync_all()
+        .map_err(io_error(format!("syncing {}", path.display())))?;
+    let recovered = Checkpoint {
+        next_seq: summary.next_seq,
+        end_offset: end,
+    };
+    if checkpoint.is_none() {
+        tracing::warn!(
+            checkpoint = %checkpoint_path.display(),
+            next_seq = recovered.next_seq,
+            end_offset = recovered.end_offset,
+            "journal had no checkpoint (written by an older version, or deleted); writing one"
+        );
+    }
+    if checkpoint != Some(recovered) {
+        store_checkpoint(&checkpoint_path, &recovered)?;
+    }
+    Ok((file, path, recovery))
 }
 
-/// A failed record is a torn tail when nothing valid can follow it: it runs
-/// past the end of the file, it is exactly the last record, or everything from
-/// it on is zero.
-fn is_torn_tail(rest: &[u8]) -> bool {
-    if rest.iter().all(|&byte| byte == 0) {
-        return true;
+/// Reads the checkpoint; a damaged one is refused unless the operator
+/// accepts loss (then it is ignored and rewritten from the journal).
+fn read_checkpoint(
+    checkpoint_path: &Path,
+    options: &RecoveryOptions,
+) -> Result<Option<Checkpoint>, JournalError> {
+    match Checkpoint::read(checkpoint_path) {
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(checkpoint))) => Ok(Some(checkpoint)),
+        Ok(Some(Err(reason))) if options.accept_loss => {
+            tracing::error!(
+                checkpoint = %checkpoint_path.display(),
+                %reason,
+                "ACCEPTING JOURNAL LOSS (--accept-journal-loss): the checkpoint is damaged; \
+                 ignoring it and rewriting it from the journal, so a journal shorter than what \
+                 was acknowledged cannot be detected this time"
+            );
+            Ok(None)
+        }
+        Ok(Some(Err(reason))) => Err(JournalError::CheckpointDamaged {
+            path: checkpoint_path.to_path_buf(),
+            reason,
+        }),
+        Err(source) => Err(JournalError::Io {
+            context: format!("reading checkpoint {}", checkpoint_path.display()),
+            source,
+        }),
     }
-    if rest.len() < RECORD_HEADER_BYTES {
-        return true;
+}
+
+fn store_checkpoint(path: &Path, checkpoint: &Checkpoint) -> Result<(), JournalError> {
+    checkpoint::store(path, checkpoint).map_err(io_error(format!(
+        "writing checkpoint {} (next_seq {}, end_offset {})",
+        path.display(),
+        checkpoint.next_seq,
+        checkpoint.end_offset
+    )))
+}
+
+/// Writes a new file header over `existing` (or a new file) and syncs it.
+fn create_journal(
+    dir: &Path,
+    path: &Path,
+    session: Session,
+    existing: Option<File>,
+) -> Result<File, JournalError> {
+    let mut file = match existing {
+        Some(file) => file,
+        None => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_error(format!("creating journal {}", path.display())))?,
+    };
+    file.set_len(0)
+        .map_err(io_error(format!("emptying {}", path.display())))?;
+    let header = file_header(session, now_ns());
+    file.write_all_at(&header, 0)
+        .and_then(|()| file.flush())
+        .map_err(io_error(format!("writing header of {}", path.display())))?;
+    file.sync_all()
+        .map_err(io_error(format!("syncing new journal {}", path.display())))?;
+    sync_dir(dir);
+    Ok(file)
+}
+
+/// Hands every message of a (checked) record to `on_message(seq, message)`.
+pub(crate) fn for_each_message(
+    record: &ScannedRecord<'_>,
+    on_message: &mut impl FnMut(u64, &[u8]),
+) {
+    let payload = record.payload;
+    let mut seq = record.info.first_seq;
+    let mut at = 0usize;
+    while at < payload.len() {
+        let len = usize::from(u16::from_be_bytes([payload[at], payload[at + 1]]));
+        on_message(seq, &payload[at + 2..at + 2 + len]);
+        seq += 1;
+        at += 2 + len;
     }
-    let payload_len = u32::from_be_bytes(rest[0..4].try_into().unwrap()) as usize;
-    RECORD_HEADER_BYTES + payload_len >= rest.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session::from_str("TEST01").unwrap()
+    }
+
+    /// A journal of `records` records in memory; returns the bytes and each
+    /// record's (offset, first_seq, count).
+    fn journal(records: &[&[&[u8]]]) -> (Vec<u8>, Vec<(u64, u64, u16)>) {
+        let mut bytes = file_header(session(), 1).to_vec();
+        let mut layout = Vec::new();
+        let mut seq = 1u64;
+        for messages in records {
+            let mut blocks = Vec::new();
+            for message in *messages {
+                blocks.extend_from_slice(&(message.len() as u16).to_be_bytes());
+                blocks.extend_from_slice(message);
+            }
+            let count = messages.len() as u16;
+            layout.push((bytes.len() as u64, seq, count));
+            bytes.extend_from_slice(&record_header(seq, count, &blocks));
+            bytes.extend_from_slice(&blocks);
+            seq += u64::from(count);
+        }
+        (bytes, layout)
+    }
+
+    fn scan_bytes(bytes: &[u8]) -> ScanSummary {
+        scan(
+            bytes,
+            bytes.len() as u64,
+            |_| ControlFlow::Continue(()),
+            |_| {},
+        )
+        .unwrap()
+    }
+
+    const RECORDS: &[&[&[u8]]] = &[
+        &[b"first message"],
+        &[b"second", b"third"],
+        &[b"fourth", b"", b"sixth!"],
+        &[b"seventh"],
+        &[b"eighth", b"ninth"],
+    ];
+
+    #[test]
+    fn intact_journal_scans_clean() {
+        let (bytes, layout) = journal(RECORDS);
+        let summary = scan_bytes(&bytes);
+        assert_eq!(summary.damage, None);
+        assert_eq!(summary.records, layout.len() as u64);
+        assert_eq!(summary.messages, 9);
+        assert_eq!(summary.next_seq, 10);
+        assert_eq!(summary.end_offset, bytes.len() as u64);
+    }
+
+    /// Every bit of every record byte, flipped: the damage is found at the
+    /// record that holds the byte; it is a torn tail only in the final
+    /// record, and otherwise the first intact record after it is the next
+    /// one. No intact record is ever cut. With zero fill after the journal,
+    /// the same.
+    #[test]
+    fn every_bit_flip_is_refused_or_cut_at_the_final_record() {
+        for zero_fill in [0usize, 4096] {
+            let (mut bytes, layout) = journal(RECORDS);
+            bytes.resize(bytes.len() + zero_fill, 0);
+            let records_end = (bytes.len() - zero_fill) as u64;
+            for byte in FILE_HEADER_BYTES..records_end as usize {
+                let holder = layout
+                    .iter()
+                    .rposition(|&(offset, _, _)| offset <= byte as u64)
+                    .unwrap();
+                let (offset, first_seq, _) = layout[holder];
+                for bit in 0..8 {
+                    let mut damaged = bytes.clone();
+                    damaged[byte] ^= 1 << bit;
+                    let summary = scan_bytes(&damaged);
+                    let what = format!("byte {byte} bit {bit}, zero fill {zero_fill}");
+                    let damage = summary.damage.as_ref().expect(&what);
+                    assert_eq!(damage.offset, offset, "{what}");
+                    assert_eq!(summary.end_offset, offset, "{what}");
+                    assert_eq!(summary.next_seq, first_seq, "{what}");
+                    assert_eq!(summary.records, holder as u64, "{what}");
+                    if holder + 1 == layout.len() {
+                        assert!(damage.is_torn_tail(), "{what}: {damage:?}");
+                    } else {
+                        let after = damage.after.expect(&what);
+                        assert_eq!(after.offset, layout[holder + 1].0, "{what}");
+                        assert_eq!(after.first_seq, layout[holder + 1].1, "{what}");
+                        assert_eq!(after.records, (layout.len() - holder - 1) as u64);
+                        assert_eq!(after.end_seq, 10, "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn torn_tail_at_every_length_with_and_without_zero_fill() {
+        let (bytes, layout) = journal(RECORDS);
+        let (last_offset, last_seq, _) = *layout.last().unwrap();
+        for cut in last_offset as usize + 1..bytes.len() {
+            for zero_fill in [0usize, 1, 23, 24, 100_000] {
+                let mut torn = bytes[..cut].to_vec();
+                torn.resize(cut + zero_fill, 0);
+                let summary = scan_bytes(&torn);
+                let what = format!("cut at {cut}, zero fill {zero_fill}");
+                let damage = summary.damage.as_ref().expect(&what);
+                assert!(damage.is_torn_tail(), "{what}: {damage:?}");
+                assert_eq!(summary.end_offset, last_offset, "{what}");
+                assert_eq!(summary.next_seq, last_seq, "{what}");
+            }
+        }
+        // Zero fill right after the last record.
+        let mut filled = bytes.clone();
+        filled.resize(bytes.len() + 5000, 0);
+        let summary = scan_bytes(&filled);
+        let damage = summary.damage.unwrap();
+        assert!(damage.is_torn_tail() && damage.zero_fill);
+        assert_eq!(summary.end_offset, bytes.len() as u64);
+        assert_eq!(summary.next_seq, 10);
+    }
+
+    #[test]
+    fn a_record_out_of_sequence_or_after_the_end_is_corruption() {
+        let (mut bytes, layout) = journal(RECORDS);
+        // Record 3 claims the numbers of record 2: intact, but out of order.
+        let (offset, _, count) = layout[2];
+        let payload_start = offset as usize + RECORD_HEADER_BYTES;
+        let payload_end = layout[3].0 as usize;
+        let blocks = bytes[payload_start..payload_end].to_vec();
+        let header = record_header(2, count, &blocks);
+        bytes[offset as usize..payload_start].copy_from_slice(&header);
+        let summary = scan_bytes(&bytes);
+        let damage = summary.damage.unwrap();
+        assert_eq!(damage.offset, offset);
+        assert_eq!(damage.after.unwrap().offset, offset);
+        assert_eq!(damage.after.unwrap().first_seq, 2);
+
+        // Anything intact after the end-of-session record.
+        let (mut bytes, _) = journal(&RECORDS[..1]);
+        bytes.extend_from_slice(&record_header(2, COUNT_END_OF_SESSION, &[]));
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&record_header(2, 1, &[0, 1, b'x']));
+        bytes.extend_from_slice(&[0, 1, b'x']);
+        let summary = scan_bytes(&bytes);
+        assert!(summary.ended);
+        let damage = summary.damage.unwrap();
+        assert_eq!(damage.offset, end);
+        assert!(!damage.is_torn_tail());
+    }
+
+    fn write_journal(dir: &Path, bytes: &[u8]) {
+        std::fs::write(journal_path(dir, session()), bytes).unwrap();
+    }
+
+    fn open(dir: &Path, accept_loss: bool) -> Result<(Recovery, Vec<u64>), JournalError> {
+        let mut seen = Vec::new();
+        let (_, _, recovery) = open_and_recover(
+            dir,
+            session(),
+            &RecoveryOptions { accept_loss },
+            &mut |seq, _| seen.push(seq),
+        )?;
+        Ok((recovery, seen))
+    }
+
+    fn stored_checkpoint(dir: &Path) -> Checkpoint {
+        Checkpoint::read(&checkpoint_path(dir, session()))
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_fresh_journal_gets_a_checkpoint_and_a_reopen_refreshes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recovery, _) = open(dir.path(), false).unwrap();
+        assert!(recovery.created);
+        assert_eq!(stored_checkpoint(dir.path()), Checkpoint::FRESH);
+        let (bytes, _) = journal(RECORDS);
+        write_journal(dir.path(), &bytes);
+        let (recovery, seen) = open(dir.path(), false).unwrap();
+        assert_eq!(recovery.next_seq, 10);
+        assert_eq!(seen, (1..10).collect::<Vec<_>>());
+        assert_eq!(
+            stored_checkpoint(dir.path()),
+            Checkpoint {
+                next_seq: 10,
+                end_offset: bytes.len() as u64
+            }
+        );
+    }
+
+    #[test]
+    fn corruption_is_refused_with_its_numbers_and_accepted_only_with_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut bytes, layout) = journal(RECORDS);
+        let original = bytes.clone();
+        bytes[layout[2].0 as usize + 1] ^= 0x40; // the length of record 3
+        write_journal(dir.path(), &bytes);
+        let error = open(dir.path(), false).unwrap_err();
+        match &error {
+            JournalError::Corrupt {
+                offset,
+                last_good_seq,
+                intact_offset,
+                intact_seq,
+                ..
+            } => {
+                assert_eq!(*offset, layout[2].0);
+                assert_eq!(*last_good_seq, 3);
+                assert_eq!(*intact_offset, layout[3].0);
+                assert_eq!(*intact_seq, 7);
+            }
+            other => panic!("expected corrupt, got {other}"),
+        }
+        let text = error.to_string();
+        assert!(text.contains(&format!("byte {}", layout[2].0)), "{text}");
+        // Nothing was changed by the refusal.
+        assert_eq!(
+            std::fs::read(journal_path(dir.path(), session())).unwrap(),
+            bytes
+        );
+        let (recovery, seen) = open(dir.path(), true).unwrap();
+        assert_eq!(recovery.next_seq, 4);
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(
+            std::fs::read(journal_path(dir.path(), session())).unwrap(),
+            original[..layout[2].0 as usize]
+        );
+        assert_eq!(
+            stored_checkpoint(dir.path()),
+            Checkpoint {
+                next_seq: 4,
+                end_offset: layout[2].0
+            }
+        );
+        // And it opens cleanly afterwards.
+        assert_eq!(open(dir.path(), false).unwrap().0.next_seq, 4);
+    }
+
+    #[test]
+    fn a_journal_behind_its_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, layout) = journal(RECORDS);
+        write_journal(dir.path(), &bytes);
+        open(dir.path(), false).unwrap();
+        // Torn inside the last record, which the checkpoint covers.
+        write_journal(dir.path(), &bytes[..bytes.len() - 3]);
+        let error = open(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(error, JournalError::BehindCheckpoint { .. }),
+            "{error}"
+        );
+        // Header only.
+        write_journal(dir.path(), &bytes[..FILE_HEADER_BYTES]);
+        let error = open(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JournalError::BehindCheckpoint {
+                    journal_next_seq: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        // Missing, then empty: refused, and not created.
+        let path = journal_path(dir.path(), session());
+        std::fs::remove_file(&path).unwrap();
+        let error = open(dir.path(), false).unwrap_err();
+        assert!(matches!(error, JournalError::Missing { .. }), "{error}");
+        assert!(!path.exists());
+        std::fs::write(&path, b"").unwrap();
+        let error = open(dir.path(), false).unwrap_err();
+        assert!(matches!(error, JournalError::Missing { .. }), "{error}");
+        // The torn journal, accepted: cut at the last intact record.
+        write_journal(dir.path(), &bytes[..bytes.len() - 3]);
+        let (recovery, _) = open(dir.path(), true).unwrap();
+        assert_eq!(recovery.next_seq, layout[4].1);
+        assert_eq!(
+            stored_checkpoint(dir.path()),
+            Checkpoint {
+                next_seq: layout[4].1,
+                end_offset: layout[4].0
+            }
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_past_the_checkpoint_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, layout) = journal(RECORDS);
+        write_journal(dir.path(), &bytes[..layout[3].0 as usize]);
+        open(dir.path(), false).unwrap(); // checkpoint at record 4
+        let mut torn = bytes[..bytes.len() - 5].to_vec();
+        torn.resize(torn.len() + 8192, 0);
+        write_journal(dir.path(), &torn);
+        let (recovery, _) = open(dir.path(), false).unwrap();
+        assert_eq!(recovery.next_seq, layout[4].1);
+        assert_eq!(recovery.cut_bytes, torn.len() as u64 - layout[4].0);
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_refused_and_accepted_only_with_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = journal(RECORDS);
+        write_journal(dir.path(), &bytes);
+        open(dir.path(), false).unwrap();
+        let checkpoint = checkpoint_path(dir.path(), session());
+        let mut stored = std::fs::read(&checkpoint).unwrap();
+        stored[9] ^= 1;
+        std::fs::write(&checkpoint, &stored).unwrap();
+        let error = open(dir.path(), false).unwrap_err();
+        assert!(
+            matches!(error, JournalError::CheckpointDamaged { .. }),
+            "{error}"
+        );
+        assert_eq!(open(dir.path(), true).unwrap().0.next_seq, 10);
+        assert_eq!(stored_checkpoint(dir.path()).next_seq, 10);
+    }
+
+    #[test]
+    fn another_sessions_journal_is_refused_even_with_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = file_header(Session::from_str("OTHER").unwrap(), 1).to_vec();
+        header.extend_from_slice(&[0u8; 10]);
+        write_journal(dir.path(), &header);
+        let error = open(dir.path(), true).unwrap_err();
+        assert!(matches!(error, JournalError::BadHeader { .. }), "{error}");
+    }
 }
