@@ -1,7 +1,8 @@
 //! Group commit for an append-only file, through io_uring: the owner stages
 //! records into fixed buffers, each duty cycle's records go to the kernel as
-//! one write, and one `fdatasync` covers every write that completed before it
-//! was submitted. The owner's thread never waits for the disk: it submits,
+//! one write (one write in flight at a time, in file order, so a crash leaves
+//! at most a torn tail, never a hole), and one `fdatasync` covers every write
+//! that completed before it was submitted. The owner's thread never waits for the disk: it submits,
 //! goes on staging the next batch, and learns from [`GroupCommitFile::poll`]
 //! how far the file is durable.
 //!
@@ -82,6 +83,8 @@ impl std::error::Error for FileError {}
 enum Phase {
     Free,
     Filling,
+    /// Handed over; waits for the write before it to complete.
+    Queued,
     Writing,
     Written,
 }
@@ -122,6 +125,10 @@ pub struct GroupCommitFile {
     order_len: usize,
     /// The buffer being filled.
     filling: Option<usize>,
+    /// The buffer being written: one write at a time, so that a crash can
+    /// leave only a torn tail, never a hole before data that reached the
+    /// file (two concurrent writes could complete in either order).
+    writing: Option<usize>,
     /// File offset after the last staged byte.
     staged: Position,
     /// Every byte below this offset has been written (contiguously).
@@ -165,6 +172,7 @@ impl GroupCommitFile {
             order_head: 0,
             order_len: 0,
             filling: None,
+            writing: None,
             staged: end,
             written: end,
             syncing: None,
@@ -344,12 +352,32 @@ impl GroupCommitFile {
             buffer.phase = Phase::Free;
             return Ok(());
         }
-        buffer.phase = Phase::Writing;
+        buffer.phase = Phase::Queued;
         assert!(self.order_len < self.order.len());
         let slot = (self.order_head + self.order_len) % self.order.len();
         self.order[slot] = index;
         self.order_len += 1;
-        self.push_write(index)
+        self.push_next_write()
+    }
+
+    /// Starts the oldest queued write when no write is in flight.
+    fn push_next_write(&mut self) -> io::Result<()> {
+        if self.writing.is_some() {
+            return Ok(());
+        }
+        for i in 0..self.order_len {
+            let index = self.order[(self.order_head + i) % self.order.len()];
+            match self.buffers[index].phase {
+                Phase::Written => continue,
+                Phase::Queued => {
+                    self.buffers[index].phase = Phase::Writing;
+                    self.writing = Some(index);
+                    return self.push_write(index);
+                }
+                phase => unreachable!("buffer {index} in phase {phase:?} in the write queue"),
+            }
+        }
+        Ok(())
     }
 
     fn push_write(&mut self, index: usize) -> io::Result<()> {
@@ -416,7 +444,9 @@ impl GroupCommitFile {
                     return self.push_write(index);
                 }
                 buffer.phase = Phase::Written;
+                self.writing = None;
                 self.writes += 1;
+                self.push_next_write()?;
             }
             kind::FILE_SYNC => {
                 if cqe.result < 0 {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tally_gateway::auth::AuthThread;
 use tally_gateway::counters::GatewayCounters;
 use tally_gateway::gateway_loop::GatewayLoop;
@@ -25,7 +25,8 @@ use tally_runtime::wake::Waker;
 
 use crate::config::ApplianceConfig;
 use crate::core::{CoreConfig, CoreCounters, SequencerCore};
-use crate::journal::{JournalWriter, Recovery};
+use crate::exit::JournalWriteFailed;
+use crate::journal::{JournalWriter, Recovery, WriteError};
 use crate::publisher::MulticastPublisher;
 use crate::replay::{ReplayCounters, ReplayLoop};
 use crate::retransmit::{RetransmitCounters, RetransmitLoop};
@@ -36,6 +37,37 @@ pub fn clock_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+/// A journal write error, with the path and the free space of its file
+/// system, as the sequencer loop reports it.
+fn journal_write_failed(path: &std::path::Path, error: WriteError) -> JournalWriteFailed {
+    let free_bytes = free_bytes(path.parent().unwrap_or(path));
+    tracing::error!(
+        path = %path.display(),
+        operation = error.operation,
+        error = %error.source,
+        free_bytes,
+        "journal write failed; stopping: nothing after the last good write was acknowledged or published"
+    );
+    JournalWriteFailed {
+        path: path.to_path_buf(),
+        operation: error.operation,
+        source: error.source,
+        free_bytes,
+    }
+}
+
+/// Bytes available to unprivileged users on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes only into the struct we pass; path is a valid
+    // NUL-terminated string for the duration of the call.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let result = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    (result == 0).then(|| stats.f_bavail as u64 * stats.f_frsize as u64)
 }
 
 /// Flags the signal handlers set and the loops read.
@@ -72,8 +104,15 @@ pub struct Appliance {
 }
 
 impl Appliance {
-    /// Opens, recovers, binds and starts every loop.
-    pub fn start(config: &ApplianceConfig, control: Arc<Control>) -> anyhow::Result<Appliance> {
+    /// Opens, recovers, binds and starts every loop. `recovery_options`
+    /// come from the operator (`--accept-journal-loss`); the default refuses
+    /// a damaged journal with a [`crate::journal::JournalError`] in the
+    /// error chain.
+    pub fn start(
+        config: &ApplianceConfig,
+        control: Arc<Control>,
+        recovery_options: &crate::journal::RecoveryOptions,
+    ) -> anyhow::Result<Appliance> {
         let session = config.session()?;
         let gateway_config = config.gateway_config();
 
@@ -99,7 +138,7 @@ impl Appliance {
             &config.journal.dir,
             session,
             config.fsync_policy()?,
-            &crate::journal::RecoveryOptions::default(),
+            recovery_options,
             |seq, message| {
                 if recovery_error.is_some() || message.len() < tally_wire::Header::SIZE {
                     return;
@@ -134,12 +173,11 @@ impl Appliance {
             return Err(error);
         }
         if recovery.ended {
-            bail!(
-                "session {:?} has ended (its journal {} holds the end-of-session record); \
-                 configure a new stream.session to start the next one",
-                session.as_str(),
-                journal.path().display()
-            );
+            return Err(crate::exit::SessionEnded {
+                session: session.as_str().to_string(),
+                journal: journal.path().to_path_buf(),
+            }
+            .into());
         }
         tracing::info!(
             journal = %journal.path().display(),
@@ -217,7 +255,14 @@ impl Appliance {
             &last_seqs,
             core_counters,
         );
-        core.start(clock_ns()).context("starting the session")?;
+        let journal_path = core.journal_mut().path().to_path_buf();
+        core.start(clock_ns())
+            .map_err(|error| journal_write_failed(&journal_path, error))
+            .context("starting the session")?;
+        // A group commit's completion wakes the parked sequencer loop.
+        core.journal_mut()
+            .register_eventfd(sequencer_waker.fd())
+            .context("registering the sequencer's waker with the journal's io_uring")?;
 
         let mut threads = Vec::new();
         let placement = config.placement("sequencer")?;
@@ -231,9 +276,12 @@ impl Appliance {
                 let mut idler = placement.idle.idler();
                 let mut inbound = inbound;
                 let mut outcomes = outcomes;
+                let fatal = |error| io::Error::other(journal_write_failed(&journal_path, error));
                 while !seq_control.stop.load(Ordering::Acquire) {
                     let now_ns = clock_ns();
-                    let work = core.poll(&mut inbound, &mut outcomes, now_ns)?;
+                    let work = core
+                        .poll(&mut inbound, &mut outcomes, now_ns)
+                        .map_err(fatal)?;
                     if work > 0 {
                         gateway_waker.wake();
                     } else {
@@ -249,11 +297,15 @@ impl Appliance {
                 }
                 // Finish what the gateway already handed over, then close.
                 let now_ns = clock_ns();
-                while core.poll(&mut inbound, &mut outcomes, now_ns)? > 0 {}
+                while core
+                    .poll(&mut inbound, &mut outcomes, now_ns)
+                    .map_err(fatal)?
+                    > 0
+                {}
                 if seq_control.end_session.load(Ordering::Acquire) {
-                    core.end_session(now_ns)?;
+                    core.end_session(&mut outcomes, now_ns).map_err(fatal)?;
                 }
-                core.shutdown(now_ns)?;
+                core.shutdown(&mut outcomes, now_ns).map_err(fatal)?;
                 let _ = core.publisher_mut().flush(Duration::from_secs(1));
                 journal_bytes.set(core.journal_mut().bytes_written());
                 journal_fsyncs.set(core.journal_mut().fsyncs());
@@ -318,7 +370,21 @@ impl Appliance {
             match handle.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    first_error.get_or_insert(anyhow::anyhow!("{name} loop failed: {error}"));
+                    // A journal write failure keeps its type, so `main`
+                    // exits with its own status.
+                    let is_journal = error
+                        .get_ref()
+                        .is_some_and(|inner| inner.is::<JournalWriteFailed>());
+                    let error = if is_journal {
+                        let failed = error
+                            .into_inner()
+                            .and_then(|inner| inner.downcast::<JournalWriteFailed>().ok())
+                            .expect("checked above");
+                        anyhow::Error::new(*failed).context(format!("{name} loop failed"))
+                    } else {
+                        anyhow::anyhow!("{name} loop failed: {error}")
+                    };
+                    first_error.get_or_insert(error);
                 }
                 Err(_) => {
                     first_error.get_or_insert(anyhow::anyhow!("{name} loop panicked"));

@@ -20,50 +20,93 @@ use tally_runtime::counters::Counter;
 use tally_wire::mold::{self, MoldHeader, Session};
 use tally_wire::{header_mut, system_code, SystemEvent};
 
-use crate::journal::JournalWriter;
+use crate::journal::{JournalWriter, WriteError, RECORD_HEADER_BYTES};
 
 /// Where packets are journaled before they are published.
+///
+/// A journal says how far it is durable in its fsync policy's sense
+/// ([`Journal::durable_next_seq`]); the core publishes a packet and
+/// acknowledges its messages only below that number. A journal that writes
+/// at once (policies `none`, `interval`) is durable as soon as `append`
+/// returns; a group-commit journal (`batch`) becomes durable later, as
+/// [`Journal::poll_durable`] reports.
 pub trait Journal {
     /// Appends one packet's message blocks. An error is fatal.
-    fn append(&mut self, first_seq: u64, count: u16, blocks: &[u8], now_ns: u64) -> io::Result<()>;
-    /// Gives an interval fsync policy its chance to run.
-    fn sync_if_due(&mut self, now_ns: u64) -> io::Result<()>;
-    /// Writes the end-of-session marker.
-    fn end_session(&mut self) -> io::Result<()>;
-    /// Syncs everything (shutdown).
-    fn sync(&mut self) -> io::Result<()>;
+    fn append(
+        &mut self,
+        first_seq: u64,
+        count: u16,
+        blocks: &[u8],
+        now_ns: u64,
+    ) -> Result<(), WriteError>;
+    /// Bytes that can be appended now.
+    fn room_bytes(&self) -> usize;
+    /// End of a duty cycle: hand what was appended to the disk.
+    fn submit(&mut self, now_ns: u64) -> Result<(), WriteError>;
+    /// Reaps completions; every message below the returned number is durable.
+    fn poll_durable(&mut self) -> Result<u64, WriteError>;
+    /// Every message below this number is durable.
+    fn durable_next_seq(&self) -> u64;
+    /// Writes the end-of-session marker and makes everything durable.
+    fn end_session(&mut self) -> Result<(), WriteError>;
+    /// Makes everything durable, waiting for it (shutdown).
+    fn sync(&mut self) -> Result<(), WriteError>;
 }
 
 impl Journal for JournalWriter {
-    fn append(&mut self, first_seq: u64, count: u16, blocks: &[u8], now_ns: u64) -> io::Result<()> {
+    fn append(
+        &mut self,
+        first_seq: u64,
+        count: u16,
+        blocks: &[u8],
+        now_ns: u64,
+    ) -> Result<(), WriteError> {
         JournalWriter::append(self, first_seq, count, blocks, now_ns)
     }
-    fn sync_if_due(&mut self, now_ns: u64) -> io::Result<()> {
-        JournalWriter::sync_if_due(self, now_ns)
+    fn room_bytes(&self) -> usize {
+        JournalWriter::room_bytes(self)
     }
-    fn end_session(&mut self) -> io::Result<()> {
+    fn submit(&mut self, now_ns: u64) -> Result<(), WriteError> {
+        JournalWriter::submit(self, now_ns)
+    }
+    fn poll_durable(&mut self) -> Result<u64, WriteError> {
+        JournalWriter::poll_durable(self)
+    }
+    fn durable_next_seq(&self) -> u64 {
+        JournalWriter::durable_next_seq(self)
+    }
+    fn end_session(&mut self) -> Result<(), WriteError> {
         JournalWriter::end_session(self)
     }
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&mut self) -> Result<(), WriteError> {
         JournalWriter::sync(self)
     }
 }
 
-/// A journal that keeps nothing (benchmarks).
+/// A journal that keeps nothing and is always durable (benchmarks).
 #[derive(Debug, Default)]
 pub struct NullJournal;
 
 impl Journal for NullJournal {
-    fn append(&mut self, _: u64, _: u16, _: &[u8], _: u64) -> io::Result<()> {
+    fn append(&mut self, _: u64, _: u16, _: &[u8], _: u64) -> Result<(), WriteError> {
         Ok(())
     }
-    fn sync_if_due(&mut self, _: u64) -> io::Result<()> {
+    fn room_bytes(&self) -> usize {
+        usize::MAX
+    }
+    fn submit(&mut self, _: u64) -> Result<(), WriteError> {
         Ok(())
     }
-    fn end_session(&mut self) -> io::Result<()> {
+    fn poll_durable(&mut self) -> Result<u64, WriteError> {
+        Ok(u64::MAX)
+    }
+    fn durable_next_seq(&self) -> u64 {
+        u64::MAX
+    }
+    fn end_session(&mut self) -> Result<(), WriteError> {
         Ok(())
     }
-    fn sync(&mut self) -> io::Result<()> {
+    fn sync(&mut self) -> Result<(), WriteError> {
         Ok(())
     }
 }
@@ -118,6 +161,11 @@ pub struct CoreCounters {
     pub ack_ring_full: Counter,
     pub send_errors: Counter,
     pub next_seq: Counter,
+    /// Polls that took nothing because packets and acknowledgements waiting
+    /// for the journal's group commit filled what may be held.
+    pub durability_waits: Counter,
+    /// Packets held until their journal record was durable.
+    pub packets_held: Counter,
 }
 
 impl CoreCounters {
@@ -134,6 +182,8 @@ impl CoreCounters {
         "sequencer.ack_ring_full",
         "sequencer.send_errors",
         "sequencer.next_seq",
+        "sequencer.durability_waits",
+        "sequencer.packets_held",
     ];
 
     /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
@@ -151,12 +201,72 @@ impl CoreCounters {
             ack_ring_full: c(8),
             send_errors: c(9),
             next_seq: c(10),
+            durability_waits: c(11),
+            packets_held: c(12),
         }
     }
 }
 
 /// Number of distinct origins (client ids are u16).
 const ORIGINS: usize = 1 << 16;
+
+/// Packets the core holds at most while their journal records become durable
+/// (group commit): with a sync every few hundred microseconds and full
+/// packets, far more than the stream's rate needs.
+pub const HELD_PACKETS_MAX: usize = 1024;
+/// Acknowledgements the core holds at most while their messages become
+/// durable.
+pub const HELD_OUTCOMES_MAX: usize = 65_536;
+
+/// Packets waiting for their journal record to be durable, oldest first: a
+/// fixed ring of packet-sized slots.
+struct HeldPackets {
+    bytes: Box<[u8]>,
+    slot_bytes: usize,
+    lens: Box<[usize]>,
+    /// Sequence number after each packet's last message.
+    end_seqs: Box<[u64]>,
+    head: usize,
+    len: usize,
+}
+
+impl HeldPackets {
+    fn new(slot_bytes: usize) -> Self {
+        HeldPackets {
+            bytes: vec![0u8; HELD_PACKETS_MAX * slot_bytes].into_boxed_slice(),
+            slot_bytes,
+            lens: vec![0; HELD_PACKETS_MAX].into_boxed_slice(),
+            end_seqs: vec![0; HELD_PACKETS_MAX].into_boxed_slice(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, packet: &[u8], end_seq: u64) {
+        assert!(self.len < HELD_PACKETS_MAX, "held packet room was checked");
+        let slot = (self.head + self.len) % HELD_PACKETS_MAX;
+        let start = slot * self.slot_bytes;
+        self.bytes[start..start + packet.len()].copy_from_slice(packet);
+        self.lens[slot] = packet.len();
+        self.end_seqs[slot] = end_seq;
+        self.len += 1;
+    }
+
+    /// The oldest packet, if every message in it is below `durable_next_seq`.
+    fn front_if_durable(&self, durable_next_seq: u64) -> Option<&[u8]> {
+        if self.len == 0 || self.end_seqs[self.head] > durable_next_seq {
+            return None;
+        }
+        let start = self.head * self.slot_bytes;
+        Some(&self.bytes[start..start + self.lens[self.head]])
+    }
+
+    fn pop(&mut self) {
+        assert!(self.len > 0);
+        self.head = (self.head + 1) % HELD_PACKETS_MAX;
+        self.len -= 1;
+    }
+}
 
 /// The sequencer state machine. See the module doc.
 pub struct SequencerCore<J: Journal, P: Publisher> {
@@ -170,8 +280,16 @@ pub struct SequencerCore<J: Journal, P: Publisher> {
     packet_len: usize,
     packet_count: u16,
     packet_first_seq: u64,
-    /// Outcomes waiting for their packet to be journaled and published.
-    pending: Vec<Outcome>,
+    /// Outcomes of the current batch, each with the sequence number below
+    /// which the journal must be durable before it is sent.
+    pending: Vec<(Outcome, u64)>,
+    /// Packets journaled but not yet durable (group commit).
+    held_packets: HeldPackets,
+    /// Outcomes waiting for durability, or for room in the outcome ring.
+    held_outcomes: std::collections::VecDeque<(Outcome, u64)>,
+    /// The least number of messages any packet holds (all of the largest
+    /// size): bounds the packets a batch can make.
+    messages_per_packet_min: usize,
     last_send_ns: u64,
     counters: CoreCounters,
     ended: bool,
@@ -200,6 +318,10 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         SequencerCore {
             packet: vec![0u8; config.payload_limit_bytes].into_boxed_slice(),
             pending: Vec::with_capacity(config.batch_messages_max),
+            held_packets: HeldPackets::new(config.payload_limit_bytes),
+            held_outcomes: std::collections::VecDeque::with_capacity(HELD_OUTCOMES_MAX),
+            messages_per_packet_min: (config.payload_limit_bytes - MoldHeader::SIZE)
+                / (2 + tally_wire::MAX_MESSAGE_SIZE),
             config,
             journal,
             publisher,
@@ -239,13 +361,19 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         self.ended
     }
 
+    /// Packets and outcomes waiting for the journal (or for ring room).
+    pub fn held(&self) -> (usize, usize) {
+        (self.held_packets.len, self.held_outcomes.len())
+    }
+
     /// Opens the session: a brand-new stream starts with the appliance's
     /// start-of-session event `S(O)`; a resumed one sends a heartbeat so
     /// receivers learn the next number at once.
-    pub fn start(&mut self, now_ns: u64) -> io::Result<()> {
+    pub fn start(&mut self, now_ns: u64) -> Result<(), WriteError> {
         if self.next_seq == 1 {
             self.sequence_system_event(system_code::START_OF_SESSION, now_ns)?;
             self.flush(now_ns)?;
+            self.journal.submit(now_ns)?;
         } else {
             self.heartbeat(now_ns);
         }
@@ -253,36 +381,53 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         Ok(())
     }
 
-    /// One duty cycle: takes up to `batch_messages_max` messages from
-    /// `inbound` (fewer when `outcomes` has less room), sequences, journals
-    /// and publishes them, then hands their outcomes to `outcomes`. Sends a
-    /// heartbeat when idle past the interval. Returns the work done.
+    /// One duty cycle: releases packets and outcomes whose journal records
+    /// became durable; takes up to `batch_messages_max` messages from
+    /// `inbound` (fewer when the outcome ring, the held-packet ring or the
+    /// journal's staging has less room: back-pressure, never a wait),
+    /// sequences and journals them, publishes what is durable and hands
+    /// those outcomes to `outcomes`. Sends a heartbeat when idle past the
+    /// interval. Returns the work done.
     pub fn poll(
         &mut self,
         inbound: &mut rtrb::Consumer<Inbound>,
         outcomes: &mut rtrb::Producer<Outcome>,
         now_ns: u64,
-    ) -> io::Result<usize> {
+    ) -> Result<usize, WriteError> {
         if self.ended {
             return Ok(0);
         }
-        let room = outcomes.slots().min(self.config.batch_messages_max);
+        let durable = self.journal.poll_durable()?;
+        let released = self.release(durable, outcomes);
+        let ring_room = outcomes.slots().saturating_sub(self.held_outcomes.len());
+        let room = ring_room
+            .min(self.config.batch_messages_max)
+            .min(HELD_OUTCOMES_MAX - self.held_outcomes.len())
+            .min(self.held_packet_room_messages())
+            .min(self.journal_room_messages());
         let waiting = inbound.slots();
         if room == 0 {
             if waiting > 0 {
-                self.counters.ack_ring_full.increment();
+                if ring_room == 0 {
+                    self.counters.ack_ring_full.increment();
+                } else {
+                    self.counters.durability_waits.increment();
+                }
             }
-            return Ok(0);
+            self.journal.submit(now_ns)?;
+            return Ok(released);
         }
         let take = waiting.min(room);
         if take == 0 {
-            self.journal.sync_if_due(now_ns)?;
-            if now_ns.saturating_sub(self.last_send_ns) >= self.config.heartbeat_interval_ns {
+            self.journal.submit(now_ns)?;
+            let idle = self.held_packets.len == 0 && self.held_outcomes.is_empty();
+            if idle && now_ns.saturating_sub(self.last_send_ns) >= self.config.heartbeat_interval_ns
+            {
                 self.heartbeat(now_ns);
                 self.submit();
-                return Ok(1);
+                return Ok(released + 1);
             }
-            return Ok(0);
+            return Ok(released);
         }
         let chunk = inbound
             .read_chunk(take)
@@ -293,27 +438,39 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         }
         chunk.commit_all();
         self.flush(now_ns)?;
+        self.journal.submit(now_ns)?;
         self.counters.batches.increment();
         self.submit();
-        for outcome in self.pending.drain(..) {
-            // Room was checked above; a failure here is a bug.
-            outcomes
-                .push(outcome)
-                .expect("outcome ring has the room checked before the batch");
+        let durable = self.journal.durable_next_seq();
+        for (outcome, needed) in self.pending.drain(..) {
+            if self.held_outcomes.is_empty() && needed <= durable {
+                // Room was checked above; a failure here is a bug.
+                outcomes
+                    .push(outcome)
+                    .expect("outcome ring has the room checked before the batch");
+            } else {
+                self.held_outcomes.push_back((outcome, needed));
+            }
         }
-        Ok(take)
+        Ok(released + take)
     }
 
     /// Ends the session: sequences `S(C)`, flushes, writes the journal's
-    /// end-of-session marker and publishes the MoldUDP64 end-of-session
-    /// packet. Nothing is sequenced after this.
-    pub fn end_session(&mut self, now_ns: u64) -> io::Result<()> {
+    /// end-of-session marker (everything durable), publishes what was held
+    /// and the MoldUDP64 end-of-session packet. Nothing is sequenced after
+    /// this.
+    pub fn end_session(
+        &mut self,
+        outcomes: &mut rtrb::Producer<Outcome>,
+        now_ns: u64,
+    ) -> Result<(), WriteError> {
         if self.ended {
             return Ok(());
         }
         self.sequence_system_event(system_code::END_OF_SESSION, now_ns)?;
         self.flush(now_ns)?;
         self.journal.end_session()?;
+        self.release(self.journal.durable_next_seq(), outcomes);
         let len = mold::write_end_of_session(&mut self.packet, self.config.session, self.next_seq);
         self.send(len, now_ns);
         self.submit();
@@ -321,14 +478,62 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         Ok(())
     }
 
-    /// Flushes what is pending and syncs the journal (shutdown).
-    pub fn shutdown(&mut self, now_ns: u64) -> io::Result<()> {
+    /// Flushes what is pending, makes the journal durable (waiting for it),
+    /// then publishes what was held and hands over the outcomes that fit
+    /// (shutdown).
+    pub fn shutdown(
+        &mut self,
+        outcomes: &mut rtrb::Producer<Outcome>,
+        now_ns: u64,
+    ) -> Result<(), WriteError> {
         self.flush(now_ns)?;
+        self.journal.sync()?;
+        self.release(self.journal.durable_next_seq(), outcomes);
         self.submit();
-        self.journal.sync()
+        Ok(())
     }
 
-    fn sequence_inbound(&mut self, inbound: &Inbound, now_ns: u64) -> io::Result<()> {
+    /// Publishes held packets, then hands over held outcomes, whose messages
+    /// are below `durable_next_seq`, oldest first. Returns how many.
+    fn release(&mut self, durable_next_seq: u64, outcomes: &mut rtrb::Producer<Outcome>) -> usize {
+        let mut released = 0;
+        while let Some(packet) = self.held_packets.front_if_durable(durable_next_seq) {
+            let result = self.publisher.publish(packet);
+            let len = packet.len();
+            self.held_packets.pop();
+            self.count_send(result, len);
+            released += 1;
+        }
+        if released > 0 {
+            self.submit();
+        }
+        while let Some(&(outcome, needed)) = self.held_outcomes.front() {
+            if needed > durable_next_seq || outcomes.push(outcome).is_err() {
+                break;
+            }
+            self.held_outcomes.pop_front();
+            released += 1;
+        }
+        released
+    }
+
+    /// Messages a batch may take so that its packets fit the held-packet ring.
+    fn held_packet_room_messages(&self) -> usize {
+        let free = HELD_PACKETS_MAX - self.held_packets.len;
+        free.saturating_sub(2) * self.messages_per_packet_min
+    }
+
+    /// Messages a batch may take so that its records fit the journal's room.
+    fn journal_room_messages(&self) -> usize {
+        let room = self.journal.room_bytes();
+        if room == usize::MAX {
+            return usize::MAX;
+        }
+        let reserve = 2 * (RECORD_HEADER_BYTES + self.config.payload_limit_bytes);
+        room.saturating_sub(reserve) / (2 + tally_wire::MAX_MESSAGE_SIZE + RECORD_HEADER_BYTES)
+    }
+
+    fn sequence_inbound(&mut self, inbound: &Inbound, now_ns: u64) -> Result<(), WriteError> {
         let origin = inbound.origin;
         let last = self.last_client_seq[usize::from(origin)];
         let kind = if inbound.client_seq <= last {
@@ -341,13 +546,16 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
             None
         };
         if let Some(kind) = kind {
-            self.pending.push(Outcome {
-                origin,
-                client_seq: inbound.client_seq,
-                stream_seq: 0,
-                timestamp_ns: 0,
-                kind,
-            });
+            self.pending.push((
+                Outcome {
+                    origin,
+                    client_seq: inbound.client_seq,
+                    stream_seq: 0,
+                    timestamp_ns: 0,
+                    kind,
+                },
+                self.next_seq,
+            ));
             return Ok(());
         }
         let seq = self.append(inbound.message(), now_ns)?;
@@ -360,17 +568,20 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
                 reason: inbound.reject_reason,
             }
         };
-        self.pending.push(Outcome {
-            origin,
-            client_seq: inbound.client_seq,
-            stream_seq: seq,
-            timestamp_ns: now_ns,
-            kind,
-        });
+        self.pending.push((
+            Outcome {
+                origin,
+                client_seq: inbound.client_seq,
+                stream_seq: seq,
+                timestamp_ns: now_ns,
+                kind,
+            },
+            seq + 1,
+        ));
         Ok(())
     }
 
-    fn sequence_system_event(&mut self, code: u8, now_ns: u64) -> io::Result<u64> {
+    fn sequence_system_event(&mut self, code: u8, now_ns: u64) -> Result<u64, WriteError> {
         let client_seq = self.last_client_seq[0] + 1;
         let event = SystemEvent::new(code).with_client_seq(client_seq);
         self.last_client_seq[0] = client_seq;
@@ -379,7 +590,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
 
     /// Appends one message to the open packet (flushing a full one first),
     /// stamping its timestamp. Returns its sequence number.
-    fn append(&mut self, message: &[u8], now_ns: u64) -> io::Result<u64> {
+    fn append(&mut self, message: &[u8], now_ns: u64) -> Result<u64, WriteError> {
         if self.packet_len + 2 + message.len() > self.config.payload_limit_bytes
             || self.packet_count == u16::MAX - 1
         {
@@ -402,8 +613,9 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         Ok(seq)
     }
 
-    /// Journals, then publishes, the open packet.
-    fn flush(&mut self, now_ns: u64) -> io::Result<()> {
+    /// Journals the open packet, then publishes it when the journal is
+    /// durable past it, or holds it until it is.
+    fn flush(&mut self, now_ns: u64) -> Result<(), WriteError> {
         if self.packet_count == 0 {
             return Ok(());
         }
@@ -424,7 +636,13 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
             .add(u64::from(self.packet_count));
         self.counters.next_seq.set(self.next_seq);
         let len = self.packet_len;
-        self.send(len, now_ns);
+        if self.held_packets.len == 0 && self.journal.durable_next_seq() >= self.next_seq {
+            self.send(len, now_ns);
+        } else {
+            self.held_packets.push(&self.packet[..len], self.next_seq);
+            self.counters.packets_held.increment();
+            self.last_send_ns = now_ns;
+        }
         self.packet_len = MoldHeader::SIZE;
         self.packet_count = 0;
         Ok(())
@@ -444,14 +662,19 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
     }
 
     fn send(&mut self, len: usize, now_ns: u64) {
-        match self.publisher.publish(&self.packet[..len]) {
+        let result = self.publisher.publish(&self.packet[..len]);
+        self.count_send(result, len);
+        self.last_send_ns = now_ns;
+    }
+
+    fn count_send(&mut self, result: io::Result<()>, len: usize) {
+        match result {
             Ok(()) => {
                 self.counters.packets_sent.increment();
                 self.counters.bytes_sent.add(len as u64);
             }
             Err(_) => self.counters.send_errors.increment(),
         }
-        self.last_send_ns = now_ns;
     }
 }
 
@@ -462,25 +685,57 @@ mod tests {
     use tally_wire::mold::MoldPacket;
     use tally_wire::{Message, Order};
 
+    /// Records appends. Durable at once, or (`group_commit`) only up to
+    /// what the test makes durable with `sync_to`, as a group commit would.
     #[derive(Default)]
     struct RecordingJournal {
         records: Vec<(u64, u16, Vec<u8>)>,
         ended: bool,
+        group_commit: bool,
+        appended_next_seq: u64,
+        durable_next_seq: u64,
+    }
+
+    impl RecordingJournal {
+        fn sync_all(&mut self) {
+            self.durable_next_seq = self.appended_next_seq;
+        }
     }
 
     impl Journal for RecordingJournal {
-        fn append(&mut self, first_seq: u64, count: u16, blocks: &[u8], _: u64) -> io::Result<()> {
+        fn append(
+            &mut self,
+            first_seq: u64,
+            count: u16,
+            blocks: &[u8],
+            _: u64,
+        ) -> Result<(), WriteError> {
             self.records.push((first_seq, count, blocks.to_vec()));
+            self.appended_next_seq = first_seq + u64::from(count);
+            if !self.group_commit {
+                self.durable_next_seq = self.appended_next_seq;
+            }
             Ok(())
         }
-        fn sync_if_due(&mut self, _: u64) -> io::Result<()> {
+        fn room_bytes(&self) -> usize {
+            usize::MAX
+        }
+        fn submit(&mut self, _: u64) -> Result<(), WriteError> {
             Ok(())
         }
-        fn end_session(&mut self) -> io::Result<()> {
+        fn poll_durable(&mut self) -> Result<u64, WriteError> {
+            Ok(self.durable_next_seq)
+        }
+        fn durable_next_seq(&self) -> u64 {
+            self.durable_next_seq
+        }
+        fn end_session(&mut self) -> Result<(), WriteError> {
             self.ended = true;
+            self.sync_all();
             Ok(())
         }
-        fn sync(&mut self) -> io::Result<()> {
+        fn sync(&mut self) -> Result<(), WriteError> {
+            self.sync_all();
             Ok(())
         }
     }
@@ -701,7 +956,8 @@ mod tests {
     fn end_session_sequences_event_then_end_packet() {
         let (mut core, _) = core(1400);
         core.start(0).unwrap();
-        core.end_session(10).unwrap();
+        let (mut outcomes, _from_core) = rtrb::RingBuffer::new(16);
+        core.end_session(&mut outcomes, 10).unwrap();
         assert!(core.journal_mut().ended);
         let packets = &core.publisher_mut().packets;
         let last = MoldPacket::parse(packets.last().unwrap()).unwrap();
@@ -711,6 +967,106 @@ mod tests {
         match Message::parse(&stream[1].1).unwrap() {
             Message::SystemEvent(event) => assert_eq!(event.code, system_code::END_OF_SESSION),
             other => panic!("expected S(C), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn group_commit_holds_packets_and_acks_until_durable_then_releases_in_order() {
+        let (mut core, file) = core(200);
+        core.journal_mut().group_commit = true;
+        core.start(0).unwrap();
+        assert!(
+            core.publisher_mut().packets.is_empty(),
+            "S(O) waits for the sync"
+        );
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(4096);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(4096);
+        for client_seq in 1..=50u32 {
+            to_core.push(order(1, client_seq)).unwrap();
+        }
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 1).unwrap(), 50);
+        assert!(
+            core.publisher_mut().packets.is_empty(),
+            "nothing published before the sync"
+        );
+        assert!(from_core.is_empty(), "nothing acknowledged before the sync");
+        // A second batch while the first is being synced.
+        for client_seq in 51..=60u32 {
+            to_core.push(order(1, client_seq)).unwrap();
+        }
+        assert_eq!(core.poll(&mut inbound, &mut outcomes, 2).unwrap(), 10);
+        assert!(from_core.is_empty());
+        // The sync of the first batch completes: exactly its packets and acks go.
+        let first_batch_end = core.journal_mut().records[..]
+            .iter()
+            .find(|(first, count, _)| first + u64::from(*count) == 52)
+            .map(|_| 52)
+            .expect("the first batch ends a record at 52 (S(O) + 50 orders)");
+        core.journal_mut().durable_next_seq = first_batch_end;
+        let released = core.poll(&mut inbound, &mut outcomes, 3).unwrap();
+        assert!(
+            released > 50,
+            "packets and 50 acks released, got {released}"
+        );
+        let published = stream(&mut core);
+        assert_eq!(
+            published.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            (1..52).collect::<Vec<_>>()
+        );
+        let mut acked = Vec::new();
+        while let Ok(outcome) = from_core.pop() {
+            acked.push((outcome.client_seq, outcome.stream_seq));
+        }
+        assert_eq!(
+            acked,
+            (1..=50u32)
+                .map(|c| (c, u64::from(c) + 1))
+                .collect::<Vec<_>>()
+        );
+        // Then the rest.
+        core.journal_mut().sync_all();
+        core.poll(&mut inbound, &mut outcomes, 4).unwrap();
+        assert_eq!(stream(&mut core).len(), 61);
+        let rest: Vec<u32> = std::iter::from_fn(|| from_core.pop().ok())
+            .map(|outcome| outcome.client_seq)
+            .collect();
+        assert_eq!(rest, (51..=60).collect::<Vec<_>>());
+        let counters = CoreCounters::from_file(&file, 0);
+        assert!(counters.packets_held.get() > 0);
+    }
+
+    #[test]
+    fn a_journal_that_never_syncs_pushes_back_instead_of_growing() {
+        let (mut core, file) = core(200);
+        core.journal_mut().group_commit = true;
+        core.start(0).unwrap();
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(1 << 16);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(1 << 17);
+        let mut client_seq = 0u32;
+        let mut taken = 0usize;
+        // Far more than may be held: the core stops taking, it never panics,
+        // sleeps or drops.
+        for round in 0..200u64 {
+            while to_core.slots() > 0 {
+                client_seq += 1;
+                to_core.push(order(1, client_seq)).unwrap();
+            }
+            taken += core.poll(&mut inbound, &mut outcomes, round).unwrap();
+        }
+        let (packets, acks) = core.held();
+        assert!(packets <= HELD_PACKETS_MAX && acks <= HELD_OUTCOMES_MAX);
+        assert!(taken <= HELD_OUTCOMES_MAX, "took {taken}");
+        assert!(CoreCounters::from_file(&file, 0).durability_waits.get() > 0);
+        assert!(from_core.is_empty());
+        // The sync comes: everything taken is published and acknowledged, in order.
+        core.journal_mut().sync_all();
+        while core.poll(&mut inbound, &mut outcomes, 1_000).unwrap() > 0 {
+            core.journal_mut().sync_all();
+            while from_core.pop().is_ok() {}
+        }
+        let published = stream(&mut core);
+        for (index, (seq, _)) in published.iter().enumerate() {
+            assert_eq!(*seq, index as u64 + 1, "no gap, no reorder");
         }
     }
 }

@@ -54,7 +54,7 @@ pub use reader::{Cursor, JournalReader, INDEX_STRIDE_BYTES};
 pub use recover::{
     scan, Damage, IntactAfter, ReadAt, RecoveryOptions, ScanSummary, ScannedRecord,
 };
-pub use writer::JournalWriter;
+pub use writer::{JournalWriter, WriteError, CHECKPOINT_INTERVAL_NS};
 
 use std::fs::File;
 use std::io;

@@ -1,30 +1,111 @@
 //! The appending side of the journal, owned by the sequencer thread.
+//!
+//! Two ways of writing, chosen by the fsync policy:
+//!
+//! - `none` and `interval`: each record is written at once with one `writev`
+//!   (the page cache holds it: a process crash loses nothing). `interval`
+//!   calls `fdatasync` at most every `fsync_interval_ms`. A record is durable
+//!   in the policy's sense as soon as it is written, so the sequencer
+//!   publishes and acknowledges at once.
+//! - `batch` (group commit): records are staged and written through io_uring
+//!   ([`GroupCommitFile`]); one `fdatasync` covers every write that completed
+//!   before it, and is followed by the checkpoint write. A record is durable
+//!   only when that sync and checkpoint write completed: until then the
+//!   sequencer holds its packet and acknowledgements, and keeps filling the
+//!   next batch. The sequencer thread never waits for the disk.
+//!
+//! Readers (retransmit, replay) see a record only once it is durable in the
+//! policy's sense ([`JournalProgress`]), so nothing leaves the appliance
+//! before it is on disk with `batch`.
+//!
+//! The checkpoint beside the journal ([`Checkpoint`]) is a lower bound of
+//! what the journal holds: with `batch` it is written after each sync; with
+//! `interval` after each sync; with `none` at most every
+//! [`CHECKPOINT_INTERVAL_NS`] and at shutdown.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tally_runtime::file::{GroupCommitConfig, GroupCommitFile, Position, SIDE_RECORD_BYTES};
 use tally_wire::mold::Session;
 
+use super::checkpoint::{checkpoint_path, Checkpoint, CHECKPOINT_BYTES};
 use super::format::*;
 use super::recover::{open_and_recover, RecoveryOptions};
 use super::{io_error, FsyncPolicy, JournalError, JournalProgress, Recovery};
 
-/// The appending side. Owned by the sequencer thread.
+/// With `fsync = "none"`, the checkpoint is rewritten at most this often.
+pub const CHECKPOINT_INTERVAL_NS: u64 = 10_000_000;
+
+/// How long shutdown waits for the last writes and sync.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+const _: () = assert!(CHECKPOINT_BYTES == SIDE_RECORD_BYTES);
+
+/// How records reach the file.
+enum Mode {
+    /// `none` and `interval`: one `writev` per record, on this thread.
+    Direct {
+        file: File,
+        unsynced: bool,
+        last_sync_ns: u64,
+    },
+    /// `batch`: group commit through io_uring.
+    GroupCommit(Box<GroupCommitFile>),
+}
+
+/// A journal write or sync failed: what, and the kernel's error. Fatal for
+/// the sequencer (nothing after the last good write was acknowledged).
 #[derive(Debug)]
+pub struct WriteError {
+    /// "write", "fdatasync", "checkpoint write", ...
+    pub operation: &'static str,
+    /// The kernel's error.
+    pub source: io::Error,
+}
+
+/// The appending side. Owned by the sequencer thread.
 pub struct JournalWriter {
-    file: File,
+    mode: Mode,
     path: PathBuf,
+    checkpoint_file: File,
+    checkpoint: Checkpoint,
+    last_checkpoint_ns: u64,
+    /// File offset after the last record appended (staged or written).
     end_offset: u64,
+    /// Sequence number the next appended message gets.
     next_seq: u64,
+    /// Every message below this is durable in the policy's sense.
+    durable_next_seq: u64,
     policy: FsyncPolicy,
-    unsynced: bool,
-    last_sync_ns: u64,
     progress: Arc<JournalProgress>,
     fsyncs: u64,
     bytes_written: u64,
+}
+
+impl std::fmt::Debug for JournalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalWriter")
+            .field("path", &self.path)
+            .field("policy", &self.policy)
+            .field("end_offset", &self.end_offset)
+            .field("next_seq", &self.next_seq)
+            .field("durable_next_seq", &self.durable_next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+fn checkpoint_record(position: Position) -> [u8; SIDE_RECORD_BYTES] {
+    Checkpoint {
+        next_seq: position.tag,
+        end_offset: position.offset,
+    }
+    .encode()
 }
 
 impl JournalWriter {
@@ -42,18 +123,70 @@ impl JournalWriter {
         let end_offset = file
             .seek(SeekFrom::End(0))
             .map_err(io_error(format!("seeking {}", path.display())))?;
+        let checkpoint_at = checkpoint_path(dir, session);
+        let checkpoint_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&checkpoint_at)
+            .map_err(io_error(format!(
+                "opening checkpoint {}",
+                checkpoint_at.display()
+            )))?;
+        let checkpoint = Checkpoint {
+            next_seq: recovery.next_seq,
+            end_offset,
+        };
+        // Recovery checked the journal against the old checkpoint; from here
+        // on the checkpoint describes what recovery found (synced, so that a
+        // torn tail cut now is never claimed again).
+        checkpoint_file
+            .write_all_at(&checkpoint.encode(), 0)
+            .and_then(|()| checkpoint_file.sync_data())
+            .map_err(io_error(format!(
+                "writing checkpoint {}",
+                checkpoint_at.display()
+            )))?;
+        let mode = match policy {
+            FsyncPolicy::Batch => {
+                let side = checkpoint_file.try_clone().map_err(io_error(format!(
+                    "opening checkpoint {}",
+                    checkpoint_at.display()
+                )))?;
+                let group = GroupCommitFile::new(
+                    file,
+                    side,
+                    Position {
+                        offset: end_offset,
+                        tag: recovery.next_seq,
+                    },
+                    GroupCommitConfig::default(),
+                    checkpoint_record,
+                )
+                .map_err(io_error("setting up the journal's io_uring"))?;
+                Mode::GroupCommit(Box::new(group))
+            }
+            FsyncPolicy::None | FsyncPolicy::Interval { .. } => Mode::Direct {
+                file,
+                unsynced: false,
+                last_sync_ns: super::now_ns(),
+            },
+        };
         let progress = Arc::new(JournalProgress::default());
         progress.publish(end_offset, recovery.next_seq);
         progress.ended.store(recovery.ended, Ordering::Release);
         Ok((
             JournalWriter {
-                file,
+                mode,
                 path,
+                checkpoint_file,
+                checkpoint,
+                last_checkpoint_ns: 0,
                 end_offset,
                 next_seq: recovery.next_seq,
+                durable_next_seq: recovery.next_seq,
                 policy,
-                unsynced: false,
-                last_sync_ns: super::now_ns(),
                 progress,
                 fsyncs: 0,
                 bytes_written: 0,
@@ -62,57 +195,132 @@ impl JournalWriter {
         ))
     }
 
+    /// Makes every journal completion signal `eventfd` (the sequencer loop's
+    /// waker), so a parked loop wakes when a group commit completes. No-op
+    /// for policies that do not write through io_uring.
+    pub fn register_eventfd(&self, eventfd: std::os::fd::RawFd) -> io::Result<()> {
+        match &self.mode {
+            Mode::GroupCommit(group) => group.register_eventfd(eventfd),
+            Mode::Direct { .. } => Ok(()),
+        }
+    }
+
     /// Appends one record holding `count` messages, the first numbered
-    /// `first_seq`, whose MoldUDP64 blocks are `blocks`. Syncs when the
-    /// policy says so, then publishes the new end to readers. An error here is
-    /// fatal for the sequencer: nothing may be published that is not
-    /// journaled.
+    /// `first_seq`, whose MoldUDP64 blocks are `blocks`. With `none` and
+    /// `interval` the record is written (and readers see it) at once; with
+    /// `batch` it is staged and becomes durable through [`Self::submit`] and
+    /// [`Self::poll_durable`]. Check [`Self::room_bytes`] first. An error is
+    /// fatal for the sequencer.
     pub fn append(
         &mut self,
         first_seq: u64,
         count: u16,
         blocks: &[u8],
         now_ns: u64,
-    ) -> io::Result<()> {
+    ) -> Result<(), WriteError> {
         assert_eq!(first_seq, self.next_seq, "journal append out of order");
         assert!(count != COUNT_END_OF_SESSION && count > 0);
         assert!(blocks.len() <= RECORD_PAYLOAD_BYTES_MAX);
         let header = record_header(first_seq, count, blocks);
-        self.write_record(&header, blocks)?;
-        self.next_seq = first_seq + u64::from(count);
-        self.sync_for_policy(now_ns)?;
-        self.progress.publish(self.end_offset, self.next_seq);
+        let next_seq = first_seq + u64::from(count);
+        self.write_record(&header, blocks, next_seq)?;
+        self.next_seq = next_seq;
+        if let Mode::Direct { .. } = self.mode {
+            if let FsyncPolicy::Interval { .. } = self.policy {
+                self.sync_if_due(now_ns)?;
+            }
+            self.durable_next_seq = self.next_seq;
+            self.progress.publish(self.end_offset, self.next_seq);
+        }
         Ok(())
     }
 
-    /// Writes the end-of-session marker and syncs. No append may follow.
-    pub fn end_session(&mut self) -> io::Result<()> {
+    /// Journal bytes that can be appended before a write must complete
+    /// (`usize::MAX` for policies that write at once).
+    pub fn room_bytes(&self) -> usize {
+        match &self.mode {
+            Mode::GroupCommit(group) => group.room_bytes(),
+            Mode::Direct { .. } => usize::MAX,
+        }
+    }
+
+    /// End of a duty cycle: hands staged records to the kernel (`batch`),
+    /// syncs when the interval is due (`interval`), rewrites the checkpoint
+    /// when due (`none`).
+    pub fn submit(&mut self, now_ns: u64) -> Result<(), WriteError> {
+        match &mut self.mode {
+            Mode::GroupCommit(group) => group.submit().map_err(|source| WriteError {
+                operation: "io_uring submit",
+                source,
+            }),
+            Mode::Direct { .. } => match self.policy {
+                FsyncPolicy::Interval { .. } => self.sync_if_due(now_ns),
+                _ => {
+                    if now_ns.saturating_sub(self.last_checkpoint_ns) >= CHECKPOINT_INTERVAL_NS {
+                        self.store_checkpoint(now_ns)?;
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Reaps group-commit completions and returns the sequence number below
+    /// which every message is durable in the policy's sense; publishes that
+    /// to readers.
+    pub fn poll_durable(&mut self) -> Result<u64, WriteError> {
+        if let Mode::GroupCommit(group) = &mut self.mode {
+            let durable = group.poll().map_err(|error| WriteError {
+                operation: error.operation,
+                source: io::Error::new(error.error.kind(), error.error.to_string()),
+            })?;
+            self.fsyncs = group.syncs();
+            if durable.tag > self.durable_next_seq {
+                self.durable_next_seq = durable.tag;
+                self.progress.publish(durable.offset, durable.tag);
+            }
+        }
+        Ok(self.durable_next_seq)
+    }
+
+    /// Every message below this is durable in the policy's sense.
+    pub fn durable_next_seq(&self) -> u64 {
+        self.durable_next_seq
+    }
+
+    /// Writes the end-of-session marker and makes everything durable. No
+    /// append may follow.
+    pub fn end_session(&mut self) -> Result<(), WriteError> {
         let header = record_header(self.next_seq, COUNT_END_OF_SESSION, &[]);
-        self.write_record(&header, &[])?;
+        self.write_record(&header, &[], self.next_seq)?;
         self.sync()?;
         self.progress.ended.store(true, Ordering::Release);
         self.progress.publish(self.end_offset, self.next_seq);
         Ok(())
     }
 
-    /// Syncs if the interval policy says a sync is due. Call from the loop
-    /// when idle.
-    pub fn sync_if_due(&mut self, now_ns: u64) -> io::Result<()> {
-        if let FsyncPolicy::Interval { interval_ns } = self.policy {
-            if self.unsynced && now_ns.saturating_sub(self.last_sync_ns) >= interval_ns {
-                self.sync()?;
-                self.last_sync_ns = now_ns;
+    /// Makes everything appended durable, waiting for it (shutdown), and
+    /// rewrites the checkpoint.
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        match &mut self.mode {
+            Mode::GroupCommit(group) => {
+                group.flush(FLUSH_TIMEOUT).map_err(|source| WriteError {
+                    operation: "write and fdatasync",
+                    source,
+                })?;
+                self.poll_durable()?;
             }
-        }
-        Ok(())
-    }
-
-    /// Syncs whatever is unsynced (shutdown).
-    pub fn sync(&mut self) -> io::Result<()> {
-        if self.unsynced {
-            self.file.sync_data()?;
-            self.unsynced = false;
-            self.fsyncs += 1;
+            Mode::Direct { file, unsynced, .. } => {
+                if *unsynced {
+                    file.sync_data().map_err(|source| WriteError {
+                        operation: "fdatasync",
+                        source,
+                    })?;
+                    *unsynced = false;
+                    self.fsyncs += 1;
+                }
+                self.store_checkpoint(super::now_ns())?;
+            }
         }
         Ok(())
     }
@@ -142,45 +350,107 @@ impl JournalWriter {
         self.bytes_written
     }
 
+    /// Syncs if the interval policy says a sync is due, then rewrites the
+    /// checkpoint.
+    fn sync_if_due(&mut self, now_ns: u64) -> Result<(), WriteError> {
+        let FsyncPolicy::Interval { interval_ns } = self.policy else {
+            return Ok(());
+        };
+        let Mode::Direct {
+            file,
+            unsynced,
+            last_sync_ns,
+        } = &mut self.mode
+        else {
+            return Ok(());
+        };
+        if *unsynced && now_ns.saturating_sub(*last_sync_ns) >= interval_ns {
+            file.sync_data().map_err(|source| WriteError {
+                operation: "fdatasync",
+                source,
+            })?;
+            *unsynced = false;
+            *last_sync_ns = now_ns;
+            self.fsyncs += 1;
+            self.store_checkpoint(now_ns)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the checkpoint (direct modes) when it moved.
+    fn store_checkpoint(&mut self, now_ns: u64) -> Result<(), WriteError> {
+        self.last_checkpoint_ns = now_ns;
+        let checkpoint = Checkpoint {
+            next_seq: self.next_seq,
+            end_offset: self.end_offset,
+        };
+        if checkpoint == self.checkpoint {
+            return Ok(());
+        }
+        self.checkpoint_file
+            .write_all_at(&checkpoint.encode(), 0)
+            .map_err(|source| WriteError {
+                operation: "checkpoint write",
+                source,
+            })?;
+        self.checkpoint = checkpoint;
+        Ok(())
+    }
+
     fn write_record(
         &mut self,
         header: &[u8; RECORD_HEADER_BYTES],
         blocks: &[u8],
-    ) -> io::Result<()> {
+        next_seq: u64,
+    ) -> Result<(), WriteError> {
         let total = RECORD_HEADER_BYTES + blocks.len();
-        let mut written = 0usize;
-        while written < total {
-            let result = if written < RECORD_HEADER_BYTES {
-                let slices = [IoSlice::new(&header[written..]), IoSlice::new(blocks)];
-                self.file.write_vectored(&slices)
-            } else {
-                self.file.write(&blocks[written - RECORD_HEADER_BYTES..])
-            };
-            match result {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "journal write returned 0",
-                    ))
-                }
-                Ok(n) => written += n,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
+        match &mut self.mode {
+            Mode::GroupCommit(group) => {
+                group
+                    .stage(&[header, blocks], next_seq)
+                    .map_err(|source| WriteError {
+                        operation: "staging (no room: the caller checks room_bytes)",
+                        source,
+                    })?;
+            }
+            Mode::Direct { file, unsynced, .. } => {
+                write_all_vectored(file, header, blocks).map_err(|source| WriteError {
+                    operation: "write",
+                    source,
+                })?;
+                *unsynced = true;
             }
         }
         self.end_offset += total as u64;
         self.bytes_written += total as u64;
-        self.unsynced = true;
         Ok(())
     }
+}
 
-    fn sync_for_policy(&mut self, now_ns: u64) -> io::Result<()> {
-        match self.policy {
-            FsyncPolicy::None => Ok(()),
-            FsyncPolicy::Batch => self.sync(),
-            FsyncPolicy::Interval { .. } => self.sync_if_due(now_ns),
+/// One record with `writev`, retried on a short write.
+fn write_all_vectored(file: &mut File, header: &[u8], blocks: &[u8]) -> io::Result<()> {
+    let total = header.len() + blocks.len();
+    let mut written = 0usize;
+    while written < total {
+        let result = if written < header.len() {
+            let slices = [IoSlice::new(&header[written..]), IoSlice::new(blocks)];
+            file.write_vectored(&slices)
+        } else {
+            file.write(&blocks[written - header.len()..])
+        };
+        match result {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "journal write returned 0",
+                ))
+            }
+            Ok(n) => written += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,8 +501,20 @@ mod tests {
             writer.append(1, 2, &blocks(&[b"one", b"two"]), 0).unwrap();
             writer.append(3, 1, &blocks(&[b"three"]), 0).unwrap();
             assert_eq!(writer.next_seq(), 4);
-            assert_eq!(writer.fsyncs(), 2);
+            // Group commit: staged, durable only once written and synced.
+            assert_eq!(writer.durable_next_seq(), 1);
+            assert_eq!(writer.progress().next_seq(), 1, "readers see nothing yet");
+            writer.submit(0).unwrap();
+            writer.sync().unwrap();
+            assert_eq!(writer.durable_next_seq(), 4);
+            assert_eq!(writer.progress().next_seq(), 4);
+            assert!(writer.fsyncs() >= 1);
         }
+        let checkpoint = Checkpoint::read(&checkpoint_path(dir.path(), session()))
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(checkpoint.next_seq, 4, "the checkpoint follows the sync");
         let (seen, recovery) = collect(dir.path());
         assert_eq!(recovery.next_seq, 4);
         assert_eq!(recovery.messages, 3);
