@@ -133,8 +133,53 @@ pub struct GatewayConfig {
     pub session: Session,
     /// The clients that may log in.
     pub clients: Vec<ClientEntry>,
-    /// Connections served at once (logged in or not); more are closed at accept.
+    /// Sessions logged in at once. A login that would make one more is
+    /// rejected `S` (with a debug packet saying why), unless it replaces the
+    /// same client's own session. Connections that have not logged in yet
+    /// do not count here: they live in the login pool.
     pub max_sessions: usize,
+    /// The login pool: connections accepted and not yet logged in, held at
+    /// once. More are refused at accept with a debug packet (counted).
+    /// Sessions and the pool have separate slots, so a pool full of idle
+    /// connections never keeps a till from logging in once it is admitted,
+    /// and never takes a logged-in session's slot.
+    pub max_login_connections: usize,
+    /// Connections one source address may hold in the login pool at once.
+    pub max_login_connections_per_source: usize,
+    /// A connection must be logged in (login request received and its
+    /// password checked) this long after it was accepted, or it is closed
+    /// with a debug packet saying why (counted).
+    pub login_timeout_ns: u64,
+    /// Sustained rate of new connections one source address may open, per
+    /// second; more are closed at accept with a debug packet (counted): a
+    /// reconnect storm costs an accept and a close, nothing else.
+    pub source_connects_per_sec: u32,
+    /// Connections one source address may open back to back above the rate.
+    pub source_connect_burst: u32,
+    /// Back-off after a source's first failed login; it doubles with every
+    /// further failure. A login from a source still backing off is rejected
+    /// `A` without its password being checked (counted).
+    pub login_backoff_base_ns: u64,
+    /// Longest back-off; a source that stays quiet this long after its
+    /// back-off ends is forgiven its failures.
+    pub login_backoff_max_ns: u64,
+    /// Sustained rate of failed logins one username may take, from any
+    /// address, per minute; past it logins for that username are rejected
+    /// `A` without a password check (counted).
+    pub username_failures_per_min: u32,
+    /// Failed logins one username may take back to back.
+    pub username_failure_burst: u32,
+    /// Password checks one source address may have queued or running at
+    /// once; a further login from it is rejected `A` unchecked (counted).
+    pub auth_in_flight_per_source: usize,
+    /// Buckets of the per-source throttle table (rounded up to a power of
+    /// two). Addresses that hash alike share a bucket.
+    pub source_table_entries: usize,
+    /// Shortest peer timeout a SoupBinTCP 4.1 login may ask for (its
+    /// requested heartbeat timeout is clamped to this range).
+    pub heartbeat_timeout_min_ns: u64,
+    /// Longest peer timeout a SoupBinTCP 4.1 login may ask for.
+    pub heartbeat_timeout_max_ns: u64,
     /// Largest SoupBinTCP frame accepted (type byte + payload), in bytes; a
     /// longer one is a protocol error. At least the 47 bytes of a login.
     pub max_frame_bytes: usize,
@@ -163,8 +208,37 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Default connection limit.
+    /// Default limit of logged-in sessions.
     pub const DEFAULT_MAX_SESSIONS: usize = 64;
+    /// Default size of the login pool.
+    pub const DEFAULT_MAX_LOGIN_CONNECTIONS: usize = 128;
+    /// Default login-pool connections per source address.
+    pub const DEFAULT_MAX_LOGIN_CONNECTIONS_PER_SOURCE: usize = 8;
+    /// Default login deadline: 5 s.
+    pub const DEFAULT_LOGIN_TIMEOUT_NS: u64 = 5_000_000_000;
+    /// Default connection rate per source address, per second.
+    pub const DEFAULT_SOURCE_CONNECTS_PER_SEC: u32 = 20;
+    /// Default connection burst per source address.
+    pub const DEFAULT_SOURCE_CONNECT_BURST: u32 = 40;
+    /// Default first back-off after a failed login: 250 ms.
+    pub const DEFAULT_LOGIN_BACKOFF_BASE_NS: u64 = 250_000_000;
+    /// Default longest back-off: 30 s.
+    pub const DEFAULT_LOGIN_BACKOFF_MAX_NS: u64 = 30_000_000_000;
+    /// Default failed logins per username per minute.
+    pub const DEFAULT_USERNAME_FAILURES_PER_MIN: u32 = 30;
+    /// Default failed logins per username back to back.
+    pub const DEFAULT_USERNAME_FAILURE_BURST: u32 = 20;
+    /// Default password checks in flight per source address.
+    pub const DEFAULT_AUTH_IN_FLIGHT_PER_SOURCE: usize = 2;
+    /// Default buckets of the per-source throttle table.
+    pub const DEFAULT_SOURCE_TABLE_ENTRIES: usize = 4096;
+    /// Default shortest requested heartbeat timeout honoured: 3 s.
+    pub const DEFAULT_HEARTBEAT_TIMEOUT_MIN_NS: u64 = 3_000_000_000;
+    /// Default longest requested heartbeat timeout honoured: 60 s.
+    pub const DEFAULT_HEARTBEAT_TIMEOUT_MAX_NS: u64 = 60_000_000_000;
+    /// Server connections beyond the session and login slots, used only to
+    /// say why a connection is refused before closing it.
+    pub const REFUSAL_CONNECTIONS: usize = 64;
     /// Default frame limit: room for every packet a client needs, with slack.
     pub const DEFAULT_MAX_FRAME_BYTES: usize = 256;
     /// Default heartbeat interval: 1 s (DESIGN.md §4).
@@ -198,6 +272,19 @@ impl GatewayConfig {
             session,
             clients,
             max_sessions: Self::DEFAULT_MAX_SESSIONS,
+            max_login_connections: Self::DEFAULT_MAX_LOGIN_CONNECTIONS,
+            max_login_connections_per_source: Self::DEFAULT_MAX_LOGIN_CONNECTIONS_PER_SOURCE,
+            login_timeout_ns: Self::DEFAULT_LOGIN_TIMEOUT_NS,
+            source_connects_per_sec: Self::DEFAULT_SOURCE_CONNECTS_PER_SEC,
+            source_connect_burst: Self::DEFAULT_SOURCE_CONNECT_BURST,
+            login_backoff_base_ns: Self::DEFAULT_LOGIN_BACKOFF_BASE_NS,
+            login_backoff_max_ns: Self::DEFAULT_LOGIN_BACKOFF_MAX_NS,
+            username_failures_per_min: Self::DEFAULT_USERNAME_FAILURES_PER_MIN,
+            username_failure_burst: Self::DEFAULT_USERNAME_FAILURE_BURST,
+            auth_in_flight_per_source: Self::DEFAULT_AUTH_IN_FLIGHT_PER_SOURCE,
+            source_table_entries: Self::DEFAULT_SOURCE_TABLE_ENTRIES,
+            heartbeat_timeout_min_ns: Self::DEFAULT_HEARTBEAT_TIMEOUT_MIN_NS,
+            heartbeat_timeout_max_ns: Self::DEFAULT_HEARTBEAT_TIMEOUT_MAX_NS,
             max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
             heartbeat_interval_ns: Self::DEFAULT_HEARTBEAT_INTERVAL_NS,
             peer_timeout_ns: Self::DEFAULT_PEER_TIMEOUT_NS,
@@ -208,6 +295,17 @@ impl GatewayConfig {
             send_buffer_bytes: Self::DEFAULT_SEND_BUFFER_BYTES,
             auth_queue_depth: Self::DEFAULT_AUTH_QUEUE_DEPTH,
         }
+    }
+
+    /// Connection slots of the gateway core: sessions plus the login pool.
+    pub fn connection_slots(&self) -> usize {
+        self.max_sessions + self.max_login_connections
+    }
+
+    /// Connections the TCP server holds: the core's slots plus
+    /// [`Self::REFUSAL_CONNECTIONS`] for refusals on their way out.
+    pub fn server_connections(&self) -> usize {
+        self.connection_slots() + Self::REFUSAL_CONNECTIONS
     }
 
     /// Bytes buffered per connection for frames not yet handled:
@@ -265,12 +363,84 @@ impl GatewayConfig {
         if !(1..=65_535).contains(&self.max_sessions) {
             return Err(ConfigError::new("max_sessions", "must be 1..=65535"));
         }
-        let login_frame = 1 + soup::LOGIN_REQUEST_PAYLOAD;
+        if !(1..=65_535).contains(&self.max_login_connections) {
+            return Err(ConfigError::new(
+                "max_login_connections",
+                "must be 1..=65535",
+            ));
+        }
+        if !(1..=self.max_login_connections).contains(&self.max_login_connections_per_source) {
+            return Err(ConfigError::new(
+                "max_login_connections_per_source",
+                "must be 1..=max_login_connections",
+            ));
+        }
+        if self.login_timeout_ns == 0 {
+            return Err(ConfigError::new("login_timeout_ns", "must be above 0"));
+        }
+        if self.source_connects_per_sec == 0 || self.source_connects_per_sec > 1_000_000_000 {
+            return Err(ConfigError::new(
+                "source_connects_per_sec",
+                "must be 1..=1000000000",
+            ));
+        }
+        if self.source_connect_burst == 0 {
+            return Err(ConfigError::new(
+                "source_connect_burst",
+                "must be at least 1",
+            ));
+        }
+        if self.login_backoff_base_ns == 0 {
+            return Err(ConfigError::new("login_backoff_base_ns", "must be above 0"));
+        }
+        if self.login_backoff_max_ns < self.login_backoff_base_ns {
+            return Err(ConfigError::new(
+                "login_backoff_max_ns",
+                "must be at least login_backoff_base_ns",
+            ));
+        }
+        if self.username_failures_per_min == 0 || self.username_failures_per_min > 60_000_000 {
+            return Err(ConfigError::new(
+                "username_failures_per_min",
+                "must be 1..=60000000",
+            ));
+        }
+        if self.username_failure_burst == 0 {
+            return Err(ConfigError::new(
+                "username_failure_burst",
+                "must be at least 1",
+            ));
+        }
+        if self.auth_in_flight_per_source == 0 {
+            return Err(ConfigError::new(
+                "auth_in_flight_per_source",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=1 << 24).contains(&self.source_table_entries) {
+            return Err(ConfigError::new(
+                "source_table_entries",
+                "must be 1..=16777216",
+            ));
+        }
+        if self.heartbeat_timeout_min_ns <= self.heartbeat_interval_ns {
+            return Err(ConfigError::new(
+                "heartbeat_timeout_min_ns",
+                "must be longer than heartbeat_interval_ns",
+            ));
+        }
+        if self.heartbeat_timeout_max_ns < self.heartbeat_timeout_min_ns {
+            return Err(ConfigError::new(
+                "heartbeat_timeout_max_ns",
+                "must be at least heartbeat_timeout_min_ns",
+            ));
+        }
+        let login_frame = 1 + soup::LOGIN_REQUEST_PAYLOAD_MAX;
         if !(login_frame..=soup::MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
             return Err(ConfigError::new(
                 "max_frame_bytes",
                 format!(
-                    "must be {login_frame}..={} (a login request is {login_frame} bytes)",
+                    "must be {login_frame}..={} (a SoupBinTCP 4.1 login request is {login_frame} bytes)",
                     soup::MAX_FRAME_BYTES
                 ),
             ));
@@ -554,7 +724,56 @@ mod tests {
             "clients[1].client_id"
         );
         assert_eq!(bad_field(|c| c.max_sessions = 0), "max_sessions");
-        assert_eq!(bad_field(|c| c.max_frame_bytes = 46), "max_frame_bytes");
+        assert_eq!(bad_field(|c| c.max_frame_bytes = 51), "max_frame_bytes");
+        assert_eq!(
+            bad_field(|c| c.max_login_connections = 0),
+            "max_login_connections"
+        );
+        assert_eq!(
+            bad_field(|c| c.max_login_connections_per_source = c.max_login_connections + 1),
+            "max_login_connections_per_source"
+        );
+        assert_eq!(bad_field(|c| c.login_timeout_ns = 0), "login_timeout_ns");
+        assert_eq!(
+            bad_field(|c| c.source_connects_per_sec = 0),
+            "source_connects_per_sec"
+        );
+        assert_eq!(
+            bad_field(|c| c.source_connect_burst = 0),
+            "source_connect_burst"
+        );
+        assert_eq!(
+            bad_field(|c| c.login_backoff_base_ns = 0),
+            "login_backoff_base_ns"
+        );
+        assert_eq!(
+            bad_field(|c| c.login_backoff_max_ns = c.login_backoff_base_ns - 1),
+            "login_backoff_max_ns"
+        );
+        assert_eq!(
+            bad_field(|c| c.username_failures_per_min = 0),
+            "username_failures_per_min"
+        );
+        assert_eq!(
+            bad_field(|c| c.username_failure_burst = 0),
+            "username_failure_burst"
+        );
+        assert_eq!(
+            bad_field(|c| c.auth_in_flight_per_source = 0),
+            "auth_in_flight_per_source"
+        );
+        assert_eq!(
+            bad_field(|c| c.source_table_entries = 0),
+            "source_table_entries"
+        );
+        assert_eq!(
+            bad_field(|c| c.heartbeat_timeout_min_ns = c.heartbeat_interval_ns),
+            "heartbeat_timeout_min_ns"
+        );
+        assert_eq!(
+            bad_field(|c| c.heartbeat_timeout_max_ns = c.heartbeat_timeout_min_ns - 1),
+            "heartbeat_timeout_max_ns"
+        );
         assert_eq!(bad_field(|c| c.max_frame_bytes = 65_536), "max_frame_bytes");
         assert_eq!(
             bad_field(|c| c.heartbeat_interval_ns = 0),

@@ -79,11 +79,38 @@ gateway_counters! {
     sessions_timed_out,
     /// Logins rejected `A` because the password-checking queue was full.
     auth_busy,
-    /// Connections closed at accept because `max_sessions` were open.
+    /// Connections refused for want of a slot: closed at accept because
+    /// every connection slot was taken, or a login rejected `S` because
+    /// `max_sessions` were logged in.
     sessions_refused,
     /// Connections closed because they sent more than their receive backlog
     /// while their frames waited (sequencer ring full, or login pending).
     receive_overflows,
+    /// Gauge: connections in the login pool now (accepted, not logged in).
+    login_pool_active,
+    /// Connections refused at accept because the login pool was full.
+    login_pool_refused,
+    /// Connections refused at accept because their source address already
+    /// held `max_login_connections_per_source` in the login pool.
+    login_source_refused,
+    /// Connections closed at accept because their source address was over
+    /// its connection rate (a reconnect storm).
+    connects_throttled,
+    /// Connections closed because they had not logged in within
+    /// `login_timeout_ns`.
+    login_timeouts,
+    /// Logins rejected `A` without a password check: the source was backing
+    /// off after failures, the username had failed too often, or the source
+    /// had `auth_in_flight_per_source` checks in flight already.
+    logins_throttled,
+    /// Password checks handed to the auth thread (each one argon2
+    /// verification): the CPU spent on hashing, in units of one hash.
+    password_checks,
+    /// Logins whose password check failed (wrong password, unknown user).
+    login_failures,
+    /// `U` packets rejected with a debug packet and no client_seq consumed:
+    /// shorter than the message header, or client_seq 0.
+    unnumbered_rejects,
 }
 
 impl GatewayCounters {

@@ -10,7 +10,9 @@
 //! another receive, in which case the network waits (back-pressure through
 //! TCP flow control, never a dropped byte). It returns the work done; [`GatewayLoop::run`] pairs it
 //! with an idle strategy that waits in `io_uring_enter` when there is none.
-//! Nothing in a cycle allocates, locks or logs.
+//! Nothing in a cycle allocates or locks; the only log line is the
+//! hostile-client report, at most once per [`REPORT_INTERVAL_NS`], when
+//! refusals or throttled logins were counted since the last one.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::{self, ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
 use tally_runtime::wake::Waker;
+use tally_wire::soup;
 
 use crate::auth::{AuthRequest, AuthThread, Authenticator};
 use crate::config::GatewayConfig;
@@ -28,6 +31,37 @@ use crate::session::{GatewayCore, GatewayIo, SendError, SlotId};
 
 /// Outcomes taken from the sequencer ring per [`GatewayLoop::poll`].
 pub const OUTCOMES_PER_POLL: usize = 4096;
+
+/// Shortest time between two hostile-client log lines: 10 s.
+pub const REPORT_INTERVAL_NS: u64 = 10_000_000_000;
+
+/// What the hostile-client report last saw of each counter it reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HostileCounts {
+    connects_throttled: u64,
+    login_pool_refused: u64,
+    login_source_refused: u64,
+    login_timeouts: u64,
+    logins_throttled: u64,
+    login_failures: u64,
+    password_checks: u64,
+    unnumbered_rejects: u64,
+}
+
+impl HostileCounts {
+    fn read(counters: &GatewayCounters) -> Self {
+        HostileCounts {
+            connects_throttled: counters.connects_throttled.get(),
+            login_pool_refused: counters.login_pool_refused.get(),
+            login_source_refused: counters.login_source_refused.get(),
+            login_timeouts: counters.login_timeouts.get(),
+            logins_throttled: counters.logins_throttled.get(),
+            login_failures: counters.login_failures.get(),
+            password_checks: counters.password_checks.get(),
+            unnumbered_rejects: counters.unnumbered_rejects.get(),
+        }
+    }
+}
 
 /// One gateway loop (see the module doc). Build it on any thread, move it to
 /// its own and call [`GatewayLoop::run`] (or `poll` in a loop of your own).
@@ -49,6 +83,10 @@ pub struct GatewayLoop<A: Authenticator = AuthThread> {
     sequencer_waker: Option<Waker>,
     /// Wakes this loop (watched by the server's ring) when acks arrive.
     own_waker: Option<Waker>,
+    /// When the next hostile-client report may be logged.
+    next_report_ns: u64,
+    /// The counts at the last report.
+    reported: HostileCounts,
 }
 
 impl<A: Authenticator> std::fmt::Debug for GatewayLoop<A> {
@@ -72,11 +110,12 @@ impl<A: Authenticator> GatewayLoop<A> {
         from_sequencer: rtrb::Consumer<Outcome>,
         auth: A,
     ) -> io::Result<Self> {
+        let slots = config.connection_slots();
         let server_config = TcpServerConfig {
-            max_connections: config.max_sessions,
+            max_connections: config.server_connections(),
             recv_buffer_bytes: config.recv_buffer_bytes,
             send_buffer_bytes: config.send_buffer_bytes,
-            backlog: config.max_sessions.clamp(16, 4096) as u32,
+            backlog: slots.clamp(16, 4096) as u32,
         };
         let server = TcpServer::bind(config.listen, &server_config)?;
         Ok(GatewayLoop {
@@ -85,12 +124,14 @@ impl<A: Authenticator> GatewayLoop<A> {
             to_sequencer,
             from_sequencer,
             auth,
-            slot_conns: vec![None; config.max_sessions],
-            conn_slots: vec![None; config.max_sessions],
-            paused_slots: vec![false; config.max_sessions],
+            slot_conns: vec![None; slots],
+            conn_slots: vec![None; config.server_connections()],
+            paused_slots: vec![false; slots],
             recv_buffer_bytes: config.recv_buffer_bytes,
             sequencer_waker: None,
             own_waker: None,
+            next_report_ns: 0,
+            reported: HostileCounts::default(),
         })
     }
 
@@ -150,6 +191,8 @@ impl<A: Authenticator> GatewayLoop<A> {
             recv_buffer_bytes,
             sequencer_waker,
             own_waker: _,
+            next_report_ns,
+            reported,
         } = self;
 
         // Acks first: they free ring space and release waiting logins.
@@ -211,15 +254,24 @@ impl<A: Authenticator> GatewayLoop<A> {
                 auth,
             };
             match event {
-                TcpEvent::Accepted { conn, .. } => match core.on_accept(now_ns) {
-                    Some(slot) => {
-                        io.slot_conns[slot.index()] = Some(conn);
-                        conn_slots[conn.index()] = Some(slot);
+                TcpEvent::Accepted { conn, peer } => {
+                    match core.on_accept_from(Some(peer.ip()), now_ns) {
+                        Ok(slot) => {
+                            io.slot_conns[slot.index()] = Some(conn);
+                            conn_slots[conn.index()] = Some(slot);
+                        }
+                        // Say why, then close (the server keeps
+                        // REFUSAL_CONNECTIONS spare for this). The connection
+                        // has no slot: its data and close are ignored.
+                        Err(refusal) => {
+                            let mut frame = [0u8; 128];
+                            let len = soup::write_debug(&mut frame, refusal.text().as_bytes())
+                                .expect("refusal texts fit 128 bytes");
+                            let _ = io.handle.send(conn, &frame[..len]);
+                            io.handle.close(conn);
+                        }
                     }
-                    // The server and the core have the same capacity, so this
-                    // is only a slot whose close is still being reported.
-                    None => io.handle.close_now(conn),
-                },
+                }
                 TcpEvent::Data { conn, bytes } => {
                     if let Some(slot) = slot_of(conn_slots, io.slot_conns, conn) {
                         let taken = core.on_data(&mut io, slot, bytes, now_ns);
@@ -245,6 +297,10 @@ impl<A: Authenticator> GatewayLoop<A> {
         // An io_uring submit error is counted in the server's stats; the
         // loop keeps serving what it can.
         work += polled.unwrap_or(0);
+        if now_ns >= *next_report_ns {
+            *next_report_ns = now_ns.saturating_add(REPORT_INTERVAL_NS);
+            report_hostile_clients(core.counters(), reported);
+        }
         let _ = server.submit();
         if work > 0 {
             if let Some(waker) = sequencer_waker {
@@ -287,6 +343,39 @@ impl<A: Authenticator> GatewayLoop<A> {
             });
         }
     }
+}
+
+/// Logs one line when refusals, throttled logins or failures were counted
+/// since the last report (the caller calls it at most once per
+/// [`REPORT_INTERVAL_NS`], so a flood costs one line per interval).
+fn report_hostile_clients(counters: &GatewayCounters, reported: &mut HostileCounts) {
+    let now = HostileCounts::read(counters);
+    if now == *reported {
+        return;
+    }
+    let last = *reported;
+    *reported = now;
+    if now.connects_throttled == last.connects_throttled
+        && now.login_pool_refused == last.login_pool_refused
+        && now.login_source_refused == last.login_source_refused
+        && now.login_timeouts == last.login_timeouts
+        && now.logins_throttled == last.logins_throttled
+        && now.login_failures == last.login_failures
+        && now.unnumbered_rejects == last.unnumbered_rejects
+    {
+        return;
+    }
+    tracing::warn!(
+        connects_throttled = now.connects_throttled - last.connects_throttled,
+        login_pool_refused = now.login_pool_refused - last.login_pool_refused,
+        login_source_refused = now.login_source_refused - last.login_source_refused,
+        login_timeouts = now.login_timeouts - last.login_timeouts,
+        logins_throttled = now.logins_throttled - last.logins_throttled,
+        login_failures = now.login_failures - last.login_failures,
+        password_checks = now.password_checks - last.password_checks,
+        unnumbered_rejects = now.unnumbered_rejects - last.unnumbered_rejects,
+        "gateway: refused or throttled clients since the last report (see the gateway counters)"
+    );
 }
 
 /// The core slot of `conn`, if it is the connection that slot serves.

@@ -16,6 +16,8 @@
 //! - [`gateway_loop`]: [`GatewayLoop`], the core over an io_uring
 //!   `TcpServer`, the two rings and the authenticator.
 //! - [`link`]: the [`Inbound`]/[`Outcome`] values on the rings.
+//! - [`throttle`]: per-source and per-username budgets for connections and
+//!   failed logins (hostile clients: see the README's operations section).
 //! - [`counters`]: [`GatewayCounters`], in the process's counter file.
 //!
 //! What the sequencer does: build a [`GatewayCore`] from the configuration
@@ -38,10 +40,14 @@ pub mod counters;
 pub mod gateway_loop;
 pub mod link;
 pub mod session;
+pub mod throttle;
 
 pub use auth::{AuthRequest, AuthResult, AuthThread, Authenticator, InlineAuthenticator};
 pub use config::{hash_password, verify_password, ClientEntry, ConfigError, GatewayConfig, Role};
 pub use counters::GatewayCounters;
 pub use gateway_loop::GatewayLoop;
 pub use link::{Inbound, Outcome, OutcomeKind};
-pub use session::{AckRecord, ClientRecovery, GatewayCore, GatewayIo, RecoveryError, SlotId};
+pub use session::{
+    AckRecord, ClientRecovery, GatewayCore, GatewayIo, RecoveryError, Refusal, SlotId,
+};
+pub use throttle::{Throttle, Throttled};

@@ -28,6 +28,26 @@
 //! forwarded: as is when valid, as a `j` gateway reject when not, and each
 //! gets exactly one ack when its outcome returns.
 //!
+//! # Hostile and careless clients
+//!
+//! A connection starts in the *login pool* (`max_login_connections` at once,
+//! `max_login_connections_per_source` per source address) and moves to the
+//! sessions (`max_sessions`) when its password is verified; the two have
+//! separate slots. A connection that is not logged in `login_timeout_ns`
+//! after its accept is closed with a debug packet. A source over its
+//! connection rate is refused at accept ([`Refusal`]); a login from a source
+//! backing off after failures, for a username that failed too often, or from
+//! a source with `auth_in_flight_per_source` checks queued is rejected `A`
+//! without a password check ([`Throttle`]). Every refusal is explained on the
+//! wire (a debug packet before the close or the Login Rejected) and counted.
+//!
+//! A `U` packet that carries no usable client_seq — shorter than the 15-byte
+//! message header, or client_seq 0 — cannot be numbered, so it can have no
+//! `S` ack (acks are numbered by client_seq) and is not recorded on the
+//! stream: it is answered with a debug packet (`+`) that starts with
+//! `rejected U, no client_seq consumed:` and the reason, and the session
+//! stays open with its numbering untouched.
+//!
 //! # Order of a resuming login's packets
 //!
 //! Login Accepted first (SoupBinTCP requires it to be the first packet), then,
@@ -38,6 +58,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write as _;
+use std::net::IpAddr;
 
 use tally_wire::ack::{Accepted, Rejected};
 use tally_wire::mold::Session;
@@ -48,10 +69,15 @@ use crate::auth::{AuthRequest, AuthResult};
 use crate::config::{GatewayConfig, Role};
 use crate::counters::GatewayCounters;
 use crate::link::{Inbound, Outcome, OutcomeKind, INBOUND_MESSAGE_BYTES_MAX};
+use crate::throttle::{Throttle, Throttled};
 
 /// Reject reason the gateway adds to DESIGN.md's list: the message was over
 /// the session's rate limit (`j` with reason `R`). Answered, never dropped.
 pub const RATE_LIMITED: u8 = tally_wire::reject_reason::RATE_LIMITED;
+
+/// How the debug packet answering a `U` without a usable client_seq
+/// (shorter than the header, or client_seq 0) starts; the reason follows.
+pub const UNNUMBERED_REJECT_PREFIX: &str = "rejected U, no client_seq consumed:";
 
 /// Longest debug (`+`) text the gateway sends, in bytes; longer texts are cut.
 pub const DEBUG_TEXT_BYTES_MAX: usize = 160;
@@ -69,7 +95,41 @@ const ACK_FRAME_BYTES: usize = crate::config::GatewayConfig::ACK_FRAME_BYTES;
 /// Bytes of the largest debug packet.
 const DEBUG_FRAME_BYTES: usize = OUT_FRAME_BYTES_MAX;
 
-/// A connection slot of the core, `0..max_sessions`. The loop maps it to its
+/// Why a connection was refused at accept. The loop sends [`Refusal::text`]
+/// in a debug packet, then closes the connection; each is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source address opened connections faster than
+    /// `source_connects_per_sec` (a reconnect storm).
+    ConnectRate,
+    /// The login pool is full (`max_login_connections`).
+    LoginPoolFull,
+    /// The source address holds `max_login_connections_per_source` in the
+    /// login pool already.
+    SourceLimit,
+    /// No connection slot is free.
+    NoSlot,
+}
+
+impl Refusal {
+    /// The debug text that tells the client why.
+    pub fn text(self) -> &'static str {
+        match self {
+            Refusal::ConnectRate => {
+                "refused: too many connections from your address; wait before reconnecting"
+            }
+            Refusal::LoginPoolFull => {
+                "refused: too many connections waiting to log in; try again shortly"
+            }
+            Refusal::SourceLimit => {
+                "refused: too many connections from your address waiting to log in"
+            }
+            Refusal::NoSlot => "refused: no connection slot free; try again shortly",
+        }
+    }
+}
+
+/// A connection slot of the core, `0..max_sessions + max_login_connections`. The loop maps it to its
 /// transport's connection id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotId(u32);
@@ -85,7 +145,7 @@ impl SlotId {
         SlotId(index)
     }
 
-    /// The slot's index, `0..max_sessions`.
+    /// The slot's index, `0..max_sessions + max_login_connections`.
     #[inline]
     pub const fn index(self) -> usize {
         self.0 as usize
@@ -228,6 +288,15 @@ struct Connection {
     client: Option<u16>,
     requested_session: Session,
     requested_seq: u64,
+    /// The peer's address; `None` when the transport did not say (tests).
+    peer: Option<IpAddr>,
+    /// In the login pool (accepted, password not yet verified); otherwise
+    /// counted among the sessions.
+    in_login_pool: bool,
+    accepted_ns: u64,
+    /// Silence after which the peer is dropped: the configured one, or what
+    /// a SoupBinTCP 4.1 login asked for within the configured bounds.
+    peer_timeout_ns: u64,
     last_received_ns: u64,
     last_sent_ns: u64,
     /// Rate limiter (GCRA): theoretical arrival time of the next message.
@@ -262,6 +331,18 @@ struct Core {
     session: Session,
     heartbeat_interval_ns: u64,
     peer_timeout_ns: u64,
+    heartbeat_timeout_min_ns: u64,
+    heartbeat_timeout_max_ns: u64,
+    login_timeout_ns: u64,
+    max_sessions: usize,
+    max_login_connections: usize,
+    max_login_connections_per_source: usize,
+    auth_in_flight_per_source: usize,
+    /// Slots held by login-pool connections (until `on_closed`).
+    login_held: usize,
+    /// Slots held by sessions (until `on_closed`).
+    session_held: usize,
+    throttle: Throttle,
     timer_period_ns: u64,
     next_timer_ns: u64,
     rate_interval_ns: u64,
@@ -317,7 +398,7 @@ impl GatewayCore {
         if let Err(error) = config.validate() {
             panic!("GatewayCore::new on an invalid configuration: {error}");
         }
-        let slots = config.max_sessions;
+        let slots = config.connection_slots();
         let decoder_bytes = config.receive_backlog_bytes();
         let clients: Vec<ClientState> = config
             .clients
@@ -354,6 +435,16 @@ impl GatewayCore {
                 session: config.session,
                 heartbeat_interval_ns: config.heartbeat_interval_ns,
                 peer_timeout_ns: config.peer_timeout_ns,
+                heartbeat_timeout_min_ns: config.heartbeat_timeout_min_ns,
+                heartbeat_timeout_max_ns: config.heartbeat_timeout_max_ns,
+                login_timeout_ns: config.login_timeout_ns,
+                max_sessions: config.max_sessions,
+                max_login_connections: config.max_login_connections,
+                max_login_connections_per_source: config.max_login_connections_per_source,
+                auth_in_flight_per_source: config.auth_in_flight_per_source,
+                login_held: 0,
+                session_held: 0,
+                throttle: Throttle::new(config),
                 // Check timers four times per heartbeat interval: a heartbeat
                 // is late by at most a quarter interval.
                 timer_period_ns: (config.heartbeat_interval_ns / 4).max(1),
@@ -368,6 +459,10 @@ impl GatewayCore {
                         client: None,
                         requested_session: Session::BLANK,
                         requested_seq: 0,
+                        peer: None,
+                        in_login_pool: false,
+                        accepted_ns: 0,
+                        peer_timeout_ns: config.peer_timeout_ns,
                         last_received_ns: 0,
                         last_sent_ns: 0,
                         rate_tat_ns: 0,
@@ -514,14 +609,46 @@ impl GatewayCore {
         self.core.connections.len() - self.core.free.len()
     }
 
-    /// Takes a slot for a newly accepted connection, or `None` when all
-    /// `max_sessions` are in use (the loop then closes the connection; counted).
+    /// Takes a login-pool slot for a newly accepted connection whose source
+    /// address is unknown (tests, tools: only the pool and slot limits
+    /// apply), or `None` when it is refused (counted).
     pub fn on_accept(&mut self, now_ns: u64) -> Option<SlotId> {
+        self.on_accept_from(None, now_ns).ok()
+    }
+
+    /// Takes a login-pool slot for a connection newly accepted from `peer`,
+    /// or says why it is refused: the source is over its connection rate,
+    /// the login pool is full, the source holds its share of the pool, or
+    /// no slot is free. Each refusal is counted; the loop sends
+    /// [`Refusal::text`] and closes the connection.
+    pub fn on_accept_from(&mut self, peer: Option<IpAddr>, now_ns: u64) -> Result<SlotId, Refusal> {
         let core = &mut self.core;
         core.accepted_any = true;
+        if let Some(source) = peer {
+            if !core.throttle.on_connect(source, now_ns) {
+                core.counters.connects_throttled.increment();
+                return Err(Refusal::ConnectRate);
+            }
+        }
+        if core.login_held >= core.max_login_connections {
+            core.counters.login_pool_refused.increment();
+            return Err(Refusal::LoginPoolFull);
+        }
+        if let Some(source) = peer {
+            let held = core
+                .connections
+                .iter()
+                .filter(|c| c.in_login_pool && c.peer == Some(source))
+                .take(core.max_login_connections_per_source)
+                .count();
+            if held >= core.max_login_connections_per_source {
+                core.counters.login_source_refused.increment();
+                return Err(Refusal::SourceLimit);
+            }
+        }
         let Some(index) = core.free.pop() else {
             core.counters.sessions_refused.increment();
-            return None;
+            return Err(Refusal::NoSlot);
         };
         let ticket = core.next_ticket;
         core.next_ticket = core.next_ticket.wrapping_add(1);
@@ -536,13 +663,19 @@ impl GatewayCore {
             client: None,
             requested_session: Session::BLANK,
             requested_seq: 0,
+            peer,
+            in_login_pool: true,
+            accepted_ns: now_ns,
+            peer_timeout_ns: core.peer_timeout_ns,
             last_received_ns: now_ns,
             last_sent_ns: now_ns,
             rate_tat_ns: 0,
             queued,
             blocked: false,
         };
-        Some(SlotId(index))
+        core.login_held += 1;
+        core.counters.login_pool_active.set(core.login_held as u64);
+        Ok(SlotId(index))
     }
 
     /// The transport has released the connection in `slot` (closed by the
@@ -560,6 +693,16 @@ impl GatewayCore {
         let connection = &mut self.core.connections[index];
         connection.state = SlotState::Free;
         connection.client = None;
+        if connection.in_login_pool {
+            connection.in_login_pool = false;
+            self.core.login_held -= 1;
+            self.core
+                .counters
+                .login_pool_active
+                .set(self.core.login_held as u64);
+        } else {
+            self.core.session_held -= 1;
+        }
         // `queued` stays: service() skips free slots and clears it.
         self.core.free.push(slot.0);
     }
@@ -956,8 +1099,18 @@ impl Core {
                     password,
                     session,
                     requested_seq,
+                    heartbeat_timeout_ms,
                 },
-            ) => self.start_login(io, slot, username, password, session, requested_seq, now_ns),
+            ) => self.start_login(
+                io,
+                slot,
+                username,
+                password,
+                session,
+                requested_seq,
+                heartbeat_timeout_ms,
+                now_ns,
+            ),
             (ConnectionState::AwaitingLogin, _) => self.protocol_error(
                 io,
                 slot,
@@ -991,13 +1144,66 @@ impl Core {
         password: &[u8; soup::PASSWORD_SIZE],
         session: Session,
         requested_seq: u64,
+        heartbeat_timeout_ms: Option<u32>,
         now_ns: u64,
     ) {
         let client = self.username_index(username);
+        let peer = self.connections[slot.index()].peer;
+        // Throttles first: a refused attempt costs no password check.
+        if let Err(throttled) = self.throttle.login_allowed(peer, client, now_ns) {
+            self.counters.logins_throttled.increment();
+            let (what, retry_in_ns) = match throttled {
+                Throttled::SourceBackoff { retry_in_ns } => {
+                    ("too many failed logins from your address", retry_in_ns)
+                }
+                Throttled::UsernameFailures { retry_in_ns } => {
+                    ("too many failed logins for this username", retry_in_ns)
+                }
+            };
+            self.send_debug(
+                io,
+                slot,
+                now_ns,
+                format_args!(
+                    "login throttled: {what}; retry in {} ms",
+                    retry_in_ns.div_ceil(1_000_000)
+                ),
+            );
+            return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
+        }
+        if let Some(source) = peer {
+            let checking = self
+                .connections
+                .iter()
+                .filter(|c| {
+                    c.peer == Some(source)
+                        && c.state == SlotState::Open(ConnectionState::Authenticating)
+                })
+                .take(self.auth_in_flight_per_source)
+                .count();
+            if checking >= self.auth_in_flight_per_source {
+                self.counters.logins_throttled.increment();
+                self.send_debug(
+                    io,
+                    slot,
+                    now_ns,
+                    format_args!(
+                        "login throttled: {checking} logins from your address are being checked"
+                    ),
+                );
+                return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
+            }
+        }
+        let peer_timeout_ns = match heartbeat_timeout_ms {
+            None | Some(0) => self.peer_timeout_ns,
+            Some(ms) => (u64::from(ms) * 1_000_000)
+                .clamp(self.heartbeat_timeout_min_ns, self.heartbeat_timeout_max_ns),
+        };
         let connection = &mut self.connections[slot.index()];
         connection.client = client;
         connection.requested_session = session;
         connection.requested_seq = requested_seq;
+        connection.peer_timeout_ns = peer_timeout_ns;
         let request = AuthRequest {
             slot: slot.0,
             ticket: connection.ticket,
@@ -1009,6 +1215,7 @@ impl Core {
         match io.authenticate(request) {
             Ok(()) => {
                 connection.state = SlotState::Open(ConnectionState::Authenticating);
+                self.counters.password_checks.increment();
             }
             Err(_) => {
                 self.counters.auth_busy.increment();
@@ -1030,9 +1237,14 @@ impl Core {
         }
         let slot = SlotId(result.slot);
         let requested_session = connection.requested_session;
+        let peer = connection.peer;
         let client_index = match connection.client {
             Some(index) if result.verified => usize::from(index),
-            _ => return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns),
+            client => {
+                self.counters.login_failures.increment();
+                self.throttle.on_login_failed(peer, client, now_ns);
+                return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
+            }
         };
         if !self.clients[client_index].role.may_use_gateway() {
             return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
@@ -1040,6 +1252,25 @@ impl Core {
         if !requested_session.is_blank() && requested_session != self.session {
             return self.reject_login(io, slot, login_reject::SESSION_UNAVAILABLE, now_ns);
         }
+        // Leave the login pool for the sessions; a client replacing its own
+        // session may take one over the limit until the old one is gone.
+        if self.session_held >= self.max_sessions && self.clients[client_index].live.is_none() {
+            self.counters.sessions_refused.increment();
+            let max_sessions = self.max_sessions;
+            self.send_debug(
+                io,
+                slot,
+                now_ns,
+                format_args!("{max_sessions} sessions are logged in: no room for another"),
+            );
+            return self.reject_login(io, slot, login_reject::SESSION_UNAVAILABLE, now_ns);
+        }
+        let connection = &mut self.connections[slot.index()];
+        debug_assert!(connection.in_login_pool);
+        connection.in_login_pool = false;
+        self.login_held -= 1;
+        self.session_held += 1;
+        self.counters.login_pool_active.set(self.login_held as u64);
         if let Some(old) = self.clients[client_index].live {
             debug_assert_ne!(old, slot);
             self.send_debug(io, old, now_ns, format_args!("replaced by a new login"));
@@ -1124,20 +1355,29 @@ impl Core {
         );
         let client = &self.clients[client_index];
         let expected = u64::from(client.last_forwarded) + 1;
-        let client_seq = match message.get(3..7) {
-            Some(field) => u32::from_be_bytes(field.try_into().expect("4 bytes")),
-            // Too short to carry a client_seq: take it as the expected one
-            // (it becomes a `j` for its length).
-            None if expected <= u64::from(u32::MAX) => expected as u32,
-            None => {
-                return self.protocol_error(
-                    io,
-                    slot,
-                    now_ns,
-                    format_args!("client_seq space exhausted"),
-                )
-            }
-        };
+        // A message without a whole header has no usable client_seq: it
+        // cannot be numbered, acked or recorded. Say so; consume nothing.
+        if message.len() < Header::SIZE {
+            return self.reject_unnumbered(
+                io,
+                slot,
+                now_ns,
+                format_args!(
+                    "{}-byte message is shorter than the {}-byte header; next client_seq {expected}",
+                    message.len(),
+                    Header::SIZE
+                ),
+            );
+        }
+        let client_seq = u32::from_be_bytes(message[3..7].try_into().expect("4 bytes"));
+        if client_seq == 0 {
+            return self.reject_unnumbered(
+                io,
+                slot,
+                now_ns,
+                format_args!("client_seq 0 is not a message number; next client_seq {expected}"),
+            );
+        }
         if client_seq <= client.last_forwarded {
             self.counters.duplicates_dropped.increment();
             return;
@@ -1183,6 +1423,29 @@ impl Core {
         let client = &mut self.clients[client_index];
         client.last_forwarded = client_seq;
         client.in_flight += 1;
+    }
+
+    /// Answers a `U` that has no usable client_seq with a debug packet
+    /// (within the session's rate limit; counted either way). Nothing is
+    /// forwarded and the client's numbering does not move.
+    fn reject_unnumbered(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        now_ns: u64,
+        args: fmt::Arguments<'_>,
+    ) {
+        self.counters.unnumbered_rejects.increment();
+        if self.take_rate_token(slot, now_ns) {
+            self.send_debug(
+                io,
+                slot,
+                now_ns,
+                format_args!("{UNNUMBERED_REJECT_PREFIX} {args}"),
+            );
+        } else {
+            self.counters.rate_limited.increment();
+        }
     }
 
     /// GCRA: at most `rate_burst` messages at once, refilled at
@@ -1299,8 +1562,23 @@ impl Core {
                 continue;
             }
             let slot = SlotId(index as u32);
+            if connection.in_login_pool
+                && now_ns.saturating_sub(connection.accepted_ns) >= self.login_timeout_ns
+            {
+                work += 1;
+                self.counters.login_timeouts.increment();
+                let login_timeout_ms = self.login_timeout_ns / 1_000_000;
+                self.send_debug(
+                    io,
+                    slot,
+                    now_ns,
+                    format_args!("not logged in within {login_timeout_ms} ms: closing"),
+                );
+                self.close(io, slot);
+                continue;
+            }
             let silent_ns = now_ns.saturating_sub(connection.last_received_ns);
-            if silent_ns >= self.peer_timeout_ns {
+            if silent_ns >= connection.peer_timeout_ns {
                 work += 1;
                 self.counters.sessions_timed_out.increment();
                 self.send_debug(

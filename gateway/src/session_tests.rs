@@ -145,8 +145,14 @@ fn config() -> GatewayConfig {
         ],
     );
     config.max_sessions = 4;
+    config.max_login_connections = 4;
+    config.max_login_connections_per_source = 2;
     config.ack_history_per_client = 8;
     config
+}
+
+fn ip(last: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, last))
 }
 
 struct Harness {
@@ -190,6 +196,10 @@ impl Harness {
 
     fn connect(&mut self) -> SlotId {
         self.core.on_accept(self.now_ns).expect("a free slot")
+    }
+
+    fn connect_from(&mut self, source: std::net::IpAddr) -> Result<SlotId, Refusal> {
+        self.core.on_accept_from(Some(source), self.now_ns)
     }
 
     fn receive(&mut self, slot: SlotId, bytes: &[u8]) {
@@ -391,12 +401,12 @@ fn wrong_password_unknown_user_and_reader_are_rejected_a() {
     }
     assert_eq!(h.counters().logins_rejected.get(), 3);
     assert_eq!(h.counters().logins_accepted.get(), 0);
-    assert_eq!(h.slots_free(), 4);
+    assert_eq!(h.slots_free(), 8);
 }
 
 impl Harness {
     fn slots_free(&self) -> usize {
-        4 - self.core.slots_in_use()
+        8 - self.core.slots_in_use()
     }
 }
 
@@ -524,13 +534,222 @@ fn frames_sent_during_the_login_are_served_after_login_accepted() {
 }
 
 #[test]
-fn max_sessions_bounds_the_connections() {
+fn the_login_pool_bounds_connections_not_logged_in() {
     let mut h = Harness::new();
     let slots: Vec<_> = (0..4).map(|_| h.connect()).collect();
     assert_eq!(h.core.on_accept(h.now_ns), None);
-    assert_eq!(h.counters().sessions_refused.get(), 1);
+    assert_eq!(
+        h.connect_from(ip(9)),
+        Err(Refusal::LoginPoolFull),
+        "the pool is full, whatever the source"
+    );
+    assert_eq!(h.counters().login_pool_refused.get(), 2);
+    assert_eq!(h.counters().login_pool_active.get(), 4);
     h.release(slots[2]);
     assert_eq!(h.connect(), slots[2]);
+}
+
+#[test]
+fn sessions_have_their_own_slots_and_limit() {
+    let mut h = Harness::new();
+    // Four sessions logged in, and the login pool still takes four more.
+    let sessions: Vec<_> = ["till", "ops", "wh"]
+        .into_iter()
+        .map(|name| h.login(name, 0))
+        .collect();
+    for &slot in &sessions {
+        assert_eq!(h.take(slot), [Out::LoginAccepted { next_seq: 1 }]);
+    }
+    assert_eq!(h.counters().login_pool_active.get(), 0);
+    let waiting: Vec<_> = (0..4).map(|_| h.connect()).collect();
+    assert_eq!(h.core.slots_in_use(), 7);
+    // A login that would exceed max_sessions (4) is rejected S and says why;
+    // here there is room for one more, so make the limit bite with 3.
+    let mut config = config();
+    config.max_sessions = 3;
+    let mut h = Harness::with(config, &[]);
+    for name in ["till", "ops", "wh"] {
+        let slot = h.login(name, 0);
+        h.take(slot);
+    }
+    let extra = h.connect();
+    h.send_login(extra, "till", "pw", Session::BLANK, 0);
+    h.answer_auth();
+    // The same client replacing its own session is let in.
+    let outs = h.take(extra);
+    assert_eq!(outs, [Out::LoginAccepted { next_seq: 1 }]);
+    let mut config = self::config();
+    config.max_sessions = 2;
+    let mut h = Harness::with(config, &[]);
+    for name in ["till", "ops"] {
+        let slot = h.login(name, 0);
+        h.take(slot);
+    }
+    let extra = h.connect();
+    h.send_login(extra, "wh", "pw", Session::BLANK, 0);
+    h.answer_auth();
+    let outs = h.take(extra);
+    assert!(matches!(&outs[0], Out::Debug(text) if text.contains("2 sessions are logged in")));
+    assert_eq!(
+        outs[1..],
+        [
+            Out::LoginRejected(login_reject::SESSION_UNAVAILABLE),
+            Out::Closed
+        ]
+    );
+    assert_eq!(h.counters().sessions_refused.get(), 1);
+    drop(waiting);
+}
+
+#[test]
+fn one_source_holds_at_most_its_share_of_the_login_pool() {
+    let mut h = Harness::new();
+    let a = h.connect_from(ip(2)).unwrap();
+    h.connect_from(ip(2)).unwrap();
+    assert_eq!(h.connect_from(ip(2)), Err(Refusal::SourceLimit));
+    assert_eq!(h.counters().login_source_refused.get(), 1);
+    // Others still get in.
+    h.connect_from(ip(3)).unwrap();
+    // A login moves the connection out of the pool, freeing the share.
+    h.send_login(a, "till", "pw", Session::BLANK, 0);
+    h.answer_auth();
+    assert_eq!(h.take(a), [Out::LoginAccepted { next_seq: 1 }]);
+    h.connect_from(ip(2)).unwrap();
+}
+
+#[test]
+fn a_reconnect_storm_is_refused_at_accept() {
+    let mut config = config();
+    config.source_connects_per_sec = 10;
+    config.source_connect_burst = 3;
+    let mut h = Harness::with(config, &[]);
+    for _ in 0..3 {
+        let slot = h.connect_from(ip(2)).unwrap();
+        h.release(slot);
+    }
+    assert_eq!(h.connect_from(ip(2)), Err(Refusal::ConnectRate));
+    assert_eq!(h.counters().connects_throttled.get(), 1);
+    assert!(
+        h.connect_from(ip(3)).is_ok(),
+        "another source is not charged"
+    );
+    h.advance(100 * MS);
+    assert!(h.connect_from(ip(2)).is_ok(), "the bucket refills");
+}
+
+#[test]
+fn a_connection_not_logged_in_by_the_deadline_is_closed() {
+    let mut h = Harness::new();
+    let idle = h.connect();
+    let slow = h.connect();
+    // One byte of a login at a time: activity does not extend the deadline.
+    let mut login = [0u8; 64];
+    let len = soup::write_login_request(&mut login, "till", "pw", Session::BLANK, 0).unwrap();
+    for byte in &login[..10] {
+        h.receive(slow, std::slice::from_ref(byte));
+        h.advance(450 * MS);
+    }
+    assert_eq!(h.counters().login_timeouts.get(), 0);
+    h.advance(600 * MS);
+    for slot in [idle, slow] {
+        let outs = h.take(slot);
+        assert!(
+            matches!(&outs[..], [Out::Debug(text), Out::Closed] if text.contains("not logged in within 5000 ms")),
+            "{outs:?}"
+        );
+    }
+    assert_eq!(h.counters().login_timeouts.get(), 2);
+    assert_eq!(len, 49);
+}
+
+#[test]
+fn failed_logins_back_the_source_off_without_hashing() {
+    let mut h = Harness::new();
+    let slot = h.connect_from(ip(2)).unwrap();
+    h.send_login(slot, "till", "wrong", Session::BLANK, 0);
+    h.answer_auth();
+    assert_eq!(
+        h.take(slot),
+        [
+            Out::LoginRejected(login_reject::NOT_AUTHORIZED),
+            Out::Closed
+        ]
+    );
+    h.release(slot);
+    assert_eq!(h.counters().login_failures.get(), 1);
+    // Within the back-off: rejected at once, nothing queued for argon2.
+    let slot = h.connect_from(ip(2)).unwrap();
+    h.send_login(slot, "till", "pw", Session::BLANK, 0);
+    assert!(h.io.auth.is_empty(), "a throttled login is not checked");
+    let outs = h.take(slot);
+    assert!(
+        matches!(&outs[..], [Out::Debug(text), Out::LoginRejected(b'A'), Out::Closed] if text.contains("login throttled")),
+        "{outs:?}"
+    );
+    h.release(slot);
+    assert_eq!(h.counters().logins_throttled.get(), 1);
+    assert_eq!(h.counters().password_checks.get(), 1);
+    // The same user from another address is not slowed.
+    let other = h.connect_from(ip(3)).unwrap();
+    h.send_login(other, "till", "pw", Session::BLANK, 0);
+    h.answer_auth();
+    assert_eq!(h.take(other), [Out::LoginAccepted { next_seq: 1 }]);
+    // After the back-off the source may try again.
+    h.advance(GatewayConfig::DEFAULT_LOGIN_BACKOFF_BASE_NS);
+    let slot = h.connect_from(ip(2)).unwrap();
+    h.send_login(slot, "ops", "pw", Session::BLANK, 0);
+    assert_eq!(h.io.auth.len(), 1);
+}
+
+#[test]
+fn one_source_may_have_only_a_few_checks_in_flight() {
+    let mut config = config();
+    config.max_login_connections_per_source = 4;
+    let mut h = Harness::with(config, &[]);
+    let slots: Vec<_> = (0..3).map(|_| h.connect_from(ip(2)).unwrap()).collect();
+    for &slot in &slots {
+        h.send_login(slot, "till", "wrong", Session::BLANK, 0);
+    }
+    assert_eq!(h.io.auth.len(), 2, "auth_in_flight_per_source");
+    let outs = h.take(slots[2]);
+    assert!(matches!(
+        &outs[..],
+        [Out::Debug(_), Out::LoginRejected(b'A'), Out::Closed]
+    ));
+    assert_eq!(h.counters().logins_throttled.get(), 1);
+}
+
+#[test]
+fn a_4_1_login_sets_the_peer_timeout_within_bounds() {
+    for (requested_ms, timeout_ms) in [
+        (0, 15_000),
+        (10_000, 10_000),
+        (100, 3_000),
+        (99_999, 60_000),
+    ] {
+        let mut h = Harness::new();
+        let slot = h.connect();
+        let mut frame = [0u8; 64];
+        let len = soup::write_login_request_v41(
+            &mut frame,
+            "till",
+            "pw",
+            Session::BLANK,
+            0,
+            requested_ms,
+        )
+        .unwrap();
+        h.receive(slot, &frame[..len]);
+        h.answer_auth();
+        assert_eq!(h.take(slot), [Out::LoginAccepted { next_seq: 1 }]);
+        h.advance(timeout_ms * MS - MS);
+        assert_eq!(h.counters().sessions_timed_out.get(), 0, "{requested_ms}");
+        h.advance(2 * MS);
+        h.advance(SECOND);
+        assert_eq!(h.counters().sessions_timed_out.get(), 1, "{requested_ms}");
+        let outs = h.take(slot);
+        assert_eq!(outs.last(), Some(&Out::Closed));
+    }
 }
 
 // ---- protocol errors ----------------------------------------------------
@@ -683,12 +902,36 @@ fn wrong_length_is_recorded_j_w() {
 }
 
 #[test]
-fn a_message_too_short_for_a_client_seq_takes_the_expected_one() {
-    let (inbound, acks) = submit("till", b"O\0\0");
-    assert_gateway_reject(&inbound, TILL, 1, reject_reason::WRONG_LENGTH);
-    assert_eq!(acks, [Out::J(1, 100, b'W')]);
-    let (inbound, _) = submit("till", b"");
-    assert_gateway_reject(&inbound, TILL, 1, reject_reason::UNKNOWN_TYPE);
+fn a_message_without_a_usable_client_seq_is_answered_and_consumes_nothing() {
+    let mut h = Harness::new();
+    let slot = h.login("till", 0);
+    h.take(slot);
+    let order = Order::new(1, 1, 42, 1).with_client_seq(0);
+    let whole = Order::new(1, 1, 42, 1).with_client_seq(1);
+    let short = &whole.as_bytes()[..14];
+    for message in [
+        &b""[..],
+        b"O",
+        b"O\0\0",
+        &short[..7],
+        short,
+        order.as_bytes(),
+    ] {
+        h.send_unsequenced(slot, message);
+        let outs = h.take(slot);
+        assert!(
+            matches!(&outs[..], [Out::Debug(text)] if text.starts_with(UNNUMBERED_REJECT_PREFIX)
+                && text.contains("next client_seq 1")),
+            "{message:?}: {outs:?}"
+        );
+    }
+    assert!(h.io.forwarded.is_empty(), "nothing reaches the sequencer");
+    assert_eq!(h.counters().unnumbered_rejects.get(), 6);
+    assert_eq!(h.counters().protocol_errors.get(), 0);
+    // Numbering did not move: client_seq 1 is still the next.
+    h.send_order(slot, 1);
+    h.sequence_all();
+    assert_eq!(h.take(slot), [Out::K(1, 100, h.now_ns)]);
 }
 
 #[test]
@@ -1006,8 +1249,10 @@ fn a_silent_peer_is_dropped_after_the_timeout() {
         matches!(&outs[outs.len() - 2], Out::Debug(text) if text.contains("nothing received for 15000 ms"))
     );
     assert_eq!(outs.last(), Some(&Out::Closed));
+    // The login deadline (5 s) closed it long before the peer timeout.
     assert_eq!(h.take(never_logged_in).last(), Some(&Out::Closed));
-    assert_eq!(h.counters().sessions_timed_out.get(), 2);
+    assert_eq!(h.counters().login_timeouts.get(), 1);
+    assert_eq!(h.counters().sessions_timed_out.get(), 1);
     assert_eq!(
         h.core.connection_state(talker),
         Some(ConnectionState::LoggedIn)

@@ -343,7 +343,11 @@ fn orders_are_stamped_sequenced_and_acked_in_order() {
 
 #[test]
 fn bad_logins_are_rejected_and_closed() {
-    let appliance = Appliance::start(config());
+    let mut config = config();
+    // Every login here comes from 127.0.0.1: no back-off between them.
+    config.login_backoff_base_ns = 1;
+    config.login_backoff_max_ns = 1;
+    let appliance = Appliance::start(config);
     for (username, password, session, reason) in [
         ("till1", "wrong", Session::BLANK, b'A'),
         ("nobody", "pw", Session::BLANK, b'A'),
@@ -515,10 +519,48 @@ fn max_sessions_refuses_the_extra_connection() {
     assert_eq!(first.next_data(), Some(Packet::Accepted { next_seq: 1 }));
     let mut second = Client::login(appliance.addr, "till2", "pw", 0);
     assert_eq!(second.next_data(), Some(Packet::Accepted { next_seq: 1 }));
-    let mut third = Client::connect(appliance.addr);
+    // The third connection gets into the login pool, but its login finds
+    // both sessions taken: rejected S, and told why.
+    let mut third = Client::login(appliance.addr, "ops", "pw", 0);
+    assert!(matches!(third.next_data(), Some(Packet::Debug(text)) if text.contains("2 sessions")));
+    assert_eq!(third.next_data(), Some(Packet::Rejected(b'S')));
     third.expect_closed();
     let gateway = appliance.stop();
     assert_eq!(gateway.counters().sessions_refused.get(), 1);
+}
+
+#[test]
+fn a_full_login_pool_refuses_with_a_reason_and_sessions_still_log_in() {
+    let mut config = config();
+    config.max_login_connections = 3;
+    config.max_login_connections_per_source = 3;
+    let appliance = Appliance::start(config);
+    let idle: Vec<_> = (0..3).map(|_| Client::connect(appliance.addr)).collect();
+    let mut refused = Client::connect(appliance.addr);
+    assert!(
+        matches!(refused.next_data(), Some(Packet::Debug(text)) if text.contains("waiting to log in"))
+    );
+    refused.expect_closed();
+    drop(idle);
+    // The idle ones' close frees the pool (the server sees it within a cycle).
+    let deadline = Instant::now() + DEADLINE;
+    let mut till = loop {
+        let mut till = Client::login(appliance.addr, "till1", "pw", 0);
+        match till.next_data() {
+            Some(Packet::Accepted { next_seq: 1 }) => break till,
+            _ => {
+                assert!(Instant::now() < deadline, "the pool never freed");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    till.send_raw(&Client::order_frame(1));
+    assert!(matches!(
+        till.next_data(),
+        Some(Packet::K { client_seq: 1, .. })
+    ));
+    let gateway = appliance.stop();
+    assert!(gateway.counters().login_pool_refused.get() >= 1);
 }
 
 #[test]
