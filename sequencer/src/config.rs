@@ -32,6 +32,9 @@ pub struct ApplianceConfig {
     pub loops: LoopsConfig,
     #[serde(default)]
     pub counters: CountersConfig,
+    /// `[http]`: the HTTP read side (`tally-monitor`); absent = defaults.
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 /// `[stream]`: the multicast stream.
@@ -82,6 +85,53 @@ pub struct GatewaySection {
     /// Depth of each gateway ↔ sequencer ring, in messages.
     #[serde(default = "default_ring_messages")]
     pub ring_messages: usize,
+    /// Receive buffer per connection, bytes.
+    #[serde(default = "default_gateway_recv_buffer_bytes")]
+    pub recv_buffer_bytes: usize,
+    /// Send buffer per connection, bytes (must hold a full ack replay).
+    #[serde(default = "default_gateway_send_buffer_bytes")]
+    pub send_buffer_bytes: usize,
+    /// Password checks queued at once, all sources together.
+    #[serde(default = "default_gateway_auth_queue_depth")]
+    pub auth_queue_depth: usize,
+    /// Connections accepted and not yet logged in, held at once.
+    #[serde(default = "default_gateway_max_login_connections")]
+    pub max_login_connections: usize,
+    /// Of those, from one source address.
+    #[serde(default = "default_gateway_max_login_connections_per_source")]
+    pub max_login_connections_per_source: usize,
+    /// Deadline for a connection to log in after its accept.
+    #[serde(default = "default_gateway_login_timeout_ms")]
+    pub login_timeout_ms: u64,
+    /// New connections per second one source address may open.
+    #[serde(default = "default_gateway_source_connects_per_sec")]
+    pub source_connects_per_sec: u32,
+    /// New connections one source address may open back to back.
+    #[serde(default = "default_gateway_source_connect_burst")]
+    pub source_connect_burst: u32,
+    /// Back-off after a source's first failed login (doubles per failure).
+    #[serde(default = "default_gateway_login_backoff_base_ms")]
+    pub login_backoff_base_ms: u64,
+    /// Longest back-off after failed logins.
+    #[serde(default = "default_gateway_login_backoff_max_ms")]
+    pub login_backoff_max_ms: u64,
+    /// Failed logins one username may take per minute, from anywhere.
+    #[serde(default = "default_gateway_username_failures_per_min")]
+    pub username_failures_per_min: u32,
+    /// Failed logins one username may take back to back.
+    #[serde(default = "default_gateway_username_failure_burst")]
+    pub username_failure_burst: u32,
+    /// Password checks one source address may have in flight.
+    #[serde(default = "default_gateway_auth_in_flight_per_source")]
+    pub auth_in_flight_per_source: usize,
+    /// Buckets of the per-source throttle table.
+    #[serde(default = "default_gateway_source_table_entries")]
+    pub source_table_entries: usize,
+    /// Bounds on a SoupBinTCP 4.1 login's requested heartbeat timeout.
+    #[serde(default = "default_gateway_heartbeat_timeout_min_ms")]
+    pub heartbeat_timeout_min_ms: u64,
+    #[serde(default = "default_gateway_heartbeat_timeout_max_ms")]
+    pub heartbeat_timeout_max_ms: u64,
 }
 
 /// `[[clients]]`: one entry per client that may log in.
@@ -111,9 +161,30 @@ pub struct RetransmitConfig {
     /// Burst allowance of that bucket.
     #[serde(default = "default_retransmit_burst")]
     pub request_burst: u32,
-    /// Requesters tracked for rate limiting (bounded table).
+    /// Cells per row of the per-source table (request buckets and reply
+    /// byte budgets; `retransmit::SOURCE_TABLE_ROWS` rows, hashed, never
+    /// evicted). More cells: fewer innocent sources sharing a cell with a
+    /// flooder.
     #[serde(default = "default_requesters_max")]
     pub requesters_max: usize,
+    /// Networks (CIDR, e.g. `"10.1.0.0/16"`) whose requests are answered;
+    /// any other source gets nothing (counted). Absent: loopback and the
+    /// subnet of the interface holding `stream.interface`.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Reply bytes (MoldUDP64 datagram bytes) per second one source address
+    /// may receive, sustained.
+    #[serde(default = "default_reply_bytes_per_sec_per_source")]
+    pub reply_bytes_per_sec_per_source: u64,
+    /// Reply bytes one source address may receive back to back.
+    #[serde(default = "default_reply_burst_bytes_per_source")]
+    pub reply_burst_bytes_per_source: u64,
+    /// Reply bytes per second for all sources together.
+    #[serde(default = "default_reply_bytes_per_sec")]
+    pub reply_bytes_per_sec: u64,
+    /// Reply bytes all sources together may receive back to back.
+    #[serde(default = "default_reply_burst_bytes")]
+    pub reply_burst_bytes: u64,
 }
 
 /// `[replay]`: the SoupBinTCP replay feed.
@@ -127,8 +198,78 @@ pub struct ReplayConfig {
     /// `stall_timeout_ms` is cut off.
     #[serde(default = "default_replay_send_buffer_bytes")]
     pub send_buffer_bytes: usize,
+    /// A client that drains none of what waits for it for this long (or
+    /// less than half its send buffer while the buffer is full) is cut off.
     #[serde(default = "default_replay_stall_timeout_ms")]
     pub stall_timeout_ms: u64,
+    /// Sessions one username may hold at once; a further login is refused.
+    #[serde(default = "default_replay_sessions_per_client_max")]
+    pub sessions_per_client_max: usize,
+    /// A connection that has not sent its Login Request this long after
+    /// connecting is closed.
+    #[serde(default = "default_replay_login_timeout_ms")]
+    pub login_timeout_ms: u64,
+    /// Bounds of the heartbeat timeout a SoupBinTCP 4.1 client may request
+    /// (a request outside is clamped; none, or 0, keeps 15 s).
+    #[serde(default = "default_replay_heartbeat_timeout_min_ms")]
+    pub heartbeat_timeout_min_ms: u64,
+    #[serde(default = "default_replay_heartbeat_timeout_max_ms")]
+    pub heartbeat_timeout_max_ms: u64,
+}
+
+/// `[http]`: the HTTP read side (`tally-monitor`). Every endpoint but
+/// `/health` and `/ready` needs HTTP Basic credentials of a `[[clients]]`
+/// entry whose role may read.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Roles whose credentials may read (`reader`, `ops`, `authority`,
+    /// `pos`); others get 403.
+    #[serde(default = "default_http_read_roles")]
+    pub read_roles: Vec<String>,
+    /// Whether `/metrics` answers without credentials (for a scraper).
+    #[serde(default)]
+    pub metrics_public: bool,
+    /// Verified credentials remembered, so a request costs no argon2 run.
+    #[serde(default = "default_http_credential_cache_entries")]
+    pub credential_cache_entries: usize,
+    /// How long a verified credential is remembered.
+    #[serde(default = "default_http_credential_cache_ttl_ms")]
+    pub credential_cache_ttl_ms: u64,
+    /// Password verifications (argon2 runs) per second one source address
+    /// may cause; beyond it, 429 without a verification.
+    #[serde(default = "default_http_verifications_per_sec_per_source")]
+    pub verifications_per_sec_per_source: u32,
+    /// Verifications one source may cause back to back.
+    #[serde(default = "default_http_verification_burst")]
+    pub verification_burst: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            read_roles: default_http_read_roles(),
+            metrics_public: false,
+            credential_cache_entries: default_http_credential_cache_entries(),
+            credential_cache_ttl_ms: default_http_credential_cache_ttl_ms(),
+            verifications_per_sec_per_source: default_http_verifications_per_sec_per_source(),
+            verification_burst: default_http_verification_burst(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The read roles, parsed.
+    pub fn roles(&self) -> Result<Vec<Role>, ConfigError> {
+        self.read_roles
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                name.parse::<Role>()
+                    .map_err(|error| bad(format!("http.read_roles[{index}]"), error.to_string()))
+            })
+            .collect()
+    }
 }
 
 /// `[journal]`: the write-ahead journal.
@@ -215,6 +356,54 @@ fn default_ack_history() -> usize {
 fn default_ring_messages() -> usize {
     16_384
 }
+fn default_gateway_recv_buffer_bytes() -> usize {
+    GatewayConfig::DEFAULT_RECV_BUFFER_BYTES
+}
+fn default_gateway_send_buffer_bytes() -> usize {
+    GatewayConfig::DEFAULT_SEND_BUFFER_BYTES
+}
+fn default_gateway_auth_queue_depth() -> usize {
+    GatewayConfig::DEFAULT_AUTH_QUEUE_DEPTH
+}
+fn default_gateway_max_login_connections() -> usize {
+    GatewayConfig::DEFAULT_MAX_LOGIN_CONNECTIONS
+}
+fn default_gateway_max_login_connections_per_source() -> usize {
+    GatewayConfig::DEFAULT_MAX_LOGIN_CONNECTIONS_PER_SOURCE
+}
+fn default_gateway_login_timeout_ms() -> u64 {
+    GatewayConfig::DEFAULT_LOGIN_TIMEOUT_NS / 1_000_000
+}
+fn default_gateway_source_connects_per_sec() -> u32 {
+    GatewayConfig::DEFAULT_SOURCE_CONNECTS_PER_SEC
+}
+fn default_gateway_source_connect_burst() -> u32 {
+    GatewayConfig::DEFAULT_SOURCE_CONNECT_BURST
+}
+fn default_gateway_login_backoff_base_ms() -> u64 {
+    GatewayConfig::DEFAULT_LOGIN_BACKOFF_BASE_NS / 1_000_000
+}
+fn default_gateway_login_backoff_max_ms() -> u64 {
+    GatewayConfig::DEFAULT_LOGIN_BACKOFF_MAX_NS / 1_000_000
+}
+fn default_gateway_username_failures_per_min() -> u32 {
+    GatewayConfig::DEFAULT_USERNAME_FAILURES_PER_MIN
+}
+fn default_gateway_username_failure_burst() -> u32 {
+    GatewayConfig::DEFAULT_USERNAME_FAILURE_BURST
+}
+fn default_gateway_auth_in_flight_per_source() -> usize {
+    GatewayConfig::DEFAULT_AUTH_IN_FLIGHT_PER_SOURCE
+}
+fn default_gateway_source_table_entries() -> usize {
+    GatewayConfig::DEFAULT_SOURCE_TABLE_ENTRIES
+}
+fn default_gateway_heartbeat_timeout_min_ms() -> u64 {
+    GatewayConfig::DEFAULT_HEARTBEAT_TIMEOUT_MIN_NS / 1_000_000
+}
+fn default_gateway_heartbeat_timeout_max_ms() -> u64 {
+    GatewayConfig::DEFAULT_HEARTBEAT_TIMEOUT_MAX_NS / 1_000_000
+}
 fn default_retransmit_messages_max() -> u16 {
     1000
 }
@@ -225,7 +414,19 @@ fn default_retransmit_burst() -> u32 {
     200
 }
 fn default_requesters_max() -> usize {
-    1024
+    16_384
+}
+fn default_reply_bytes_per_sec_per_source() -> u64 {
+    2_000_000
+}
+fn default_reply_burst_bytes_per_source() -> u64 {
+    256 * 1024
+}
+fn default_reply_bytes_per_sec() -> u64 {
+    50_000_000
+}
+fn default_reply_burst_bytes() -> u64 {
+    1 << 20
 }
 fn default_replay_clients_max() -> usize {
     64
@@ -235,6 +436,33 @@ fn default_replay_send_buffer_bytes() -> usize {
 }
 fn default_replay_stall_timeout_ms() -> u64 {
     10_000
+}
+fn default_replay_sessions_per_client_max() -> usize {
+    4
+}
+fn default_replay_login_timeout_ms() -> u64 {
+    5_000
+}
+fn default_replay_heartbeat_timeout_min_ms() -> u64 {
+    3_000
+}
+fn default_replay_heartbeat_timeout_max_ms() -> u64 {
+    60_000
+}
+fn default_http_read_roles() -> Vec<String> {
+    vec!["reader".into(), "ops".into(), "authority".into()]
+}
+fn default_http_credential_cache_entries() -> usize {
+    256
+}
+fn default_http_credential_cache_ttl_ms() -> u64 {
+    600_000
+}
+fn default_http_verifications_per_sec_per_source() -> u32 {
+    2
+}
+fn default_http_verification_burst() -> u32 {
+    5
 }
 fn default_fsync() -> String {
     "none".to_string()
@@ -355,8 +583,65 @@ impl ApplianceConfig {
         if self.retransmit.requesters_max == 0 {
             return Err(bad("retransmit.requesters_max", "must be at least 1"));
         }
+        if self.retransmit.requesters_max > 1 << 24 {
+            return Err(bad("retransmit.requesters_max", "must be at most 16777216"));
+        }
+        crate::retransmit::AllowList::from_config(self)?;
+        for (key, value) in [
+            (
+                "retransmit.reply_bytes_per_sec_per_source",
+                self.retransmit.reply_bytes_per_sec_per_source,
+            ),
+            ("retransmit.reply_bytes_per_sec", self.retransmit.reply_bytes_per_sec),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        let smallest_reply = (tally_wire::mold::MoldHeader::SIZE + 2 + tally_wire::MAX_MESSAGE_SIZE) as u64;
+        for (key, value) in [
+            (
+                "retransmit.reply_burst_bytes_per_source",
+                self.retransmit.reply_burst_bytes_per_source,
+            ),
+            ("retransmit.reply_burst_bytes", self.retransmit.reply_burst_bytes),
+        ] {
+            if value < smallest_reply {
+                return Err(bad(
+                    key,
+                    format!("must be at least {smallest_reply} (one reply of the largest message)"),
+                ));
+            }
+        }
         if self.replay.clients_max == 0 {
             return Err(bad("replay.clients_max", "must be at least 1"));
+        }
+        if self.replay.sessions_per_client_max == 0 {
+            return Err(bad("replay.sessions_per_client_max", "must be at least 1"));
+        }
+        if self.replay.login_timeout_ms == 0 {
+            return Err(bad("replay.login_timeout_ms", "must be at least 1"));
+        }
+        if self.replay.stall_timeout_ms == 0 {
+            return Err(bad("replay.stall_timeout_ms", "must be at least 1"));
+        }
+        if self.replay.heartbeat_timeout_min_ms < 1000
+            || self.replay.heartbeat_timeout_min_ms > self.replay.heartbeat_timeout_max_ms
+        {
+            return Err(bad(
+                "replay.heartbeat_timeout_min_ms",
+                "must be at least 1000 and at most replay.heartbeat_timeout_max_ms",
+            ));
+        }
+        self.http.roles()?;
+        if self.http.credential_cache_entries == 0 || self.http.credential_cache_entries > 65_536 {
+            return Err(bad("http.credential_cache_entries", "must be in 1..=65536"));
+        }
+        if self.http.verifications_per_sec_per_source == 0 {
+            return Err(bad("http.verifications_per_sec_per_source", "must be at least 1"));
+        }
+        if self.http.verification_burst == 0 {
+            return Err(bad("http.verification_burst", "must be at least 1"));
         }
         if self.replay.send_buffer_bytes < 64 * 1024 {
             return Err(bad("replay.send_buffer_bytes", "must be at least 65536"));
@@ -473,6 +758,25 @@ impl ApplianceConfig {
         config.rate_limit_per_sec = self.gateway.rate_limit_per_sec;
         config.rate_burst = self.gateway.rate_burst;
         config.ack_history_per_client = self.gateway.ack_history_per_client;
+        let gateway = &self.gateway;
+        config.recv_buffer_bytes = gateway.recv_buffer_bytes;
+        config.send_buffer_bytes = gateway.send_buffer_bytes;
+        config.auth_queue_depth = gateway.auth_queue_depth;
+        config.max_login_connections = gateway.max_login_connections;
+        config.max_login_connections_per_source = gateway.max_login_connections_per_source;
+        config.login_timeout_ns = gateway.login_timeout_ms.saturating_mul(1_000_000);
+        config.source_connects_per_sec = gateway.source_connects_per_sec;
+        config.source_connect_burst = gateway.source_connect_burst;
+        config.login_backoff_base_ns = gateway.login_backoff_base_ms.saturating_mul(1_000_000);
+        config.login_backoff_max_ns = gateway.login_backoff_max_ms.saturating_mul(1_000_000);
+        config.username_failures_per_min = gateway.username_failures_per_min;
+        config.username_failure_burst = gateway.username_failure_burst;
+        config.auth_in_flight_per_source = gateway.auth_in_flight_per_source;
+        config.source_table_entries = gateway.source_table_entries;
+        config.heartbeat_timeout_min_ns =
+            gateway.heartbeat_timeout_min_ms.saturating_mul(1_000_000);
+        config.heartbeat_timeout_max_ns =
+            gateway.heartbeat_timeout_max_ms.saturating_mul(1_000_000);
         config
     }
 
