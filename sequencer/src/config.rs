@@ -592,19 +592,26 @@ impl ApplianceConfig {
                 "retransmit.reply_bytes_per_sec_per_source",
                 self.retransmit.reply_bytes_per_sec_per_source,
             ),
-            ("retransmit.reply_bytes_per_sec", self.retransmit.reply_bytes_per_sec),
+            (
+                "retransmit.reply_bytes_per_sec",
+                self.retransmit.reply_bytes_per_sec,
+            ),
         ] {
             if value == 0 {
                 return Err(bad(key, "must be at least 1"));
             }
         }
-        let smallest_reply = (tally_wire::mold::MoldHeader::SIZE + 2 + tally_wire::MAX_MESSAGE_SIZE) as u64;
+        let smallest_reply =
+            (tally_wire::mold::MoldHeader::SIZE + 2 + tally_wire::MAX_MESSAGE_SIZE) as u64;
         for (key, value) in [
             (
                 "retransmit.reply_burst_bytes_per_source",
                 self.retransmit.reply_burst_bytes_per_source,
             ),
-            ("retransmit.reply_burst_bytes", self.retransmit.reply_burst_bytes),
+            (
+                "retransmit.reply_burst_bytes",
+                self.retransmit.reply_burst_bytes,
+            ),
         ] {
             if value < smallest_reply {
                 return Err(bad(
@@ -638,7 +645,10 @@ impl ApplianceConfig {
             return Err(bad("http.credential_cache_entries", "must be in 1..=65536"));
         }
         if self.http.verifications_per_sec_per_source == 0 {
-            return Err(bad("http.verifications_per_sec_per_source", "must be at least 1"));
+            return Err(bad(
+                "http.verifications_per_sec_per_source",
+                "must be at least 1",
+            ));
         }
         if self.http.verification_burst == 0 {
             return Err(bad("http.verification_burst", "must be at least 1"));

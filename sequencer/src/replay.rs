@@ -6,7 +6,10 @@
 //!
 //! Protocol, per connection:
 //!
-//! - The first frame must be a Login Request. Its password is checked off
+//! - The first frame must be a Login Request (SoupBinTCP 4.0, 46 bytes, or
+//!   4.1, 51 bytes), sent within `login_timeout` of connecting; otherwise a
+//!   Debug packet says why and the connection closes (`login_timeouts`).
+//!   Its password is checked off
 //!   the loop, on an [`AuthThread`] (argon2 never runs on the loop thread).
 //!   Any configured client may use the feed, whatever its role (`reader`
 //!   clients may use only this feed; the gateway refuses them).
@@ -14,7 +17,15 @@
 //!   requested session that is not blank and not the current one → `S`,
 //!   then close. Otherwise Login Accepted with the current session and the
 //!   requested sequence number (1 when blank or 0). A number beyond the
-//!   stream's end is accepted; the client waits until it exists.
+//!   stream's end is accepted; the client waits until it exists. A username
+//!   that already holds `sessions_per_client_max` sessions gets a Debug
+//!   packet saying so, then Login Rejected `A` (`logins_over_limit`), so one
+//!   credential cannot take every slot.
+//! - A 4.1 login's requested heartbeat timeout `T` (0 or a 4.0 login: the
+//!   default, `peer_timeout`) is clamped into `heartbeat_timeout_min ..=
+//!   heartbeat_timeout_max`; the client is dropped after `T` of silence and
+//!   the server heartbeats at least every `T / 3`, so neither side's timer
+//!   runs out while the other is alive.
 //! - The loop then sends messages from that number on, at the pace the
 //!   connection's bounded send buffer allows: at most
 //!   `MESSAGES_PER_CLIENT_PER_POLL` messages per client per poll, never more
@@ -22,7 +33,14 @@
 //!   what it is sent, and which drains less than half of that buffer within
 //!   `stall_timeout`, gets a Debug packet and is cut off (`slow_clients_cut`):
 //!   it reads slower than `send_buffer_bytes / 2` per `stall_timeout` (with
-//!   the defaults, 2 MiB per 10 s). The sequencer never waits for a reader.
+//!   the defaults, 2 MiB per 10 s). A client that drains nothing at all of
+//!   what waits for it (the kernel takes none of its queued bytes) for
+//!   `stall_timeout` is cut the same way, however little waits: its slot is
+//!   freed. The sequencer never waits for a reader.
+//! - A journal record that fails its check (CRC, structure) is never sent:
+//!   the client gets a Debug packet naming the damaged record, then the
+//!   connection closes (`corrupt_records`); the record is logged once, and
+//!   every other client goes on.
 //! - A Server Heartbeat goes out after `heartbeat_interval` without sending.
 //!   A client silent for `peer_timeout` (15 s) is dropped; its heartbeats
 //!   keep it alive.
@@ -35,7 +53,8 @@
 //! Realtime contract: one thread owns the loop. The TCP server, the journal
 //! reader, every connection's state and the frame scratch buffer are
 //! allocated in [`ReplayLoop::new`]; [`ReplayLoop::poll`] does bounded work
-//! and never allocates, locks or logs.
+//! and never allocates, locks or logs (except once per damaged journal
+//! record).
 
 use std::io;
 use std::net::SocketAddr;
@@ -54,6 +73,7 @@ use tally_wire::soup::{self, login_reject, ClientPacket, LENGTH_PREFIX_SIZE, USE
 
 use crate::config::ApplianceConfig;
 use crate::journal::{Cursor, JournalProgress, JournalReader};
+use crate::retransmit::{is_damaged_record, DamageLog};
 
 /// Largest frame (type + payload) a replay client may send: a login.
 const INBOUND_FRAME_BYTES_MAX: usize = 1 + soup::LOGIN_REQUEST_PAYLOAD_MAX;
@@ -94,8 +114,16 @@ pub struct ReplayOptions {
     pub stall_timeout_ns: u64,
     /// Server heartbeat after this long without sending.
     pub heartbeat_interval_ns: u64,
-    /// Drop a client after this long without receiving from it.
+    /// Drop a client after this long without receiving from it, unless its
+    /// 4.1 login asked for another timeout.
     pub peer_timeout_ns: u64,
+    /// Bounds of a requested heartbeat timeout.
+    pub heartbeat_timeout_min_ns: u64,
+    pub heartbeat_timeout_max_ns: u64,
+    /// Sessions one username may hold at once.
+    pub sessions_per_client_max: usize,
+    /// Close a connection that sent no login this long after connecting.
+    pub login_timeout_ns: u64,
     /// Logins being checked at once; more are rejected `A`.
     pub auth_queue_depth: usize,
     /// Entries of the journal reader's sparse index.
@@ -119,6 +147,16 @@ impl ReplayOptions {
                 .heartbeat_interval_ms
                 .saturating_mul(1_000_000),
             peer_timeout_ns: PEER_TIMEOUT_NS,
+            heartbeat_timeout_min_ns: config
+                .replay
+                .heartbeat_timeout_min_ms
+                .saturating_mul(1_000_000),
+            heartbeat_timeout_max_ns: config
+                .replay
+                .heartbeat_timeout_max_ms
+                .saturating_mul(1_000_000),
+            sessions_per_client_max: config.replay.sessions_per_client_max,
+            login_timeout_ns: config.replay.login_timeout_ms.saturating_mul(1_000_000),
             // Each connection has at most one login outstanding; a closed
             // connection's may still be in the queue when its slot is reused.
             auth_queue_depth: 2 * config.replay.clients_max,
@@ -141,6 +179,14 @@ pub struct ReplayCounters {
     pub slow_clients_cut: Counter,
     pub protocol_errors: Counter,
     pub heartbeats_sent: Counter,
+    /// Connections closed for sending no login within the deadline.
+    pub login_timeouts: Counter,
+    /// Logins refused: the username already holds its most sessions.
+    pub logins_over_limit: Counter,
+    /// Sessions closed because a journal record failed its check.
+    pub corrupt_records: Counter,
+    /// Connections refused at accept: every slot taken.
+    pub connections_refused: Counter,
 }
 
 impl ReplayCounters {
@@ -153,6 +199,10 @@ impl ReplayCounters {
         "replay.slow_clients_cut",
         "replay.protocol_errors",
         "replay.heartbeats_sent",
+        "replay.login_timeouts",
+        "replay.logins_over_limit",
+        "replay.corrupt_records",
+        "replay.connections_refused",
     ];
 
     /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
@@ -166,6 +216,10 @@ impl ReplayCounters {
             slow_clients_cut: c(4),
             protocol_errors: c(5),
             heartbeats_sent: c(6),
+            login_timeouts: c(7),
+            logins_over_limit: c(8),
+            corrupt_records: c(9),
+            connections_refused: c(10),
         }
     }
 }
@@ -197,6 +251,17 @@ struct ClientSlot {
     /// connection in this slot is recognised and ignored.
     ticket: u32,
     requested_session: Session,
+    /// The configured client that logged in (or is logging in).
+    client_index: Option<u16>,
+    /// When the connection was accepted (the login deadline runs from it).
+    accepted_ns: u64,
+    /// This client's negotiated timeouts.
+    peer_timeout_ns: u64,
+    heartbeat_interval_ns: u64,
+    /// Bytes queued for the kernel after this loop's last sends.
+    queued_bytes: usize,
+    /// Last time the kernel took some of the queued bytes (or none waited).
+    drained_ns: u64,
     /// Next message to send to the client.
     next_seq: u64,
     /// Journal position; `None` until positioned at `next_seq`. May trail
@@ -226,6 +291,12 @@ impl ClientSlot {
             inbound_bytes: 0,
             ticket: 0,
             requested_session: Session::BLANK,
+            client_index: None,
+            accepted_ns: 0,
+            peer_timeout_ns: PEER_TIMEOUT_NS,
+            heartbeat_interval_ns: 1_000_000_000,
+            queued_bytes: 0,
+            drained_ns: 0,
             next_seq: 1,
             cursor: None,
             last_recv_ns: 0,
@@ -242,7 +313,28 @@ impl ClientSlot {
         self.phase = phase;
         self.last_recv_ns = now_ns;
         self.last_send_ns = now_ns;
+        self.accepted_ns = now_ns;
+        self.drained_ns = now_ns;
     }
+}
+
+/// The (peer timeout, server heartbeat interval) for a login that requested
+/// `requested_ms` (SoupBinTCP 4.1; `None` for 4.0, `Some(0)` for "the
+/// server's default"): the request clamped into the configured bounds, and
+/// a heartbeat at least every third of it.
+fn negotiate_heartbeat(options: &ReplayOptions, requested_ms: Option<u32>) -> (u64, u64) {
+    let peer_timeout_ns = match requested_ms {
+        Some(ms) if ms > 0 => (u64::from(ms) * 1_000_000).clamp(
+            options.heartbeat_timeout_min_ns,
+            options.heartbeat_timeout_max_ns,
+        ),
+        _ => options.peer_timeout_ns,
+    };
+    let heartbeat_interval_ns = options
+        .heartbeat_interval_ns
+        .min(peer_timeout_ns / 3)
+        .max(1);
+    (peer_timeout_ns, heartbeat_interval_ns)
 }
 
 /// Everything but the server and the reader, so event handlers can borrow
@@ -257,6 +349,9 @@ struct Feed<A: Authenticator> {
     counters: ReplayCounters,
     /// Slots in [`Phase::Streaming`].
     active: usize,
+    /// Streaming sessions per configured client (index = client index).
+    sessions: Box<[u32]>,
+    damage: DamageLog,
 }
 
 // The appliance builds each loop on the main thread and moves it to its own.
@@ -316,10 +411,16 @@ impl<A: Authenticator> ReplayLoop<A> {
             || options.heartbeat_interval_ns == 0
             || options.peer_timeout_ns == 0
             || options.index_capacity == 0
+            || options.sessions_per_client_max == 0
+            || options.login_timeout_ns == 0
+            || options.stall_timeout_ns == 0
+            || options.heartbeat_timeout_min_ns == 0
+            || options.heartbeat_timeout_min_ns > options.heartbeat_timeout_max_ns
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "replay: clients_max, intervals and index capacity must be at least 1; \
+                "replay: clients_max, session limit, timeouts, intervals and index capacity \
+                 must be at least 1 (heartbeat timeout bounds in order); \
                  send_buffer_bytes at least 65536",
             ));
         }
@@ -351,6 +452,8 @@ impl<A: Authenticator> ReplayLoop<A> {
                 options,
                 counters,
                 active: 0,
+                sessions: vec![0u32; clients.len()].into_boxed_slice(),
+                damage: DamageLog::new(),
             },
         })
     }
@@ -365,7 +468,15 @@ impl<A: Authenticator> ReplayLoop<A> {
     /// takes (bounded per client); heartbeats, timeouts, slow clients.
     /// Returns the work done.
     pub fn poll(&mut self, now_ns: u64) -> io::Result<usize> {
-        let mut work = self.reader.follow(FOLLOW_RECORDS_MAX)?;
+        let mut work = match self.reader.follow(FOLLOW_RECORDS_MAX) {
+            Ok(records) => records,
+            Err(error) if is_damaged_record(&error) => {
+                // Clients reaching the damage are closed when they read it.
+                self.feed.note_damage(&error);
+                0
+            }
+            Err(error) => return Err(error),
+        };
         let feed = &mut self.feed;
         work += self
             .server
@@ -414,15 +525,13 @@ impl<A: Authenticator> Feed<A> {
             }
             TcpEvent::Data { conn, bytes } => self.on_data(io, conn, bytes, now_ns),
             TcpEvent::Closed { conn, .. } => {
-                let slot = &mut self.slots[conn.index()];
-                if slot.conn == Some(conn) {
-                    if slot.phase == Phase::Streaming {
-                        self.active -= 1;
-                    }
-                    slot.reset(None, Phase::Free, now_ns);
+                let index = conn.index();
+                if self.slots[index].conn == Some(conn) {
+                    self.end_streaming(index);
+                    self.slots[index].reset(None, Phase::Free, now_ns);
                 }
             }
-            TcpEvent::Rejected { .. } => {}
+            TcpEvent::Rejected { .. } => self.counters.connections_refused.increment(),
         }
     }
 
@@ -494,7 +603,7 @@ impl<A: Authenticator> Feed<A> {
                     password,
                     session,
                     requested_seq,
-                    ..
+                    heartbeat_timeout_ms,
                 },
             ) => {
                 let client_index = self
@@ -502,8 +611,13 @@ impl<A: Authenticator> Feed<A> {
                     .iter()
                     .position(|name| name.as_ref() == Some(username))
                     .map(|i| i as u16);
+                let (peer_timeout_ns, heartbeat_interval_ns) =
+                    negotiate_heartbeat(&self.options, heartbeat_timeout_ms);
                 let slot = &mut self.slots[index];
                 slot.ticket = slot.ticket.wrapping_add(1);
+                slot.client_index = client_index;
+                slot.peer_timeout_ns = peer_timeout_ns;
+                slot.heartbeat_interval_ns = heartbeat_interval_ns;
                 slot.requested_session = session;
                 slot.next_seq = requested_seq.max(1);
                 let request = AuthRequest {
@@ -559,6 +673,22 @@ impl<A: Authenticator> Feed<A> {
                 self.reject_login(io, index, login_reject::SESSION_UNAVAILABLE);
                 continue;
             }
+            let Some(client) = slot.client_index.map(usize::from) else {
+                // Verified means a configured client: cannot happen.
+                self.reject_login(io, index, login_reject::NOT_AUTHORIZED);
+                continue;
+            };
+            if self.sessions[client] as usize >= self.options.sessions_per_client_max {
+                self.counters.logins_over_limit.increment();
+                self.send_debug(
+                    io,
+                    index,
+                    b"login refused: this username already holds its most replay sessions",
+                );
+                self.reject_login(io, index, login_reject::NOT_AUTHORIZED);
+                continue;
+            }
+            let slot = &mut self.slots[index];
             let mut frame = [0u8; LENGTH_PREFIX_SIZE + 1 + soup::LOGIN_ACCEPTED_PAYLOAD];
             let bytes = soup::write_login_accepted(&mut frame, session, slot.next_seq)
                 .expect("login accepted fits its buffer");
@@ -570,7 +700,10 @@ impl<A: Authenticator> Feed<A> {
             slot.phase = Phase::Streaming;
             slot.cursor = None;
             slot.last_send_ns = now_ns;
+            slot.queued_bytes = io.pending_send_bytes(conn);
+            slot.drained_ns = now_ns;
             self.active += 1;
+            self.sessions[client] += 1;
             self.counters.logins_accepted.increment();
         }
         applied
@@ -594,13 +727,35 @@ impl<A: Authenticator> Feed<A> {
             if matches!(phase, Phase::Free | Phase::Closing) {
                 continue;
             }
-            if now_ns.saturating_sub(self.slots[index].last_recv_ns) >= self.options.peer_timeout_ns
-            {
+            let slot = &self.slots[index];
+            if now_ns.saturating_sub(slot.last_recv_ns) >= slot.peer_timeout_ns {
                 self.send_debug(io, index, b"no heartbeat from the client: disconnecting");
                 self.close(io, index);
                 continue;
             }
+            if phase == Phase::AwaitingLogin
+                && now_ns.saturating_sub(slot.accepted_ns) >= self.options.login_timeout_ns
+            {
+                self.counters.login_timeouts.increment();
+                self.send_debug(
+                    io,
+                    index,
+                    b"no login request within the login deadline: disconnecting",
+                );
+                self.close(io, index);
+                continue;
+            }
             if phase != Phase::Streaming {
+                continue;
+            }
+            if !self.drains(io, index, now_ns) {
+                self.counters.slow_clients_cut.increment();
+                self.send_debug(
+                    io,
+                    index,
+                    b"slow consumer: nothing drained past the stall timeout; disconnecting",
+                );
+                self.close(io, index);
                 continue;
             }
             if self.slots[index].next_seq >= stream_next_seq {
@@ -621,8 +776,8 @@ impl<A: Authenticator> Feed<A> {
                 }
             }
             let slot = &mut self.slots[index];
-            if now_ns.saturating_sub(slot.last_send_ns) >= self.options.heartbeat_interval_ns {
-                let Some(conn) = slot.conn else { continue };
+            let Some(conn) = slot.conn else { continue };
+            if now_ns.saturating_sub(slot.last_send_ns) >= slot.heartbeat_interval_ns {
                 let mut frame = [0u8; LENGTH_PREFIX_SIZE + 1];
                 let bytes = soup::write_server_heartbeat(&mut frame).expect("fits");
                 if io.send(conn, &frame[..bytes]).is_ok() {
@@ -631,8 +786,43 @@ impl<A: Authenticator> Feed<A> {
                     work += 1;
                 }
             }
+            slot.queued_bytes = io.pending_send_bytes(conn);
         }
         Ok(work)
+    }
+
+    /// Whether streaming client `index` has drained something of what waits
+    /// for it within the stall timeout (or nothing waits).
+    fn drains(&mut self, io: &TcpServerHandle, index: usize, now_ns: u64) -> bool {
+        let slot = &mut self.slots[index];
+        let Some(conn) = slot.conn else { return true };
+        let queued = io.pending_send_bytes(conn);
+        if queued == 0 || queued < slot.queued_bytes {
+            slot.drained_ns = now_ns;
+        }
+        slot.queued_bytes = queued;
+        now_ns.saturating_sub(slot.drained_ns) < self.options.stall_timeout_ns
+    }
+
+    /// Counts a damaged record and logs it the first time it is seen.
+    #[cold]
+    fn note_damage(&mut self, error: &io::Error) {
+        if self.damage.first_time(error) {
+            tracing::error!(
+                %error,
+                "replay: a damaged journal record is not served (sessions reaching it are closed)"
+            );
+        }
+    }
+
+    /// Closes client `index`, whose next record is damaged, telling it why.
+    #[cold]
+    fn close_damaged(&mut self, io: &mut TcpServerHandle, index: usize, error: &io::Error) {
+        self.counters.corrupt_records.increment();
+        self.note_damage(error);
+        let text = error.to_string();
+        self.send_debug(io, index, text.as_bytes());
+        self.close(io, index);
     }
 
     /// Sends client `index` messages from its `next_seq` on, as many as its
@@ -648,9 +838,14 @@ impl<A: Authenticator> Feed<A> {
         let Some(conn) = slot.conn else { return Ok(0) };
         let mut cursor = match slot.cursor {
             Some(cursor) => cursor,
-            None => match position(reader, slot.next_seq)? {
-                Some(cursor) => cursor,
-                None => return Ok(0), // not readable yet: wait
+            None => match position(reader, slot.next_seq) {
+                Ok(Some(cursor)) => cursor,
+                Ok(None) => return Ok(0), // not readable yet: wait
+                Err(error) if is_damaged_record(&error) => {
+                    self.close_damaged(io, index, &error);
+                    return Ok(0);
+                }
+                Err(error) => return Err(error),
             },
         };
         let limit_bytes = io.send_capacity(conn).min(self.scratch.len());
@@ -659,7 +854,7 @@ impl<A: Authenticator> Feed<A> {
         let mut sent = 0usize;
         let mut buffer_full = false;
         let mut next_seq = slot.next_seq;
-        reader.read(&mut cursor, MESSAGES_PER_CLIENT_PER_POLL, |seq, message| {
+        let read = reader.read(&mut cursor, MESSAGES_PER_CLIENT_PER_POLL, |seq, message| {
             if seq < next_seq {
                 return true; // scanning from the start of the journal
             }
@@ -675,7 +870,16 @@ impl<A: Authenticator> Feed<A> {
                     false
                 }
             }
-        })?;
+        });
+        if let Err(error) = read {
+            if !is_damaged_record(&error) {
+                return Err(error);
+            }
+            // Not even the good messages before the damaged record are sent:
+            // the client's next message would be the damaged one's.
+            self.close_damaged(io, index, &error);
+            return Ok(0);
+        }
         slot.cursor = Some(cursor);
         slot.next_seq = next_seq;
         if sent > 0 {
@@ -756,11 +960,24 @@ impl<A: Authenticator> Feed<A> {
 
     /// Marks the slot closing; its `Closed` event frees it.
     fn leave(&mut self, index: usize) {
+        self.end_streaming(index);
+        self.slots[index].phase = Phase::Closing;
+    }
+
+    /// Takes a streaming slot out of the active and per-client counts (no
+    /// change for any other phase).
+    fn end_streaming(&mut self, index: usize) {
         let slot = &mut self.slots[index];
-        if slot.phase == Phase::Streaming {
-            self.active -= 1;
+        if slot.phase != Phase::Streaming {
+            return;
         }
         slot.phase = Phase::Closing;
+        self.active -= 1;
+        if let Some(client) = slot.client_index {
+            let sessions = &mut self.sessions[usize::from(client)];
+            assert!(*sessions > 0, "a streaming client is counted");
+            *sessions -= 1;
+        }
     }
 }
 
@@ -840,6 +1057,10 @@ mod tests {
             stall_timeout_ns: 300_000_000,
             heartbeat_interval_ns: 100_000_000,
             peer_timeout_ns: PEER_TIMEOUT_NS,
+            heartbeat_timeout_min_ns: 1_000_000_000,
+            heartbeat_timeout_max_ns: 60_000_000_000,
+            sessions_per_client_max: 4,
+            login_timeout_ns: 5_000_000_000,
             auth_queue_depth: 8,
             index_capacity: 64,
         }

@@ -10,22 +10,37 @@
 //!
 //! | check | counter |
 //! |---|---|
+//! | the source address is inside the allow-list (`retransmit.allow`) | `ignored_not_allowed` |
 //! | exactly 20 bytes (longer datagrams are truncated by the kernel and counted too) | `ignored_malformed` |
 //! | the session is the current one | `ignored_session` |
-//! | the requester's token bucket has a token (per IPv4 address) | `ignored_rate_limited` |
+//! | the source's request buckets have a token | `ignored_rate_limited` |
 //! | count is not 0 | `ignored_zero_count` |
 //! | first sequence number already exists (below the journal's next) | `ignored_future` |
 //! | first sequence number within retention and in the reader's index | `ignored_retention` |
+//! | the source's reply byte budget holds at least the first message | `ignored_source_budget` |
+//! | the server's reply byte budget holds at least the first message | `ignored_global_budget` |
+//! | every record read passes its check (CRC, structure) | `ignored_corrupt` |
 //!
 //! The reply holds the requested messages from the first on, as many as fit
-//! in the stream's payload limit, capped at `messages_per_request_max` and at
-//! what exists; its header carries the first sequence number and the count
-//! actually included.
+//! in the stream's payload limit, in the source's reply byte budget and in
+//! the server's, capped at `messages_per_request_max` and at what exists;
+//! its header carries the first sequence number and the count actually
+//! included. The reply's bytes are then taken from both budgets, so the
+//! bytes one address receives never exceed its budget (`burst + rate × t`)
+//! whoever sends requests naming it: a spoofed victim, or a requester
+//! churning through source addresses, gets at most that. The per-source
+//! state is a [`SourceTable`]: fixed, hashed, never evicted (see there).
+//!
+//! A journal record that fails its check is never sent: the request gets no
+//! reply at all, `ignored_corrupt` counts it, and the damaged record is
+//! logged once (with the offset the reader names), not per request; the
+//! loop goes on serving every other range.
 //!
 //! Realtime contract: one thread owns the loop. Everything (socket buffers,
 //! the reply packet, the requester table, the queue of accepted requests) is
 //! allocated in [`RetransmitLoop::new`]; [`RetransmitLoop::poll`] does
-//! bounded work and never allocates, locks or logs.
+//! bounded work and never allocates, locks or logs (except once per damaged
+//! journal record).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -39,7 +54,7 @@ use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::UdpSocketRing;
 use tally_wire::mold::{MoldHeader, PacketBuilder, ReRequest, Session};
 
-use crate::config::ApplianceConfig;
+use crate::config::{ApplianceConfig, ConfigError};
 use crate::journal::{JournalProgress, JournalReader, INDEX_STRIDE_BYTES};
 
 /// Receive buffers (and send slots) of the socket.
@@ -77,9 +92,18 @@ pub struct RetransmitOptions {
     pub requests_per_sec_per_requester: u32,
     /// Requests one address may make back to back.
     pub request_burst: u32,
-    /// Addresses tracked for rate limiting; when full, the least recently
-    /// seen is forgotten.
+    /// Cells per row of the per-source table ([`SourceTable`]).
     pub requesters_max: usize,
+    /// Sources that are answered.
+    pub allow: AllowList,
+    /// Reply bytes per second one source address may receive.
+    pub reply_bytes_per_sec_per_source: u64,
+    /// Reply bytes one source address may receive back to back.
+    pub reply_burst_bytes_per_source: u64,
+    /// Reply bytes per second, all sources together.
+    pub reply_bytes_per_sec: u64,
+    /// Reply bytes back to back, all sources together.
+    pub reply_burst_bytes: u64,
     /// Requests for messages older than `next_seq - retention_messages` are
     /// ignored.
     pub retention_messages: u64,
@@ -102,6 +126,12 @@ impl RetransmitOptions {
             requests_per_sec_per_requester: config.retransmit.requests_per_sec_per_requester,
             request_burst: config.retransmit.request_burst,
             requesters_max: config.retransmit.requesters_max,
+            allow: AllowList::from_config(config)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?,
+            reply_bytes_per_sec_per_source: config.retransmit.reply_bytes_per_sec_per_source,
+            reply_burst_bytes_per_source: config.retransmit.reply_burst_bytes_per_source,
+            reply_bytes_per_sec: config.retransmit.reply_bytes_per_sec,
+            reply_burst_bytes: config.retransmit.reply_burst_bytes,
             retention_messages,
             index_capacity: index_capacity_for(retention_messages),
         })
@@ -133,6 +163,19 @@ pub struct RetransmitCounters {
     pub ignored_rate_limited: Counter,
     /// Requests for 0 messages.
     pub ignored_zero_count: Counter,
+    /// Datagrams from a source outside the allow-list.
+    pub ignored_not_allowed: Counter,
+    /// Requests whose source's reply byte budget could not hold a reply.
+    pub ignored_source_budget: Counter,
+    /// Requests the server's reply byte budget could not hold.
+    pub ignored_global_budget: Counter,
+    /// Requests unanswered because a journal record in their range failed
+    /// its check.
+    pub ignored_corrupt: Counter,
+    /// Distinct damaged journal records found (each logged once).
+    pub corrupt_records: Counter,
+    /// Bytes of reply datagrams sent (MoldUDP64 header included).
+    pub reply_bytes: Counter,
 }
 
 impl RetransmitCounters {
@@ -146,6 +189,12 @@ impl RetransmitCounters {
         "retransmit.ignored_retention",
         "retransmit.ignored_rate_limited",
         "retransmit.ignored_zero_count",
+        "retransmit.ignored_not_allowed",
+        "retransmit.ignored_source_budget",
+        "retransmit.ignored_global_budget",
+        "retransmit.ignored_corrupt",
+        "retransmit.corrupt_records",
+        "retransmit.reply_bytes",
     ];
 
     /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
@@ -160,6 +209,12 @@ impl RetransmitCounters {
             ignored_retention: c(5),
             ignored_rate_limited: c(6),
             ignored_zero_count: c(7),
+            ignored_not_allowed: c(8),
+            ignored_source_budget: c(9),
+            ignored_global_budget: c(10),
+            ignored_corrupt: c(11),
+            corrupt_records: c(12),
+            reply_bytes: c(13),
         }
     }
 }
@@ -224,211 +279,416 @@ impl PendingQueue {
     }
 }
 
-/// No slot: the end of a list, or an empty index cell.
-const NONE: u32 = u32::MAX;
+/// Rows of the per-source table: each source address owns one cell per row.
+pub const SOURCE_TABLE_ROWS: usize = 4;
 
-/// One requester's token bucket and its place in the recency list.
+/// One cell of the per-source table: a request bucket and a reply byte
+/// budget, shared by every address that hashes to it. Both in nano-units:
+/// a bucket refills `rate` nano-units per nanosecond.
 #[derive(Clone, Copy, Debug)]
-struct Requester {
-    address: u32,
-    tokens_nano: u64,
+struct SourceCell {
+    requests_nano: u64,
+    reply_nano_bytes: u64,
     refilled_ns: u64,
-    /// Toward the most recently seen.
-    newer: u32,
-    /// Toward the least recently seen.
-    older: u32,
 }
 
-/// Token buckets for at most `capacity` IPv4 addresses: an open-addressing
-/// hash index (linear probing, backward-shift deletion, at most half full)
-/// over a fixed array of entries kept in a recency list, so lookup, insert
-/// and eviction of the least recently seen are O(1) and allocation-free.
+/// Largest byte burst a bucket may have (its nano-bytes fit a u64).
+pub const REPLY_BURST_BYTES_MAX: u64 = 1 << 33;
+
+/// A token bucket's level after `elapsed_ns` at `rate_per_sec` (tokens per
+/// second, so nano-tokens per nanosecond), capped at `burst_nano`.
+fn refilled(level_nano: u64, elapsed_ns: u64, rate_per_sec: u64, burst_nano: u64) -> u64 {
+    let refill = (u128::from(elapsed_ns) * u128::from(rate_per_sec)).min(u128::from(burst_nano));
+    (u128::from(level_nano) + refill).min(u128::from(burst_nano)) as u64
+}
+
+/// Request buckets and reply byte budgets per IPv4 source, in a fixed table
+/// of `SOURCE_TABLE_ROWS` × `width` cells allocated at start and never
+/// evicted (a count-min sketch of token buckets). A source's allowance is
+/// the smallest of its cells'; whatever it is granted is taken from all of
+/// them. Cells are shared, so a source that collides with a heavy one gets
+/// less, never more: what one address receives is at most what one of its
+/// cells ever held (`burst + rate × t`), however many other addresses ask,
+/// and no request from anywhere refills or forgets a cell early. The row
+/// hashes are keyed with secrets drawn at start, so an outsider cannot aim
+/// addresses at a victim's cells.
 #[derive(Debug)]
-pub(crate) struct RequesterTable {
-    entries: Box<[Requester]>,
-    used: usize,
-    /// Most recently seen entry.
-    newest: u32,
-    /// Least recently seen entry: the next to evict.
-    oldest: u32,
-    /// Hash index: entry numbers, `NONE` when empty. Length a power of two.
-    index: Box<[u32]>,
-    index_shift: u32,
-    rate_per_sec: u64,
-    burst_nano: u64,
+pub(crate) struct SourceTable {
+    cells: Box<[SourceCell]>,
+    /// Cells per row, a power of two.
+    width: usize,
+    seeds: [u64; SOURCE_TABLE_ROWS],
+    request_rate_per_sec: u64,
+    request_burst_nano: u64,
+    reply_bytes_per_sec: u64,
+    reply_burst_nano_bytes: u64,
 }
 
-impl RequesterTable {
-    pub(crate) fn new(capacity: usize, rate_per_sec: u32, burst: u32) -> Self {
-        assert!(capacity > 0 && capacity < NONE as usize / 2);
-        assert!(rate_per_sec > 0 && burst > 0);
-        let index_len = (2 * capacity).next_power_of_two().max(2);
-        let empty = Requester {
-            address: 0,
-            tokens_nano: 0,
+impl SourceTable {
+    pub(crate) fn new(
+        cells_per_row: usize,
+        request_rate_per_sec: u32,
+        request_burst: u32,
+        reply_bytes_per_sec: u64,
+        reply_burst_bytes: u64,
+    ) -> Self {
+        assert!(cells_per_row > 0 && cells_per_row <= 1 << 24);
+        assert!(request_rate_per_sec > 0 && request_burst > 0);
+        assert!(reply_bytes_per_sec > 0);
+        assert!(reply_burst_bytes > 0 && reply_burst_bytes <= REPLY_BURST_BYTES_MAX);
+        use std::hash::BuildHasher;
+        let keys = std::collections::hash_map::RandomState::new();
+        let width = cells_per_row.next_power_of_two();
+        let request_burst_nano = u64::from(request_burst) * TOKEN_NANO;
+        let reply_burst_nano_bytes = reply_burst_bytes * TOKEN_NANO;
+        let full = SourceCell {
+            requests_nano: request_burst_nano,
+            reply_nano_bytes: reply_burst_nano_bytes,
             refilled_ns: 0,
-            newer: NONE,
-            older: NONE,
         };
-        RequesterTable {
-            entries: vec![empty; capacity].into_boxed_slice(),
-            used: 0,
-            newest: NONE,
-            oldest: NONE,
-            index: vec![NONE; index_len].into_boxed_slice(),
-            index_shift: 64 - index_len.trailing_zeros(),
-            rate_per_sec: u64::from(rate_per_sec),
-            burst_nano: u64::from(burst) * TOKEN_NANO,
+        SourceTable {
+            cells: vec![full; SOURCE_TABLE_ROWS * width].into_boxed_slice(),
+            width,
+            seeds: std::array::from_fn(|row| keys.hash_one(row as u64) | 1),
+            request_rate_per_sec: u64::from(request_rate_per_sec),
+            request_burst_nano,
+            reply_bytes_per_sec,
+            reply_burst_nano_bytes,
         }
     }
 
-    /// Addresses tracked now.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.used
+    /// The cell of `address` in `row`, refilled up to `now_ns`.
+    fn cell(&mut self, row: usize, address: u32, now_ns: u64) -> usize {
+        let mut h =
+            (u64::from(address) ^ self.seeds[row].rotate_left(17)).wrapping_mul(self.seeds[row]);
+        h ^= h >> 29;
+        h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^= h >> 32;
+        let index = row * self.width + (h as usize & (self.width - 1));
+        let cell = &mut self.cells[index];
+        let elapsed_ns = now_ns.saturating_sub(cell.refilled_ns);
+        cell.requests_nano = refilled(
+            cell.requests_nano,
+            elapsed_ns,
+            self.request_rate_per_sec,
+            self.request_burst_nano,
+        );
+        cell.reply_nano_bytes = refilled(
+            cell.reply_nano_bytes,
+            elapsed_ns,
+            self.reply_bytes_per_sec,
+            self.reply_burst_nano_bytes,
+        );
+        cell.refilled_ns = cell.refilled_ns.max(now_ns);
+        index
     }
 
-    /// Whether `address` is tracked.
-    #[cfg(test)]
-    pub(crate) fn contains(&self, address: Ipv4Addr) -> bool {
-        self.find(address.to_bits()).is_some()
-    }
-
-    /// Takes one token from `address`'s bucket (a new address starts with a
-    /// full one); false when it has none.
-    pub(crate) fn admit(&mut self, address: Ipv4Addr, now_ns: u64) -> bool {
+    fn cells_of(&mut self, address: Ipv4Addr, now_ns: u64) -> [usize; SOURCE_TABLE_ROWS] {
         let address = address.to_bits();
-        let entry = match self.find(address) {
-            Some((entry, _)) => {
-                self.unlink(entry);
-                entry
-            }
-            None => self.insert(address, now_ns),
+        std::array::from_fn(|row| self.cell(row, address, now_ns))
+    }
+
+    /// Takes one request token from `address` (from each of its cells);
+    /// false, taking nothing, when one of its cells has none.
+    pub(crate) fn admit(&mut self, address: Ipv4Addr, now_ns: u64) -> bool {
+        let cells = self.cells_of(address, now_ns);
+        if cells
+            .iter()
+            .any(|&index| self.cells[index].requests_nano < TOKEN_NANO)
+        {
+            return false;
+        }
+        for index in cells {
+            self.cells[index].requests_nano -= TOKEN_NANO;
+        }
+        true
+    }
+
+    /// Reply bytes `address` may receive now.
+    pub(crate) fn reply_budget(&mut self, address: Ipv4Addr, now_ns: u64) -> u64 {
+        let cells = self.cells_of(address, now_ns);
+        cells
+            .iter()
+            .map(|&index| self.cells[index].reply_nano_bytes / TOKEN_NANO)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Takes `bytes` (at most its [`reply_budget`](Self::reply_budget)) from
+    /// every cell of `address`.
+    pub(crate) fn charge(&mut self, address: Ipv4Addr, bytes: u64, now_ns: u64) {
+        let nano = bytes * TOKEN_NANO;
+        for index in self.cells_of(address, now_ns) {
+            let cell = &mut self.cells[index];
+            debug_assert!(cell.reply_nano_bytes >= nano, "charged past the budget");
+            cell.reply_nano_bytes = cell.reply_nano_bytes.saturating_sub(nano);
+        }
+    }
+
+    /// Memory held, bytes.
+    #[cfg(test)]
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.cells.len() * std::mem::size_of::<SourceCell>()
+    }
+}
+
+/// One token bucket of bytes: the server's reply byte rate, all sources
+/// together.
+#[derive(Clone, Copy, Debug)]
+struct ByteBucket {
+    nano_bytes: u64,
+    refilled_ns: u64,
+    bytes_per_sec: u64,
+    burst_nano_bytes: u64,
+}
+
+impl ByteBucket {
+    fn new(bytes_per_sec: u64, burst_bytes: u64) -> Self {
+        assert!(bytes_per_sec > 0 && burst_bytes > 0 && burst_bytes <= REPLY_BURST_BYTES_MAX);
+        ByteBucket {
+            nano_bytes: burst_bytes * TOKEN_NANO,
+            refilled_ns: 0,
+            bytes_per_sec,
+            burst_nano_bytes: burst_bytes * TOKEN_NANO,
+        }
+    }
+
+    fn available(&mut self, now_ns: u64) -> u64 {
+        let elapsed_ns = now_ns.saturating_sub(self.refilled_ns);
+        self.nano_bytes = refilled(
+            self.nano_bytes,
+            elapsed_ns,
+            self.bytes_per_sec,
+            self.burst_nano_bytes,
+        );
+        self.refilled_ns = self.refilled_ns.max(now_ns);
+        self.nano_bytes / TOKEN_NANO
+    }
+
+    fn take(&mut self, bytes: u64) {
+        let nano = bytes * TOKEN_NANO;
+        debug_assert!(self.nano_bytes >= nano);
+        self.nano_bytes = self.nano_bytes.saturating_sub(nano);
+    }
+}
+
+/// Networks in an allow-list, at most.
+pub const ALLOW_NETWORKS_MAX: usize = 32;
+
+/// An IPv4 network: an address and a prefix length (`10.1.0.0/16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Network {
+    network: u32,
+    prefix_len: u8,
+}
+
+/// Why a network does not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkParseError(String);
+
+impl std::fmt::Display for NetworkParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} is not an IPv4 network (ADDRESS/PREFIX, e.g. 10.1.0.0/16, or one address)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NetworkParseError {}
+
+impl Ipv4Network {
+    /// `address/prefix_len`, host bits cleared.
+    pub fn new(address: Ipv4Addr, prefix_len: u8) -> Self {
+        assert!(prefix_len <= 32);
+        Ipv4Network {
+            network: address.to_bits() & Self::mask(prefix_len),
+            prefix_len,
+        }
+    }
+
+    fn mask(prefix_len: u8) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0)
+    }
+
+    /// `a.b.c.d/n`, or one address (`/32`).
+    pub fn parse(text: &str) -> Result<Self, NetworkParseError> {
+        let error = || NetworkParseError(text.to_string());
+        let (address, prefix_len) = match text.split_once('/') {
+            Some((address, prefix)) => (address, prefix.parse::<u8>().map_err(|_| error())?),
+            None => (text, 32),
         };
-        self.link_newest(entry);
-        let rate_per_sec = self.rate_per_sec;
-        let burst_nano = self.burst_nano;
-        let requester = &mut self.entries[entry as usize];
-        let elapsed_ns = now_ns.saturating_sub(requester.refilled_ns);
-        let refill_nano =
-            (u128::from(elapsed_ns) * u128::from(rate_per_sec)).min(u128::from(burst_nano)) as u64;
-        requester.tokens_nano = (requester.tokens_nano + refill_nano).min(burst_nano);
-        requester.refilled_ns = requester.refilled_ns.max(now_ns);
-        if requester.tokens_nano >= TOKEN_NANO {
-            requester.tokens_nano -= TOKEN_NANO;
-            true
-        } else {
-            false
+        let address: Ipv4Addr = address.parse().map_err(|_| error())?;
+        if prefix_len > 32 {
+            return Err(error());
         }
+        Ok(Self::new(address, prefix_len))
     }
 
-    fn home(&self, address: u32) -> usize {
-        (u64::from(address).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.index_shift) as usize
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        address.to_bits() & Self::mask(self.prefix_len) == self.network
     }
+}
 
-    /// (entry, index cell) of `address`.
-    fn find(&self, address: u32) -> Option<(u32, usize)> {
-        let mask = self.index.len() - 1;
-        let mut cell = self.home(address);
-        loop {
-            let entry = self.index[cell];
-            if entry == NONE {
-                return None;
-            }
-            if self.entries[entry as usize].address == address {
-                return Some((entry, cell));
-            }
-            cell = (cell + 1) & mask;
+impl std::fmt::Display for Ipv4Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            Ipv4Addr::from_bits(self.network),
+            self.prefix_len
+        )
+    }
+}
+
+/// The networks whose requests are answered: a fixed array, no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowList {
+    networks: [Ipv4Network; ALLOW_NETWORKS_MAX],
+    len: usize,
+}
+
+impl AllowList {
+    /// At most [`ALLOW_NETWORKS_MAX`] networks; at least one.
+    pub fn new(networks: &[Ipv4Network]) -> Result<Self, String> {
+        if networks.is_empty() || networks.len() > ALLOW_NETWORKS_MAX {
+            return Err(format!(
+                "must name 1 to {ALLOW_NETWORKS_MAX} networks (0.0.0.0/0 allows every address)"
+            ));
         }
-    }
-
-    /// A new entry for `address` with a full bucket, evicting the least
-    /// recently seen address when the table is full. Not linked yet.
-    fn insert(&mut self, address: u32, now_ns: u64) -> u32 {
-        let entry = if self.used < self.entries.len() {
-            self.used += 1;
-            (self.used - 1) as u32
-        } else {
-            let evicted = self.oldest;
-            assert!(evicted != NONE);
-            self.unlink(evicted);
-            let (_, cell) = self
-                .find(self.entries[evicted as usize].address)
-                .expect("a tracked entry is indexed");
-            self.remove_cell(cell);
-            evicted
+        let mut list = AllowList {
+            networks: [Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 32); ALLOW_NETWORKS_MAX],
+            len: networks.len(),
         };
-        self.entries[entry as usize] = Requester {
-            address,
-            tokens_nano: self.burst_nano,
-            refilled_ns: now_ns,
-            newer: NONE,
-            older: NONE,
+        list.networks[..networks.len()].copy_from_slice(networks);
+        Ok(list)
+    }
+
+    /// Whether `address` is inside one of the networks.
+    pub fn allows(&self, address: Ipv4Addr) -> bool {
+        self.networks()
+            .iter()
+            .any(|network| network.contains(address))
+    }
+
+    pub fn networks(&self) -> &[Ipv4Network] {
+        &self.networks[..self.len]
+    }
+
+    /// `retransmit.allow`, or by default loopback (`127.0.0.0/8`) and the
+    /// stream's own subnet: the address and netmask of the local interface
+    /// that holds `stream.interface`, as the kernel reports them at start-up
+    /// (`getifaddrs`). When no interface holds that address (or it is the
+    /// wildcard), only loopback and that one address.
+    pub fn from_config(config: &ApplianceConfig) -> Result<Self, ConfigError> {
+        let bad = |key: String, reason: String| ConfigError { key, reason };
+        match &config.retransmit.allow {
+            Some(texts) => {
+                let mut networks = Vec::with_capacity(texts.len());
+                for (index, text) in texts.iter().enumerate() {
+                    networks.push(Ipv4Network::parse(text).map_err(|error| {
+                        bad(format!("retransmit.allow[{index}]"), error.to_string())
+                    })?);
+                }
+                AllowList::new(&networks).map_err(|reason| bad("retransmit.allow".into(), reason))
+            }
+            None => {
+                let loopback = Ipv4Network::new(Ipv4Addr::LOCALHOST, 8);
+                let interface = config.stream.interface;
+                let stream = if interface.is_unspecified() {
+                    loopback
+                } else {
+                    interface_network(interface)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(Ipv4Network::new(interface, 32))
+                };
+                AllowList::new(&[loopback, stream])
+                    .map_err(|reason| bad("retransmit.allow".into(), reason))
+            }
+        }
+    }
+}
+
+/// The network of the local interface whose IPv4 address is `address`
+/// (address and netmask from `getifaddrs`), `None` when no interface has it.
+pub fn interface_network(address: Ipv4Addr) -> io::Result<Option<Ipv4Network>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is a node of the list getifaddrs returned; it lives
+        // until freeifaddrs.
+        let entry = unsafe { &*at };
+        at = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_netmask.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null sockaddr from getifaddrs.
+        let family = unsafe { (*entry.ifa_addr).sa_family };
+        if i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: AF_INET entries hold sockaddr_in address and netmask.
+        let (ip, mask) = unsafe {
+            (
+                *(entry.ifa_addr as *const libc::sockaddr_in),
+                *(entry.ifa_netmask as *const libc::sockaddr_in),
+            )
         };
-        let mask = self.index.len() - 1;
-        let mut cell = self.home(address);
-        while self.index[cell] != NONE {
-            cell = (cell + 1) & mask;
+        if Ipv4Addr::from_bits(u32::from_be(ip.sin_addr.s_addr)) == address {
+            let prefix_len = u32::from_be(mask.sin_addr.s_addr).leading_ones() as u8;
+            found = Some(Ipv4Network::new(address, prefix_len));
+            break;
         }
-        self.index[cell] = entry;
-        entry
     }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
+}
 
-    /// Empties index cell `cell`, shifting later cells of the probe run back
-    /// so every remaining address stays reachable from its home cell.
-    fn remove_cell(&mut self, mut cell: usize) {
-        let mask = self.index.len() - 1;
-        self.index[cell] = NONE;
-        let mut next = cell;
-        loop {
-            next = (next + 1) & mask;
-            let entry = self.index[next];
-            if entry == NONE {
-                return;
-            }
-            let home = self.home(self.entries[entry as usize].address);
-            // The entry at `next` may stay when its home lies cyclically in
-            // (cell, next]; otherwise the hole at `cell` would hide it.
-            let stays = if cell <= next {
-                cell < home && home <= next
-            } else {
-                cell < home || home <= next
-            };
-            if !stays {
-                self.index[cell] = entry;
-                self.index[next] = NONE;
-                cell = next;
-            }
+/// Damaged records already logged (by a hash of the reader's error, which
+/// names the record's offset), so each is logged once, not per request.
+#[derive(Debug)]
+pub(crate) struct DamageLog {
+    seen: [u64; 64],
+    len: usize,
+}
+
+impl DamageLog {
+    pub(crate) fn new() -> Self {
+        DamageLog {
+            seen: [0; 64],
+            len: 0,
         }
     }
 
-    fn unlink(&mut self, entry: u32) {
-        let Requester { newer, older, .. } = self.entries[entry as usize];
-        if newer == NONE {
-            self.newest = older;
-        } else {
-            self.entries[newer as usize].older = older;
+    /// True the first time this error is seen (then the caller logs it).
+    pub(crate) fn first_time(&mut self, error: &io::Error) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        error.to_string().hash(&mut hasher);
+        let key = hasher.finish();
+        if self.seen[..self.len.min(self.seen.len())].contains(&key) {
+            return false;
         }
-        if older == NONE {
-            self.oldest = newer;
-        } else {
-            self.entries[older as usize].newer = newer;
-        }
-        self.entries[entry as usize].newer = NONE;
-        self.entries[entry as usize].older = NONE;
+        self.seen[self.len % self.seen.len()] = key;
+        self.len += 1;
+        true
     }
+}
 
-    fn link_newest(&mut self, entry: u32) {
-        self.entries[entry as usize].older = self.newest;
-        self.entries[entry as usize].newer = NONE;
-        if self.newest != NONE {
-            self.entries[self.newest as usize].newer = entry;
-        }
-        self.newest = entry;
-        if self.oldest == NONE {
-            self.oldest = entry;
-        }
-    }
+/// Whether `error` is a record that failed its check (the reader's
+/// `InvalidData`), as opposed to an I/O failure.
+pub(crate) fn is_damaged_record(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::InvalidData
 }
 
 // The appliance builds each loop on the main thread and moves it to its own.
@@ -443,7 +703,9 @@ pub struct RetransmitLoop {
     socket: UdpSocketRing,
     reader: JournalReader,
     packet: Box<[u8]>,
-    requesters: RequesterTable,
+    sources: SourceTable,
+    replies: ByteBucket,
+    damage: DamageLog,
     pending: PendingQueue,
     options: RetransmitOptions,
     counters: RetransmitCounters,
@@ -497,9 +759,22 @@ impl RetransmitLoop {
             || options.requests_per_sec_per_requester == 0
             || options.request_burst == 0
             || options.requesters_max == 0
+            || options.requesters_max > 1 << 24
             || options.index_capacity == 0
+            || options.reply_bytes_per_sec_per_source == 0
+            || options.reply_bytes_per_sec == 0
         {
-            return Err(invalid("retransmit: limits must be at least 1"));
+            return Err(invalid(
+                "retransmit: limits must be at least 1 (and requesters_max at most 2^24)",
+            ));
+        }
+        let smallest_reply = (MoldHeader::SIZE + 2 + tally_wire::MAX_MESSAGE_SIZE) as u64;
+        if !(smallest_reply..=REPLY_BURST_BYTES_MAX).contains(&options.reply_burst_bytes_per_source)
+            || !(smallest_reply..=REPLY_BURST_BYTES_MAX).contains(&options.reply_burst_bytes)
+        {
+            return Err(invalid(
+                "retransmit: reply bursts must hold one reply of the largest message, and at most 2^33 bytes",
+            ));
         }
         let reader = JournalReader::open(journal_path, progress, options.index_capacity)?;
         let socket = UdpSocketRing::bind(options.listen, SOCKET_SLOTS, options.payload_bytes_max)?;
@@ -507,11 +782,15 @@ impl RetransmitLoop {
             socket,
             reader,
             packet: vec![0u8; options.payload_bytes_max].into_boxed_slice(),
-            requesters: RequesterTable::new(
+            sources: SourceTable::new(
                 options.requesters_max,
                 options.requests_per_sec_per_requester,
                 options.request_burst,
+                options.reply_bytes_per_sec_per_source,
+                options.reply_burst_bytes_per_source,
             ),
+            replies: ByteBucket::new(options.reply_bytes_per_sec, options.reply_burst_bytes),
+            damage: DamageLog::new(),
             pending: PendingQueue::new(PENDING_REQUESTS_MAX),
             options,
             counters,
@@ -529,13 +808,27 @@ impl RetransmitLoop {
     /// received, replies sent). Bounded: at most `FOLLOW_RECORDS_MAX` records,
     /// one receive batch, `PENDING_REQUESTS_MAX` replies.
     pub fn poll(&mut self, now_ns: u64) -> io::Result<usize> {
-        let mut work = self.reader.follow(FOLLOW_RECORDS_MAX)?;
+        let mut work = match self.reader.follow(FOLLOW_RECORDS_MAX) {
+            Ok(records) => records,
+            Err(error) if is_damaged_record(&error) => {
+                // The index stops before the damage; what lies before it is
+                // still served.
+                self.note_damage(&error);
+                0
+            }
+            Err(error) => return Err(error),
+        };
 
         let session = self.options.session;
-        let requesters = &mut self.requesters;
+        let allow = &self.options.allow;
+        let sources = &mut self.sources;
         let pending = &mut self.pending;
         let counters = &self.counters;
         work += self.socket.poll_recv(|from, datagram| {
+            if !allow.allows(*from.ip()) {
+                counters.ignored_not_allowed.increment();
+                return;
+            }
             let Ok(request) = ReRequest::parse(datagram) else {
                 counters.ignored_malformed.increment();
                 return;
@@ -544,7 +837,7 @@ impl RetransmitLoop {
                 counters.ignored_session.increment();
                 return;
             }
-            if pending.is_full() || !requesters.admit(*from.ip(), now_ns) {
+            if pending.is_full() || !sources.admit(*from.ip(), now_ns) {
                 counters.ignored_rate_limited.increment();
                 return;
             }
@@ -567,13 +860,25 @@ impl RetransmitLoop {
             .add(truncated - self.truncated_seen);
         self.truncated_seen = truncated;
 
-        work += self.serve_pending()?;
+        work += self.serve_pending(now_ns)?;
         Ok(work)
+    }
+
+    /// Counts a damaged record and logs it the first time it is seen.
+    #[cold]
+    fn note_damage(&mut self, error: &io::Error) {
+        if self.damage.first_time(error) {
+            self.counters.corrupt_records.increment();
+            tracing::error!(
+                %error,
+                "retransmit: a damaged journal record is not served (requests for it get no reply)"
+            );
+        }
     }
 
     /// Answers queued requests until the queue is empty or every send slot
     /// is in flight. Returns replies sent.
-    fn serve_pending(&mut self) -> io::Result<usize> {
+    fn serve_pending(&mut self, now_ns: u64) -> io::Result<usize> {
         let mut served = 0;
         while let Some(request) = self.pending.pop() {
             let next_seq = self.reader.next_seq();
@@ -586,28 +891,63 @@ impl RetransmitLoop {
                 self.counters.ignored_retention.increment();
                 continue;
             }
-            let Some(mut cursor) = self.reader.seek(request.first_seq)? else {
-                // Before the oldest record the index still knows.
-                self.counters.ignored_retention.increment();
+            let source = *request.reply_to.ip();
+            let source_bytes = self.sources.reply_budget(source, now_ns);
+            let server_bytes = self.replies.available(now_ns);
+            let limit_bytes = (self.options.payload_bytes_max as u64)
+                .min(source_bytes)
+                .min(server_bytes) as usize;
+            if limit_bytes < MoldHeader::SIZE + 2 {
+                self.count_over_budget(source_bytes, server_bytes);
                 continue;
+            }
+            let mut cursor = match self.reader.seek(request.first_seq) {
+                Ok(Some(cursor)) => cursor,
+                Ok(None) => {
+                    // Before the oldest record the index still knows.
+                    self.counters.ignored_retention.increment();
+                    continue;
+                }
+                Err(error) if is_damaged_record(&error) => {
+                    self.counters.ignored_corrupt.increment();
+                    self.note_damage(&error);
+                    continue;
+                }
+                Err(error) => return Err(error),
             };
             let messages_max =
                 usize::from(request.count.min(self.options.messages_per_request_max));
             let mut builder = PacketBuilder::new(
                 &mut self.packet,
-                self.options.payload_bytes_max,
+                limit_bytes,
                 self.options.session,
                 request.first_seq,
             );
-            let messages = self.reader.read(&mut cursor, messages_max, |_, message| {
+            let read = self.reader.read(&mut cursor, messages_max, |_, message| {
                 builder.append(message).is_ok()
-            })?;
+            });
             let packet_bytes = builder.finish();
+            let messages = match read {
+                Ok(messages) => messages,
+                Err(error) if is_damaged_record(&error) => {
+                    // Nothing of this range is sent, not even the good
+                    // messages before the damaged record.
+                    self.counters.ignored_corrupt.increment();
+                    self.note_damage(&error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             if messages == 0 {
-                // Indexed but not readable yet: cannot happen with a
-                // consistent journal (seek found the record). Treat as the
-                // future so nothing is sent.
-                self.counters.ignored_future.increment();
+                if limit_bytes < self.options.payload_bytes_max {
+                    // The first message does not fit what the budgets allow.
+                    self.count_over_budget(source_bytes, server_bytes);
+                } else {
+                    // Indexed but not readable yet: cannot happen with a
+                    // consistent journal (seek found the record). Treat as
+                    // the future so nothing is sent.
+                    self.counters.ignored_future.increment();
+                }
                 continue;
             }
             match self
@@ -615,8 +955,12 @@ impl RetransmitLoop {
                 .send_to(request.reply_to, &self.packet[..packet_bytes])
             {
                 Ok(()) => {
+                    let bytes = packet_bytes as u64;
+                    self.sources.charge(source, bytes, now_ns);
+                    self.replies.take(bytes);
                     self.counters.requests_served.increment();
                     self.counters.messages_resent.add(messages as u64);
+                    self.counters.reply_bytes.add(bytes);
                     served += 1;
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -628,6 +972,15 @@ impl RetransmitLoop {
             }
         }
         Ok(served)
+    }
+
+    /// Counts a request no budget could answer, under the tighter budget.
+    fn count_over_budget(&self, source_bytes: u64, server_bytes: u64) {
+        if source_bytes <= server_bytes {
+            self.counters.ignored_source_budget.increment();
+        } else {
+            self.counters.ignored_global_budget.increment();
+        }
     }
 
     /// Runs [`poll`](Self::poll) under `idle` until `stop` is set, then
@@ -722,6 +1075,11 @@ mod tests {
             requests_per_sec_per_requester: 1000,
             request_burst: 1000,
             requesters_max: 16,
+            allow: AllowList::new(&[Ipv4Network::new(Ipv4Addr::LOCALHOST, 8)]).unwrap(),
+            reply_bytes_per_sec_per_source: 1 << 30,
+            reply_burst_bytes_per_source: 1 << 30,
+            reply_bytes_per_sec: 1 << 30,
+            reply_burst_bytes: 1 << 30,
             retention_messages: 1_000_000,
             index_capacity: 1024,
         }
@@ -807,6 +1165,10 @@ mod tests {
                 &c.ignored_retention,
                 &c.ignored_rate_limited,
                 &c.ignored_zero_count,
+                &c.ignored_not_allowed,
+                &c.ignored_source_budget,
+                &c.ignored_global_budget,
+                &c.ignored_corrupt,
             ]
             .iter()
             .map(|counter| counter.get())
@@ -978,7 +1340,7 @@ mod tests {
 
     #[test]
     fn bucket_refills_at_the_configured_rate() {
-        let mut table = RequesterTable::new(4, 10, 2);
+        let mut table = SourceTable::new(4, 10, 2, 1000, 1000);
         let a = Ipv4Addr::new(10, 0, 0, 1);
         assert!(table.admit(a, 0));
         assert!(table.admit(a, 0));
@@ -994,30 +1356,175 @@ mod tests {
     }
 
     #[test]
-    fn full_table_evicts_the_least_recently_seen() {
-        let mut table = RequesterTable::new(3, 1, 1);
-        let address = |i: u8| Ipv4Addr::new(192, 168, 0, i);
-        assert!(table.admit(address(1), 0));
-        assert!(table.admit(address(2), 0));
-        assert!(table.admit(address(3), 0));
-        // 1 is seen again (and refused: its bucket is empty): 2 is now oldest.
-        assert!(!table.admit(address(1), 0));
-        assert!(table.admit(address(4), 0));
-        assert_eq!(table.len(), 3);
-        assert!(!table.contains(address(2)));
-        assert!(
-            table.contains(address(1)) && table.contains(address(3)) && table.contains(address(4))
-        );
-        // A forgotten address starts over with a full bucket.
-        assert!(table.admit(address(2), 0));
-        assert!(!table.contains(address(3)));
-        // Churn through many addresses: the index stays consistent.
-        for i in 0..10_000u32 {
-            let a = Ipv4Addr::from_bits(0x0a00_0000 + i * 7919);
-            assert!(table.admit(a, 0));
-            assert!(!table.admit(a, 0), "address {i} tracked");
-            assert_eq!(table.len(), 3);
+    fn reply_budget_refills_at_its_rate_and_charges_take_from_it() {
+        // 1000 bytes per second, 500 back to back.
+        let mut table = SourceTable::new(64, 1000, 1000, 1000, 500);
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        assert_eq!(table.reply_budget(a, 0), 500);
+        table.charge(a, 400, 0);
+        assert_eq!(table.reply_budget(a, 0), 100);
+        // 1 byte per millisecond, never past the burst.
+        assert_eq!(table.reply_budget(a, 50_000_000), 150);
+        assert_eq!(table.reply_budget(a, 10_000_000_000), 500);
+        let mut bucket = ByteBucket::new(1000, 500);
+        assert_eq!(bucket.available(0), 500);
+        bucket.take(500);
+        assert_eq!(bucket.available(0), 0);
+        assert_eq!(bucket.available(250_000_000), 250);
+    }
+
+    /// However many addresses ask, one address never receives more than its
+    /// own budget: cells are shared (a collision makes it less), never
+    /// evicted, never reset.
+    #[test]
+    fn churned_sources_never_reset_a_victims_budget() {
+        let mut table = SourceTable::new(16, 1_000_000, 1_000_000, 1000, 1000);
+        let victim = Ipv4Addr::new(192, 168, 0, 7);
+        assert_eq!(table.reply_budget(victim, 0), 1000);
+        table.charge(victim, 1000, 0);
+        // 100 000 other addresses pass through a table of 4 × 16 cells.
+        for i in 0..100_000u32 {
+            let other = Ipv4Addr::from_bits(0x0a00_0000 + i * 7919);
+            let budget = table.reply_budget(other, 0);
+            table.charge(other, budget.min(10), 0);
+            assert!(table.admit(other, 0));
         }
+        assert_eq!(table.reply_budget(victim, 0), 0, "still spent");
+        // Only time refills it, at its rate.
+        assert!(table.reply_budget(victim, 100_000_000) <= 100);
+        assert_eq!(table.memory_bytes(), 4 * 16 * 24);
+    }
+
+    #[test]
+    fn networks_parse_and_the_allow_list_checks_sources() {
+        let net = Ipv4Network::parse("10.1.2.3/16").unwrap();
+        assert_eq!(net.to_string(), "10.1.0.0/16");
+        assert!(net.contains(Ipv4Addr::new(10, 1, 255, 1)));
+        assert!(!net.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        assert_eq!(
+            Ipv4Network::parse("127.0.0.2").unwrap().to_string(),
+            "127.0.0.2/32"
+        );
+        assert!(Ipv4Network::parse("0.0.0.0/0")
+            .unwrap()
+            .contains(Ipv4Addr::new(8, 8, 8, 8)));
+        for bad in ["10.1.0.0/33", "10.1.0/8", "", "x/8", "10.0.0.0/"] {
+            assert!(Ipv4Network::parse(bad).is_err(), "{bad:?}");
+        }
+        let list = AllowList::new(&[
+            Ipv4Network::parse("127.0.0.1").unwrap(),
+            Ipv4Network::parse("127.1.0.0/16").unwrap(),
+        ])
+        .unwrap();
+        assert!(list.allows(Ipv4Addr::new(127, 0, 0, 1)));
+        assert!(list.allows(Ipv4Addr::new(127, 1, 3, 4)));
+        assert!(!list.allows(Ipv4Addr::new(127, 0, 0, 2)));
+        assert!(AllowList::new(&[]).is_err());
+        // Loopback's own subnet, as the kernel reports it.
+        assert_eq!(
+            interface_network(Ipv4Addr::LOCALHOST).unwrap(),
+            Some(Ipv4Network::new(Ipv4Addr::LOCALHOST, 8))
+        );
+    }
+
+    #[test]
+    fn sources_outside_the_allow_list_get_nothing() {
+        let mut opts = options();
+        opts.allow = AllowList::new(&[Ipv4Network::parse("127.0.0.2").unwrap()]).unwrap();
+        let mut f = Fixture::new(opts, 50);
+        f.request(session(), 1, 5);
+        f.poll_until("not allowed", |c| c.ignored_not_allowed.get() == 1);
+        assert_eq!(f.receive(), None);
+        assert_eq!(f.counters.requests_served.get(), 0);
+    }
+
+    #[test]
+    fn replies_fit_the_source_budget_and_stop_when_it_is_spent() {
+        let mut opts = options();
+        opts.reply_burst_bytes_per_source = 600;
+        opts.reply_bytes_per_sec_per_source = 1;
+        let mut f = Fixture::new(opts, 500);
+        let mut received = 0usize;
+        for round in 0..10u64 {
+            let served = f.counters.requests_served.get();
+            let refused = f.counters.ignored_source_budget.get();
+            f.request(session(), 1 + round * 20, 20);
+            f.poll_until("an answer", |c| {
+                c.requests_served.get() > served || c.ignored_source_budget.get() > refused
+            });
+            if f.counters.requests_served.get() > served {
+                let reply = f.receive().expect("a reply");
+                let (first, messages) = decode(&reply);
+                assert_eq!(first, 1 + round * 20);
+                assert!(!messages.is_empty());
+                received += reply.len();
+            }
+        }
+        assert!(received <= 600, "{received} bytes");
+        assert!(received >= 600 - 20 - 43, "the budget is used: {received}");
+        assert_eq!(f.counters.reply_bytes.get(), received as u64);
+        assert!(f.counters.ignored_source_budget.get() >= 1);
+        assert_eq!(f.receive(), None);
+    }
+
+    #[test]
+    fn the_server_budget_caps_every_source_together() {
+        let mut opts = options();
+        opts.reply_burst_bytes = 1000;
+        opts.reply_bytes_per_sec = 1;
+        let mut f = Fixture::new(opts, 500);
+        let other = UdpSocket::bind("127.0.0.3:0").unwrap();
+        other.connect(f.server.local_addr()).unwrap();
+        for round in 0..6u64 {
+            f.request(session(), 1 + round, 30);
+            other
+                .send(ReRequest::new(session(), 100 + round, 30).as_bytes())
+                .unwrap();
+        }
+        f.poll_until("every request", |c| {
+            c.requests_served.get() + c.ignored_global_budget.get() == 12
+        });
+        assert!(f.counters.reply_bytes.get() <= 1000);
+        assert!(f.counters.ignored_global_budget.get() >= 1);
+    }
+
+    /// A record whose payload fails its CRC is never sent: no reply for a
+    /// range that reaches it, counted, while other ranges are served.
+    #[test]
+    fn a_damaged_record_is_never_sent_and_the_loop_goes_on() {
+        let mut f = Fixture::new(options(), 70);
+        // Records of 7 messages: flip one payload byte of the 3rd record
+        // (messages 15..=21).
+        let path = f.writer.path().to_path_buf();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut offset = crate::journal::FILE_HEADER_BYTES;
+        for _ in 0..2 {
+            let len = u32::from_be_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+            offset += crate::journal::RECORD_HEADER_BYTES + len;
+        }
+        bytes[offset + crate::journal::RECORD_HEADER_BYTES + 5] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+
+        for _ in 0..3 {
+            let ignored = f.counters.ignored_corrupt.get();
+            f.request(session(), 16, 3);
+            f.poll_until("the damaged range", |c| c.ignored_corrupt.get() > ignored);
+        }
+        // A range that starts before it and reaches it: nothing either.
+        f.request(session(), 10, 10);
+        f.poll_until("the range across", |c| c.ignored_corrupt.get() == 4);
+        assert_eq!(f.receive(), None, "nothing of a damaged range is sent");
+        assert_eq!(
+            f.counters.corrupt_records.get(),
+            1,
+            "one record, logged once"
+        );
+        // Ranges before and after are served.
+        let (first, messages) = decode(&f.ask(1, 14));
+        assert_eq!((first, messages.len()), (1, 14));
+        let (first, messages) = decode(&f.ask(22, 7));
+        assert_eq!((first, messages.len()), (22, 7));
+        assert_eq!(f.counters.requests_served.get(), 2);
     }
 
     #[test]
@@ -1026,8 +1533,8 @@ mod tests {
         opts.retention_messages = 400;
         opts.requesters_max = 2;
         let mut f = Fixture::new(opts, 1000);
-        // Requests of every kind, from several addresses (the table of 2
-        // evicts), served and ignored.
+        // Requests of every kind, from several addresses (sharing a table of
+        // 4 × 2 cells), served and ignored.
         let others: Vec<UdpSocket> = (0..3)
             .map(|_| {
                 let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
