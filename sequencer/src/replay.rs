@@ -1079,6 +1079,16 @@ mod tests {
 
     impl Fixture {
         fn new(options: ReplayOptions, messages: u64) -> Self {
+            Self::with_journal_edit(options, messages, |_| {})
+        }
+
+        /// As `new`, with `edit` applied to the journal file before the
+        /// loop opens it.
+        fn with_journal_edit(
+            options: ReplayOptions,
+            messages: u64,
+            edit: impl FnOnce(&std::path::Path),
+        ) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let (mut writer, _) = JournalWriter::open(
                 dir.path(),
@@ -1089,6 +1099,7 @@ mod tests {
             )
             .unwrap();
             append(&mut writer, messages);
+            edit(writer.path());
             let file = CounterFile::in_memory(ReplayCounters::NAMES);
             let counters = ReplayCounters::from_file(&file, 0);
             let clients = clients();
@@ -1369,6 +1380,140 @@ mod tests {
         assert_eq!(fresh.next(), Got::Accepted(session(), end - 500));
         fresh.expect_messages(end - 500..end);
         drop(slow);
+    }
+
+    #[test]
+    fn heartbeat_timeout_requests_are_honoured_within_bounds() {
+        let opts = options(); // bounds 1 s ..= 60 s, heartbeat 100 ms, default 15 s
+        let ms = 1_000_000;
+        assert_eq!(negotiate_heartbeat(&opts, None), (15_000 * ms, 100 * ms));
+        assert_eq!(negotiate_heartbeat(&opts, Some(0)), (15_000 * ms, 100 * ms));
+        assert_eq!(
+            negotiate_heartbeat(&opts, Some(30_000)),
+            (30_000 * ms, 100 * ms)
+        );
+        assert_eq!(
+            negotiate_heartbeat(&opts, Some(99_999)),
+            (60_000 * ms, 100 * ms)
+        );
+        // A short timeout: clamped to 1 s, and the server heartbeats often
+        // enough for it.
+        assert_eq!(negotiate_heartbeat(&opts, Some(10)), (1_000 * ms, 100 * ms));
+        let mut slow = opts;
+        slow.heartbeat_interval_ns = 1_000 * ms;
+        assert_eq!(
+            negotiate_heartbeat(&slow, Some(1_200)),
+            (1_200 * ms, 400 * ms)
+        );
+    }
+
+    #[test]
+    fn a_41_login_is_dropped_after_its_requested_timeout() {
+        let mut opts = options();
+        opts.heartbeat_timeout_min_ns = 300_000_000;
+        let f = Fixture::new(opts, 10);
+        let mut client = Client::connect(f.addr);
+        let mut frame = [0u8; 64];
+        let n =
+            soup::write_login_request_v41(&mut frame, "rdr1", "secret1", Session::BLANK, 11, 400)
+                .unwrap();
+        let started = Instant::now();
+        client.send(&frame[..n]);
+        assert_eq!(client.next(), Got::Accepted(session(), 11));
+        // Silent client: dropped after about 400 ms, not 15 s.
+        loop {
+            match client.next() {
+                Got::Heartbeat => continue,
+                Got::Debug(text) => assert!(text.contains("heartbeat"), "{text}"),
+                Got::Closed => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_login_deadline_and_a_session_limit_per_username() {
+        let mut opts = options();
+        opts.login_timeout_ns = 200_000_000;
+        opts.sessions_per_client_max = 2;
+        let f = Fixture::new(opts, 10);
+        // Connected, silent: closed at the deadline with a reason.
+        let mut idle = Client::connect(f.addr);
+        match idle.next() {
+            Got::Debug(text) => assert!(text.contains("login"), "{text}"),
+            other => panic!("expected a debug packet, got {other:?}"),
+        }
+        assert_eq!(idle.next(), Got::Closed);
+        f.wait_for("the login timeout", |c| c.login_timeouts.get() == 1);
+        // Two sessions for rdr1; the third is refused with a reason.
+        let mut first = Client::login(f.addr, "secret1", Session::BLANK, 11);
+        assert_eq!(first.next(), Got::Accepted(session(), 11));
+        let mut second = Client::login(f.addr, "secret1", Session::BLANK, 11);
+        assert_eq!(second.next(), Got::Accepted(session(), 11));
+        let mut third = Client::login(f.addr, "secret1", Session::BLANK, 11);
+        match third.next() {
+            Got::Debug(text) => assert!(text.contains("sessions"), "{text}"),
+            other => panic!("expected a debug packet, got {other:?}"),
+        }
+        assert_eq!(third.next(), Got::Rejected(login_reject::NOT_AUTHORIZED));
+        assert_eq!(f.counters.logins_over_limit.get(), 1);
+        // One leaves: a new one fits.
+        let mut frame = [0u8; 8];
+        let n = soup::write_logout(&mut frame).unwrap();
+        first.send(&frame[..n]);
+        assert_eq!(first.next_data(), Got::Closed);
+        f.wait_for("one active", |c| c.clients_active.get() == 1);
+        let mut fourth = Client::login(f.addr, "secret1", Session::BLANK, 11);
+        assert_eq!(fourth.next(), Got::Accepted(session(), 11));
+        drop(second);
+    }
+
+    /// A record whose payload fails its CRC is never sent: the session that
+    /// reaches it gets a Debug packet naming it and is closed; sessions
+    /// elsewhere go on.
+    #[test]
+    fn a_damaged_record_closes_the_session_that_reaches_it() {
+        // Records of 30 messages: flip a payload byte of the 2nd (31..=60).
+        let f = Fixture::with_journal_edit(options(), 90, |path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            let first = crate::journal::FILE_HEADER_BYTES;
+            let len = u32::from_be_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
+            let second = first + crate::journal::RECORD_HEADER_BYTES + len;
+            bytes[second + crate::journal::RECORD_HEADER_BYTES + 9] ^= 0x01;
+            std::fs::write(path, &bytes).unwrap();
+        });
+        let mut client = Client::login(f.addr, "secret1", Session::BLANK, 1);
+        assert_eq!(client.next(), Got::Accepted(session(), 1));
+        // What precedes the damaged record may come (it was checked); then
+        // the reason, then the close; never a message of the damaged record.
+        let mut seq = 1;
+        loop {
+            match client.next_data() {
+                Got::Sequenced(payload) => {
+                    assert!(seq <= 30, "message {seq} of the damaged record was sent");
+                    assert_eq!(payload, message(seq));
+                    seq += 1;
+                }
+                Got::Debug(text) => {
+                    assert!(text.contains("byte"), "the reason names the offset: {text}");
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(client.next_data(), Got::Closed);
+        f.wait_for("the damaged record counted", |c| {
+            c.corrupt_records.get() == 1
+        });
+        // Another session after the damage is served.
+        let mut after = Client::login(f.addr, "secret1", Session::BLANK, 61);
+        assert_eq!(after.next(), Got::Accepted(session(), 61));
+        after.expect_messages(61..91);
     }
 
     #[test]
