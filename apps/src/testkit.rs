@@ -331,7 +331,8 @@ impl RunningAppliance {
     pub fn start(config: &ApplianceConfig) -> anyhow::Result<RunningAppliance> {
         std::fs::create_dir_all(&config.journal.dir)
             .with_context(|| format!("creating {}", config.journal.dir.display()))?;
-        let appliance = Appliance::start(config, Arc::new(Control::default()))?;
+        let appliance =
+            Appliance::start(config, Arc::new(Control::default()), &Default::default())?;
         Ok(RunningAppliance {
             appliance: Some(appliance),
             config: config.clone(),

@@ -60,3 +60,28 @@ impl std::fmt::Display for JournalWriteFailed {
 }
 
 impl std::error::Error for JournalWriteFailed {}
+
+/// The configured session has already ended (its journal holds the
+/// end-of-session record). Carried in the start-up error so `main` exits
+/// with [`CONFIG`]: only a new `stream.session` fixes it.
+#[derive(Debug)]
+pub struct SessionEnded {
+    /// The configured session.
+    pub session: String,
+    /// Its journal.
+    pub journal: std::path::PathBuf,
+}
+
+impl std::fmt::Display for SessionEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "session {:?} has ended (its journal {} holds the end-of-session record); \
+             configure a new stream.session to start the next one",
+            self.session,
+            self.journal.display()
+        )
+    }
+}
+
+impl std::error::Error for SessionEnded {}

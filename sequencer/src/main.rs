@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 use tally_runtime::counters::CounterReader;
 use tally_runtime::notify::Notifier;
 use tally_sequencer::appliance::{Appliance, Control};
-use tally_sequencer::config::ApplianceConfig;
+use tally_sequencer::config::{ApplianceConfig, ConfigError};
+use tally_sequencer::exit;
+use tally_sequencer::journal::{JournalError, RecoveryOptions};
 
 /// The tally sequencer appliance: SoupBinTCP order entry, one sequencer that
 /// numbers every message, a MoldUDP64 multicast stream, a write-ahead journal,
@@ -21,12 +23,33 @@ use tally_sequencer::config::ApplianceConfig;
 /// finished, the journal synced and closed; the session stays open and a
 /// restart continues it). SIGUSR1 ends the session (the end-of-session event
 /// and packet are sent) and then stops.
+///
+/// Exit statuses: 0 stopped cleanly; 1 any other failure (systemd restarts
+/// it); 2 bad command line; 65 the journal or its checkpoint is damaged
+/// (inspect with `tally-journal verify`); 74 a journal write or sync failed
+/// (disk full, I/O error); 78 the configuration is invalid or names a
+/// session that has ended. systemd does not restart on 65, 74 and 78.
 #[derive(Parser, Debug)]
 #[command(name = "tally-sequencer", version, about, long_about)]
 struct Cli {
     /// The appliance configuration file (TOML; see config/tally.toml).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// DANGER: start even though the journal lost acknowledged messages.
+    ///
+    /// Without this flag a damaged journal (a corrupt record with intact
+    /// records after it, a journal shorter than its checkpoint, a missing
+    /// journal or a damaged checkpoint) stops the start with exit status 65.
+    /// With it, the journal is cut at the first damage, its checkpoint
+    /// rewritten to match, and the loss logged at ERROR with the numbers.
+    /// The sequence numbers after the cut are then handed out again to new
+    /// messages: receivers and replicas that hold the old ones disagree with
+    /// the journal from there on and must start over. Run `tally-journal
+    /// verify` first, keep a copy of the journal, and prefer starting a new
+    /// session. Use it for one start, then remove it.
+    #[arg(long, global = true)]
+    accept_journal_loss: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -53,19 +76,73 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    let recovery_options = RecoveryOptions {
+        accept_loss: cli.accept_journal_loss,
+    };
     let result = match (cli.command, cli.config) {
         (Some(Command::HashPassword), _) => hash_password(),
         (Some(Command::CheckConfig { config }), _) => check_config(&config),
-        (Some(Command::Run { config }), _) | (None, Some(config)) => run(&config),
+        (Some(Command::Run { config }), _) | (None, Some(config)) => {
+            run(&config, &recovery_options)
+        }
         (None, None) => {
             eprintln!("tally-sequencer: give --config FILE (or see --help)");
-            std::process::exit(2);
+            std::process::exit(exit::USAGE);
         }
     };
     if let Err(error) = result {
         eprintln!("tally-sequencer: error: {error:#}");
-        std::process::exit(1);
+        std::process::exit(exit_status(&error));
     }
+}
+
+/// The configuration file could not be read or is invalid.
+#[derive(Debug)]
+struct ConfigInvalid(String);
+
+impl std::fmt::Display for ConfigInvalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigInvalid {}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<ApplianceConfig> {
+    ApplianceConfig::load(path).map_err(|reason| ConfigInvalid(reason).into())
+}
+
+/// The exit status for an error (see `exit.rs`): the first cause in the
+/// chain that says what went wrong decides. io::Errors are looked into,
+/// because a loop thread reports a failed journal write as an io::Error
+/// wrapping [`exit::JournalWriteFailed`].
+fn exit_status(error: &anyhow::Error) -> i32 {
+    for cause in error.chain() {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(cause);
+        while let Some(current) = next {
+            if let Some(journal) = current.downcast_ref::<JournalError>() {
+                if journal.is_damage() {
+                    return exit::JOURNAL_DAMAGED;
+                }
+            }
+            if current.is::<exit::JournalWriteFailed>() {
+                return exit::JOURNAL_WRITE_FAILED;
+            }
+            if current.is::<ConfigInvalid>()
+                || current.is::<ConfigError>()
+                || current.is::<exit::SessionEnded>()
+            {
+                return exit::CONFIG;
+            }
+            next = match current.downcast_ref::<std::io::Error>() {
+                Some(io_error) => io_error
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                None => None,
+            };
+        }
+    }
+    exit::FAILURE
 }
 
 fn hash_password() -> anyhow::Result<()> {
@@ -90,7 +167,7 @@ fn hash_password() -> anyhow::Result<()> {
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = ApplianceConfig::load(path).map_err(anyhow::Error::msg)?;
+    let config = load_config(path)?;
     println!(
         "{}: ok (session {}, {} clients, journal {})",
         path.display(),
@@ -101,7 +178,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, recovery_options: &RecoveryOptions) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -113,7 +190,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     // systemd's NOTIFY_SOCKET / WATCHDOG_USEC, read once here: library code
     // reads no environment. A no-op when not started by systemd.
     let notifier = Notifier::from_env().context("the sd_notify environment")?;
-    let config = ApplianceConfig::load(path).map_err(anyhow::Error::msg)?;
+    let config = load_config(path)?;
 
     let stop_signal = Arc::new(AtomicBool::new(false));
     let end_signal = Arc::new(AtomicBool::new(false));
@@ -124,7 +201,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&end_signal))
         .context("installing signal handlers")?;
 
-    let appliance = Appliance::start(&config, Arc::new(Control::default()))?;
+    if recovery_options.accept_loss {
+        tracing::error!(
+            "started with --accept-journal-loss: a damaged journal will be cut at its first \
+             damage and the sequence numbers after the cut handed out again"
+        );
+    }
+    let appliance = Appliance::start(&config, Arc::new(Control::default()), recovery_options)?;
     tracing::info!(
         session = %config.stream.session,
         gateway = %config.gateway.listen,

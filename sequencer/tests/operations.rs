@@ -64,7 +64,7 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
         .arg(&setup.config_path)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("stream.group"), "{stderr}");
 
@@ -96,7 +96,7 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
         .arg(dir.path().join("missing.toml"))
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
 }
 
@@ -135,7 +135,7 @@ fn sigterm_keeps_the_session_open_and_sigusr1_ends_it() {
         .arg(&setup.config_path)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains("has ended"));
 }
 

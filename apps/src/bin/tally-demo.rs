@@ -173,7 +173,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         cli.loss
     ));
 
-    let appliance = Appliance::start(&config, Arc::new(Control::default()))
+    let appliance = Appliance::start(&config, Arc::new(Control::default()), &Default::default())
         .context("starting the appliance")?;
     let counters =
         CounterReader::open(&config.counters_path()).context("opening the appliance's counters")?;

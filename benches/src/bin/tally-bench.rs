@@ -146,7 +146,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let _cleanup = RemoveOnDrop(journal_dir.clone());
     let config =
         ApplianceConfig::parse(&config_text(cli, &journal_dir)).map_err(anyhow::Error::msg)?;
-    let appliance = Appliance::start(&config, Arc::new(Control::default()))?;
+    let appliance = Appliance::start(&config, Arc::new(Control::default()), &Default::default())?;
     let gateway: SocketAddr = config.gateway.listen;
     let multicast = MulticastConfig {
         group: Ipv4Addr::new(239, 255, 99, 1),

@@ -516,3 +516,207 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+// ---- Journal damage helpers (tests/journal_damage.rs) ----
+
+impl Appliance {
+    /// Like [`Appliance::start`], with extra command-line arguments (e.g.
+    /// `--accept-journal-loss`).
+    pub fn start_with_args(setup: &TestSetup, args: &[&str]) -> Appliance {
+        let child = Command::new(env!("CARGO_BIN_EXE_tally-sequencer"))
+            .arg("--config")
+            .arg(&setup.config_path)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tally-sequencer");
+        let mut appliance = Appliance {
+            child,
+            setup: setup.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = appliance.child.try_wait().unwrap() {
+                panic!("tally-sequencer {args:?} exited at start: {status}");
+            }
+            if TcpStream::connect_timeout(&setup.replay, Duration::from_millis(100)).is_ok()
+                && TcpStream::connect_timeout(&setup.gateway, Duration::from_millis(100)).is_ok()
+            {
+                return appliance;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally-sequencer did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs `tally-sequencer --config … ARGS` expecting it to exit on its own
+/// within `timeout` (a refused start); returns its exit code and stderr. A
+/// child still running at the deadline is killed and the test fails.
+pub fn sequencer_exit(
+    setup: &TestSetup,
+    args: &[&str],
+    timeout: Duration,
+) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally-sequencer"))
+        .arg("--config")
+        .arg(&setup.config_path)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tally-sequencer");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = reader.join().unwrap_or_default();
+            panic!("tally-sequencer {args:?} did not exit within {timeout:?}; stderr:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+/// Runs `tally-journal ARGS` to completion.
+pub fn tally_journal(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tally-journal"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally-journal")
+}
+
+/// One record of a journal file, read with the documented layout (64-byte
+/// file header; 24-byte record headers: u32 payload length, u32 CRC32C, u64
+/// first sequence number, u16 count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalRecord {
+    pub offset: u64,
+    pub first_seq: u64,
+    pub count: u16,
+    pub bytes: u64,
+}
+
+impl JournalRecord {
+    pub fn end_offset(&self) -> u64 {
+        self.offset + self.bytes
+    }
+
+    /// One past the last message (the end-of-session record holds none).
+    pub fn end_seq(&self) -> u64 {
+        if self.count == 0xFFFF {
+            self.first_seq
+        } else {
+            self.first_seq + u64::from(self.count)
+        }
+    }
+}
+
+/// The whole records of the journal at `path`, up to the first incomplete one.
+pub fn journal_records(path: &Path) -> Vec<JournalRecord> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = 64usize;
+    let mut out = Vec::new();
+    while at + 24 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if at + 24 + len > bytes.len() {
+            break;
+        }
+        out.push(JournalRecord {
+            offset: at as u64,
+            first_seq: u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap()),
+            count: u16::from_be_bytes(bytes[at + 16..at + 18].try_into().unwrap()),
+            bytes: 24 + len as u64,
+        });
+        at += 24 + len;
+    }
+    out
+}
+
+/// The checkpoint beside the test's journal.
+pub fn checkpoint_file(setup: &TestSetup) -> PathBuf {
+    setup
+        .dir
+        .join("journal")
+        .join(format!("{}.checkpoint", setup.session))
+}
+
+/// Writes the checkpoint (32 bytes: "TALLYCKP", u64 next_seq, u64
+/// end_offset, u32 CRC32C of bytes 0..24, 4 zero bytes), as the writer would
+/// have after a sync that covered `next_seq` and `end_offset`.
+pub fn write_checkpoint(setup: &TestSetup, next_seq: u64, end_offset: u64) {
+    let mut bytes = [0u8; 32];
+    bytes[0..8].copy_from_slice(b"TALLYCKP");
+    bytes[8..16].copy_from_slice(&next_seq.to_be_bytes());
+    bytes[16..24].copy_from_slice(&end_offset.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[0..24]);
+    bytes[24..28].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(checkpoint_file(setup), bytes).unwrap();
+}
+
+/// Every (seq, message) in a journal file, read with the journal's layout
+/// independently of the appliance's code: a 64-byte file header, then
+/// records of a 24-byte header (payload length, CRC, first seq, count) and
+/// MoldUDP64 blocks. Stops at the end-of-session record or an incomplete
+/// record (a torn tail).
+pub fn journal_messages(path: &Path) -> Vec<(u64, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = 64;
+    let mut out = Vec::new();
+    while at + 24 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let first = u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+        let count = u16::from_be_bytes(bytes[at + 16..at + 18].try_into().unwrap());
+        if at + 24 + len > bytes.len() || count == 0xFFFF {
+            break;
+        }
+        let payload = &bytes[at + 24..at + 24 + len];
+        let mut p = 0;
+        let mut seq = first;
+        while p < payload.len() {
+            let l = u16::from_be_bytes([payload[p], payload[p + 1]]) as usize;
+            out.push((seq, payload[p + 2..p + 2 + l].to_vec()));
+            seq += 1;
+            p += 2 + l;
+        }
+        at += 24 + len;
+    }
+    out
+}
+
+/// The checkpoint beside a journal: (next_seq, end_offset), from its 32-byte
+/// layout (magic, next_seq, end_offset, CRC32C).
+pub fn checkpoint(setup: &TestSetup) -> (u64, u64) {
+    let path = setup
+        .dir
+        .join("journal")
+        .join(format!("{}.checkpoint", setup.session));
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[0..8], b"TALLYCKP");
+    (
+        u64::from_be_bytes(bytes[8..16].try_into().unwrap()),
+        u64::from_be_bytes(bytes[16..24].try_into().unwrap()),
+    )
+}
