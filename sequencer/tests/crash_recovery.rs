@@ -14,32 +14,8 @@ use tally_wire::{Ack, Order};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// Every (seq, message) in the journal, read with the journal's own format
-/// (independently of the appliance): 64-byte file header, then records of a
-/// 24-byte header and MoldUDP64 blocks.
 fn journal_messages(setup: &TestSetup) -> Vec<(u64, Vec<u8>)> {
-    let bytes = std::fs::read(setup.journal_file()).unwrap();
-    let mut at = 64;
-    let mut out = Vec::new();
-    while at + 24 <= bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let first = u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap());
-        let count = u16::from_be_bytes(bytes[at + 16..at + 18].try_into().unwrap());
-        if at + 24 + len > bytes.len() || count == 0xFFFF {
-            break;
-        }
-        let payload = &bytes[at + 24..at + 24 + len];
-        let mut p = 0;
-        let mut seq = first;
-        while p < payload.len() {
-            let l = u16::from_be_bytes([payload[p], payload[p + 1]]) as usize;
-            out.push((seq, payload[p + 2..p + 2 + l].to_vec()));
-            seq += 1;
-            p += 2 + l;
-        }
-        at += 24 + len;
-    }
-    out
+    support::journal_messages(&setup.journal_file())
 }
 
 /// Reads the replay feed from `from` until `count` messages arrived.

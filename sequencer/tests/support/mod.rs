@@ -151,32 +151,62 @@ fsync = "none"
 pub struct Appliance {
     pub child: Child,
     pub setup: TestSetup,
+    /// With [`Appliance::start_capturing`]: the thread collecting stderr.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Appliance {
     /// Starts `tally-sequencer --config` and waits until the gateway accepts
     /// connections.
     pub fn start(setup: &TestSetup) -> Appliance {
-        let child = Command::new(env!("CARGO_BIN_EXE_tally-sequencer"))
+        Self::launch(setup, &[], false)
+    }
+
+    /// Like [`Appliance::start`], with extra command-line arguments (e.g.
+    /// `--accept-journal-loss`).
+    pub fn start_with_args(setup: &TestSetup, args: &[&str]) -> Appliance {
+        Self::launch(setup, args, false)
+    }
+
+    /// Like [`Appliance::start`], keeping stderr for [`Appliance::wait_exit`].
+    pub fn start_capturing(setup: &TestSetup) -> Appliance {
+        Self::launch(setup, &[], true)
+    }
+
+    fn launch(setup: &TestSetup, args: &[&str], capture: bool) -> Appliance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-sequencer"))
             .arg("--config")
             .arg(&setup.config_path)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("spawn tally-sequencer");
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        });
         let mut appliance = Appliance {
             child,
             setup: setup.clone(),
+            stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = appliance.child.try_wait().unwrap() {
-                panic!("tally-sequencer exited at start: {status}");
+                panic!("tally-sequencer {args:?} exited at start: {status}");
             }
             if TcpStream::connect_timeout(&setup.replay, Duration::from_millis(100)).is_ok()
                 && TcpStream::connect_timeout(&setup.gateway, Duration::from_millis(100)).is_ok()
@@ -189,6 +219,28 @@ impl Appliance {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for the appliance to exit on its own within `timeout` (killed
+    /// and the test failed otherwise); its status and captured stderr.
+    pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tally-sequencer did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = self
+            .stderr
+            .take()
+            .map(|reader| reader.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, stderr)
     }
 
     pub fn signal(&self, signal: i32) {
@@ -213,9 +265,23 @@ impl Appliance {
         }
     }
 
+    /// SIGKILL, then waits until the old listening sockets are gone: the
+    /// kernel tears down a killed process's io_uring (and the sockets its
+    /// operations hold) asynchronously, so for a moment after the exit they
+    /// still accept connections and hold their ports.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in [self.setup.gateway, self.setup.replay] {
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{addr} still accepts connections after kill -9"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
@@ -519,46 +585,6 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
 
 // ---- Journal damage helpers (tests/journal_damage.rs) ----
 
-impl Appliance {
-    /// Like [`Appliance::start`], with extra command-line arguments (e.g.
-    /// `--accept-journal-loss`).
-    pub fn start_with_args(setup: &TestSetup, args: &[&str]) -> Appliance {
-        let child = Command::new(env!("CARGO_BIN_EXE_tally-sequencer"))
-            .arg("--config")
-            .arg(&setup.config_path)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tally-sequencer");
-        let mut appliance = Appliance {
-            child,
-            setup: setup.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = appliance.child.try_wait().unwrap() {
-                panic!("tally-sequencer {args:?} exited at start: {status}");
-            }
-            if TcpStream::connect_timeout(&setup.replay, Duration::from_millis(100)).is_ok()
-                && TcpStream::connect_timeout(&setup.gateway, Duration::from_millis(100)).is_ok()
-            {
-                return appliance;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tally-sequencer did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// Runs `tally-sequencer --config … ARGS` expecting it to exit on its own
 /// within `timeout` (a refused start); returns its exit code and stderr. A
 /// child still running at the deadline is killed and the test fails.
@@ -709,11 +735,7 @@ pub fn journal_messages(path: &Path) -> Vec<(u64, Vec<u8>)> {
 /// The checkpoint beside a journal: (next_seq, end_offset), from its 32-byte
 /// layout (magic, next_seq, end_offset, CRC32C).
 pub fn checkpoint(setup: &TestSetup) -> (u64, u64) {
-    let path = setup
-        .dir
-        .join("journal")
-        .join(format!("{}.checkpoint", setup.session));
-    let bytes = std::fs::read(path).unwrap();
+    let bytes = std::fs::read(checkpoint_file(setup)).unwrap();
     assert_eq!(&bytes[0..8], b"TALLYCKP");
     (
         u64::from_be_bytes(bytes[8..16].try_into().unwrap()),
