@@ -95,6 +95,9 @@ const FOLLOW_RECORDS_MAX: usize = 65_536;
 pub const REPLAY_INDEX_CAPACITY: usize = 1 << 20;
 /// Drop a client silent for this long (DESIGN.md §4).
 pub const PEER_TIMEOUT_NS: u64 = 15_000_000_000;
+/// How long a cut-off slow reader's connection may take to flush its Debug
+/// packet before it is closed anyway (it is not reading: its slot is wanted).
+const SLOW_CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 /// Largest Debug text the loop sends.
 const DEBUG_FRAME_BYTES_MAX: usize = 128;
 
@@ -755,7 +758,7 @@ impl<A: Authenticator> Feed<A> {
                     index,
                     b"slow consumer: nothing drained past the stall timeout; disconnecting",
                 );
-                self.close(io, index);
+                self.close_slow(io, index);
                 continue;
             }
             if self.slots[index].next_seq >= stream_next_seq {
@@ -920,7 +923,7 @@ impl<A: Authenticator> Feed<A> {
                     b"slow consumer: send buffer full past the stall timeout; disconnecting",
                 );
                 // Flushing is bounded by the server and never blocks the loop.
-                self.close(io, index);
+                self.close_slow(io, index);
             }
         }
         Ok(sent)
@@ -954,6 +957,16 @@ impl<A: Authenticator> Feed<A> {
     fn close(&mut self, io: &mut TcpServerHandle, index: usize) {
         if let Some(conn) = self.slots[index].conn {
             io.close(conn);
+        }
+        self.leave(index);
+    }
+
+    /// Closes a reader that is not draining: its queued bytes (the Debug
+    /// packet last) get `SLOW_CLOSE_FLUSH`, not the server's full flush
+    /// bound, so its slot is free soon.
+    fn close_slow(&mut self, io: &mut TcpServerHandle, index: usize) {
+        if let Some(conn) = self.slots[index].conn {
+            io.close_with_timeout(conn, SLOW_CLOSE_FLUSH);
         }
         self.leave(index);
     }
