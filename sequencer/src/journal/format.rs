@@ -205,6 +205,29 @@ pub(crate) fn intact_record(rest: &[u8]) -> Result<(RecordInfo, usize), String> 
     Ok((info, record_len))
 }
 
+/// Whether `rest` could start with an intact record: the cheap header checks
+/// of [`intact_record`] (length, count, reserved bytes, sequence number), no
+/// checksum and no allocation. Recovery calls it at every byte offset after
+/// a damaged record; random bytes and zero fill fail it almost always.
+pub(crate) fn could_be_record(rest: &[u8]) -> bool {
+    if rest.len() < RECORD_HEADER_BYTES {
+        return false;
+    }
+    let payload_len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    if payload_len > RECORD_PAYLOAD_BYTES_MAX || rest.len() < RECORD_HEADER_BYTES + payload_len {
+        return false;
+    }
+    let count = u16::from_be_bytes([rest[16], rest[17]]);
+    let count_fits = match count {
+        0 => false,
+        COUNT_END_OF_SESSION => payload_len == 0,
+        count => payload_len >= 2 * usize::from(count),
+    };
+    count_fits
+        && rest[18..RECORD_HEADER_BYTES].iter().all(|&byte| byte == 0)
+        && rest[8..16].iter().any(|&byte| byte != 0)
+}
+
 /// Checks one record at the start of `rest` that must begin with message
 /// `expected_seq`: Ok((record bytes, count)).
 pub(crate) fn check_record(rest: &[u8], expected_seq: u64) -> Result<(usize, u16), String> {
@@ -246,6 +269,8 @@ mod tests {
             }
         }
         assert!(intact_record(&[0u8; 100]).is_err());
+        assert!(could_be_record(&record));
+        assert!(!could_be_record(&[0u8; 100]));
     }
 
     #[test]

@@ -207,6 +207,25 @@ fn look_past_damage<S: ReadAt + ?Sized>(
     let mut at = damage_offset;
     while at < file_bytes {
         let rest = window.at(at, on_progress)?;
+        if rest[0] == 0 {
+            // Zero fill: a record's count (bytes 16..18) is not zero, so no
+            // record starts more than 17 bytes before the next non-zero
+            // byte. Skip to there (within this window).
+            let zeros = rest
+                .iter()
+                .position(|&byte| byte != 0)
+                .unwrap_or(rest.len());
+            if zeros > 17 {
+                at += (zeros - 17) as u64;
+                continue;
+            }
+        } else {
+            zero_fill = false;
+        }
+        if !could_be_record(rest) {
+            at += 1;
+            continue;
+        }
         match intact_record(rest) {
             Ok((info, record_len)) => {
                 zero_fill = false;
@@ -227,10 +246,7 @@ fn look_past_damage<S: ReadAt + ?Sized>(
                 found.end_seq = found.end_seq.max(info.first_seq + messages);
                 at += record_len as u64;
             }
-            Err(_) => {
-                zero_fill &= rest[0] == 0;
-                at += 1;
-            }
+            Err(_) => at += 1,
         }
     }
     Ok(Damage {
