@@ -352,3 +352,55 @@ impl Health {
         (previous == Some(now)).then_some("the sequencer loop's heartbeat is stale")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_follows_the_error_chain() {
+        let corrupt = JournalError::Corrupt {
+            path: PathBuf::from("j"),
+            offset: 100,
+            reason: "checksum mismatch".to_string(),
+            last_good_seq: 3,
+            intact_offset: 200,
+            intact_seq: 5,
+        };
+        let error = anyhow::Error::new(corrupt).context("starting");
+        assert_eq!(exit_status(&error), exit::JOURNAL_DAMAGED);
+        let io = JournalError::Io {
+            context: "opening".to_string(),
+            source: std::io::Error::other("boom"),
+        };
+        assert_eq!(exit_status(&anyhow::Error::new(io)), exit::FAILURE);
+
+        let failed = exit::JournalWriteFailed {
+            path: PathBuf::from("j"),
+            operation: "fdatasync",
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            free_bytes: Some(0),
+        };
+        // As a loop thread reports it: an io::Error wrapping it.
+        let error = anyhow::Error::new(std::io::Error::other(failed)).context("sequencer loop");
+        assert_eq!(exit_status(&error), exit::JOURNAL_WRITE_FAILED);
+
+        let ended = exit::SessionEnded {
+            session: "S".to_string(),
+            journal: PathBuf::from("j"),
+        };
+        assert_eq!(exit_status(&anyhow::Error::new(ended)), exit::CONFIG);
+        let invalid = ConfigInvalid("bad".to_string());
+        assert_eq!(exit_status(&anyhow::Error::new(invalid)), exit::CONFIG);
+        let key = ConfigError {
+            key: "stream.group".to_string(),
+            reason: "not multicast".to_string(),
+        };
+        let error = anyhow::Error::new(key).context("placement");
+        assert_eq!(exit_status(&error), exit::CONFIG);
+        assert_eq!(
+            exit_status(&anyhow::anyhow!("lost a socket")),
+            exit::FAILURE
+        );
+    }
+}
