@@ -705,6 +705,7 @@ fn failed_logins_back_the_source_off_without_hashing() {
 fn one_source_may_have_only_a_few_checks_in_flight() {
     let mut config = config();
     config.max_login_connections_per_source = 4;
+    config.auth_in_flight_per_source = 2;
     let mut h = Harness::with(config, &[]);
     let slots: Vec<_> = (0..3).map(|_| h.connect_from(ip(2)).unwrap()).collect();
     for &slot in &slots {
