@@ -14,7 +14,7 @@
 #   --no-build     use the binaries already in the cargo target directory
 #
 # Layout it creates:
-#   PREFIX/bin/tally-{sequencer,warehouse,monitor,pos,stat,tap}  (those built)
+#   PREFIX/bin/tally-{sequencer,journal,warehouse,monitor,pos,stat,tap}  (those built)
 #   PREFIX/sbin/tally-tune
 #   PREFIX/share/doc/tally/README.md
 #   /etc/systemd/system/tally-{sequencer,warehouse,monitor}.service, tally-pos@.service
@@ -65,7 +65,7 @@ unit_dir=/etc/systemd/system
 config_dir=/etc/tally
 state_dir=/var/lib/tally
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
-binaries=(tally-sequencer tally-warehouse tally-monitor tally-pos tally-stat tally-tap)
+binaries=(tally-sequencer tally-journal tally-warehouse tally-monitor tally-pos tally-stat tally-tap)
 # Example configurations: source in config/ -> name in /etc/tally. The
 # applications' --config is the appliance configuration as their host sees
 # it, so they start from config/tally.toml unless config/ has their own.

@@ -39,7 +39,20 @@ use tally_wire::Message;
 ///
 /// Stop the sequencer before `repair`. Keep a copy of the file first.
 #[derive(Parser, Debug)]
-#[command(name = "tally-journal", version, about, long_about)]
+#[command(
+    name = "tally-journal",
+    version,
+    about,
+    long_about,
+    after_long_help = "Examples:
+  tally-journal verify /var/lib/tally/sequencer/journal
+  tally-journal verify --json D20261122.journal
+  tally-journal dump D20261122.journal --from 1000 --to 1010
+  tally-journal repair D20261122.journal --truncate-at 1234      (prints the plan, refuses)
+  tally-journal repair D20261122.journal --truncate-at 1234 --yes-i-accept-losing-messages
+
+See README.md, \"When the journal is damaged\"."
+)]
 struct Cli {
     /// Print progress on stderr about once a second while reading (the
     /// default when stderr is a terminal).
