@@ -954,6 +954,46 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_journal_is_started_again_only_with_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, _) = journal(RECORDS);
+        write_journal(dir.path(), &bytes);
+        open(dir.path(), false).unwrap();
+        std::fs::remove_file(journal_path(dir.path(), session())).unwrap();
+        assert!(matches!(
+            open(dir.path(), false).unwrap_err(),
+            JournalError::Missing { .. }
+        ));
+        let (recovery, seen) = open(dir.path(), true).unwrap();
+        assert!(recovery.created);
+        assert!(seen.is_empty());
+        assert_eq!(stored_checkpoint(dir.path()), Checkpoint::FRESH);
+        assert_eq!(
+            std::fs::metadata(journal_path(dir.path(), session()))
+                .unwrap()
+                .len(),
+            FILE_HEADER_BYTES as u64
+        );
+    }
+
+    #[test]
+    fn a_header_cut_short_at_creation_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = file_header(session(), 1);
+        write_journal(dir.path(), &header[..20]);
+        let (recovery, _) = open(dir.path(), false).unwrap();
+        assert!(recovery.created);
+        assert_eq!(open(dir.path(), false).unwrap().0.next_seq, 1);
+        // Not a journal's beginning: refused, never overwritten.
+        write_journal(dir.path(), b"hello");
+        std::fs::remove_file(checkpoint_path(dir.path(), session())).unwrap();
+        assert!(matches!(
+            open(dir.path(), false).unwrap_err(),
+            JournalError::BadHeader { .. }
+        ));
+    }
+
+    #[test]
     fn another_sessions_journal_is_refused_even_with_the_flag() {
         let dir = tempfile::tempdir().unwrap();
         let mut header = file_header(Session::from_str("OTHER").unwrap(), 1).to_vec();
