@@ -380,10 +380,16 @@ impl GroupCommitFile {
         Ok(())
     }
 
+    /// Pushes the (rest of the) write of buffer `index`. When no sync is in
+    /// flight and this write reaches the end of what is staged, the sync and
+    /// its side write are linked behind it in the same submission, so a lone
+    /// record costs one trip through the kernel, not three.
     fn push_write(&mut self, index: usize) -> io::Result<()> {
         let buffer = self.buffers[index];
         let start = index * self.buffer_bytes + buffer.written;
         let len = buffer.len - buffer.written;
+        let end = buffer.file_offset + buffer.len as u64;
+        let link_sync = self.syncing.is_none() && end == self.staged.offset;
         let entry = opcode::Write::new(
             types::Fd(self.file.as_raw_fd()),
             self.staging.at(start),
@@ -392,10 +398,22 @@ impl GroupCommitFile {
         .offset(buffer.file_offset + buffer.written as u64)
         .build()
         .user_data(user_data(kind::FILE_WRITE, 0, index as u32));
+        let entry = if link_sync {
+            entry.flags(squeue::Flags::IO_LINK)
+        } else {
+            entry
+        };
         // SAFETY: the range is this buffer's staged bytes inside `staging`,
         // owned by self and not touched until the write's completion is
         // reaped (phase Writing); drop drains or leaks.
-        unsafe { self.ring.push(&entry) }
+        unsafe { self.ring.push(&entry) }?;
+        if link_sync {
+            self.start_sync(Position {
+                offset: end,
+                tag: buffer.tag,
+            })?;
+        }
+        Ok(())
     }
 
     fn poll_inner(&mut self) -> io::Result<()> {
@@ -414,7 +432,7 @@ impl GroupCommitFile {
         }
         self.advance_written();
         if self.syncing.is_none() && self.written.offset > self.durable.offset {
-            self.start_sync()?;
+            self.start_sync(self.written)?;
         }
         self.ring.submit()
     }
@@ -449,7 +467,11 @@ impl GroupCommitFile {
                 self.push_next_write()?;
             }
             kind::FILE_SYNC => {
-                if cqe.result < 0 {
+                if cqe.result == -libc::ECANCELED {
+                    // The write it was linked behind was short or failed:
+                    // the write is resubmitted (or the failure recorded),
+                    // and a new sync starts once it completes.
+                } else if cqe.result < 0 {
                     self.failed = Some(FileError {
                         operation: "fdatasync",
                         error: io::Error::from_raw_os_error(-cqe.result),
@@ -462,6 +484,8 @@ impl GroupCommitFile {
                 let target = self.syncing.take().expect("a side write follows a sync");
                 if cqe.result == SIDE_RECORD_BYTES as i32 {
                     self.durable = target;
+                } else if cqe.result == -libc::ECANCELED {
+                    // Its sync was cancelled or failed (see FILE_SYNC).
                 } else if self.failed.is_none() {
                     let error = if cqe.result < 0 {
                         io::Error::from_raw_os_error(-cqe.result)
@@ -501,8 +525,10 @@ impl GroupCommitFile {
         }
     }
 
-    fn start_sync(&mut self) -> io::Result<()> {
-        let target = self.written;
+    /// Pushes an `fdatasync` that makes `target` durable (everything below it
+    /// is written by the time the sync starts: already, or by the write it is
+    /// linked behind) and, linked behind it, the side write.
+    fn start_sync(&mut self, target: Position) -> io::Result<()> {
         let record = (self.side_record)(target);
         // SAFETY: the side buffer is in no operation (one sync and its side
         // write at a time; `syncing` is None).

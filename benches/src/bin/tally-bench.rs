@@ -68,6 +68,10 @@ struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Directory for the journal (and the disk scenario's files); default:
+    /// the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -75,6 +79,10 @@ enum Scenario {
     Throughput,
     Latency,
     Outcome,
+    /// The journal disk alone (no appliance): `fdatasync` latency after a
+    /// 4 KiB and a 64 KiB append, and sequential write bandwidth (256 MiB
+    /// then one `fdatasync`), in the journal's directory (`--dir`).
+    Disk,
 }
 
 const PASSWORD: &str = "benchpass";
@@ -142,8 +150,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if cli.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let journal_dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
+    let base_dir = cli.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let journal_dir = base_dir.join(format!("tally-bench-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(journal_dir.clone());
+    if let Scenario::Disk = cli.scenario {
+        std::fs::create_dir_all(&journal_dir)
+            .with_context(|| format!("creating {}", journal_dir.display()))?;
+        return print_report(cli, &disk(&journal_dir)?);
+    }
     let config =
         ApplianceConfig::parse(&config_text(cli, &journal_dir)).map_err(anyhow::Error::msg)?;
     let appliance = Appliance::start(&config, Arc::new(Control::default()), &Default::default())?;
@@ -159,9 +173,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Scenario::Throughput => throughput(cli, gateway, &multicast),
         Scenario::Latency => latency(cli, gateway),
         Scenario::Outcome => outcome(cli, &config, &journal_dir),
+        Scenario::Disk => unreachable!("handled before the appliance starts"),
     };
     appliance.stop()?;
-    let report = result?;
+    print_report(cli, &result?)
+}
+
+fn print_report(cli: &Cli, report: &serde_json::Value) -> anyhow::Result<()> {
     if cli.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -601,5 +619,49 @@ fn outcome(
         "order_rtt_max_us": histogram.max() as f64 / 1000.0,
         "idle": cli.idle,
         "fsync": cli.fsync,
+    }))
+}
+
+/// The disk scenario: what one `fdatasync` costs after a small and a
+/// group-commit-sized append, and how fast the disk takes sequential writes.
+fn disk(dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    use std::io::Write as _;
+    let path = dir.join("disk-probe");
+    let mut file = std::fs::File::create(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let mut sync_after = |bytes: usize, rounds: usize| -> anyhow::Result<Histogram<u64>> {
+        let chunk = vec![0x5Au8; bytes];
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        for _ in 0..rounds {
+            file.write_all(&chunk)?;
+            let started = Instant::now();
+            file.sync_data()?;
+            histogram.record(started.elapsed().as_nanos().max(1) as u64)?;
+        }
+        Ok(histogram)
+    };
+    let small = sync_after(4096, 1000)?;
+    let group = sync_after(64 * 1024, 500)?;
+    let chunk = vec![0xA5u8; 1 << 20];
+    let total_bytes = 256u64 << 20;
+    let started = Instant::now();
+    for _ in 0..(total_bytes >> 20) {
+        file.write_all(&chunk)?;
+    }
+    file.sync_data()?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    let us = |histogram: &Histogram<u64>, quantile: f64| {
+        histogram.value_at_quantile(quantile) as f64 / 1000.0
+    };
+    Ok(serde_json::json!({
+        "scenario": "disk",
+        "dir": dir.display().to_string(),
+        "fdatasync_4k_p50_us": us(&small, 0.5),
+        "fdatasync_4k_p99_us": us(&small, 0.99),
+        "fdatasync_64k_p50_us": us(&group, 0.5),
+        "fdatasync_64k_p99_us": us(&group, 0.99),
+        "write_then_sync_mb_per_sec": (total_bytes as f64 / seconds / 1e6).round(),
     }))
 }
