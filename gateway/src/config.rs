@@ -156,8 +156,11 @@ pub struct GatewayConfig {
     pub source_connects_per_sec: u32,
     /// Connections one source address may open back to back above the rate.
     pub source_connect_burst: u32,
-    /// Back-off after a source's first failed login; it doubles with every
-    /// further failure. A login from a source still backing off is rejected
+    /// Failed logins a source address may have (since it was last
+    /// forgiven) before it is backed off: a mistyped password costs nothing.
+    pub login_failures_before_backoff: u32,
+    /// Back-off after a source's first failed login past
+    /// `login_failures_before_backoff`; it doubles with every further one. A login from a source still backing off is rejected
     /// `A` without its password being checked (counted).
     pub login_backoff_base_ns: u64,
     /// Longest back-off; a source that stays quiet this long after its
@@ -220,6 +223,8 @@ impl GatewayConfig {
     pub const DEFAULT_SOURCE_CONNECTS_PER_SEC: u32 = 20;
     /// Default connection burst per source address.
     pub const DEFAULT_SOURCE_CONNECT_BURST: u32 = 40;
+    /// Default failed logins before the back-off starts.
+    pub const DEFAULT_LOGIN_FAILURES_BEFORE_BACKOFF: u32 = 3;
     /// Default first back-off after a failed login: 250 ms.
     pub const DEFAULT_LOGIN_BACKOFF_BASE_NS: u64 = 250_000_000;
     /// Default longest back-off: 30 s.
@@ -277,6 +282,7 @@ impl GatewayConfig {
             login_timeout_ns: Self::DEFAULT_LOGIN_TIMEOUT_NS,
             source_connects_per_sec: Self::DEFAULT_SOURCE_CONNECTS_PER_SEC,
             source_connect_burst: Self::DEFAULT_SOURCE_CONNECT_BURST,
+            login_failures_before_backoff: Self::DEFAULT_LOGIN_FAILURES_BEFORE_BACKOFF,
             login_backoff_base_ns: Self::DEFAULT_LOGIN_BACKOFF_BASE_NS,
             login_backoff_max_ns: Self::DEFAULT_LOGIN_BACKOFF_MAX_NS,
             username_failures_per_min: Self::DEFAULT_USERNAME_FAILURES_PER_MIN,
@@ -388,6 +394,12 @@ impl GatewayConfig {
             return Err(ConfigError::new(
                 "source_connect_burst",
                 "must be at least 1",
+            ));
+        }
+        if self.login_failures_before_backoff > 1000 {
+            return Err(ConfigError::new(
+                "login_failures_before_backoff",
+                "must be 0..=1000",
             ));
         }
         if self.login_backoff_base_ns == 0 {
@@ -741,6 +753,10 @@ mod tests {
         assert_eq!(
             bad_field(|c| c.source_connect_burst = 0),
             "source_connect_burst"
+        );
+        assert_eq!(
+            bad_field(|c| c.login_failures_before_backoff = 1001),
+            "login_failures_before_backoff"
         );
         assert_eq!(
             bad_field(|c| c.login_backoff_base_ns = 0),

@@ -1075,6 +1075,26 @@ impl Core {
         self.close(io, slot);
     }
 
+    /// Login Rejected with `reason` (the login's answer comes first, as
+    /// SoupBinTCP clients expect), then a debug packet saying why, then
+    /// close. Counted.
+    fn reject_login_saying(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        reason: u8,
+        now_ns: u64,
+        args: fmt::Arguments<'_>,
+    ) {
+        self.counters.logins_rejected.increment();
+        let mut frame = [0u8; OUT_FRAME_BYTES_MAX];
+        let len = soup::write_login_rejected(&mut frame, reason).expect("fits");
+        if self.send(io, slot, &frame[..len], now_ns) {
+            self.send_debug(io, slot, now_ns, args);
+        }
+        self.close(io, slot);
+    }
+
     // ---- frames ----------------------------------------------------------
 
     fn on_frame(
@@ -1160,16 +1180,16 @@ impl Core {
                     ("too many failed logins for this username", retry_in_ns)
                 }
             };
-            self.send_debug(
+            return self.reject_login_saying(
                 io,
                 slot,
+                login_reject::NOT_AUTHORIZED,
                 now_ns,
                 format_args!(
                     "login throttled: {what}; retry in {} ms",
                     retry_in_ns.div_ceil(1_000_000)
                 ),
             );
-            return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
         }
         if let Some(source) = peer {
             let checking = self
@@ -1183,15 +1203,15 @@ impl Core {
                 .count();
             if checking >= self.auth_in_flight_per_source {
                 self.counters.logins_throttled.increment();
-                self.send_debug(
+                return self.reject_login_saying(
                     io,
                     slot,
+                    login_reject::NOT_AUTHORIZED,
                     now_ns,
                     format_args!(
                         "login throttled: {checking} logins from your address are being checked"
                     ),
                 );
-                return self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
             }
         }
         let peer_timeout_ns = match heartbeat_timeout_ms {
@@ -1257,13 +1277,13 @@ impl Core {
         if self.session_held >= self.max_sessions && self.clients[client_index].live.is_none() {
             self.counters.sessions_refused.increment();
             let max_sessions = self.max_sessions;
-            self.send_debug(
+            return self.reject_login_saying(
                 io,
                 slot,
+                login_reject::SESSION_UNAVAILABLE,
                 now_ns,
                 format_args!("{max_sessions} sessions are logged in: no room for another"),
             );
-            return self.reject_login(io, slot, login_reject::SESSION_UNAVAILABLE, now_ns);
         }
         let connection = &mut self.connections[slot.index()];
         debug_assert!(connection.in_login_pool);

@@ -6,7 +6,7 @@
 //!   `source_table_entries` buckets, allocated at start-up and never grown or
 //!   evicted from): a GCRA token bucket charged by every accepted connection
 //!   (a reconnect storm is refused at accept), and an exponential back-off
-//!   after each failed login (`login_backoff_base_ns`, doubling up to
+//!   after (`login_backoff_base_ns`, doubling up to
 //!   `login_backoff_max_ns`; forgiven after `login_backoff_max_ns` without a
 //!   failure). Addresses that hash to the same bucket share it: a collision
 //!   can only make the gateway stricter, never let a source escape its budget
@@ -42,6 +42,8 @@ struct SourceEntry {
     failures: u32,
     /// No login is checked from this source before this time.
     blocked_until_ns: u64,
+    /// When the last failure was recorded.
+    last_failure_ns: u64,
 }
 
 /// The throttle state of one gateway (see the module doc).
@@ -54,6 +56,8 @@ pub struct Throttle {
     connect_tolerance_ns: u64,
     backoff_base_ns: u64,
     backoff_max_ns: u64,
+    /// Failures a source may have before its back-off starts.
+    free_failures: u32,
     /// GCRA theoretical arrival time of the next failure, per client index.
     username_tat_ns: Vec<u64>,
     username_interval_ns: u64,
@@ -76,6 +80,7 @@ impl Throttle {
                 * u64::from(config.source_connect_burst.saturating_sub(1)),
             backoff_base_ns: config.login_backoff_base_ns,
             backoff_max_ns: config.login_backoff_max_ns,
+            free_failures: config.login_failures_before_backoff,
             username_tat_ns: vec![0; config.clients.len()],
             username_interval_ns,
             username_tolerance_ns: username_interval_ns
@@ -131,6 +136,7 @@ impl Throttle {
             let entry = &mut self.sources[index];
             if entry.failures > 0
                 && now_ns >= entry.blocked_until_ns.saturating_add(self.backoff_max_ns)
+                && now_ns >= entry.last_failure_ns.saturating_add(self.backoff_max_ns)
             {
                 // Quiet for a whole maximum back-off: forgiven.
                 entry.failures = 0;
@@ -160,12 +166,16 @@ impl Throttle {
             let index = self.source_index(source);
             let entry = &mut self.sources[index];
             entry.failures = entry.failures.saturating_add(1);
-            let shift = (entry.failures - 1).min(40);
-            let backoff_ns = self
-                .backoff_base_ns
-                .saturating_mul(1u64 << shift)
-                .min(self.backoff_max_ns);
-            entry.blocked_until_ns = now_ns.saturating_add(backoff_ns);
+            entry.last_failure_ns = now_ns;
+            // The first few are free: a mistyped password is not punished.
+            if entry.failures > self.free_failures {
+                let shift = (entry.failures - self.free_failures - 1).min(40);
+                let backoff_ns = self
+                    .backoff_base_ns
+                    .saturating_mul(1u64 << shift)
+                    .min(self.backoff_max_ns);
+                entry.blocked_until_ns = now_ns.saturating_add(backoff_ns);
+            }
         }
         if let Some(client) = client {
             let tat_ns = &mut self.username_tat_ns[usize::from(client)];
@@ -223,6 +233,7 @@ mod tests {
         config.source_connect_burst = 3;
         config.login_backoff_base_ns = 100 * MS;
         config.login_backoff_max_ns = 1_000 * MS;
+        config.login_failures_before_backoff = 0;
         config.username_failures_per_min = 60;
         config.username_failure_burst = 3;
         config
@@ -275,6 +286,25 @@ mod tests {
         throttle.on_login_failed(source, None, now);
         assert_eq!(
             throttle.login_allowed(source, None, now),
+            Err(Throttled::SourceBackoff {
+                retry_in_ns: 100 * MS
+            })
+        );
+    }
+
+    #[test]
+    fn the_first_failures_are_free() {
+        let mut config = config();
+        config.login_failures_before_backoff = 2;
+        let mut throttle = Throttle::new(&config);
+        let now = 1_000 * MS;
+        for _ in 0..2 {
+            throttle.on_login_failed(Some(ip(2)), None, now);
+            assert_eq!(throttle.login_allowed(Some(ip(2)), None, now), Ok(()));
+        }
+        throttle.on_login_failed(Some(ip(2)), None, now);
+        assert_eq!(
+            throttle.login_allowed(Some(ip(2)), None, now),
             Err(Throttled::SourceBackoff {
                 retry_in_ns: 100 * MS
             })

@@ -522,8 +522,8 @@ fn max_sessions_refuses_the_extra_connection() {
     // The third connection gets into the login pool, but its login finds
     // both sessions taken: rejected S, and told why.
     let mut third = Client::login(appliance.addr, "ops", "pw", 0);
-    assert!(matches!(third.next_data(), Some(Packet::Debug(text)) if text.contains("2 sessions")));
     assert_eq!(third.next_data(), Some(Packet::Rejected(b'S')));
+    assert!(matches!(third.next_data(), Some(Packet::Debug(text)) if text.contains("2 sessions")));
     third.expect_closed();
     let gateway = appliance.stop();
     assert_eq!(gateway.counters().sessions_refused.get(), 1);

@@ -109,6 +109,9 @@ pub struct GatewaySection {
     /// New connections one source address may open back to back.
     #[serde(default = "default_gateway_source_connect_burst")]
     pub source_connect_burst: u32,
+    /// Failed logins from one address before its back-off starts.
+    #[serde(default = "default_gateway_login_failures_before_backoff")]
+    pub login_failures_before_backoff: u32,
     /// Back-off after a source's first failed login (doubles per failure).
     #[serde(default = "default_gateway_login_backoff_base_ms")]
     pub login_backoff_base_ms: u64,
@@ -379,6 +382,9 @@ fn default_gateway_source_connects_per_sec() -> u32 {
 }
 fn default_gateway_source_connect_burst() -> u32 {
     GatewayConfig::DEFAULT_SOURCE_CONNECT_BURST
+}
+fn default_gateway_login_failures_before_backoff() -> u32 {
+    GatewayConfig::DEFAULT_LOGIN_FAILURES_BEFORE_BACKOFF
 }
 fn default_gateway_login_backoff_base_ms() -> u64 {
     GatewayConfig::DEFAULT_LOGIN_BACKOFF_BASE_NS / 1_000_000
@@ -777,6 +783,7 @@ impl ApplianceConfig {
         config.login_timeout_ns = gateway.login_timeout_ms.saturating_mul(1_000_000);
         config.source_connects_per_sec = gateway.source_connects_per_sec;
         config.source_connect_burst = gateway.source_connect_burst;
+        config.login_failures_before_backoff = gateway.login_failures_before_backoff;
         config.login_backoff_base_ns = gateway.login_backoff_base_ms.saturating_mul(1_000_000);
         config.login_backoff_max_ns = gateway.login_backoff_max_ms.saturating_mul(1_000_000);
         config.username_failures_per_min = gateway.username_failures_per_min;
