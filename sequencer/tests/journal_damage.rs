@@ -22,7 +22,11 @@ const JOURNAL_DAMAGED: i32 = 65;
 fn send_orders(setup: &TestSetup, client_seqs: std::ops::RangeInclusive<u32>) -> Vec<u64> {
     let mut pos = SoupClient::connect(setup.gateway);
     let next = pos.login_ok("pos1", POS_PASSWORD);
-    assert_eq!(next, u64::from(*client_seqs.start()), "pos1's next client_seq");
+    assert_eq!(
+        next,
+        u64::from(*client_seqs.start()),
+        "pos1's next client_seq"
+    );
     let mut stream_seqs = Vec::new();
     for client_seq in client_seqs {
         pos.send(
@@ -196,7 +200,7 @@ fn a_journal_behind_its_checkpoint_or_missing_is_refused() {
     assert_eq!(code, Some(JOURNAL_DAMAGED), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "says messages up to {} ({} bytes) were written",
+            "says messages up to sequence number {} ({} bytes) were written",
             last.end_seq() - 1,
             last.end_offset()
         )),

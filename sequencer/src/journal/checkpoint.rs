@@ -79,10 +79,17 @@ impl Checkpoint {
         if crc32c::crc32c(&bytes[0..24]) != stored {
             return Err("checksum mismatch".to_string());
         }
-        Ok(Checkpoint {
+        let checkpoint = Checkpoint {
             next_seq: u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")),
             end_offset: u64::from_be_bytes(bytes[16..24].try_into().expect("8 bytes")),
-        })
+        };
+        if checkpoint.next_seq == 0 || checkpoint.end_offset < super::FILE_HEADER_BYTES as u64 {
+            return Err(format!(
+                "next_seq {} and end_offset {} cannot describe a journal",
+                checkpoint.next_seq, checkpoint.end_offset
+            ));
+        }
+        Ok(checkpoint)
     }
 
     /// Reads the checkpoint at `path`: `Ok(None)` when there is none.
@@ -200,6 +207,11 @@ mod tests {
             assert!(Checkpoint::decode(&damaged).is_err(), "byte {byte}");
         }
         assert!(Checkpoint::decode(&bytes[..31]).is_err());
+        let zero = Checkpoint {
+            next_seq: 0,
+            end_offset: 64,
+        };
+        assert!(Checkpoint::decode(&zero.encode()).is_err());
     }
 
     #[test]

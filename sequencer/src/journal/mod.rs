@@ -51,9 +51,7 @@ pub use format::{
     RECORD_HEADER_BYTES, RECORD_PAYLOAD_BYTES_MAX,
 };
 pub use reader::{Cursor, JournalReader, INDEX_STRIDE_BYTES};
-pub use recover::{
-    scan, Damage, IntactAfter, ReadAt, RecoveryOptions, ScanSummary, ScannedRecord,
-};
+pub use recover::{scan, Damage, IntactAfter, ReadAt, RecoveryOptions, ScanSummary, ScannedRecord};
 pub use writer::{JournalWriter, WriteError, CHECKPOINT_INTERVAL_NS};
 
 use std::fs::File;
@@ -167,13 +165,12 @@ impl std::fmt::Display for JournalError {
                 checkpoint,
             } => write!(
                 f,
-                "journal {}: holds messages up to sequence number {} ({journal_end_offset} \
-                 bytes), but its checkpoint {} says messages up to {} ({} bytes) were written: \
-                 acknowledged messages are missing; {DAMAGE_HINT}",
+                "journal {}: holds {} ({journal_end_offset} bytes), but its checkpoint {} says \
+                 {} ({} bytes) were written: acknowledged messages are missing; {DAMAGE_HINT}",
                 path.display(),
-                journal_next_seq - 1,
+                MessagesUpTo(*journal_next_seq),
                 checkpoint_path.display(),
-                checkpoint.next_seq - 1,
+                MessagesUpTo(checkpoint.next_seq),
                 checkpoint.end_offset
             ),
             JournalError::Missing {
@@ -182,11 +179,11 @@ impl std::fmt::Display for JournalError {
                 checkpoint,
             } => write!(
                 f,
-                "journal {}: missing or empty, but its checkpoint {} says messages up to \
-                 sequence number {} ({} bytes) were written; {DAMAGE_HINT}",
+                "journal {}: missing or empty, but its checkpoint {} says {} ({} bytes) were \
+                 written; {DAMAGE_HINT}",
                 path.display(),
                 checkpoint_path.display(),
-                checkpoint.next_seq - 1,
+                MessagesUpTo(checkpoint.next_seq),
                 checkpoint.end_offset
             ),
         }
@@ -194,6 +191,18 @@ impl std::fmt::Display for JournalError {
 }
 
 impl std::error::Error for JournalError {}
+
+/// "messages up to N" for a next sequence number, or "no messages".
+struct MessagesUpTo(u64);
+
+impl std::fmt::Display for MessagesUpTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 | 1 => f.write_str("no messages"),
+            next_seq => write!(f, "messages up to sequence number {}", next_seq - 1),
+        }
+    }
+}
 
 pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> JournalError {
     let context = context.into();
