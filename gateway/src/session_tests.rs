@@ -551,44 +551,22 @@ fn the_login_pool_bounds_connections_not_logged_in() {
 
 #[test]
 fn sessions_have_their_own_slots_and_limit() {
-    let mut h = Harness::new();
-    // Four sessions logged in, and the login pool still takes four more.
-    let sessions: Vec<_> = ["till", "ops", "wh"]
-        .into_iter()
-        .map(|name| h.login(name, 0))
-        .collect();
-    for &slot in &sessions {
-        assert_eq!(h.take(slot), [Out::LoginAccepted { next_seq: 1 }]);
-    }
-    assert_eq!(h.counters().login_pool_active.get(), 0);
-    let waiting: Vec<_> = (0..4).map(|_| h.connect()).collect();
-    assert_eq!(h.core.slots_in_use(), 7);
-    // A login that would exceed max_sessions (4) is rejected S and says why;
-    // here there is room for one more, so make the limit bite with 3.
     let mut config = config();
-    config.max_sessions = 3;
-    let mut h = Harness::with(config, &[]);
-    for name in ["till", "ops", "wh"] {
-        let slot = h.login(name, 0);
-        h.take(slot);
-    }
-    let extra = h.connect();
-    h.send_login(extra, "till", "pw", Session::BLANK, 0);
-    h.answer_auth();
-    // The same client replacing its own session is let in.
-    let outs = h.take(extra);
-    assert_eq!(outs, [Out::LoginAccepted { next_seq: 1 }]);
-    let mut config = self::config();
     config.max_sessions = 2;
     let mut h = Harness::with(config, &[]);
     for name in ["till", "ops"] {
         let slot = h.login(name, 0);
-        h.take(slot);
+        assert_eq!(h.take(slot), [Out::LoginAccepted { next_seq: 1 }]);
     }
-    let extra = h.connect();
-    h.send_login(extra, "wh", "pw", Session::BLANK, 0);
+    // Both sessions are taken, and the login pool still holds all of its 4.
+    assert_eq!(h.counters().login_pool_active.get(), 0);
+    let waiting: Vec<_> = (0..4).map(|_| h.connect()).collect();
+    assert_eq!(h.core.slots_in_use(), 6);
+    assert_eq!(h.counters().login_pool_active.get(), 4);
+    // A third client's login finds no session free: rejected S, and told why.
+    h.send_login(waiting[0], "wh", "pw", Session::BLANK, 0);
     h.answer_auth();
-    let outs = h.take(extra);
+    let outs = h.take(waiting[0]);
     assert_eq!(
         outs[0],
         Out::LoginRejected(login_reject::SESSION_UNAVAILABLE)
@@ -596,7 +574,10 @@ fn sessions_have_their_own_slots_and_limit() {
     assert!(matches!(&outs[1], Out::Debug(text) if text.contains("2 sessions are logged in")));
     assert_eq!(outs[2], Out::Closed);
     assert_eq!(h.counters().sessions_refused.get(), 1);
-    drop(waiting);
+    // A client replacing its own session is let in (the old one is closed).
+    h.send_login(waiting[1], "till", "pw", Session::BLANK, 0);
+    h.answer_auth();
+    assert_eq!(h.take(waiting[1]), [Out::LoginAccepted { next_seq: 1 }]);
 }
 
 #[test]

@@ -274,8 +274,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 const TILL_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
+/// The tests of this file run one at a time: they measure latency, hold
+/// hundreds of sockets, or flood the host's loopback, and each would skew
+/// the others' figures.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn idle_and_byte_a_second_connections_do_not_lock_out_a_till() {
+    let _serial = one_at_a_time();
     raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();
     let setup = with_gateway_keys(
@@ -381,6 +392,7 @@ fn idle_and_byte_a_second_connections_do_not_lock_out_a_till() {
 
 #[test]
 fn a_wrong_password_flood_does_not_slow_a_till_on_another_address() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let setup = TestSetup::new(71, dir.path());
     let _appliance = Appliance::start(&setup);
@@ -487,6 +499,7 @@ fn a_wrong_password_flood_does_not_slow_a_till_on_another_address() {
 
 #[test]
 fn malformed_packets_are_answered_and_consume_no_client_seq() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let setup = TestSetup::new(72, dir.path());
     let _appliance = Appliance::start(&setup);
@@ -616,6 +629,7 @@ const LOGIN_4_1: &[u8] = concat!(
 
 #[test]
 fn soupbintcp_4_0_and_4_1_logins_are_accepted() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let setup = TestSetup::new(73, dir.path());
     let _appliance = Appliance::start(&setup);
@@ -679,6 +693,7 @@ fn soupbintcp_4_0_and_4_1_logins_are_accepted() {
 
 #[test]
 fn a_reconnect_storm_is_throttled_at_accept_and_counted() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let setup = TestSetup::new(74, dir.path());
     let _appliance = Appliance::start(&setup);
