@@ -689,7 +689,130 @@ fn soupbintcp_4_0_and_4_1_logins_are_accepted() {
     assert_eq!(till.next(LONG), Some(Packet::Accepted { next_seq: 1 }));
     till.unsequenced(order(1).as_bytes());
     assert_eq!(ack_of(till.next(LONG)), (1, None));
+
+    nasdaq_protocols_interop(&setup);
 }
+
+/// An independent client: Nasdaq's own Python SoupBinTCP package
+/// (`pip install nasdaq-protocols`) logs in (4.0), trades and gets a short
+/// `U` answered; then a 4.1 login request written by Python's `struct`, not
+/// by tally's encoder. Skipped with a message when the package is missing,
+/// unless `TALLY_REQUIRE_NASDAQ=1`.
+fn nasdaq_protocols_interop(setup: &TestSetup) {
+    let required = std::env::var("TALLY_REQUIRE_NASDAQ").is_ok_and(|v| v == "1");
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import nasdaq_protocols"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !available {
+        assert!(
+            !required,
+            "TALLY_REQUIRE_NASDAQ=1 but python3 cannot import nasdaq_protocols"
+        );
+        eprintln!(
+            "SKIPPED: python3 package nasdaq-protocols not installed; the interop test with \
+             Nasdaq's SoupBinTCP client did not run (pip install nasdaq-protocols, or set \
+             TALLY_REQUIRE_NASDAQ=1 to fail)"
+        );
+        return;
+    }
+    let script = setup.dir.join("nasdaq_interop.py");
+    std::fs::write(&script, NASDAQ_INTEROP_SCRIPT).unwrap();
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(setup.gateway.ip().to_string())
+        .arg(setup.gateway.port().to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the nasdaq-protocols client did not finish within 60 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    print!("{stdout}");
+    assert!(
+        status.success(),
+        "nasdaq-protocols interop failed: {status}\n{stdout}\n{stderr}"
+    );
+}
+
+/// The interop client (see [`nasdaq_protocols_interop`]).
+const NASDAQ_INTEROP_SCRIPT: &str = r##"import asyncio, socket, struct, sys
+from nasdaq_protocols import soup
+
+host, port = sys.argv[1], int(sys.argv[2])
+
+async def main():
+    # SoupBinTCP 4.0 through Nasdaq's own client.
+    session = await soup.connect_async((host, port), "ops1", "ops1pass", "", 0,
+                                       client_heartbeat_interval=1, server_heartbeat_interval=15)
+    client_seq = session.sequence + 1
+    # A transfer: header (type, origin, client_seq, timestamp), then
+    # transfer_id u64, from u16, to u16, sku u32, qty u32.
+    transfer = struct.pack("!cHIQQHHII", b"T", 0, client_seq, 0, 7, 1, 2, 42, 1)
+    assert len(transfer) == 35
+    session.send_unseq_data(transfer)
+    async def next_non_heartbeat():
+        while True:
+            msg = await asyncio.wait_for(session.receive_msg(), 10)
+            if not msg.is_heartbeat():
+                return msg
+    ack = await next_non_heartbeat()
+    assert isinstance(ack, soup.SequencedData), ack
+    kind, acked = struct.unpack("!cI", bytes(ack.data[:5]))
+    assert (kind, acked) == (b"k", client_seq), (kind, acked)
+    # A U too short for the header: a debug packet, the session stays.
+    session.send_unseq_data(b"T\x00\x00")
+    debug = await next_non_heartbeat()
+    assert isinstance(debug, soup.Debug) and debug.msg.startswith("rejected U"), debug
+    transfer = struct.pack("!cHIQQHHII", b"T", 0, client_seq + 1, 0, 8, 1, 2, 42, 1)
+    session.send_unseq_data(transfer)
+    ack = await next_non_heartbeat()
+    kind, acked = struct.unpack("!cI", bytes(ack.data[:5]))
+    assert (kind, acked) == (b"k", client_seq + 1), (kind, acked)
+    session.logout()
+    print(f"nasdaq-protocols 4.0 client: logged in, acked client_seq {client_seq} and {client_seq + 1}, short U answered")
+
+def login_4_1():
+    # SoupBinTCP 4.1 written independently of tally's encoder: numbers
+    # right-aligned, the 5-byte requested heartbeat timeout last.
+    payload = b"ops1".ljust(6) + b"ops1pass".ljust(10) + b" " * 10 + b"0".rjust(20) + b"20000".rjust(5)
+    frame = struct.pack("!Hc", len(payload) + 1, b"L") + payload
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(frame)
+        head = conn.recv(3, socket.MSG_WAITALL)
+        length, kind = struct.unpack("!Hc", head)
+        assert kind == b"A", (kind, conn.recv(length - 1))
+        print("independent 4.1 login request (51-byte payload): login accepted")
+
+asyncio.run(main())
+login_4_1()
+"##;
 
 #[test]
 fn a_reconnect_storm_is_throttled_at_accept_and_counted() {
