@@ -70,6 +70,20 @@
 //! cell that some event named (version ≠ 0: the location carries the SKU)
 //! with available 0. Each entry names the locations where the SKU is out.
 //!
+//! # Who may read
+//!
+//! Every endpoint but `/health` and `/ready` needs HTTP Basic credentials of
+//! a configured client ([`HttpAuthConfig`]: the appliance's `[[clients]]`
+//! and their argon2 hashes) whose role may read; `/metrics` may be opened to
+//! an unauthenticated scraper. No or wrong credentials: 401 with
+//! `WWW-Authenticate`; a role that may not read: 403. A verified credential
+//! is remembered (a bounded cache keyed by a keyed hash of user and
+//! password, never the password), so a request costs no argon2 run; a cache
+//! miss costs one, and each source address may cause at most
+//! `verifications_per_sec_per_source` of those (429 beyond), so a
+//! wrong-password flood burns at most that much CPU per source and never
+//! more than the HTTP workers (each verifies one at a time).
+//!
 //! This module never sends to the appliance, never writes files, and reads
 //! no environment variables.
 
@@ -86,6 +100,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tally_wire::{delta_reason, hold_outcome, Message, MAX_MESSAGE_SIZE};
+
+use tally_gateway::config::{ClientEntry, Role};
+use tally_sequencer::config::ApplianceConfig;
 
 use crate::consumer::{monotonic_ns, ConsumerConfig, ConsumerStats, RecoveryMode, StreamConsumer};
 use crate::replica::{Applied, Cell, Replica, ReplicaLimits, CARRIED_HOLD_BIT};
@@ -173,6 +190,9 @@ pub struct MonitorConfig {
     /// Messages the staging buffer holds before it must grow (growth is
     /// counted; one consumer poll rarely delivers more).
     pub staging_messages: usize,
+    /// Who may read ([`HttpAuthConfig::deny_all`] by default: only
+    /// `/health` and `/ready` answer until clients are configured).
+    pub auth: HttpAuthConfig,
 }
 
 impl MonitorConfig {
@@ -189,6 +209,7 @@ impl MonitorConfig {
             ready_lag_max: 1000,
             publish_interval: Duration::from_millis(50),
             staging_messages: 16_384,
+            auth: HttpAuthConfig::deny_all(),
         }
     }
 
@@ -209,6 +230,7 @@ impl MonitorConfig {
         if self.staging_messages == 0 {
             return Err(invalid("staging_messages must be at least 1".into()));
         }
+        self.auth.validate().map_err(invalid)?;
         Ok(())
     }
 }
@@ -1920,7 +1942,7 @@ pub struct HttpCounters {
 
 /// The status codes the monitor answers with; anything else counts as
 /// "other".
-const HTTP_CODES: [u16; 6] = [200, 400, 404, 405, 500, 503];
+const HTTP_CODES: [u16; 9] = [200, 400, 401, 403, 404, 405, 429, 500, 503];
 
 impl HttpCounters {
     /// Counts one answer with `status`.
@@ -1952,6 +1974,7 @@ struct Shared {
     published: Mutex<u64>,
     published_changed: Condvar,
     http: HttpCounters,
+    auth: HttpAuth,
     stop: AtomicBool,
 }
 
@@ -2041,6 +2064,7 @@ impl Monitor {
             published: Mutex::new(0),
             published_changed: Condvar::new(),
             http: HttpCounters::default(),
+            auth: HttpAuth::new(config.auth.clone()),
             stop: AtomicBool::new(false),
         });
         let mut threads = Vec::with_capacity(config.http_workers + 1);
@@ -2264,12 +2288,30 @@ fn run_http(server: &tiny_http::Server, shared: &Shared) {
                 return;
             }
         };
-        let reply = shared.read().respond(
-            request.method().as_str(),
-            request.url(),
-            monotonic_ns(),
-            &shared.http,
-        );
+        let path = request.url().split('?').next().unwrap_or("");
+        let authorization = request
+            .headers()
+            .iter()
+            .find(|header| header.field.equiv("Authorization"))
+            .map(|header| header.value.as_str());
+        let source = request.remote_addr().map(SocketAddr::ip);
+        let verdict = shared.auth.check(path, authorization, source);
+        let reply = match verdict {
+            AuthVerdict::Public | AuthVerdict::Allowed => shared.read().respond(
+                request.method().as_str(),
+                request.url(),
+                monotonic_ns(),
+                &shared.http,
+            ),
+            refused => {
+                let fresh = shared.read().freshness(monotonic_ns());
+                json_reply(
+                    refused.status(),
+                    json!({ "error": refused.reason() }),
+                    fresh,
+                )
+            }
+        };
         shared.http.count(reply.status);
         let content_type =
             tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
@@ -2282,9 +2324,374 @@ fn run_http(server: &tiny_http::Server, shared: &Shared) {
                 tiny_http::Header::from_bytes(&b"Allow"[..], &b"GET"[..]).expect("a valid header"),
             );
         }
+        if reply.status == 401 {
+            response.add_header(
+                tiny_http::Header::from_bytes(
+                    &b"WWW-Authenticate"[..],
+                    &b"Basic realm=\"tally-monitor\", charset=\"UTF-8\""[..],
+                )
+                .expect("a valid header"),
+            );
+        }
+        if reply.status == 429 {
+            response.add_header(
+                tiny_http::Header::from_bytes(&b"Retry-After"[..], &b"1"[..])
+                    .expect("a valid header"),
+            );
+        }
         // A client that went away is its own problem.
         let _ = request.respond(response);
     }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP authentication.
+
+/// Who may read the monitor over HTTP. See the module docs ("Who may
+/// read").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAuthConfig {
+    /// The clients whose credentials are checked (username, argon2 hash,
+    /// role), as in the appliance's `[[clients]]`.
+    pub clients: Vec<ClientEntry>,
+    /// Roles that may read; a verified client with another role gets 403.
+    pub read_roles: Vec<Role>,
+    /// Whether `/metrics` answers without credentials.
+    pub metrics_public: bool,
+    /// Verified credentials remembered (1..=65 536).
+    pub cache_entries: usize,
+    /// How long one is remembered.
+    pub cache_ttl: Duration,
+    /// argon2 verifications one source address may cause per second...
+    pub verifications_per_sec_per_source: u32,
+    /// ...and back to back.
+    pub verification_burst: u32,
+}
+
+impl HttpAuthConfig {
+    /// Nobody may read: every endpoint but `/health` and `/ready` answers 401.
+    pub fn deny_all() -> HttpAuthConfig {
+        HttpAuthConfig {
+            clients: Vec::new(),
+            read_roles: vec![Role::Reader, Role::Ops, Role::Authority],
+            metrics_public: false,
+            cache_entries: 256,
+            cache_ttl: Duration::from_secs(600),
+            verifications_per_sec_per_source: 2,
+            verification_burst: 5,
+        }
+    }
+
+    /// The appliance's `[[clients]]` and `[http]` section.
+    pub fn from_appliance(config: &ApplianceConfig) -> Result<HttpAuthConfig, String> {
+        let http = &config.http;
+        Ok(HttpAuthConfig {
+            clients: config.gateway_config().clients,
+            read_roles: http.roles().map_err(|error| error.to_string())?,
+            metrics_public: http.metrics_public,
+            cache_entries: http.credential_cache_entries,
+            cache_ttl: Duration::from_millis(http.credential_cache_ttl_ms),
+            verifications_per_sec_per_source: http.verifications_per_sec_per_source,
+            verification_burst: http.verification_burst,
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=65_536).contains(&self.cache_entries) {
+            return Err("auth cache_entries must be 1..=65536".into());
+        }
+        if self.verifications_per_sec_per_source == 0 || self.verification_burst == 0 {
+            return Err("auth verification rate and burst must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What [`HttpAuth::check`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthVerdict {
+    /// An endpoint anyone may read.
+    Public,
+    /// Credentials verified, role may read.
+    Allowed,
+    /// No credentials, malformed ones, or wrong ones: 401.
+    Unauthorized,
+    /// Verified, but the role may not read: 403.
+    Forbidden,
+    /// The source caused too many verifications: 429.
+    Throttled,
+}
+
+impl AuthVerdict {
+    fn status(self) -> u16 {
+        match self {
+            AuthVerdict::Public | AuthVerdict::Allowed => 200,
+            AuthVerdict::Unauthorized => 401,
+            AuthVerdict::Forbidden => 403,
+            AuthVerdict::Throttled => 429,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            AuthVerdict::Public | AuthVerdict::Allowed => "",
+            AuthVerdict::Unauthorized => {
+                "credentials required: HTTP Basic with a configured client's username and password"
+            }
+            AuthVerdict::Forbidden => "this client's role may not read the monitor",
+            AuthVerdict::Throttled => {
+                "too many password checks from this address; retry in a second"
+            }
+        }
+    }
+}
+
+/// Longest `Authorization` header value looked at.
+const AUTHORIZATION_BYTES_MAX: usize = 512;
+/// Cells of the per-source verification throttle.
+const THROTTLE_CELLS: usize = 4096;
+
+/// One remembered verified credential.
+#[derive(Clone, Copy, Debug)]
+struct CachedCredential {
+    /// Keyed hash of (username, password).
+    tag: u128,
+    client: u16,
+    expires: Instant,
+}
+
+/// A per-source token bucket cell (sources hash into a fixed table; never
+/// evicted, so churning through addresses resets nobody's bucket).
+#[derive(Clone, Copy, Debug)]
+struct ThrottleCell {
+    tokens_nano: u64,
+    refilled_ns: u64,
+}
+
+/// The monitor's credential checker, shared by the HTTP workers.
+struct HttpAuth {
+    config: HttpAuthConfig,
+    /// argon2 hash of nothing anyone knows: an unknown username costs the
+    /// same as a wrong password.
+    dummy_hash: String,
+    /// Keys of the credential tag (two SipHash keys → 128 bits).
+    tag_keys: [std::collections::hash_map::RandomState; 2],
+    cache: Mutex<Vec<CachedCredential>>,
+    throttle: Mutex<Box<[ThrottleCell]>>,
+    throttle_key: std::collections::hash_map::RandomState,
+    started: Instant,
+}
+
+impl HttpAuth {
+    fn new(config: HttpAuthConfig) -> HttpAuth {
+        let burst_nano = u64::from(config.verification_burst) * 1_000_000_000;
+        HttpAuth {
+            dummy_hash: tally_gateway::config::hash_password("tally-monitor-no-such-user"),
+            tag_keys: Default::default(),
+            cache: Mutex::new(Vec::with_capacity(config.cache_entries)),
+            throttle: Mutex::new(
+                vec![
+                    ThrottleCell {
+                        tokens_nano: burst_nano,
+                        refilled_ns: 0,
+                    };
+                    THROTTLE_CELLS
+                ]
+                .into_boxed_slice(),
+            ),
+            throttle_key: Default::default(),
+            started: Instant::now(),
+            config,
+        }
+    }
+
+    fn check(
+        &self,
+        path: &str,
+        authorization: Option<&str>,
+        source: Option<std::net::IpAddr>,
+    ) -> AuthVerdict {
+        if path == "/health"
+            || path == "/ready"
+            || (path == "/metrics" && self.config.metrics_public)
+        {
+            return AuthVerdict::Public;
+        }
+        let Some((username, password)) = authorization.and_then(basic_credentials) else {
+            return AuthVerdict::Unauthorized;
+        };
+        let client = self
+            .config
+            .clients
+            .iter()
+            .position(|client| client.username.as_bytes() == username.as_slice());
+        let tag = {
+            use std::hash::BuildHasher;
+            let [a, b] = &self.tag_keys;
+            let key = (username.as_slice(), password.as_slice());
+            (u128::from(a.hash_one(key)) << 64) | u128::from(b.hash_one(key))
+        };
+        let now = Instant::now();
+        if let Some(client) = client {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let hit = cache.iter().any(|entry| {
+                entry.tag == tag && usize::from(entry.client) == client && entry.expires > now
+            });
+            drop(cache);
+            if hit {
+                return self.role_verdict(client);
+            }
+        }
+        if !self.admit_verification(source) {
+            return AuthVerdict::Throttled;
+        }
+        let verified = match client {
+            Some(index) => tally_gateway::config::verify_password(
+                &password,
+                &self.config.clients[index].password_hash,
+            ),
+            None => {
+                let _ = tally_gateway::config::verify_password(&password, &self.dummy_hash);
+                false
+            }
+        };
+        let (Some(client), true) = (client, verified) else {
+            return AuthVerdict::Unauthorized;
+        };
+        self.remember(tag, client, now);
+        self.role_verdict(client)
+    }
+
+    fn role_verdict(&self, client: usize) -> AuthVerdict {
+        if self
+            .config
+            .read_roles
+            .contains(&self.config.clients[client].role)
+        {
+            AuthVerdict::Allowed
+        } else {
+            AuthVerdict::Forbidden
+        }
+    }
+
+    /// Caches a verified credential, replacing an expired or the oldest
+    /// entry when full.
+    fn remember(&self, tag: u128, client: usize, now: Instant) {
+        let entry = CachedCredential {
+            tag,
+            client: client as u16,
+            expires: now + self.config.cache_ttl,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.iter().any(|cached| cached.tag == tag) {
+            return;
+        }
+        if cache.len() < self.config.cache_entries {
+            cache.push(entry);
+        } else if let Some(oldest) = cache.iter_mut().min_by_key(|cached| cached.expires) {
+            *oldest = entry;
+        }
+    }
+
+    /// Takes a verification token from `source`'s bucket.
+    fn admit_verification(&self, source: Option<std::net::IpAddr>) -> bool {
+        use std::hash::BuildHasher;
+        let cell = match source {
+            Some(ip) => self.throttle_key.hash_one(ip) as usize % THROTTLE_CELLS,
+            None => 0,
+        };
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        let rate = u128::from(self.config.verifications_per_sec_per_source);
+        let burst_nano = u64::from(self.config.verification_burst) * 1_000_000_000;
+        let mut cells = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = &mut cells[cell];
+        let elapsed = u128::from(now_ns.saturating_sub(bucket.refilled_ns));
+        bucket.tokens_nano =
+            (u128::from(bucket.tokens_nano) + elapsed * rate).min(u128::from(burst_nano)) as u64;
+        bucket.refilled_ns = bucket.refilled_ns.max(now_ns);
+        if bucket.tokens_nano >= 1_000_000_000 {
+            bucket.tokens_nano -= 1_000_000_000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// `(username, password)` of an `Authorization: Basic …` value.
+fn basic_credentials(value: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    if value.len() > AUTHORIZATION_BYTES_MAX {
+        return None;
+    }
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64_decode(encoded.trim())?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some((decoded[..colon].to_vec(), decoded[colon + 1..].to_vec()))
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as HTTP Basic uses.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    if bytes.len() % 4 != 0 {
+        return None;
+    }
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (index, chunk) in bytes.chunks(4).enumerate() {
+        let last = index + 1 == bytes.len() / 4;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut word = 0u32;
+        for &c in &chunk[..4 - pad] {
+            word = (word << 6) | value(c)?;
+        }
+        word <<= 6 * pad as u32;
+        let group = [(word >> 16) as u8, (word >> 8) as u8, word as u8];
+        out.extend_from_slice(&group[..3 - pad]);
+    }
+    Some(out)
+}
+
+/// Standard base64 with padding: for clients and tests building an
+/// `Authorization: Basic` header.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let word = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for position in 0..4 {
+            if position <= chunk.len() {
+                out.push(ALPHABET[(word >> (18 - 6 * position)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The `Authorization` header value for `username` and `password`.
+pub fn basic_authorization(username: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64_encode(format!("{username}:{password}").as_bytes())
+    )
 }
 
 #[cfg(test)]
@@ -2573,6 +2980,38 @@ mod tests {
         assert_eq!(t.claim(3), Claim::Existing(0));
         assert_eq!(t.find(&2), None);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn base64_and_basic_credentials() {
+        for text in ["", "a", "ab", "abc", "read1:readpass", "r:p:with:colons"] {
+            let encoded = base64_encode(text.as_bytes());
+            assert_eq!(
+                base64_decode(&encoded).unwrap(),
+                text.as_bytes(),
+                "{encoded}"
+            );
+        }
+        assert_eq!(base64_encode(b"read1:readpass"), "cmVhZDE6cmVhZHBhc3M=");
+        assert_eq!(
+            basic_credentials("Basic cmVhZDE6cmVhZHBhc3M="),
+            Some((b"read1".to_vec(), b"readpass".to_vec()))
+        );
+        assert_eq!(
+            basic_credentials("basic   cmVhZDE6cmVhZHBhc3M= "),
+            Some((b"read1".to_vec(), b"readpass".to_vec()))
+        );
+        for bad in [
+            "Bearer cmVhZDE6cmVhZHBhc3M=",
+            "Basic",
+            "Basic cmVhZDE",
+            "Basic cmVh=DE6",
+            "Basic bm9jb2xvbg==", // "nocolon"
+            "Basic ****",
+        ] {
+            assert_eq!(basic_credentials(bad), None, "{bad}");
+        }
+        assert_eq!(basic_credentials(&"A".repeat(600)), None, "too long");
     }
 
     #[test]

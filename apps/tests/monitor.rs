@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_apps::client::OrderEntryClient;
-use tally_apps::monitor::{Monitor, MonitorConfig, MonitorHandle};
+use tally_apps::monitor::{
+    basic_authorization, HttpAuthConfig, Monitor, MonitorConfig, MonitorHandle,
+};
 use tally_apps::replica::ReplicaLimits;
 use tally_apps::testkit::{demo_client, send_all, ApplianceSpec};
 use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
@@ -56,10 +58,17 @@ struct HttpReply {
     body: String,
 }
 
+/// A request with the credentials of `read1` (role reader), as the monitor
+/// requires on every endpoint but /health and /ready.
 fn request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<HttpReply> {
+    let reader = demo_client("read1");
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: {}\r\n\r\n",
+        basic_authorization(reader.username, reader.password)
+    )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8(raw).expect("UTF-8 response");
@@ -245,7 +254,8 @@ fn write_inventory(dir: &Path, csv: &str) -> PathBuf {
 fn start_monitor(spec: &ApplianceSpec, loss: Option<(u64, f64)>) -> MonitorHandle {
     let mut consumer = spec.consumer_config();
     consumer.loss = loss;
-    let config = MonitorConfig::new("127.0.0.1:0".parse().unwrap(), consumer);
+    let mut config = MonitorConfig::new("127.0.0.1:0".parse().unwrap(), consumer);
+    config.auth = HttpAuthConfig::from_appliance(&spec.config()).unwrap();
     Monitor::start(config).expect("start the monitor")
 }
 

@@ -838,7 +838,13 @@ fn get_json(netns: &str, addr: SocketAddr, path: &str) -> (u16, Value) {
     let text = in_netns(netns, || -> std::io::Result<String> {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        // The monitor wants a reader's credentials on all but /health, /ready.
+        let reader = demo_client("read1");
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: {}\r\n\r\n",
+            tally_apps::monitor::basic_authorization(reader.username, reader.password)
+        )?;
         let mut text = String::new();
         stream.read_to_string(&mut text)?;
         Ok(text)

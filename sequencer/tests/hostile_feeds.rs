@@ -18,7 +18,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use support::*;

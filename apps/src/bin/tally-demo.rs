@@ -12,7 +12,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tally_apps::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use tally_apps::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
-use tally_apps::monitor::{Monitor, MonitorConfig};
+use tally_apps::monitor::{HttpAuthConfig, Monitor, MonitorConfig};
 use tally_apps::pos::{rtt_histogram, LoadConfig, Pos, PosConfig, PosStats};
 use tally_apps::replica::{Replica, ReplicaLimits};
 use tally_apps::testkit::DEMO_CLIENTS;
@@ -233,12 +233,15 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         ConsumerConfig::for_appliance(&config, &reader_user, &reader_password),
     );
     monitor_config.consumer.start_seq = 1;
+    // Readers of the configuration's [[clients]] (e.g. read1 / readpass) read
+    // over HTTP Basic; /health and /ready need nothing.
+    monitor_config.auth = HttpAuthConfig::from_appliance(&config).map_err(anyhow::Error::msg)?;
     let monitor = Monitor::start(monitor_config)
         .with_context(|| format!("starting the monitor on {}", cli.monitor))?;
     say(
         cli,
         &format!(
-            "tally-demo: monitor on http://{0}/health (try /availability/<SYMBOL>, /depleted, /metrics)",
+            "tally-demo: monitor on http://{0}/health (try curl -u read1:readpass http://{0}/availability/<SYMBOL>, /depleted, /metrics)",
             monitor.local_addr()
         ),
     );

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use tally_apps::cli::ConnectArgs;
-use tally_apps::monitor::{IndexLimits, Monitor, MonitorConfig};
+use tally_apps::monitor::{HttpAuthConfig, IndexLimits, Monitor, MonitorConfig};
 use tally_apps::replica::ReplicaLimits;
 use tally_runtime::notify::Notifier;
 
@@ -30,6 +30,12 @@ use tally_runtime::notify::Notifier;
 /// Every JSON answer carries "seq" (the stream sequence number it reflects),
 /// "lag" (newest seq seen − seq) and "stale" (true when the stream went
 /// silent: sequencer stopped or link cut). SIGINT/SIGTERM stop it.
+///
+/// Every endpoint but /health and /ready needs HTTP Basic credentials of a
+/// [[clients]] entry of the --config file whose role may read ([http]
+/// read_roles; default reader, ops, authority): 401 without or with wrong
+/// ones, 403 for another role, 429 when one address causes too many password
+/// checks. [http] metrics_public = true opens /metrics to a scraper.
 #[derive(Parser, Debug)]
 #[command(
     name = "tally-monitor",
@@ -115,6 +121,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .indexes
         .validate()
         .map_err(|error| anyhow::anyhow!("index limits: {error}"))?;
+    config.auth = HttpAuthConfig::from_appliance(&appliance)
+        .map_err(|error| anyhow::anyhow!("[http] in {}: {error}", cli.connect.config.display()))?;
     config.http_workers = cli.workers;
     config.ready_lag_max = cli.ready_lag_max;
 
