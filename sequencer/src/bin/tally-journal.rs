@@ -797,7 +797,10 @@ fn repair(path: &Path, truncate_at: u64, confirmed: bool, progress: bool) -> io:
         return Ok(DAMAGED);
     }
     // The record boundary holding truncate_at, if it is one.
-    let mut cut: Option<(u64, bool)> = None; // (offset, is end-of-session record)
+    // The offset of the data record that starts at truncate_at. The
+    // end-of-session record is never the cut point: truncating at the next
+    // sequence number keeps an ended session ended (it only drops damage).
+    let mut cut: Option<u64> = None;
     let mut inside: Option<(u64, u64)> = None; // (first_seq, end_seq) of the record
     let mut progress_line = Progress::new(progress, path, file_bytes);
     let summary = scan(
@@ -806,8 +809,8 @@ fn repair(path: &Path, truncate_at: u64, confirmed: bool, progress: bool) -> io:
         |record| {
             let info = record.info;
             let is_end = info.count == COUNT_END_OF_SESSION;
-            if info.first_seq == truncate_at && cut.is_none_or(|(_, end)| end) {
-                cut = Some((info.offset, is_end));
+            if !is_end && info.first_seq == truncate_at {
+                cut = Some(info.offset);
             } else if !is_end && info.first_seq < truncate_at && truncate_at < info.end_seq() {
                 inside = Some((info.first_seq, info.end_seq()));
             }
@@ -828,7 +831,7 @@ fn repair(path: &Path, truncate_at: u64, confirmed: bool, progress: bool) -> io:
     }
     let cut = match cut {
         Some(cut) => cut,
-        None if truncate_at == summary.next_seq => (summary.end_offset, false),
+        None if truncate_at == summary.next_seq => summary.end_offset,
         None => {
             eprintln!(
                 "tally-journal: refused: sequence number {truncate_at} is beyond the good part \
@@ -845,7 +848,7 @@ fn repair(path: &Path, truncate_at: u64, confirmed: bool, progress: bool) -> io:
             return Ok(DAMAGED);
         }
     };
-    let (cut_offset, drops_end_marker) = cut;
+    let cut_offset = cut;
     let dropped_bytes = file_bytes - cut_offset;
     let dropped_messages = summary.next_seq - truncate_at;
     let checkpoint_path = checkpoint_beside(path);
@@ -865,7 +868,7 @@ fn repair(path: &Path, truncate_at: u64, confirmed: bool, progress: bool) -> io:
             summary.next_seq - 1
         ));
     }
-    if drops_end_marker || (summary.ended && cut_offset < summary.end_offset) {
+    if summary.ended && cut_offset < summary.end_offset {
         plan.push_str("; the end-of-session record (the session can be continued)");
     }
     if let Some(damage) = &summary.damage {
