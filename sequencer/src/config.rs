@@ -625,6 +625,9 @@ impl ApplianceConfig {
                     format!("must be at least {smallest_reply} (one reply of the largest message)"),
                 ));
             }
+            if value > crate::retransmit::REPLY_BURST_BYTES_MAX {
+                return Err(bad(key, "must be at most 8589934592 (8 GiB)"));
+            }
         }
         if self.replay.clients_max == 0 {
             return Err(bad("replay.clients_max", "must be at least 1"));
@@ -883,6 +886,62 @@ dir = "journal"
         let text = minimal().replacen(from, to, 1);
         assert_ne!(text, minimal(), "replacement {from:?} did not apply");
         ApplianceConfig::parse(&text).unwrap_err()
+    }
+
+    /// The documented example parses, with the hostile-client defaults it
+    /// shows.
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../config/tally.toml");
+        let config = ApplianceConfig::parse(text).unwrap();
+        assert_eq!(config.retransmit.allow, None);
+        let allow = crate::retransmit::AllowList::from_config(&config).unwrap();
+        assert!(allow.allows(Ipv4Addr::new(127, 9, 9, 9)));
+        assert!(!allow.allows(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(config.replay.sessions_per_client_max, 4);
+        assert_eq!(config.http.roles().unwrap().len(), 3);
+        assert!(!config.http.metrics_public);
+        // Absent sections and keys: the same safe defaults.
+        let minimal = ApplianceConfig::parse(&minimal()).unwrap();
+        assert_eq!(
+            minimal.replay.login_timeout_ms,
+            config.replay.login_timeout_ms
+        );
+        assert_eq!(
+            minimal.retransmit.reply_burst_bytes_per_source,
+            config.retransmit.reply_burst_bytes_per_source
+        );
+        assert_eq!(minimal.http.read_roles, config.http.read_roles);
+    }
+
+    #[test]
+    fn hostile_client_keys_are_checked() {
+        let retransmit = "listen = \"127.0.0.1:31002\"";
+        assert!(error_for(
+            retransmit,
+            &format!("{retransmit}\nallow = [\"10.0.0.0/33\"]")
+        )
+        .contains("retransmit.allow[0]"));
+        assert!(error_for(retransmit, &format!("{retransmit}\nallow = []"))
+            .contains("retransmit.allow"));
+        assert!(error_for(
+            retransmit,
+            &format!("{retransmit}\nreply_burst_bytes_per_source = 10")
+        )
+        .contains("retransmit.reply_burst_bytes_per_source"));
+        let replay = "listen = \"127.0.0.1:31003\"";
+        assert!(
+            error_for(replay, &format!("{replay}\nsessions_per_client_max = 0"))
+                .contains("replay.sessions_per_client_max")
+        );
+        assert!(
+            error_for(replay, &format!("{replay}\nheartbeat_timeout_min_ms = 500"))
+                .contains("replay.heartbeat_timeout_min_ms")
+        );
+        assert!(
+            error_for("[journal]", "[http]\nread_roles = [\"king\"]\n[journal]")
+                .contains("http.read_roles[0]")
+        );
     }
 
     #[test]
