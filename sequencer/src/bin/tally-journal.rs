@@ -268,6 +268,19 @@ impl Report {
             }
             return ("damaged", Some(format!("file header: {reason}")));
         }
+        if let Ok(header) = &self.header {
+            let stem = self.path.file_stem().and_then(|stem| stem.to_str());
+            if stem.is_some_and(|stem| stem != header.session) {
+                return (
+                    "damaged",
+                    Some(format!(
+                        "the file header names session {:?}, the file name another; the \
+                         sequencer opens <session>.journal and refuses a header of another session",
+                        header.session
+                    )),
+                );
+            }
+        }
         if let CheckpointState::Damaged(reason) = &self.checkpoint {
             return ("damaged", Some(format!("checkpoint damaged: {reason}")));
         }
