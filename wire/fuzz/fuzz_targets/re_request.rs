@@ -1,23 +1,8 @@
-//! `ReRequest::parse` on arbitrary datagrams: never panics, accepts exactly
-//! 20 bytes, and the fields re-encode to the same bytes.
+//! libFuzzer entry point; the check itself is `tests/fuzz/re_request.rs`, which
+//! the test suite also runs (`tests/fuzz_in_suite.rs`).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tally_wire::mold::{MoldError, ReRequest};
+#[path = "../../tests/fuzz/mod.rs"]
+mod checks;
 
-fuzz_target!(|data: &[u8]| match ReRequest::parse(data) {
-    Ok(request) => {
-        assert_eq!(data.len(), ReRequest::SIZE);
-        let again = ReRequest::new(
-            request.session(),
-            request.sequence.get(),
-            request.count.get(),
-        );
-        assert_eq!(again.as_bytes(), data);
-    }
-    Err(MoldError::ReRequestLength { len }) => {
-        assert_eq!(len, data.len());
-        assert_ne!(len, ReRequest::SIZE);
-    }
-    Err(e) => panic!("unexpected error {e:?}"),
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::re_request::check(data));
