@@ -444,7 +444,7 @@ fn default_replay_stall_timeout_ms() -> u64 {
     10_000
 }
 fn default_replay_sessions_per_client_max() -> usize {
-    4
+    8
 }
 fn default_replay_login_timeout_ms() -> u64 {
     5_000
@@ -898,7 +898,7 @@ dir = "journal"
         let allow = crate::retransmit::AllowList::from_config(&config).unwrap();
         assert!(allow.allows(Ipv4Addr::new(127, 9, 9, 9)));
         assert!(!allow.allows(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(config.replay.sessions_per_client_max, 4);
+        assert_eq!(config.replay.sessions_per_client_max, 8);
         assert_eq!(config.http.roles().unwrap().len(), 3);
         assert!(!config.http.metrics_public);
         // Absent sections and keys: the same safe defaults.
