@@ -88,8 +88,12 @@ gateway_counters! {
     receive_overflows,
     /// Gauge: connections in the login pool now (accepted, not logged in).
     login_pool_active,
-    /// Connections refused at accept because the login pool was full.
+    /// Connections refused at accept because the login pool was full (and
+    /// none in it was old enough to evict).
     login_pool_refused,
+    /// Connections closed to make room in a full login pool: the oldest
+    /// that had not sent a whole login request.
+    login_pool_evictions,
     /// Connections refused at accept because their source address already
     /// held `max_login_connections_per_source` in the login pool.
     login_source_refused,

@@ -40,6 +40,7 @@ pub const REPORT_INTERVAL_NS: u64 = 10_000_000_000;
 struct HostileCounts {
     connects_throttled: u64,
     login_pool_refused: u64,
+    login_pool_evictions: u64,
     login_source_refused: u64,
     login_timeouts: u64,
     logins_throttled: u64,
@@ -53,6 +54,7 @@ impl HostileCounts {
         HostileCounts {
             connects_throttled: counters.connects_throttled.get(),
             login_pool_refused: counters.login_pool_refused.get(),
+            login_pool_evictions: counters.login_pool_evictions.get(),
             login_source_refused: counters.login_source_refused.get(),
             login_timeouts: counters.login_timeouts.get(),
             logins_throttled: counters.logins_throttled.get(),
@@ -357,6 +359,7 @@ fn report_hostile_clients(counters: &GatewayCounters, reported: &mut HostileCoun
     *reported = now;
     if now.connects_throttled == last.connects_throttled
         && now.login_pool_refused == last.login_pool_refused
+        && now.login_pool_evictions == last.login_pool_evictions
         && now.login_source_refused == last.login_source_refused
         && now.login_timeouts == last.login_timeouts
         && now.logins_throttled == last.logins_throttled
@@ -368,6 +371,7 @@ fn report_hostile_clients(counters: &GatewayCounters, reported: &mut HostileCoun
     tracing::warn!(
         connects_throttled = now.connects_throttled - last.connects_throttled,
         login_pool_refused = now.login_pool_refused - last.login_pool_refused,
+        login_pool_evictions = now.login_pool_evictions - last.login_pool_evictions,
         login_source_refused = now.login_source_refused - last.login_source_refused,
         login_timeouts = now.login_timeouts - last.login_timeouts,
         logins_throttled = now.logins_throttled - last.logins_throttled,

@@ -303,6 +303,9 @@ struct Connection {
     rate_tat_ns: u64,
     /// In the pending queue.
     queued: bool,
+    /// Marked to be closed by the next `service`, to make room in a full
+    /// login pool (see [`GatewayCore::on_accept_from`]).
+    evicting: bool,
     /// Stopped reading because the sequencer ring was full.
     blocked: bool,
 }
@@ -342,6 +345,10 @@ struct Core {
     login_held: usize,
     /// Slots held by sessions (until `on_closed`).
     session_held: usize,
+    /// Login-pool connections marked for eviction and not yet closed.
+    evicting: usize,
+    /// Slots to evict at the next `service` (capacity: every slot).
+    evictions: Vec<u32>,
     throttle: Throttle,
     timer_period_ns: u64,
     next_timer_ns: u64,
@@ -443,6 +450,8 @@ impl GatewayCore {
                 max_login_connections_per_source: config.max_login_connections_per_source,
                 auth_in_flight_per_source: config.auth_in_flight_per_source,
                 login_held: 0,
+                evicting: 0,
+                evictions: Vec::with_capacity(slots),
                 session_held: 0,
                 throttle: Throttle::new(config),
                 // Check timers four times per heartbeat interval: a heartbeat
@@ -468,6 +477,7 @@ impl GatewayCore {
                         rate_tat_ns: 0,
                         queued: false,
                         blocked: false,
+                        evicting: false,
                     })
                     .collect(),
                 // Lowest slot first.
@@ -630,10 +640,6 @@ impl GatewayCore {
                 return Err(Refusal::ConnectRate);
             }
         }
-        if core.login_held >= core.max_login_connections {
-            core.counters.login_pool_refused.increment();
-            return Err(Refusal::LoginPoolFull);
-        }
         if let Some(source) = peer {
             let held = core
                 .connections
@@ -646,10 +652,39 @@ impl GatewayCore {
                 return Err(Refusal::SourceLimit);
             }
         }
-        let Some(index) = core.free.pop() else {
+        if core.free.is_empty() {
             core.counters.sessions_refused.increment();
             return Err(Refusal::NoSlot);
-        };
+        }
+        if core.login_held - core.evicting >= core.max_login_connections {
+            // Full: make room by evicting the oldest connection that has not
+            // sent a whole login request yet (idle, or dribbling one) and has
+            // had a fair share of its deadline, so that a fresh till is not
+            // kept out until the idlers time out. Young ones are never
+            // evicted: a client's login request follows its connect at once.
+            let min_age_ns = core.login_timeout_ns / 8;
+            let victim = core
+                .connections
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| {
+                    c.in_login_pool
+                        && !c.evicting
+                        && c.state == SlotState::Open(ConnectionState::AwaitingLogin)
+                        && now_ns.saturating_sub(c.accepted_ns) >= min_age_ns
+                })
+                .min_by_key(|(_, c)| c.accepted_ns)
+                .map(|(index, _)| index);
+            let Some(victim) = victim else {
+                core.counters.login_pool_refused.increment();
+                return Err(Refusal::LoginPoolFull);
+            };
+            core.connections[victim].evicting = true;
+            core.evicting += 1;
+            core.evictions.push(victim as u32);
+            core.counters.login_pool_evictions.increment();
+        }
+        let index = core.free.pop().expect("checked above");
         let ticket = core.next_ticket;
         core.next_ticket = core.next_ticket.wrapping_add(1);
         let connection = &mut core.connections[index as usize];
@@ -672,6 +707,7 @@ impl GatewayCore {
             rate_tat_ns: 0,
             queued,
             blocked: false,
+            evicting: false,
         };
         core.login_held += 1;
         core.counters.login_pool_active.set(core.login_held as u64);
@@ -693,6 +729,10 @@ impl GatewayCore {
         let connection = &mut self.core.connections[index];
         connection.state = SlotState::Free;
         connection.client = None;
+        if connection.evicting {
+            connection.evicting = false;
+            self.core.evicting -= 1;
+        }
         if connection.in_login_pool {
             connection.in_login_pool = false;
             self.core.login_held -= 1;
@@ -799,6 +839,29 @@ impl GatewayCore {
     /// peers. Returns the work done (frames handled, heartbeats, timeouts).
     pub fn service(&mut self, io: &mut impl GatewayIo, now_ns: u64) -> usize {
         let mut work = 0;
+        // Connections evicted from a full login pool by on_accept_from.
+        while let Some(index) = self.core.evictions.pop() {
+            let index = index as usize;
+            let connection = &mut self.core.connections[index];
+            if !connection.evicting {
+                continue; // closed meanwhile
+            }
+            if connection.state != SlotState::Open(ConnectionState::AwaitingLogin) {
+                // Its login arrived in time: spared.
+                connection.evicting = false;
+                self.core.evicting -= 1;
+                continue;
+            }
+            work += 1;
+            let slot = SlotId(index as u32);
+            self.core.send_debug(
+                io,
+                slot,
+                now_ns,
+                format_args!("closed: the login pool is full and no login arrived"),
+            );
+            self.core.close(io, slot);
+        }
         // Each slot queued now gets one turn; those that re-queue wait for
         // the next call.
         for _ in 0..self.core.pending.len() {

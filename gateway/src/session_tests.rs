@@ -550,6 +550,40 @@ fn the_login_pool_bounds_connections_not_logged_in() {
 }
 
 #[test]
+fn a_full_login_pool_evicts_its_oldest_idler_for_a_newcomer() {
+    let mut h = Harness::new();
+    let oldest = h.connect();
+    h.advance(100 * MS);
+    let logging_in = h.connect();
+    h.advance(100 * MS);
+    let idlers = [h.connect(), h.connect()];
+    // Everyone is young: nobody is evicted, the newcomer is refused.
+    assert_eq!(h.core.on_accept(h.now_ns), None);
+    // Once the pool's connections have had an eighth of their deadline,
+    // the oldest that sent no login makes room.
+    h.advance(GatewayConfig::DEFAULT_LOGIN_TIMEOUT_NS / 8);
+    h.send_login(logging_in, "till", "pw", Session::BLANK, 0);
+    let newcomer = h.core.on_accept(h.now_ns).expect("room made");
+    assert_eq!(h.counters().login_pool_evictions.get(), 1);
+    h.service();
+    let outs = h.take(oldest);
+    assert!(
+        matches!(&outs[..], [Out::Debug(text), Out::Closed] if text.contains("login pool is full")),
+        "{outs:?}"
+    );
+    h.release(oldest);
+    // The one whose login is being checked is never evicted: the next
+    // newcomer takes the next idler's place.
+    let second = h.core.on_accept(h.now_ns).expect("room made");
+    h.service();
+    assert_eq!(h.take(idlers[0]).last(), Some(&Out::Closed));
+    assert!(h.take(logging_in).is_empty());
+    h.answer_auth();
+    assert_eq!(h.take(logging_in), [Out::LoginAccepted { next_seq: 1 }]);
+    assert_ne!(newcomer, second);
+}
+
+#[test]
 fn sessions_have_their_own_slots_and_limit() {
     let mut config = config();
     config.max_sessions = 2;
