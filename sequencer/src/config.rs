@@ -212,6 +212,10 @@ pub struct ReplayConfig {
     /// connecting is closed.
     #[serde(default = "default_replay_login_timeout_ms")]
     pub login_timeout_ms: u64,
+    /// Connections not logged in yet that one source address may hold; a
+    /// further one is closed at accept.
+    #[serde(default = "default_replay_logins_pending_per_source_max")]
+    pub logins_pending_per_source_max: usize,
     /// Bounds of the heartbeat timeout a SoupBinTCP 4.1 client may request
     /// (a request outside is clamped; none, or 0, keeps 15 s).
     #[serde(default = "default_replay_heartbeat_timeout_min_ms")]
@@ -449,6 +453,9 @@ fn default_replay_sessions_per_client_max() -> usize {
 fn default_replay_login_timeout_ms() -> u64 {
     5_000
 }
+fn default_replay_logins_pending_per_source_max() -> usize {
+    8
+}
 fn default_replay_heartbeat_timeout_min_ms() -> u64 {
     3_000
 }
@@ -637,6 +644,12 @@ impl ApplianceConfig {
         }
         if self.replay.login_timeout_ms == 0 {
             return Err(bad("replay.login_timeout_ms", "must be at least 1"));
+        }
+        if self.replay.logins_pending_per_source_max == 0 {
+            return Err(bad(
+                "replay.logins_pending_per_source_max",
+                "must be at least 1",
+            ));
         }
         if self.replay.stall_timeout_ms == 0 {
             return Err(bad("replay.stall_timeout_ms", "must be at least 1"));

@@ -9,6 +9,10 @@
 //! - The first frame must be a Login Request (SoupBinTCP 4.0, 46 bytes, or
 //!   4.1, 51 bytes), sent within `login_timeout` of connecting; otherwise a
 //!   Debug packet says why and the connection closes (`login_timeouts`).
+//!   One source address may hold at most `logins_pending_per_source_max`
+//!   connections that have not logged in yet; a further one gets a Debug
+//!   packet and is closed at once (`login_source_refused`), so one address
+//!   cannot hold every slot with idle connections.
 //!   Its password is checked off
 //!   the loop, on an [`AuthThread`] (argon2 never runs on the loop thread).
 //!   Any configured client may use the feed, whatever its role (`reader`
@@ -127,6 +131,8 @@ pub struct ReplayOptions {
     pub sessions_per_client_max: usize,
     /// Close a connection that sent no login this long after connecting.
     pub login_timeout_ns: u64,
+    /// Connections not logged in yet that one source address may hold.
+    pub logins_pending_per_source_max: usize,
     /// Logins being checked at once; more are rejected `A`.
     pub auth_queue_depth: usize,
     /// Entries of the journal reader's sparse index.
@@ -160,6 +166,7 @@ impl ReplayOptions {
                 .saturating_mul(1_000_000),
             sessions_per_client_max: config.replay.sessions_per_client_max,
             login_timeout_ns: config.replay.login_timeout_ms.saturating_mul(1_000_000),
+            logins_pending_per_source_max: config.replay.logins_pending_per_source_max,
             // Each connection has at most one login outstanding; a closed
             // connection's may still be in the queue when its slot is reused.
             auth_queue_depth: 2 * config.replay.clients_max,
@@ -190,6 +197,9 @@ pub struct ReplayCounters {
     pub corrupt_records: Counter,
     /// Connections refused at accept: every slot taken.
     pub connections_refused: Counter,
+    /// Connections closed at accept: their address already holds its most
+    /// connections that have not logged in.
+    pub login_source_refused: Counter,
 }
 
 impl ReplayCounters {
@@ -206,6 +216,7 @@ impl ReplayCounters {
         "replay.logins_over_limit",
         "replay.corrupt_records",
         "replay.connections_refused",
+        "replay.login_source_refused",
     ];
 
     /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
@@ -223,6 +234,7 @@ impl ReplayCounters {
             logins_over_limit: c(8),
             corrupt_records: c(9),
             connections_refused: c(10),
+            login_source_refused: c(11),
         }
     }
 }
@@ -254,6 +266,9 @@ struct ClientSlot {
     /// connection in this slot is recognised and ignored.
     ticket: u32,
     requested_session: Session,
+    /// The peer's IPv4 address as bits (0 for IPv6): the per-source limit
+    /// on connections not logged in yet.
+    peer_bits: u32,
     /// The configured client that logged in (or is logging in).
     client_index: Option<u16>,
     /// When the connection was accepted (the login deadline runs from it).
@@ -294,6 +309,7 @@ impl ClientSlot {
             inbound_bytes: 0,
             ticket: 0,
             requested_session: Session::BLANK,
+            peer_bits: 0,
             client_index: None,
             accepted_ns: 0,
             peer_timeout_ns: PEER_TIMEOUT_NS,
@@ -416,6 +432,7 @@ impl<A: Authenticator> ReplayLoop<A> {
             || options.index_capacity == 0
             || options.sessions_per_client_max == 0
             || options.login_timeout_ns == 0
+            || options.logins_pending_per_source_max == 0
             || options.stall_timeout_ns == 0
             || options.heartbeat_timeout_min_ns == 0
             || options.heartbeat_timeout_min_ns > options.heartbeat_timeout_max_ns
@@ -523,8 +540,32 @@ fn debug_frame(text: &[u8], out: &mut [u8; DEBUG_FRAME_BYTES_MAX]) -> usize {
 impl<A: Authenticator> Feed<A> {
     fn on_event(&mut self, io: &mut TcpServerHandle, event: TcpEvent<'_>, now_ns: u64) {
         match event {
-            TcpEvent::Accepted { conn, .. } => {
-                self.slots[conn.index()].reset(Some(conn), Phase::AwaitingLogin, now_ns);
+            TcpEvent::Accepted { conn, peer } => {
+                let peer_bits = match peer {
+                    SocketAddr::V4(v4) => v4.ip().to_bits(),
+                    SocketAddr::V6(_) => 0,
+                };
+                // Bounded: one pass over the fixed slot table.
+                let pending = self
+                    .slots
+                    .iter()
+                    .filter(|slot| {
+                        slot.peer_bits == peer_bits
+                            && matches!(slot.phase, Phase::AwaitingLogin | Phase::Authenticating)
+                    })
+                    .count();
+                let slot = &mut self.slots[conn.index()];
+                slot.reset(Some(conn), Phase::AwaitingLogin, now_ns);
+                slot.peer_bits = peer_bits;
+                if pending >= self.options.logins_pending_per_source_max {
+                    self.counters.login_source_refused.increment();
+                    self.send_debug(
+                        io,
+                        conn.index(),
+                        b"refused: too many connections from your address waiting to log in",
+                    );
+                    self.close(io, conn.index());
+                }
             }
             TcpEvent::Data { conn, bytes } => self.on_data(io, conn, bytes, now_ns),
             TcpEvent::Closed { conn, .. } => {
@@ -1074,6 +1115,7 @@ mod tests {
             heartbeat_timeout_max_ns: 60_000_000_000,
             sessions_per_client_max: 4,
             login_timeout_ns: 5_000_000_000,
+            logins_pending_per_source_max: 8,
             auth_queue_depth: 8,
             index_capacity: 64,
         }
@@ -1484,6 +1526,33 @@ mod tests {
         let mut fourth = Client::login(f.addr, "secret1", Session::BLANK, 11);
         assert_eq!(fourth.next(), Got::Accepted(session(), 11));
         drop(second);
+    }
+
+    #[test]
+    fn one_address_holds_few_connections_waiting_to_log_in() {
+        let mut opts = options();
+        opts.logins_pending_per_source_max = 2;
+        let f = Fixture::new(opts, 10);
+        let first = Client::connect(f.addr);
+        let _second = Client::connect(f.addr);
+        let mut third = Client::connect(f.addr);
+        match third.next() {
+            Got::Debug(text) => assert!(text.contains("too many connections"), "{text}"),
+            other => panic!("expected a debug packet, got {other:?}"),
+        }
+        assert_eq!(third.next(), Got::Closed);
+        assert_eq!(f.counters.login_source_refused.get(), 1);
+        // One of them goes: a login from the address fits again.
+        drop(first);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let mut reader = Client::login(f.addr, "secret1", Session::BLANK, 11);
+            match reader.next() {
+                Got::Accepted(..) => break,
+                Got::Debug(_) => assert!(Instant::now() < deadline, "never fits"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 
     /// A record whose payload fails its CRC is never sent: the session that

@@ -114,7 +114,8 @@ fn one_reader_opening_100_replay_sessions_is_capped_and_another_reader_connects(
     let setup = TestSetup::with(75, dir.path(), |text| {
         text.replacen("\n[retransmit]", READ2, 1).replace(
             "[replay]\n",
-            "[replay]\nclients_max = 64\nsessions_per_client_max = 4\n",
+            "[replay]\nclients_max = 64\nsessions_per_client_max = 4\n\
+             logins_pending_per_source_max = 64\n",
         )
     });
     let _appliance = Appliance::start(&setup);
@@ -138,9 +139,12 @@ fn one_reader_opening_100_replay_sessions_is_capped_and_another_reader_connects(
             LoginOutcome::Closed => refused += 1,
         }
     }
+    let refused_full = counter(&setup, "replay.connections_refused");
+    let refused_source = counter(&setup, "replay.login_source_refused");
     eprintln!(
         "100 replay logins as read1 in {:?}: {accepted} accepted, {over_limit} over the \
-         per-username limit, {refused} refused at accept (every slot taken)",
+         per-username limit, {refused} closed at accept ({refused_full} every slot taken, \
+         {refused_source} too many waiting to log in from the address)",
         started.elapsed()
     );
     assert_eq!(accepted, 4, "capped at sessions_per_client_max");
@@ -151,7 +155,7 @@ fn one_reader_opening_100_replay_sessions_is_capped_and_another_reader_connects(
     assert_eq!(login_outcome(&mut other), LoginOutcome::Accepted);
     assert!(matches!(other.recv(LONG), Some(Reply::Sequenced(_))));
     assert_eq!(counter(&setup, "replay.logins_over_limit"), over_limit);
-    assert_eq!(counter(&setup, "replay.connections_refused"), refused);
+    assert_eq!(refused_full + refused_source, refused);
     assert_eq!(counter(&setup, "replay.clients_active"), 5);
 }
 
