@@ -114,9 +114,16 @@ impl Journal for NullJournal {
 /// Where finished packets go: the multicast stream.
 pub trait Publisher {
     /// Queues one complete MoldUDP64 packet for sending (it may go at once).
-    /// A send error is counted by the caller and not fatal: the packet is
-    /// journaled and receivers gap-fill.
+    /// `Err(WouldBlock)` when every send slot is in flight: nothing was
+    /// queued, the core holds the packet and offers it again on a later
+    /// cycle (back-pressure, never a wait). Any other error is counted by
+    /// the caller and not fatal: the packet is journaled and receivers
+    /// gap-fill.
     fn publish(&mut self, packet: &[u8]) -> io::Result<()>;
+    /// Waits up to `timeout` for a send slot to free (shutdown only).
+    fn wait_for_room(&mut self, _timeout: std::time::Duration) -> io::Result<()> {
+        Ok(())
+    }
     /// Sends everything queued. The core calls it at the end of each duty
     /// cycle, so one batch costs one submission.
     fn submit(&mut self) -> io::Result<()> {
@@ -166,6 +173,9 @@ pub struct CoreCounters {
     pub durability_waits: Counter,
     /// Packets held until their journal record was durable.
     pub packets_held: Counter,
+    /// Times a packet found every publisher send slot in flight and was
+    /// held for a later cycle.
+    pub publisher_full: Counter,
 }
 
 impl CoreCounters {
@@ -184,6 +194,7 @@ impl CoreCounters {
         "sequencer.next_seq",
         "sequencer.durability_waits",
         "sequencer.packets_held",
+        "sequencer.publisher_full",
     ];
 
     /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
@@ -203,6 +214,7 @@ impl CoreCounters {
             next_seq: c(10),
             durability_waits: c(11),
             packets_held: c(12),
+            publisher_full: c(13),
         }
     }
 }
@@ -261,6 +273,12 @@ impl HeldPackets {
         Some(&self.bytes[start..start + self.lens[self.head]])
     }
 
+    /// Sequence number after the oldest packet's last message.
+    fn front_end_seq(&self) -> u64 {
+        assert!(self.len > 0);
+        self.end_seqs[self.head]
+    }
+
     fn pop(&mut self) {
         assert!(self.len > 0);
         self.head = (self.head + 1) % HELD_PACKETS_MAX;
@@ -285,8 +303,12 @@ pub struct SequencerCore<J: Journal, P: Publisher> {
     pending: Vec<(Outcome, u64)>,
     /// Packets journaled but not yet durable (group commit).
     held_packets: HeldPackets,
-    /// Outcomes waiting for durability, or for room in the outcome ring.
+    /// Outcomes waiting for durability and publication, or for room in the
+    /// outcome ring.
     held_outcomes: std::collections::VecDeque<(Outcome, u64)>,
+    /// Every message below this was handed to the publisher (an outcome is
+    /// sent only after its packet).
+    published_next_seq: u64,
     /// The least number of messages any packet holds (all of the largest
     /// size): bounds the packets a batch can make.
     messages_per_packet_min: usize,
@@ -330,6 +352,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
             packet_len: MoldHeader::SIZE,
             packet_count: 0,
             packet_first_seq: next_seq,
+            published_next_seq: next_seq,
             last_send_ns: 0,
             counters,
             ended: false,
@@ -441,9 +464,9 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         self.journal.submit(now_ns)?;
         self.counters.batches.increment();
         self.submit();
-        let durable = self.journal.durable_next_seq();
+        let sendable = self.journal.durable_next_seq().min(self.published_next_seq);
         for (outcome, needed) in self.pending.drain(..) {
-            if self.held_outcomes.is_empty() && needed <= durable {
+            if self.held_outcomes.is_empty() && needed <= sendable {
                 // Room was checked above; a failure here is a bug.
                 outcomes
                     .push(outcome)
@@ -470,9 +493,14 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         self.sequence_system_event(system_code::END_OF_SESSION, now_ns)?;
         self.flush(now_ns)?;
         self.journal.end_session()?;
-        self.release(self.journal.durable_next_seq(), outcomes);
+        self.release_all(outcomes);
         let len = mold::write_end_of_session(&mut self.packet, self.config.session, self.next_seq);
-        self.send(len, now_ns);
+        if !self.send(len, now_ns) {
+            let _ = self
+                .publisher
+                .wait_for_room(std::time::Duration::from_secs(1));
+            self.send(len, now_ns);
+        }
         self.submit();
         self.ended = true;
         Ok(())
@@ -488,7 +516,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
     ) -> Result<(), WriteError> {
         self.flush(now_ns)?;
         self.journal.sync()?;
-        self.release(self.journal.durable_next_seq(), outcomes);
+        self.release_all(outcomes);
         self.submit();
         Ok(())
     }
@@ -498,23 +526,46 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
     fn release(&mut self, durable_next_seq: u64, outcomes: &mut rtrb::Producer<Outcome>) -> usize {
         let mut released = 0;
         while let Some(packet) = self.held_packets.front_if_durable(durable_next_seq) {
-            let result = self.publisher.publish(packet);
             let len = packet.len();
+            match self.publisher.publish(packet) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.counters.publisher_full.increment();
+                    break;
+                }
+                result => self.count_send(result, len),
+            }
+            self.published_next_seq = self.held_packets.front_end_seq();
             self.held_packets.pop();
-            self.count_send(result, len);
             released += 1;
         }
         if released > 0 {
             self.submit();
         }
+        let sendable = durable_next_seq.min(self.published_next_seq);
         while let Some(&(outcome, needed)) = self.held_outcomes.front() {
-            if needed > durable_next_seq || outcomes.push(outcome).is_err() {
+            if needed > sendable || outcomes.push(outcome).is_err() {
                 break;
             }
             self.held_outcomes.pop_front();
             released += 1;
         }
         released
+    }
+
+    /// At shutdown: releases everything durable, waiting (bounded) for the
+    /// publisher's send slots.
+    fn release_all(&mut self, outcomes: &mut rtrb::Producer<Outcome>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            self.release(self.journal.durable_next_seq(), outcomes);
+            let now = std::time::Instant::now();
+            if self.held_packets.len == 0 || now >= deadline {
+                return;
+            }
+            if self.publisher.wait_for_room(deadline - now).is_err() {
+                return;
+            }
+        }
     }
 
     /// Messages a batch may take so that its packets fit the held-packet ring.
@@ -636,8 +687,10 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
             .add(u64::from(self.packet_count));
         self.counters.next_seq.set(self.next_seq);
         let len = self.packet_len;
-        if self.held_packets.len == 0 && self.journal.durable_next_seq() >= self.next_seq {
-            self.send(len, now_ns);
+        let durable = self.journal.durable_next_seq() >= self.next_seq;
+        let sent = self.held_packets.len == 0 && durable && self.send(len, now_ns);
+        if sent {
+            self.published_next_seq = self.next_seq;
         } else {
             self.held_packets.push(&self.packet[..len], self.next_seq);
             self.counters.packets_held.increment();
@@ -657,14 +710,27 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
     fn heartbeat(&mut self, now_ns: u64) {
         debug_assert_eq!(self.packet_count, 0);
         let len = mold::write_heartbeat(&mut self.packet, self.config.session, self.next_seq);
-        self.send(len, now_ns);
-        self.counters.heartbeats_sent.increment();
+        // A heartbeat that finds the send slots full is skipped: packets are
+        // in flight, and they tell receivers the same.
+        if self.send(len, now_ns) {
+            self.counters.heartbeats_sent.increment();
+        }
     }
 
-    fn send(&mut self, len: usize, now_ns: u64) {
-        let result = self.publisher.publish(&self.packet[..len]);
-        self.count_send(result, len);
-        self.last_send_ns = now_ns;
+    /// Offers the packet in `self.packet[..len]` to the publisher; false when
+    /// every send slot was in flight (nothing queued: the caller holds it).
+    fn send(&mut self, len: usize, now_ns: u64) -> bool {
+        match self.publisher.publish(&self.packet[..len]) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                self.counters.publisher_full.increment();
+                false
+            }
+            result => {
+                self.count_send(result, len);
+                self.last_send_ns = now_ns;
+                true
+            }
+        }
     }
 
     fn count_send(&mut self, result: io::Result<()>, len: usize) {
@@ -740,13 +806,27 @@ mod tests {
         }
     }
 
+    /// Records packets. With `slots`, at most that many may be in flight
+    /// (sent, not yet completed); the test completes them with `complete`.
     #[derive(Default)]
     struct RecordingPublisher {
         packets: Vec<Vec<u8>>,
+        slots: Option<usize>,
+        in_flight: usize,
+    }
+
+    impl RecordingPublisher {
+        fn complete(&mut self) {
+            self.in_flight = 0;
+        }
     }
 
     impl Publisher for RecordingPublisher {
         fn publish(&mut self, packet: &[u8]) -> io::Result<()> {
+            if self.slots.is_some_and(|slots| self.in_flight == slots) {
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, "slots full"));
+            }
+            self.in_flight += 1;
             self.packets.push(packet.to_vec());
             Ok(())
         }
@@ -1067,6 +1147,70 @@ mod tests {
         let published = stream(&mut core);
         for (index, (seq, _)) in published.iter().enumerate() {
             assert_eq!(*seq, index as u64 + 1, "no gap, no reorder");
+        }
+    }
+
+    #[test]
+    fn full_publisher_slots_push_back_without_sleeping_losing_or_reordering() {
+        let (mut core, file) = core(200);
+        core.publisher_mut().slots = Some(4);
+        core.start(0).unwrap();
+        let (mut to_core, mut inbound) = rtrb::RingBuffer::new(1 << 16);
+        let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(1 << 17);
+        let mut client_seq = 0u32;
+        let mut acked = Vec::new();
+        // Far more than four slots' worth, while the "kernel" completes
+        // sends only every tenth cycle. Every poll returns at once.
+        for round in 0..2_000u64 {
+            while to_core.slots() > 0 && client_seq < 200_000 {
+                client_seq += 1;
+                to_core.push(order(1, client_seq)).unwrap();
+            }
+            let started = std::time::Instant::now();
+            core.poll(&mut inbound, &mut outcomes, round).unwrap();
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(500),
+                "a poll never waits for the publisher"
+            );
+            if round % 10 == 9 {
+                core.publisher_mut().complete();
+            }
+            while let Ok(outcome) = from_core.pop() {
+                // An ack only for a message already handed to the publisher.
+                let published = stream(&mut core).last().map_or(0, |(seq, _)| *seq);
+                assert!(outcome.stream_seq <= published, "ack before its packet");
+                acked.push(outcome.client_seq);
+            }
+        }
+        let counters = CoreCounters::from_file(&file, 0);
+        assert!(counters.publisher_full.get() > 0, "the slots were full");
+        assert!(counters.packets_held.get() > 0);
+        // Drain the rest.
+        for round in 0..100_000u64 {
+            core.publisher_mut().complete();
+            let work = core
+                .poll(&mut inbound, &mut outcomes, 10_000 + round)
+                .unwrap();
+            while let Ok(outcome) = from_core.pop() {
+                acked.push(outcome.client_seq);
+            }
+            if work == 0 && inbound.is_empty() && core.held() == (0, 0) {
+                break;
+            }
+        }
+        assert_eq!(
+            acked,
+            (1..=client_seq).collect::<Vec<_>>(),
+            "every ack, in order"
+        );
+        let published = stream(&mut core);
+        assert_eq!(
+            published.len(),
+            client_seq as usize + 1,
+            "S(O) and every order"
+        );
+        for (index, (seq, _)) in published.iter().enumerate() {
+            assert_eq!(*seq, index as u64 + 1, "no gap, no reorder, nothing twice");
         }
     }
 }

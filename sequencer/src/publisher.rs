@@ -42,30 +42,35 @@ impl MulticastPublisher {
 }
 
 impl Publisher for MulticastPublisher {
+    /// Copies the packet into a free send slot. When every slot is in
+    /// flight it reaps finished sends once and, if none finished, says
+    /// `WouldBlock`: the sequencer holds the packet and goes on (it never
+    /// sleeps here).
     fn publish(&mut self, packet: &[u8]) -> io::Result<()> {
-        // Every slot in flight: submit what is queued and wait for the kernel
-        // to finish one. UDP sends complete in microseconds; the bound only
-        // guards against a wedged socket.
-        let mut waits = 0;
-        loop {
+        for attempt in 0..2 {
             if let Some((slot, buffer)) = self.sender.slot() {
                 buffer[..packet.len()].copy_from_slice(packet);
                 return self.sender.queue_slot(slot, packet.len());
             }
-            self.sender.submit()?;
-            self.sender.wait_completions(Duration::from_millis(10))?;
-            waits += 1;
-            if waits == 100 {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "multicast send slots stayed full for a second",
-                ));
+            if attempt == 0 {
+                self.sender.submit()?;
+                self.sender.poll_completions()?;
             }
         }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "every multicast send slot is in flight",
+        ))
     }
 
     fn submit(&mut self) -> io::Result<()> {
         self.sender.submit()?;
+        self.sender.poll_completions().map(|_| ())
+    }
+
+    fn wait_for_room(&mut self, timeout: Duration) -> io::Result<()> {
+        self.sender.submit()?;
+        self.sender.wait_completions(timeout)?;
         self.sender.poll_completions().map(|_| ())
     }
 }
