@@ -57,8 +57,8 @@
 //! Realtime contract: one thread owns the loop. The TCP server, the journal
 //! reader, every connection's state and the frame scratch buffer are
 //! allocated in [`ReplayLoop::new`]; [`ReplayLoop::poll`] does bounded work
-//! and never allocates, locks or logs (except once per damaged journal
-//! record).
+//! and never allocates, locks or logs, except on a damaged journal record
+//! (the reader's error text; one log line per record).
 
 use std::io;
 use std::net::SocketAddr;

@@ -37,10 +37,10 @@
 //! loop goes on serving every other range.
 //!
 //! Realtime contract: one thread owns the loop. Everything (socket buffers,
-//! the reply packet, the requester table, the queue of accepted requests) is
-//! allocated in [`RetransmitLoop::new`]; [`RetransmitLoop::poll`] does
-//! bounded work and never allocates, locks or logs (except once per damaged
-//! journal record).
+//! the reply packet, the per-source table, the queue of accepted requests)
+//! is allocated in [`RetransmitLoop::new`]; [`RetransmitLoop::poll`] does
+//! bounded work and never allocates, locks or logs, except on a damaged
+//! journal record (the reader's error text; one log line per record).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
