@@ -890,4 +890,34 @@ fn a_reconnect_storm_is_throttled_at_accept_and_counted() {
     );
     assert!(admitted <= budget, "{admitted} admitted");
     assert!(login_time < Duration::from_secs(1), "{login_time:?}");
+
+    // Many addresses filling the whole login pool (default: 128, 8 per
+    // address) do not keep a till out either: once the idlers have had an
+    // eighth of their deadline, a newcomer takes the oldest one's place.
+    wait_for_counter(&setup, "login_pool_active", |held| held == 0);
+    let mut idlers: Vec<Conn> = (1..=16u8)
+        .flat_map(|host| (0..8).map(move |_| host))
+        .map(|host| Conn::from(Ipv4Addr::new(127, 0, 5, host), setup.gateway))
+        .collect();
+    wait_for_counter(&setup, "login_pool_active", |held| held == 128);
+    // The eviction rule is about age: let the pool's connections age.
+    thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    let mut till = Conn::from(TILL_ADDRESS, setup.gateway);
+    till.login("pos1", POS_PASSWORD);
+    assert_eq!(till.next(LONG), Some(Packet::Accepted { next_seq: 2 }));
+    let login_time = started.elapsed();
+    println!("till login with the login pool full of idlers from 16 addresses: {login_time:?}");
+    assert!(login_time < Duration::from_secs(1), "{login_time:?}");
+    assert_eq!(counter(&setup, "login_pool_evictions"), 1);
+    // One of the oldest (accepted in the same cycle, so any of that batch)
+    // was told why and closed; the rest are still held.
+    let evicted: Vec<Packet> = idlers
+        .iter_mut()
+        .filter_map(|idler| idler.next(Duration::from_millis(10)))
+        .collect();
+    assert!(
+        matches!(&evicted[..], [Packet::Debug(text)] if text.contains("login pool is full")),
+        "{evicted:?}"
+    );
 }
