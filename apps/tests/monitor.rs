@@ -762,6 +762,16 @@ fn the_binary_serves_until_sigterm() {
     };
     let ready: Value = serde_json::from_str(&ready.body).unwrap();
     assert_eq!(ready["ready"], true);
+    // The binary takes its readers from the --config file: no credentials,
+    // no stock levels.
+    let mut stream = TcpStream::connect(listen).unwrap();
+    write!(stream, "GET /availability/MUG HTTP/1.0\r\n\r\n").unwrap();
+    let mut anonymous = String::new();
+    stream.read_to_string(&mut anonymous).unwrap();
+    assert!(
+        anonymous.starts_with("HTTP/1.0 401") || anonymous.starts_with("HTTP/1.1 401"),
+        "{anonymous}"
+    );
     let (status, mug) = get_json(listen, "/availability/MUG");
     assert_eq!(status, 200);
     assert_eq!(mug["total"]["on_hand"], 15);
