@@ -656,7 +656,8 @@ impl GatewayCore {
             core.counters.sessions_refused.increment();
             return Err(Refusal::NoSlot);
         }
-        if core.login_held - core.evicting >= core.max_login_connections {
+        debug_assert!(core.evicting <= core.login_held);
+        if core.login_held.saturating_sub(core.evicting) >= core.max_login_connections {
             // Full: make room by evicting the oldest connection that has not
             // sent a whole login request yet (idle, or dribbling one) and has
             // had a fair share of its deadline, so that a fresh till is not
@@ -1351,6 +1352,11 @@ impl Core {
         let connection = &mut self.connections[slot.index()];
         debug_assert!(connection.in_login_pool);
         connection.in_login_pool = false;
+        if connection.evicting {
+            // Marked while it was still idle; its login won the race.
+            connection.evicting = false;
+            self.evicting -= 1;
+        }
         self.login_held -= 1;
         self.session_held += 1;
         self.counters.login_pool_active.set(self.login_held as u64);

@@ -550,6 +550,29 @@ fn the_login_pool_bounds_connections_not_logged_in() {
 }
 
 #[test]
+fn an_idler_whose_login_wins_the_race_with_its_eviction_is_spared() {
+    let mut h = Harness::new();
+    let oldest = h.connect();
+    h.advance(MS);
+    let others = [h.connect(), h.connect(), h.connect()];
+    h.advance(GatewayConfig::DEFAULT_LOGIN_TIMEOUT_NS / 8);
+    // The newcomer marks `oldest` for eviction; before the core gets to
+    // close it, its login arrives and is verified.
+    h.core.on_accept(h.now_ns).expect("room made");
+    h.send_login(oldest, "till", "pw", Session::BLANK, 0);
+    h.answer_auth();
+    assert_eq!(h.take(oldest), [Out::LoginAccepted { next_seq: 1 }]);
+    h.service();
+    assert!(h.take(oldest).is_empty(), "spared");
+    // The pool is full again (three idlers and the newcomer): the next
+    // newcomer evicts the oldest remaining idler.
+    assert_eq!(h.counters().login_pool_active.get(), 4);
+    h.core.on_accept(h.now_ns).expect("room made");
+    h.service();
+    assert_eq!(h.take(others[0]).last(), Some(&Out::Closed));
+}
+
+#[test]
 fn a_full_login_pool_evicts_its_oldest_idler_for_a_newcomer() {
     let mut h = Harness::new();
     let oldest = h.connect();
