@@ -324,25 +324,31 @@ impl<A: Authenticator> GatewayLoop<A> {
         while !stop.load(Ordering::Relaxed) {
             let now_ns = start.elapsed().as_nanos() as u64;
             let work = self.poll(now_ns);
-            let GatewayLoop {
-                server,
-                from_sequencer,
-                own_waker,
-                ..
-            } = self;
-            idler.idle_with(work, |duration: Duration| match own_waker {
-                // Park in the ring: TCP completions and the sequencer's
-                // wake-up (acks on the ring) both end the wait.
-                Some(waker) => waker.park_with(
-                    || !from_sequencer.is_empty(),
-                    || {
-                        let _ = server.wait(duration);
-                    },
-                ),
-                None => {
+            idler.idle_with(work, |duration: Duration| self.park(duration));
+        }
+    }
+
+    /// Waits up to `duration` in the ring: a TCP completion, or a wake-up of
+    /// this loop's waker ([`GatewayLoop::waker`]: acks on the ring, or any
+    /// other completion source registered with its eventfd), ends the wait
+    /// early. For a thread that runs this loop with others.
+    pub fn park(&mut self, duration: Duration) {
+        let GatewayLoop {
+            server,
+            from_sequencer,
+            own_waker,
+            ..
+        } = self;
+        match own_waker {
+            Some(waker) => waker.park_with(
+                || !from_sequencer.is_empty(),
+                || {
                     let _ = server.wait(duration);
-                }
-            });
+                },
+            ),
+            None => {
+                let _ = server.wait(duration);
+            }
         }
     }
 }

@@ -19,11 +19,11 @@ use tally_gateway::counters::GatewayCounters;
 use tally_gateway::gateway_loop::GatewayLoop;
 use tally_gateway::link::{Inbound, Outcome};
 use tally_gateway::session::{AckRecord, GatewayCore, RecoveryError};
-use tally_runtime::counters::CounterFile;
+use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::thread::spawn_loop;
 use tally_runtime::wake::Waker;
 
-use crate::config::ApplianceConfig;
+use crate::config::{ApplianceConfig, Threading};
 use crate::core::{CoreConfig, CoreCounters, SequencerCore};
 use crate::exit::JournalWriteFailed;
 use crate::journal::{JournalWriter, Recovery, WriteError};
@@ -68,6 +68,68 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     // SAFETY: as above.
     let result = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
     (result == 0).then(|| stats.f_bavail as u64 * stats.f_frsize as u64)
+}
+
+/// The sequencer's duty cycle and shutdown, run by its own thread
+/// (`dedicated`) or by the thread it shares with the gateway (`shared`).
+struct SequencerAgent {
+    core: SequencerCore<JournalWriter, MulticastPublisher>,
+    inbound: rtrb::Consumer<Inbound>,
+    outcomes: rtrb::Producer<Outcome>,
+    journal_path: std::path::PathBuf,
+    journal_bytes: Counter,
+    journal_fsyncs: Counter,
+    counter_file: CounterFile,
+}
+
+impl SequencerAgent {
+    /// One duty cycle; on an idle one, reaps send completions and stores
+    /// the journal counters and the liveness heartbeat.
+    fn do_work(&mut self, now_ns: u64) -> io::Result<usize> {
+        let work = self
+            .core
+            .poll(&mut self.inbound, &mut self.outcomes, now_ns)
+            .map_err(|error| io::Error::other(journal_write_failed(&self.journal_path, error)))?;
+        if work == 0 {
+            self.core.publisher_mut().poll_completions()?;
+            self.journal_bytes
+                .set(self.core.journal_mut().bytes_written());
+            self.journal_fsyncs.set(self.core.journal_mut().fsyncs());
+            self.counter_file.set_heartbeat(now_ns);
+        }
+        Ok(work)
+    }
+
+    /// Finishes what the gateway already handed over, ends the session if
+    /// asked, makes the journal durable and flushes the stream.
+    fn close(&mut self, end_session: bool) -> io::Result<()> {
+        let fatal =
+            |path: &std::path::Path, error| io::Error::other(journal_write_failed(path, error));
+        let now_ns = clock_ns();
+        while self
+            .core
+            .poll(&mut self.inbound, &mut self.outcomes, now_ns)
+            .map_err(|error| fatal(&self.journal_path, error))?
+            > 0
+        {}
+        if end_session {
+            self.core
+                .end_session(&mut self.outcomes, now_ns)
+                .map_err(|error| fatal(&self.journal_path, error))?;
+        }
+        self.core
+            .shutdown(&mut self.outcomes, now_ns)
+            .map_err(|error| fatal(&self.journal_path, error))?;
+        let _ = self.core.publisher_mut().flush(Duration::from_secs(1));
+        self.journal_bytes
+            .set(self.core.journal_mut().bytes_written());
+        self.journal_fsyncs.set(self.core.journal_mut().fsyncs());
+        tracing::info!(
+            next_seq = self.core.next_seq(),
+            "sequencer loop stopped; journal synced"
+        );
+        Ok(())
+    }
 }
 
 /// Flags the signal handlers set and the loops read.
@@ -224,7 +286,20 @@ impl Appliance {
         // is parked, so a lone command never waits for a park to time out.
         let gateway_waker = gateway.waker().context("creating the gateway's waker")?;
         let sequencer_waker = Waker::new().context("creating the sequencer's waker")?;
-        gateway.wake_sequencer_with(sequencer_waker.clone());
+        let (threading, threading_auto) = config.threading()?;
+        tracing::info!(
+            threading = threading.name(),
+            chosen_by = if threading_auto {
+                "the CPU count (loops.threading = \"auto\")"
+            } else {
+                "loops.threading"
+            },
+            cpus = tally_runtime::thread::available_cores().len(),
+            "threading mode"
+        );
+        if threading == Threading::Dedicated {
+            gateway.wake_sequencer_with(sequencer_waker.clone());
+        }
         let retransmit_counters =
             RetransmitCounters::from_file(&counters, index_of(RetransmitCounters::NAMES[0]));
         let mut retransmit = RetransmitLoop::new(
@@ -261,70 +336,75 @@ impl Appliance {
             .context("starting the session")?;
         // A group commit's completion wakes the parked sequencer loop.
         core.journal_mut()
-            .register_eventfd(sequencer_waker.fd())
+            .register_eventfd(match threading {
+                Threading::Dedicated => sequencer_waker.fd(),
+                // The shared thread parks in the gateway's ring.
+                Threading::Shared => gateway_waker.fd(),
+            })
             .context("registering the sequencer's waker with the journal's io_uring")?;
 
         let mut threads = Vec::new();
         let placement = config.placement("sequencer")?;
-        let journal_bytes = counters.counter(index_of("journal.bytes"));
-        let journal_fsyncs = counters.counter(index_of("journal.fsyncs"));
-        let seq_control = Arc::clone(&control);
-        let counter_file = counters;
-        threads.push((
-            "sequencer",
-            spawn_loop("tally-sequencer", placement.core, move || {
-                let mut idler = placement.idle.idler();
-                let mut inbound = inbound;
-                let mut outcomes = outcomes;
-                let fatal = |error| io::Error::other(journal_write_failed(&journal_path, error));
-                while !seq_control.stop.load(Ordering::Acquire) {
-                    let now_ns = clock_ns();
-                    let work = core
-                        .poll(&mut inbound, &mut outcomes, now_ns)
-                        .map_err(fatal)?;
-                    if work > 0 {
-                        gateway_waker.wake();
-                    } else {
-                        core.publisher_mut().poll_completions()?;
-                        journal_bytes.set(core.journal_mut().bytes_written());
-                        journal_fsyncs.set(core.journal_mut().fsyncs());
-                        counter_file.set_heartbeat(now_ns);
-                    }
-                    idler.idle_with(work, |duration| {
-                        sequencer_waker
-                            .park_with(|| !inbound.is_empty(), || sequencer_waker.park(duration))
-                    });
-                }
-                // Finish what the gateway already handed over, then close.
-                let now_ns = clock_ns();
-                while core
-                    .poll(&mut inbound, &mut outcomes, now_ns)
-                    .map_err(fatal)?
-                    > 0
-                {}
-                if seq_control.end_session.load(Ordering::Acquire) {
-                    core.end_session(&mut outcomes, now_ns).map_err(fatal)?;
-                }
-                core.shutdown(&mut outcomes, now_ns).map_err(fatal)?;
-                let _ = core.publisher_mut().flush(Duration::from_secs(1));
-                journal_bytes.set(core.journal_mut().bytes_written());
-                journal_fsyncs.set(core.journal_mut().fsyncs());
-                tracing::info!(
-                    next_seq = core.next_seq(),
-                    "sequencer loop stopped; journal synced"
-                );
-                Ok(())
-            })?,
-        ));
-        let placement = config.placement("gateway")?;
-        let stop = Arc::clone(&control);
-        threads.push((
-            "gateway",
-            spawn_loop("tally-gateway", placement.core, move || {
-                gateway.run(placement.idle, &stop.stop);
-                Ok(())
-            })?,
-        ));
+        let mut sequencer = SequencerAgent {
+            core,
+            inbound,
+            outcomes,
+            journal_path,
+            journal_bytes: counters.counter(index_of("journal.bytes")),
+            journal_fsyncs: counters.counter(index_of("journal.fsyncs")),
+            counter_file: counters,
+        };
+        let control_seq = Arc::clone(&control);
+        match threading {
+            Threading::Dedicated => {
+                threads.push((
+                    "sequencer",
+                    spawn_loop("tally-sequencer", placement.core, move || {
+                        let mut idler = placement.idle.idler();
+                        while !control_seq.stop.load(Ordering::Acquire) {
+                            let work = sequencer.do_work(clock_ns())?;
+                            if work > 0 {
+                                gateway_waker.wake();
+                            }
+                            let inbound = &sequencer.inbound;
+                            idler.idle_with(work, |duration| {
+                                sequencer_waker.park_with(
+                                    || !inbound.is_empty(),
+                                    || sequencer_waker.park(duration),
+                                )
+                            });
+                        }
+                        sequencer.close(control_seq.end_session.load(Ordering::Acquire))
+                    })?,
+                ));
+                let placement = config.placement("gateway")?;
+                let stop = Arc::clone(&control);
+                threads.push((
+                    "gateway",
+                    spawn_loop("tally-gateway", placement.core, move || {
+                        gateway.run(placement.idle, &stop.stop);
+                        Ok(())
+                    })?,
+                ));
+            }
+            Threading::Shared => {
+                threads.push((
+                    "gateway+sequencer",
+                    spawn_loop("tally-orders", placement.core, move || {
+                        let mut idler = placement.idle.idler();
+                        let start = std::time::Instant::now();
+                        while !control_seq.stop.load(Ordering::Acquire) {
+                            // Network in, then sequence what arrived, then the
+                            // next cycle's gateway poll sends its acks.
+                            let mut work = gateway.poll(start.elapsed().as_nanos() as u64);
+                            work += sequencer.do_work(clock_ns())?;
+                            idler.idle_with(work, |duration| gateway.park(duration));
+                        }
+                        sequencer.close(control_seq.end_session.load(Ordering::Acquire))
+                    })?,
+                ));
+            }
+        }
         let placement = config.placement("retransmit")?;
         let stop = Arc::clone(&control);
         threads.push((

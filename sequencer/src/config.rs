@@ -302,6 +302,8 @@ pub struct JournalConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoopsConfig {
+    /// `auto` (default), `shared` or `dedicated`: see [`Threading`].
+    pub threading: Option<String>,
     #[serde(default)]
     pub gateway: LoopConfig,
     #[serde(default)]
@@ -509,6 +511,43 @@ fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// How the order path's loops are laid out on threads (after Aeron's
+/// threading modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Threading {
+    /// The gateway and the sequencer (with the publisher and the journal)
+    /// run on one thread: a command goes from its TCP receive to its ack and
+    /// its multicast packet without a thread hand-off or a wake-up. Placed
+    /// and idled as `[loops.sequencer]` says. The retransmit server and the
+    /// replay feed keep their own (mostly parked) threads.
+    Shared,
+    /// Every loop on its own thread (for hosts with a core per loop, pinned,
+    /// `busy-spin`).
+    Dedicated,
+}
+
+impl Threading {
+    /// `auto`: shared on hosts with fewer than 6 CPUs available to the
+    /// process (four loops and a client cannot each have a core there, and
+    /// hand-offs between parked threads cost more than the work), dedicated
+    /// on larger hosts.
+    pub fn auto(cpus: usize) -> Threading {
+        if cpus < 6 {
+            Threading::Shared
+        } else {
+            Threading::Dedicated
+        }
+    }
+
+    /// The name used in the configuration and the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Threading::Shared => "shared",
+            Threading::Dedicated => "dedicated",
+        }
+    }
+}
+
 /// Placement of one loop, parsed.
 #[derive(Clone, Copy, Debug)]
 pub struct LoopPlacement {
@@ -682,6 +721,7 @@ impl ApplianceConfig {
         if self.journal.retention_messages == 0 {
             return Err(bad("journal.retention_messages", "must be at least 1"));
         }
+        self.threading()?;
         for (name, _) in self.loop_configs() {
             self.placement(name)?;
         }
@@ -748,6 +788,24 @@ impl ApplianceConfig {
             ("retransmit", &self.loops.retransmit),
             ("replay", &self.loops.replay),
         ]
+    }
+
+    /// The threading mode: `[loops] threading`, or chosen from the CPUs
+    /// available to this process when absent or `auto`. The second value
+    /// says whether it was chosen automatically.
+    pub fn threading(&self) -> Result<(Threading, bool), ConfigError> {
+        match self.loops.threading.as_deref() {
+            None | Some("auto") => {
+                let cpus = tally_runtime::thread::available_cores().len().max(1);
+                Ok((Threading::auto(cpus), true))
+            }
+            Some("shared") => Ok((Threading::Shared, false)),
+            Some("dedicated") => Ok((Threading::Dedicated, false)),
+            Some(other) => Err(bad(
+                "loops.threading",
+                format!("{other:?} is not one of auto, shared, dedicated"),
+            )),
+        }
     }
 
     /// The placement of loop `name` (`gateway`, `sequencer`, `retransmit`,
