@@ -79,6 +79,10 @@ enum Scenario {
     Throughput,
     Latency,
     Outcome,
+    /// Request/response: each client sends one order and waits for its ack
+    /// before the next (window 1), for `--seconds`, as a till does.
+    /// Reports round trips per second and the round trip's percentiles.
+    RequestResponse,
     /// The journal disk alone (no appliance): `fdatasync` latency after a
     /// 4 KiB and a 64 KiB append, and sequential write bandwidth (256 MiB
     /// then one `fdatasync`), in the journal's directory (`--dir`).
@@ -173,6 +177,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Scenario::Throughput => throughput(cli, gateway, &multicast),
         Scenario::Latency => latency(cli, gateway),
         Scenario::Outcome => outcome(cli, &config, &journal_dir),
+        Scenario::RequestResponse => request_response(cli, gateway),
         Scenario::Disk => unreachable!("handled before the appliance starts"),
     };
     appliance.stop()?;
@@ -627,8 +632,8 @@ fn outcome(
 fn disk(dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     use std::io::Write as _;
     let path = dir.join("disk-probe");
-    let mut file = std::fs::File::create(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut sync_after = |bytes: usize, rounds: usize| -> anyhow::Result<Histogram<u64>> {
         let chunk = vec![0x5Au8; bytes];
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
@@ -663,5 +668,79 @@ fn disk(dir: &std::path::Path) -> anyhow::Result<serde_json::Value> {
         "fdatasync_64k_p50_us": us(&group, 0.5),
         "fdatasync_64k_p99_us": us(&group, 0.99),
         "write_then_sync_mb_per_sec": (total_bytes as f64 / seconds / 1e6).round(),
+    }))
+}
+
+/// One thread per client: send one order, read until its ack, record the
+/// round trip, repeat until `--seconds` have passed.
+fn request_response(cli: &Cli, gateway: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let run_for = Duration::from_secs(cli.seconds);
+    let mut clients = Vec::new();
+    for id in 1..=cli.clients {
+        clients.push(connect(gateway, id)?);
+    }
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for (id, (mut stream, mut decoder, first_seq)) in (1..=cli.clients).zip(clients) {
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("bench-rr-{id}"))
+                .spawn(move || {
+                    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                    let mut frame = Vec::with_capacity(64);
+                    let mut client_seq = first_seq;
+                    while started.elapsed() < run_for {
+                        frame.clear();
+                        order_frame(client_seq, &mut frame);
+                        let sent = Instant::now();
+                        stream.write_all(&frame)?;
+                        'ack: loop {
+                            while let Some(bytes) = decoder.next_frame()? {
+                                if let ServerPacket::Sequenced(payload) =
+                                    ServerPacket::parse(bytes)?
+                                {
+                                    let ack = Ack::parse(payload)?;
+                                    if let Ack::Rejected(rejected) = ack {
+                                        bail!(
+                                            "command {} rejected with reason {}",
+                                            rejected.client_seq.get(),
+                                            rejected.reason as char
+                                        );
+                                    }
+                                    if ack.client_seq() == client_seq {
+                                        break 'ack;
+                                    }
+                                }
+                            }
+                            let n = read_retrying(&mut stream, decoder.spare())?;
+                            if n == 0 {
+                                bail!("gateway closed the connection of client {id}");
+                            }
+                            decoder.commit(n);
+                        }
+                        histogram.record(sent.elapsed().as_nanos().max(1) as u64)?;
+                        client_seq += 1;
+                    }
+                    anyhow::Ok(histogram)
+                })?,
+        );
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for handle in handles {
+        all.add(handle.join().expect("client thread")?)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let us = |quantile: f64| all.value_at_quantile(quantile) as f64 / 1000.0;
+    Ok(serde_json::json!({
+        "scenario": "request-response",
+        "clients": cli.clients,
+        "idle": cli.idle,
+        "fsync": cli.fsync,
+        "round_trips": all.len(),
+        "round_trips_per_sec": (all.len() as f64 / elapsed).round(),
+        "rtt_p50_us": us(0.5),
+        "rtt_p99_us": us(0.99),
+        "rtt_p999_us": us(0.999),
+        "rtt_max_us": all.max() as f64 / 1000.0,
     }))
 }
