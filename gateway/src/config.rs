@@ -234,7 +234,7 @@ impl GatewayConfig {
     /// Default failed logins per username back to back.
     pub const DEFAULT_USERNAME_FAILURE_BURST: u32 = 20;
     /// Default password checks in flight per source address.
-    pub const DEFAULT_AUTH_IN_FLIGHT_PER_SOURCE: usize = 1;
+    pub const DEFAULT_AUTH_IN_FLIGHT_PER_SOURCE: usize = 8;
     /// Default buckets of the per-source throttle table.
     pub const DEFAULT_SOURCE_TABLE_ENTRIES: usize = 4096;
     /// Default shortest requested heartbeat timeout honoured: 3 s.

@@ -290,10 +290,13 @@ fn budget(elapsed: Duration) -> f64 {
 fn retransmit_replies_stay_within_each_sources_budget_and_the_allow_list() {
     let dir = tempfile::tempdir().unwrap();
     let setup = TestSetup::with(77, dir.path(), |text| {
+        // The test setup's generous budgets give way to small ones.
         text.replace(
-            "request_burst = 100000\n",
-            "request_burst = 100000\n\
-             allow = [\"127.0.0.1/32\", \"127.1.0.0/16\", \"127.2.0.0/16\"]\n\
+            "reply_bytes_per_sec_per_source = 1000000000\n\
+             reply_burst_bytes_per_source = 100000000\n\
+             reply_bytes_per_sec = 1000000000\n\
+             reply_burst_bytes = 100000000\n",
+            "allow = [\"127.0.0.1/32\", \"127.1.0.0/16\", \"127.2.0.0/16\"]\n\
              reply_burst_bytes_per_source = 20000\n\
              reply_bytes_per_sec_per_source = 10000\n\
              reply_bytes_per_sec = 1000000000\n\

@@ -97,6 +97,11 @@ rate_burst = 10000000
 listen = "127.0.0.1:{retransmit_port}"
 requests_per_sec_per_requester = 100000
 request_burst = 100000
+# Tests re-request whole journals from one address.
+reply_bytes_per_sec_per_source = 1000000000
+reply_burst_bytes_per_source = 100000000
+reply_bytes_per_sec = 1000000000
+reply_burst_bytes = 100000000
 
 [replay]
 listen = "127.0.0.1:{replay_port}"

@@ -13,8 +13,11 @@ pub mod mold_packet;
 pub mod re_request;
 pub mod server_packet;
 
+/// A check: panics when the decoder breaks its contract on this input.
+pub type Check = fn(&[u8]);
+
 /// Every check by name (the libFuzzer target of the same name runs it).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("ack", ack::check),
     ("client_packet", client_packet::check),
     ("frame_decoder", frame_decoder::check),
