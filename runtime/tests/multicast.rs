@@ -434,3 +434,41 @@ fn datagram_hot_paths_do_not_allocate() {
     assert_eq!(receiver.stats().datagrams, 2002);
     assert_eq!(fallback.stats().datagrams, 2002);
 }
+
+/// A receiver that stops reading: once its provided buffers and its
+/// `SO_RCVBUF` are full the kernel drops datagrams, and `kernel_drops`
+/// reports them (the counter `tally-stat` shows as `kernel_drops`).
+#[test]
+fn kernel_drops_of_a_receiver_that_stops_reading_are_reported() {
+    let cfg = config(77);
+    let mut receiver = MulticastReceiver::new(&cfg, 16, 2048).unwrap();
+    assert_eq!(receiver.kernel_drops(), Some(0), "nothing dropped yet");
+    let sender = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    sender.set_multicast_loop_v4(true).unwrap();
+    let target = SocketAddrV4::new(cfg.group, cfg.port);
+    let datagram = [0x5Au8; 1400];
+    // Far more than 16 buffers plus the 8 MiB queue hold.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0u64;
+    while receiver.kernel_drops().unwrap_or(0) == 0 {
+        for _ in 0..1_000 {
+            let _ = sender.send_to(&datagram, target);
+            sent += 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no drop reported after {sent} unread datagrams"
+        );
+    }
+    let drops = receiver.kernel_drops().unwrap();
+    assert!(drops > 0 && drops <= sent, "{drops} drops of {sent} sent");
+    // Reading again delivers what the queue held; the count never goes back.
+    let mut delivered = 0;
+    while receiver
+        .wait(Duration::from_millis(50), |_| delivered += 1)
+        .unwrap()
+        > 0
+    {}
+    assert!(delivered > 0);
+    assert!(receiver.kernel_drops().unwrap() >= drops);
+}

@@ -990,7 +990,10 @@ impl RetransmitLoop {
         let start = Instant::now();
         while !stop.load(Ordering::Acquire) {
             let work = self.poll(start.elapsed().as_nanos() as u64)?;
-            idler.idle(work);
+            // Park in the socket's ring: a re-request ends the wait at once.
+            let mut waited = Ok(());
+            idler.idle_with(work, |duration| waited = self.socket.wait(duration));
+            waited?;
         }
         let _ = self.socket.flush(STOP_FLUSH_TIMEOUT);
         Ok(())

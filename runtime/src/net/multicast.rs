@@ -509,6 +509,38 @@ impl MulticastReceiver {
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
+
+    /// Datagrams the kernel dropped on this socket since it was opened (its
+    /// receive queue was full: the loop fell behind or `SO_RCVBUF` is too
+    /// small), read with `SO_MEMINFO`. One system call: call it off the hot
+    /// path (once per second, or when idle). `None` where the kernel does not
+    /// report it.
+    pub fn kernel_drops(&self) -> Option<u64> {
+        kernel_drops(self.socket.as_raw_fd())
+    }
+}
+
+/// `SK_MEMINFO_DROPS` of `fd` through `getsockopt(SOL_SOCKET, SO_MEMINFO)`.
+pub(crate) fn kernel_drops(fd: RawFd) -> Option<u64> {
+    /// `SK_MEMINFO_VARS` in include/uapi/linux/sock_diag.h (Linux 4.x+).
+    const SK_MEMINFO_VARS: usize = 9;
+    /// `SK_MEMINFO_DROPS`: the last field.
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // that large, and updates `len`; both live for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize >= (SK_MEMINFO_DROPS + 1) * 4)
+        .then(|| u64::from(info[SK_MEMINFO_DROPS]))
 }
 
 impl AsRawFd for MulticastReceiver {

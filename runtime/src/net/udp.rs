@@ -151,6 +151,16 @@ impl UdpSocketRing {
         Ok(delivered)
     }
 
+    /// Waits in the ring up to `timeout` for a completion (a datagram, or a
+    /// send finishing) without delivering anything: an idle loop's park.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        self.ring.submit()?;
+        if self.ring.has_completions() {
+            return Ok(());
+        }
+        self.ring.wait(timeout)
+    }
+
     /// Blocks until at least one datagram was delivered or `timeout` passed.
     pub fn wait_recv(
         &mut self,
