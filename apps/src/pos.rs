@@ -636,7 +636,10 @@ impl PosConfig {
         let mut consumer = ConsumerConfig::for_appliance(appliance, username, password);
         consumer.start_seq = 1;
         let client = ClientConfig::for_appliance(appliance, username, password);
-        Ok(PosConfig::new(consumer, client, origin))
+        let mut config = PosConfig::new(consumer, client, origin);
+        // The state's capacity comes from the configuration's [limits].
+        config.limits = ReplicaLimits::from_config(&appliance.limits);
+        Ok(config)
     }
 }
 

@@ -4,8 +4,10 @@
 //! A [`Replica`] holds
 //! - every cell (location, sku): on_hand, reserved, available
 //!   (= on_hand − reserved) and version (the sequence number of the last event
-//!   that changed it), stored densely, sku-major (`sku index × locations_max +
-//!   location index`);
+//!   that changed it), for the cells that exist: densely when `cells_max`
+//!   covers every (sku, location), else sparsely in a slab with an
+//!   open-addressing index ([`ReplicaLimits::cells_max`]), so memory grows
+//!   with the cells a chain stocks, not with SKUs × locations;
 //! - the SKU directory (sku `u32` ↔ symbol of ≤ 16 ASCII bytes) and the
 //!   location directory (`u16` ↔ name);
 //! - open holds, keyed by the stream sequence number of their `V`, with the
@@ -47,6 +49,10 @@
 //! cell's reserved quantity. A replica joining a new session starts from
 //! [`Replica::clear`].
 //!
+//! Store nodes: [`Replica::keep_only`] a [`LocationSet`] applies the whole
+//! stream but keeps only those locations' cells and holds; its digest is the
+//! full state's [`Replica::digest_of`] that set.
+//!
 //! Threading: a `Replica` is plain owned data (`Send`), used by one thread.
 
 use core::fmt;
@@ -80,6 +86,13 @@ pub struct ReplicaLimits {
     /// Most locations in the directory (location ids themselves may be any
     /// `u16` but 0).
     pub locations_max: u16,
+    /// Most cells (location, sku) that exist: memory grows with this, not
+    /// with `skus_max × locations_max`. When it is at least that product the
+    /// cells are stored densely (no index: the cheapest layout); below it, in
+    /// a slab with an open-addressing index. A cell event that needs a new
+    /// cell in a full table is dropped (counted in `dropped_events`); the
+    /// warehouse rejects the command instead.
+    pub cells_max: u32,
     /// Most open holds.
     pub holds_max: u32,
     /// Length of the client-id history: accepted orders and used hold and
@@ -93,11 +106,13 @@ pub struct ReplicaLimits {
 
 impl ReplicaLimits {
     /// Small tables for tests and the sample inventory: 4096 SKUs × 16
-    /// locations, 4096 holds, 65 536 id records, 65 536 pending commands.
+    /// locations (every cell: 65 536), 4096 holds, 65 536 id records, 65 536
+    /// pending commands.
     pub const fn small() -> Self {
         Self {
             skus_max: 4096,
             locations_max: 16,
+            cells_max: 4096 * 16,
             holds_max: 4096,
             orders_max: 1 << 16,
             pending_max: 1 << 16,
@@ -122,11 +137,110 @@ impl ReplicaLimits {
         if self.pending_max == 0 || self.pending_max > HALF {
             return Err(LimitsError("pending_max must be in 1..=2^31"));
         }
-        let cells = u64::from(self.skus_max) * u64::from(self.locations_max);
-        if cells > 1 << 34 {
-            return Err(LimitsError("skus_max × locations_max must be at most 2^34"));
+        if self.cells_max == 0 || self.cells_max > HALF {
+            return Err(LimitsError("cells_max must be in 1..=2^31"));
         }
         Ok(())
+    }
+
+    /// The limits of the appliance configuration's `[limits]` section.
+    pub fn from_config(limits: &tally_sequencer::config::LimitsConfig) -> Self {
+        Self {
+            skus_max: limits.skus_max,
+            locations_max: limits.locations_max,
+            cells_max: limits.cells_max,
+            holds_max: limits.holds_max,
+            orders_max: limits.orders_max,
+            pending_max: limits.pending_max,
+        }
+    }
+
+    /// Says, with the numbers, which limit is smaller than a state with
+    /// `skus`, `locations` and `cells` needs (a snapshot's or inventory
+    /// file's counts, or a stream's directory), if any.
+    pub fn check_fits(&self, skus: u64, locations: u64, cells: u64) -> Result<(), String> {
+        let mut short = Vec::new();
+        if skus > u64::from(self.skus_max) {
+            short.push(format!("skus_max = {} < {skus} SKUs", self.skus_max));
+        }
+        if locations > u64::from(self.locations_max) {
+            short.push(format!(
+                "locations_max = {} < {locations} locations",
+                self.locations_max
+            ));
+        }
+        if cells > u64::from(self.cells_max) {
+            short.push(format!("cells_max = {} < {cells} cells", self.cells_max));
+        }
+        if short.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the state's limits are too small: {} (raise them in the configuration's \
+                 [limits] section or with the --*-max flags)",
+                short.join(", ")
+            ))
+        }
+    }
+
+    /// Whether cells are stored densely (`cells_max` covers every
+    /// `skus_max × locations_max` cell).
+    pub fn is_dense(&self) -> bool {
+        u64::from(self.skus_max) * u64::from(self.locations_max) <= u64::from(self.cells_max)
+    }
+}
+
+/// A set of location ids (a bitmap over every `u16`, 8 KiB): the locations a
+/// store node keeps ([`Replica::keep_only`]) or a subset digest covers
+/// ([`Replica::digest_of`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LocationSet {
+    words: Box<[u64]>,
+    all: bool,
+}
+
+impl LocationSet {
+    /// Every location.
+    pub fn all() -> Self {
+        Self {
+            words: vec![u64::MAX; 1 << 10].into_boxed_slice(),
+            all: true,
+        }
+    }
+
+    /// Exactly `locations` (0, "any", is never a member).
+    pub fn of(locations: &[u16]) -> Self {
+        let mut words = vec![0u64; 1 << 10].into_boxed_slice();
+        for &location in locations.iter().filter(|&&l| l != 0) {
+            words[usize::from(location >> 6)] |= 1 << (location & 63);
+        }
+        Self { words, all: false }
+    }
+
+    /// Whether `location` is in the set.
+    #[inline]
+    pub fn contains(&self, location: u16) -> bool {
+        self.words[usize::from(location >> 6)] & (1 << (location & 63)) != 0
+    }
+
+    /// Whether it is [`Self::all`].
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// The members, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        (1..=u16::MAX).filter(move |&l| self.contains(l))
+    }
+}
+
+impl fmt::Debug for LocationSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.all {
+            f.write_str("LocationSet(all)")
+        } else {
+            f.debug_set().entries(self.iter()).finish()
+        }
     }
 }
 
@@ -405,6 +519,204 @@ impl SlotIndex {
     }
 }
 
+/// No cell: the end of a SKU's chain of cells.
+const NO_CELL: u32 = u32::MAX;
+
+/// The cells (location, sku) that exist, by (sku index, location index).
+///
+/// Two layouts, chosen once from [`ReplicaLimits`]:
+/// - **dense** when `cells_max ≥ skus_max × locations_max`: slot `sku index ×
+///   locations_max + location index`, every slot exists (16 bytes a cell, no
+///   index);
+/// - **sparse** otherwise: a slab of `cells_max` cells filled in order of
+///   first appearance, the key of each (`sku index << 16 | location index`),
+///   a [`SlotIndex`] over the keys and, per SKU, a chain of its cells (for
+///   "every location of this SKU" without a probe per location): about 40
+///   bytes a cell. Cells are never removed, so a slot, once given, stays the
+///   cell's for the table's life (iteration by slot is stable while cells
+///   are added).
+///
+/// Lookups are one multiply (dense) or one probe sequence (sparse); neither
+/// allocates.
+#[derive(Clone, Debug)]
+pub(crate) struct CellTable {
+    /// `Some(locations_max)` when dense.
+    dense_locations: Option<u16>,
+    cells: Box<[CellState]>,
+    keys: Box<[u64]>,
+    sku_first: Box<[u32]>,
+    next_of_sku: Box<[u32]>,
+    index: SlotIndex,
+    len: u32,
+}
+
+impl CellTable {
+    fn new(limits: &ReplicaLimits) -> Self {
+        if limits.is_dense() {
+            let slots = limits.skus_max as usize * usize::from(limits.locations_max);
+            return Self {
+                dense_locations: Some(limits.locations_max),
+                cells: vec![CellState::default(); slots].into_boxed_slice(),
+                keys: Box::new([]),
+                sku_first: Box::new([]),
+                next_of_sku: Box::new([]),
+                index: SlotIndex::with_entries_max(0),
+                len: 0,
+            };
+        }
+        let cells = limits.cells_max as usize;
+        Self {
+            dense_locations: None,
+            cells: vec![CellState::default(); cells].into_boxed_slice(),
+            keys: vec![0; cells].into_boxed_slice(),
+            sku_first: vec![NO_CELL; limits.skus_max as usize].into_boxed_slice(),
+            next_of_sku: vec![NO_CELL; cells].into_boxed_slice(),
+            index: SlotIndex::with_entries_max(limits.cells_max),
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn key(sku_index: u32, location_index: u16) -> u64 {
+        (u64::from(sku_index) << 16) | u64::from(location_index)
+    }
+
+    /// The slot of the cell, if it exists.
+    #[inline]
+    pub(crate) fn find(&self, sku_index: u32, location_index: u16) -> Option<usize> {
+        if let Some(locations) = self.dense_locations {
+            return Some(sku_index as usize * usize::from(locations) + usize::from(location_index));
+        }
+        let key = Self::key(sku_index, location_index);
+        let keys = &self.keys;
+        self.index
+            .find(mix64(key), |slot| keys[slot as usize] == key)
+            .map(|slot| slot as usize)
+    }
+
+    /// The slot of the cell, adding it when it does not exist yet; `None`
+    /// when the table is full.
+    #[inline]
+    pub(crate) fn find_or_insert(&mut self, sku_index: u32, location_index: u16) -> Option<usize> {
+        if let Some(slot) = self.find(sku_index, location_index) {
+            return Some(slot);
+        }
+        if self.len as usize == self.cells.len() {
+            return None;
+        }
+        let slot = self.len;
+        let key = Self::key(sku_index, location_index);
+        self.keys[slot as usize] = key;
+        self.cells[slot as usize] = CellState::default();
+        self.next_of_sku[slot as usize] = self.sku_first[sku_index as usize];
+        self.sku_first[sku_index as usize] = slot;
+        self.index.insert(mix64(key), slot);
+        self.len += 1;
+        Some(slot as usize)
+    }
+
+    /// Whether the cell exists or a new one fits.
+    #[inline]
+    pub(crate) fn has_room_for(&self, sku_index: u32, location_index: u16) -> bool {
+        (self.len as usize) < self.cells.len() || self.find(sku_index, location_index).is_some()
+    }
+
+    /// One past the highest slot that may hold a cell of the first
+    /// `sku_count` SKUs; walk `0..end` with [`Self::key_of`].
+    #[inline]
+    pub(crate) fn slot_end(&self, sku_count: u32) -> usize {
+        match self.dense_locations {
+            Some(locations) => sku_count as usize * usize::from(locations),
+            None => self.len as usize,
+        }
+    }
+
+    /// (sku index, location index) of the cell in `slot`.
+    #[inline]
+    pub(crate) fn key_of(&self, slot: usize) -> (u32, u16) {
+        match self.dense_locations {
+            Some(locations) => (
+                (slot / usize::from(locations)) as u32,
+                (slot % usize::from(locations)) as u16,
+            ),
+            None => {
+                let key = self.keys[slot];
+                ((key >> 16) as u32, key as u16)
+            }
+        }
+    }
+
+    /// Calls `f(location index, cell)` for every existing cell of the SKU at
+    /// `sku_index` (dense: every location index below `location_count`).
+    #[inline]
+    pub(crate) fn for_each_of_sku(
+        &self,
+        sku_index: u32,
+        location_count: u16,
+        mut f: impl FnMut(u16, &CellState),
+    ) {
+        match self.dense_locations {
+            Some(locations) => {
+                let row = sku_index as usize * usize::from(locations);
+                for l in 0..location_count {
+                    f(l, &self.cells[row + usize::from(l)]);
+                }
+            }
+            None => {
+                let mut slot = self.sku_first[sku_index as usize];
+                while slot != NO_CELL {
+                    let (_, l) = self.key_of(slot as usize);
+                    f(l, &self.cells[slot as usize]);
+                    slot = self.next_of_sku[slot as usize];
+                }
+            }
+        }
+    }
+
+    /// Cells that exist (dense: every slot).
+    pub(crate) fn len(&self) -> usize {
+        match self.dense_locations {
+            Some(_) => self.cells.len(),
+            None => self.len as usize,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.cells.fill(CellState::default());
+        if self.dense_locations.is_none() {
+            self.keys.fill(0);
+            self.sku_first.fill(NO_CELL);
+            self.next_of_sku.fill(NO_CELL);
+            self.index.clear();
+            self.len = 0;
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.cells.len() * size_of::<CellState>()
+            + self.keys.len() * size_of::<u64>()
+            + self.sku_first.len() * size_of::<u32>()
+            + self.next_of_sku.len() * size_of::<u32>()
+            + self.index.memory_bytes()
+    }
+}
+
+impl core::ops::Index<usize> for CellTable {
+    type Output = CellState;
+
+    #[inline]
+    fn index(&self, slot: usize) -> &CellState {
+        &self.cells[slot]
+    }
+}
+
+impl core::ops::IndexMut<usize> for CellTable {
+    #[inline]
+    fn index_mut(&mut self, slot: usize) -> &mut CellState {
+        &mut self.cells[slot]
+    }
+}
+
 /// splitmix64's finaliser: a cheap, well-mixing 64-bit hash.
 #[inline]
 pub(crate) fn mix64(mut x: u64) -> u64 {
@@ -552,8 +864,11 @@ pub struct Replica {
     pub(crate) location_names: Box<[[u8; 16]]>,
     pub(crate) location_count: u16,
 
-    /// `sku index × locations_max + location index`.
-    pub(crate) cells: Box<[CellState]>,
+    /// The cells that exist ([`CellTable`]: dense or sparse).
+    pub(crate) cells: CellTable,
+    /// The locations whose cells and holds this replica keeps (a store
+    /// node keeps its own; default: all).
+    kept: LocationSet,
 
     // Open holds: slab + two indexes + expiry heap.
     pub(crate) holds: Box<[HoldSlot]>,
@@ -623,7 +938,8 @@ impl Replica {
             location_ids: vec![0; locations].into_boxed_slice(),
             location_names: vec![[b' '; 16]; locations].into_boxed_slice(),
             location_count: 0,
-            cells: vec![CellState::default(); skus * locations].into_boxed_slice(),
+            cells: CellTable::new(&limits),
+            kept: LocationSet::all(),
             holds: vec![HoldSlot::default(); holds].into_boxed_slice(),
             hold_free: vec![0; holds].into_boxed_slice(),
             hold_free_len: 0,
@@ -657,7 +973,7 @@ impl Replica {
         self.location_ids.fill(0);
         self.location_names.fill([b' '; 16]);
         self.location_count = 0;
-        self.cells.fill(CellState::default());
+        self.cells.clear();
         self.holds.fill(HoldSlot::default());
         self.hold_by_cmd.clear();
         self.hold_by_client.clear();
@@ -680,7 +996,7 @@ impl Replica {
         self.location_ids.fill(0);
         self.location_names.fill([b' '; 16]);
         self.location_count = 0;
-        self.cells.fill(CellState::default());
+        self.cells.clear();
     }
 
     /// Empties the client-id history.
@@ -710,6 +1026,25 @@ impl Replica {
     /// The limits this replica was built with.
     pub fn limits(&self) -> ReplicaLimits {
         self.limits
+    }
+
+    /// Makes this replica a store node: it still applies the whole stream
+    /// (directories, pending commands, client ids), but keeps only the cells
+    /// and open holds of `locations`. Its [`Self::digest`] then equals the
+    /// full state's [`Self::digest_of`] the same set. Call it before applying
+    /// anything (what is already kept stays).
+    pub fn keep_only(&mut self, locations: LocationSet) {
+        self.kept = locations;
+    }
+
+    /// The locations whose cells this replica keeps.
+    pub fn kept_locations(&self) -> &LocationSet {
+        &self.kept
+    }
+
+    /// Cells stored (dense layout: every slot of the table).
+    pub fn cell_count(&self) -> usize {
+        self.cells.len()
     }
 
     /// Sequence number of the last message applied (0 = none).
@@ -744,7 +1079,7 @@ impl Replica {
             + self.location_slot.len() * size_of::<u16>()
             + self.location_ids.len() * size_of::<u16>()
             + self.location_names.len() * size_of::<[u8; 16]>()
-            + self.cells.len() * size_of::<CellState>()
+            + self.cells.memory_bytes()
             + self.holds.len() * size_of::<HoldSlot>()
             + self.hold_free.len() * size_of::<u32>()
             + self.hold_by_cmd.memory_bytes()
@@ -1003,24 +1338,37 @@ impl Replica {
         Some(index)
     }
 
-    /// The cell slot for an event, registering unknown ids on the fly.
+    /// The cell slot for an event, registering unknown ids on the fly (also
+    /// in a store node, so every replica's directories agree) and adding the
+    /// cell when it is new; `None` for a location this replica does not keep,
+    /// or (counted) when there is no room.
     #[inline]
     fn event_cell(&mut self, location: u16, sku: u32) -> Option<usize> {
-        if let Some(i) = self.cell_slot(location, sku) {
-            return Some(i);
-        }
-        if location == 0 {
-            self.counters.dropped_events += 1;
+        let (s, l) = match (self.sku_slot(sku), self.location_index(location)) {
+            (Some(s), Some(l)) => (s, l),
+            _ => {
+                if location == 0 {
+                    self.counters.dropped_events += 1;
+                    return None;
+                }
+                self.counters.unknown_refs += 1;
+                match (self.register_sku(sku), self.register_location(location)) {
+                    (Some(s), Some(l)) => (s, l),
+                    _ => {
+                        self.counters.dropped_events += 1;
+                        return None;
+                    }
+                }
+            }
+        };
+        if !self.kept.contains(location) {
             return None;
         }
-        self.counters.unknown_refs += 1;
-        match (self.register_sku(sku), self.register_location(location)) {
-            (Some(s), Some(l)) => Some(self.cell_of(s, l)),
-            _ => {
-                self.counters.dropped_events += 1;
-                None
-            }
+        let slot = self.cells.find_or_insert(s, l);
+        if slot.is_none() {
+            self.counters.dropped_events += 1;
         }
+        slot
     }
 
     fn on_delta(&mut self, stamp: u64, m: &OnHandDelta) -> Option<u64> {
@@ -1174,9 +1522,9 @@ impl Replica {
             };
             self.insert_id(record);
         }
-        if !(carried && self.hold_slot(cmd_seq).is_some()) {
+        if self.kept.contains(location) && !(carried && self.hold_slot(cmd_seq).is_some()) {
             // (The warehouse re-announcing its own carried hold finds it in
-            // place already.)
+            // place already; a store node keeps only its own holds.)
             self.insert_hold(slot);
         }
         let first = self.resolve(cmd_seq);
@@ -1467,26 +1815,33 @@ impl Replica {
         }
     }
 
-    /// The flat cell index of (sku index, location index).
+    /// The cell state of (sku index, location index); all zero when the
+    /// cell does not exist.
     #[inline]
-    pub(crate) fn cell_of(&self, sku_index: u32, location_index: u16) -> usize {
-        sku_index as usize * usize::from(self.limits.locations_max) + usize::from(location_index)
+    pub(crate) fn cell_at(&self, sku_index: u32, location_index: u16) -> CellState {
+        self.cells
+            .find(sku_index, location_index)
+            .map(|i| self.cells[i])
+            .unwrap_or_default()
     }
 
-    /// The flat cell index of (location, sku), both in the directory.
+    /// The slot of the cell (location, sku) when both ids are in the
+    /// directory and the cell exists.
     #[inline]
     pub(crate) fn cell_slot(&self, location: u16, sku: u32) -> Option<usize> {
         let l = self.location_index(location)?;
         let s = self.sku_slot(sku)?;
-        Some(self.cell_of(s, l))
+        self.cells.find(s, l)
     }
 
     /// The cell (location, sku); `None` when either id is not in the
-    /// directory. A cell no event has named reads as all zero, version 0.
+    /// directory. A cell no event has named (or, in a store node, one of a
+    /// location it does not keep) reads as all zero, version 0.
     #[inline]
     pub fn cell(&self, location: u16, sku: u32) -> Option<Cell> {
-        self.cell_slot(location, sku)
-            .map(|i| self.cells[i].public())
+        let l = self.location_index(location)?;
+        let s = self.sku_slot(sku)?;
+        Some(self.cell_at(s, l).public())
     }
 
     /// The id of the SKU with `symbol` (trailing spaces ignored).
@@ -1543,7 +1898,7 @@ impl Replica {
             let s = slot.expect("count is 0 for an unknown SKU");
             (
                 self.location_ids[usize::from(l)],
-                self.cells[self.cell_of(s, l)].public(),
+                self.cell_at(s, l).public(),
             )
         })
     }
@@ -1571,12 +1926,10 @@ impl Replica {
 
     /// SKUs with nothing available at any location (directory order).
     pub fn depleted(&self) -> impl Iterator<Item = u32> + '_ {
-        let locations = usize::from(self.location_count);
         (0..self.sku_count).filter_map(move |s| {
-            let row = self.cell_of(s, 0);
-            let empty = self.cells[row..row + locations]
-                .iter()
-                .all(|c| c.available() == 0);
+            let mut empty = true;
+            self.cells
+                .for_each_of_sku(s, self.location_count, |_, c| empty &= c.available() == 0);
             empty.then(|| self.sku_ids[s as usize])
         })
     }
@@ -1666,9 +2019,22 @@ impl Replica {
     /// digests at the same seq.
     ///
     /// Each entry is hashed on its own and the hashes are summed (wrapping),
-    /// so the result does not depend on table order; a cost of
-    /// O(skus × locations) makes it a read-side call.
+    /// so the result does not depend on table order or layout (dense or
+    /// sparse); a cost of O(cells) makes it a read-side call.
     pub fn digest(&self) -> u64 {
+        self.digest_where(|_| true)
+    }
+
+    /// The digest of the part of the state a store node keeping `locations`
+    /// holds ([`Self::keep_only`]): [`Self::digest`]'s definition restricted
+    /// to the cells and open holds of those locations (both directories are
+    /// covered whole). A store node's own `digest()` equals the full state's
+    /// `digest_of` its set at the same seq.
+    pub fn digest_of(&self, locations: &LocationSet) -> u64 {
+        self.digest_where(|location| locations.contains(location))
+    }
+
+    fn digest_where(&self, covers: impl Fn(u16) -> bool) -> u64 {
         const CELL: u64 = 0x6365_6c6c;
         const SKU: u64 = 0x736b_7500;
         const LOCATION: u64 = 0x6c6f_6300;
@@ -1677,14 +2043,22 @@ impl Replica {
             words.iter().fold(mix64(tag), |h, &w| mix64(h ^ w))
         };
         let (mut cells, mut cell_count) = (0u64, 0u64);
-        for s in 0..self.sku_count {
+        for slot in 0..self.cells.slot_end(self.sku_count) {
+            let c = &self.cells[slot];
+            if c.version == 0 {
+                continue;
+            }
+            let (s, l) = self.cells.key_of(slot);
+            if l >= self.location_count {
+                continue;
+            }
+            let location_id = self.location_ids[usize::from(l)];
+            if !covers(location_id) {
+                continue;
+            }
             let sku = u64::from(self.sku_ids[s as usize]);
-            for l in 0..self.location_count {
-                let c = &self.cells[self.cell_of(s, l)];
-                if c.version == 0 {
-                    continue;
-                }
-                let location = u64::from(self.location_ids[usize::from(l)]);
+            let location = u64::from(location_id);
+            {
                 cells = cells.wrapping_add(entry(
                     CELL,
                     &[
@@ -1720,8 +2094,13 @@ impl Replica {
                 ],
             ));
         }
-        let mut holds = 0u64;
-        for h in self.holds.iter().filter(|h| h.flags & HOLD_IN_USE != 0) {
+        let (mut holds, mut hold_count) = (0u64, 0u64);
+        for h in self
+            .holds
+            .iter()
+            .filter(|h| h.flags & HOLD_IN_USE != 0 && covers(h.location))
+        {
+            hold_count += 1;
             holds = holds.wrapping_add(entry(
                 HOLD,
                 &[
@@ -1742,7 +2121,7 @@ impl Replica {
                 locations,
                 u64::from(self.location_count),
                 holds,
-                u64::from(self.hold_count()),
+                hold_count,
             ],
         )
     }

@@ -6,10 +6,10 @@
 //!
 //! | part | content |
 //! |---|---|
-//! | header, 128 bytes | magic `TALLYSNP`, format version, header size, seq, authority-online seq, pending cursor, stream session (10 bytes, padded to 16), four application words, the count of every table |
+//! | header, 128 bytes | magic `TALLYSNP`, format version, header size, seq, authority-online seq, pending cursor, stream session (10 bytes, padded to 16), four application words, the count of every table, (version 2) the cell count u64 |
 //! | locations | per location: id u16, name [16] (directory order) |
 //! | SKUs | per SKU: id u32, symbol [16] (directory order) |
-//! | cells | skus × locations cells, sku-major: on_hand u32, reserved u32, version u64 |
+//! | cells | version 2: per cell that exists (version ≠ 0): sku id u32, location id u16, on_hand u32, reserved u32, version u64; version 1 (still read): skus × locations cells, sku-major: on_hand u32, reserved u32, version u64 |
 //! | holds | per open hold: key u64, expires_at u64, hold_id u64, sku u32, qty u32, location u16, origin u16, flags u8 |
 //! | client ids | oldest first: id u64, cmd_seq u64, last_cmd_seq u64, sku u32, qty u32, remaining u32, location u16, origin u16, kind u8 |
 //! | pending | per unanswered command: seq u64, length u8, its bytes |
@@ -32,12 +32,18 @@ use std::path::{Path, PathBuf};
 
 use tally_wire::{message_size, Message};
 
-use crate::replica::{HoldSlot, IdRecord, Replica, ReplicaCounters, ReplicaLimits, HOLD_IN_USE};
+use crate::replica::{
+    CellState, HoldSlot, IdRecord, Replica, ReplicaCounters, ReplicaLimits, HOLD_IN_USE,
+};
 
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"TALLYSNP";
 /// The format this module writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 lists only the cells that exist (sparse); version 1 files
+/// (every skus × locations cell) still load.
+pub const FORMAT_VERSION: u32 = 2;
+/// The dense format this module still reads.
+const FORMAT_VERSION_DENSE: u32 = 1;
 const HEADER_SIZE: u32 = 128;
 const COUNTERS: usize = 16;
 
@@ -109,7 +115,7 @@ impl fmt::Display for SnapshotError {
             }
             SnapshotError::UnsupportedVersion(v) => write!(
                 f,
-                "snapshot format version {v} is not supported (this build reads {FORMAT_VERSION})"
+                "snapshot format version {v} is not supported (this build reads {FORMAT_VERSION_DENSE} and {FORMAT_VERSION})"
             ),
             SnapshotError::ChecksumMismatch { stored, computed } => write!(
                 f,
@@ -391,6 +397,12 @@ fn write_body<W: Write>(
     session: &[u8; 10],
     app: [u64; 4],
 ) -> std::io::Result<()> {
+    let cell_slots: Vec<usize> = (0..r.cells.slot_end(r.sku_count))
+        .filter(|&slot| {
+            let (_, l) = r.cells.key_of(slot);
+            r.cells[slot].version != 0 && l < r.location_count
+        })
+        .collect();
     let pending: Vec<u64> = {
         let mut seqs = Vec::new();
         let mut from = r.pending_oldest;
@@ -419,7 +431,8 @@ fn write_body<W: Write>(
     w.u32(r.ids_len)?;
     w.u32(pending.len() as u32)?;
     w.u32(COUNTERS as u32)?;
-    w.put(&[0u8; 16])?;
+    w.u64(cell_slots.len() as u64)?;
+    w.put(&[0u8; 8])?;
     debug_assert_eq!(w.bytes, u64::from(HEADER_SIZE));
 
     for l in 0..usize::from(r.location_count) {
@@ -430,13 +443,14 @@ fn write_body<W: Write>(
         w.u32(r.sku_ids[s])?;
         w.put(&r.sku_symbols[s])?;
     }
-    for s in 0..r.sku_count {
-        for l in 0..r.location_count {
-            let c = &r.cells[r.cell_of(s, l)];
-            w.u32(c.on_hand)?;
-            w.u32(c.reserved)?;
-            w.u64(c.version)?;
-        }
+    for &slot in &cell_slots {
+        let (s, l) = r.cells.key_of(slot);
+        let c = &r.cells[slot];
+        w.u32(r.sku_ids[s as usize])?;
+        w.u16(r.location_ids[usize::from(l)])?;
+        w.u32(c.on_hand)?;
+        w.u32(c.reserved)?;
+        w.u64(c.version)?;
     }
     for h in r.holds.iter().filter(|h| h.flags & HOLD_IN_USE != 0) {
         w.u64(h.cmd_seq)?;
@@ -501,6 +515,9 @@ impl<R: Read> Reader<R> {
 }
 
 struct Header {
+    version: u32,
+    /// Cells listed (version 2).
+    cells: u64,
     seq: u64,
     authority_online_seq: u64,
     pending_oldest: u64,
@@ -520,7 +537,7 @@ fn read_header<R: Read>(r: &mut Reader<R>) -> Result<Header, SnapshotError> {
         return Err(SnapshotError::BadMagic);
     }
     let version = r.u32()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_DENSE {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     if r.u32()? != HEADER_SIZE {
@@ -533,7 +550,9 @@ fn read_header<R: Read>(r: &mut Reader<R>) -> Result<Header, SnapshotError> {
     let mut session = [0u8; 10];
     session.copy_from_slice(&session16[..10]);
     let app = [r.u64()?, r.u64()?, r.u64()?, r.u64()?];
-    let header = Header {
+    let mut header = Header {
+        version,
+        cells: 0,
         seq,
         authority_online_seq,
         pending_oldest,
@@ -546,7 +565,11 @@ fn read_header<R: Read>(r: &mut Reader<R>) -> Result<Header, SnapshotError> {
         pending: r.u32()?,
         counters: r.u32()?,
     };
-    let _reserved: [u8; 16] = r.take()?;
+    let cells = r.u64()?;
+    let _reserved: [u8; 8] = r.take()?;
+    if version == FORMAT_VERSION {
+        header.cells = cells;
+    }
     if header.counters as usize != COUNTERS {
         return Err(SnapshotError::Invalid("unexpected number of counters"));
     }
@@ -598,13 +621,22 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
     too_large("SKUs", h.skus, u64::from(limits.skus_max))?;
     too_large("locations", h.locations, u64::from(limits.locations_max))?;
     too_large("holds", h.holds, u64::from(limits.holds_max))?;
+    if !limits.is_dense() && h.cells > u64::from(limits.cells_max) {
+        return Err(SnapshotError::TooLarge {
+            what: "cells",
+            count: h.cells,
+            max: u64::from(limits.cells_max),
+        });
+    }
     // The body's minimum size must fit the file, so a corrupt count cannot
     // make the loader spin on a short file.
-    let cells = u64::from(h.skus) * u64::from(h.locations);
-    let minimum = u64::from(HEADER_SIZE)
-        + u64::from(h.locations) * 18
-        + u64::from(h.skus) * 20
-        + cells * 16
+    let cell_bytes = if h.version == FORMAT_VERSION_DENSE {
+        u64::from(h.skus) * u64::from(h.locations) * 16
+    } else {
+        h.cells.saturating_mul(22)
+    };
+    let minimum = (u64::from(HEADER_SIZE) + u64::from(h.locations) * 18 + u64::from(h.skus) * 20)
+        .saturating_add(cell_bytes)
         + u64::from(h.holds) * 37
         + u64::from(h.ids) * 41
         + u64::from(h.pending) * 9
@@ -637,13 +669,59 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
             .expect("count checked against the limit");
         replica.set_symbol(s, symbol);
     }
-    for s in 0..h.skus {
-        for l in 0..h.locations as u16 {
-            let i = replica.cell_of(s, l);
-            let cell = &mut replica.cells[i];
-            cell.on_hand = r.u32()?;
-            cell.reserved = r.u32()?;
-            cell.version = r.u64()?;
+    let put_cell =
+        |replica: &mut Replica, s: u32, l: u16, cell: CellState| -> Result<(), SnapshotError> {
+            if cell.version == 0 {
+                // Never named: not a cell that exists.
+                return Ok(());
+            }
+            let slot = replica
+                .cells
+                .find_or_insert(s, l)
+                .ok_or(SnapshotError::TooLarge {
+                    what: "cells",
+                    count: h.cells.max(u64::from(h.skus) * u64::from(h.locations)),
+                    max: u64::from(limits.cells_max),
+                })?;
+            replica.cells[slot] = cell;
+            Ok(())
+        };
+    if h.version == FORMAT_VERSION_DENSE {
+        for s in 0..h.skus {
+            for l in 0..h.locations as u16 {
+                let cell = CellState {
+                    on_hand: r.u32()?,
+                    reserved: r.u32()?,
+                    version: r.u64()?,
+                };
+                put_cell(&mut replica, s, l, cell)?;
+            }
+        }
+    } else {
+        for _ in 0..h.cells {
+            let (sku, location) = (r.u32()?, r.u16()?);
+            let cell = CellState {
+                on_hand: r.u32()?,
+                reserved: r.u32()?,
+                version: r.u64()?,
+            };
+            let (Some(s), Some(l)) = (replica.sku_slot(sku), replica.location_index(location))
+            else {
+                return Err(SnapshotError::Invalid(
+                    "a cell names an unknown SKU or location",
+                ));
+            };
+            if cell.version == 0
+                || replica
+                    .cells
+                    .find(s, l)
+                    .is_some_and(|i| replica.cells[i].version != 0)
+            {
+                return Err(SnapshotError::Invalid(
+                    "a cell is listed twice or never named",
+                ));
+            }
+            put_cell(&mut replica, s, l, cell)?;
         }
     }
     for _ in 0..h.holds {

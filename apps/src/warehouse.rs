@@ -77,8 +77,8 @@ use tally_wire::{
 };
 
 use crate::replica::{
-    id_kind, Applied, CellState, Replica, ReplicaLimits, Resolve, CARRIED_HOLD_BIT, HOLD_IN_USE,
-    PROVISIONAL_VERSION_BIT,
+    id_kind, Applied, CellState, LocationSet, Replica, ReplicaLimits, Resolve, CARRIED_HOLD_BIT,
+    HOLD_IN_USE, PROVISIONAL_VERSION_BIT,
 };
 use crate::snapshot::{self, SnapshotError, SnapshotInfo};
 
@@ -221,6 +221,10 @@ pub struct WarehouseCounters {
     pub invalid_quantity: u64,
     /// Reserves rejected (as insufficient) because the hold table was full.
     pub holds_full: u64,
+    /// Transfers, recounts and adjustments rejected (as insufficient)
+    /// because they needed a new cell and the cell table was full
+    /// (`cells_max`).
+    pub cells_full: u64,
     /// Holds expired.
     pub expired: u64,
     /// Own events that came back out of client_seq order (should stay 0).
@@ -286,6 +290,40 @@ impl fmt::Display for CatchUpError {
 
 impl std::error::Error for CatchUpError {}
 
+/// Where a session-start broadcast stands: made by
+/// [`Warehouse::begin_session_start`], advanced by
+/// [`Warehouse::session_start_step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionStart {
+    phase: BroadcastPhase,
+    /// Next index in the phase's table.
+    next: usize,
+    /// Events published so far.
+    events: u64,
+}
+
+impl SessionStart {
+    /// Events published so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Whether `S(W)`, the last event, is published.
+    pub fn is_done(&self) -> bool {
+        self.phase == BroadcastPhase::Done
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BroadcastPhase {
+    Locations,
+    Skus,
+    Cells,
+    Holds,
+    Online,
+    Done,
+}
+
 /// What [`Warehouse::load_inventory`] loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InventorySummary {
@@ -339,6 +377,8 @@ pub enum InventoryErrorKind {
     TooManyLocations(u16),
     /// More distinct SKUs than the replica's `skus_max`.
     TooManySkus(u32),
+    /// More rows (cells) than the replica's `cells_max`.
+    TooManyCells(u32),
     /// The warehouse already holds inventory.
     NotEmpty,
 }
@@ -373,12 +413,21 @@ impl fmt::Display for InventoryError {
                 f,
                 "this location and SKU already appeared on line {first_line}"
             ),
-            InventoryErrorKind::TooManyLocations(max) => {
-                write!(f, "more than {max} locations (the replica's locations_max)")
-            }
-            InventoryErrorKind::TooManySkus(max) => {
-                write!(f, "more than {max} SKUs (the replica's skus_max)")
-            }
+            InventoryErrorKind::TooManyLocations(max) => write!(
+                f,
+                "more than {max} locations (the limit locations_max = {max}: raise it in the \
+                 configuration's [limits] or with --locations-max)"
+            ),
+            InventoryErrorKind::TooManySkus(max) => write!(
+                f,
+                "more than {max} SKUs (the limit skus_max = {max}: raise it in the \
+                 configuration's [limits] or with --skus-max)"
+            ),
+            InventoryErrorKind::TooManyCells(max) => write!(
+                f,
+                "more than {max} cells (the limit cells_max = {max}: raise it in the \
+                 configuration's [limits] or with --cells-max)"
+            ),
             InventoryErrorKind::NotEmpty => {
                 f.write_str("the warehouse already holds inventory; load into a new one")
             }
@@ -685,45 +734,37 @@ impl Warehouse {
 
     /// Publishes the snapshot broadcast that opens a session: `L` for every
     /// location, `R` for every SKU, `I` for every known cell, `H` for each
-    /// open hold, then `S(W)`. Open holds (carried over from an earlier
-    /// session) are first re-keyed [`CARRIED_HOLD_BIT`] | 1, 2, … so their
-    /// keys cannot meet a `V` of this session. Call it once per session,
-    /// after catching up with what the session's stream already holds (an
-    /// `S(W)` seen on it means an earlier run already broadcast: do not call
-    /// it again), and after [`Self::begin_run`]. It changes neither the
-    /// stream position nor the mode: commands that queued while catching up
-    /// are still decided by [`Self::finish_catch_up`]. Returns the events
-    /// published (`out` must have room for all of them: use a closure or a
-    /// growable queue).
+    /// open hold, then `S(W)`, all at once into `out`, which must have room
+    /// for all of them (a closure or a growable queue). A bounded sink — the
+    /// warehouse application's, sized by the order-entry window — uses
+    /// [`Self::begin_session_start`] and [`Self::session_start_step`]
+    /// instead, which produce the same events lazily. Call it once per
+    /// session, after catching up with what the session's stream already
+    /// holds (an `S(W)` seen on it means an earlier run already broadcast:
+    /// do not call it again), and after [`Self::begin_run`]. It changes
+    /// neither the stream position nor the mode: commands that queued while
+    /// catching up are still decided by [`Self::finish_catch_up`]. Returns
+    /// the events published.
     pub fn session_start_events<S: EventSink>(&mut self, out: &mut S) -> usize {
-        let before = self.next_client_seq;
-
-        for l in 0..usize::from(self.replica.location_count) {
-            let event = LocationDirectory::new(
-                self.replica.location_ids[l],
-                self.replica.location_names[l],
+        let mut broadcast = self.begin_session_start();
+        while !self.session_start_step(&mut broadcast, out) {
+            assert!(
+                out.room() > 0,
+                "session_start_events needs a sink with room for the whole broadcast; \
+                 use session_start_step"
             );
-            self.emit(event, Resolve::Nothing, out);
         }
-        for s in 0..self.replica.sku_count as usize {
-            let event = SkuDirectory::new(self.replica.sku_ids[s], self.replica.sku_symbols[s]);
-            self.emit(event, Resolve::Nothing, out);
-        }
-        for s in 0..self.replica.sku_count {
-            for l in 0..self.replica.location_count {
-                let cell = self.replica.cells[self.replica.cell_of(s, l)];
-                if cell.version == 0 {
-                    continue;
-                }
-                let event = InventoryLevel::new(
-                    self.replica.location_ids[usize::from(l)],
-                    self.replica.sku_ids[s as usize],
-                    cell.on_hand,
-                    cell.reserved,
-                );
-                self.emit(event, Resolve::Nothing, out);
-            }
-        }
+        broadcast.events as usize
+    }
+
+    /// Starts a session-start broadcast (see [`Self::session_start_events`])
+    /// to be produced by [`Self::session_start_step`] as room appears. Open
+    /// holds (carried over from an earlier session) are re-keyed here
+    /// [`CARRIED_HOLD_BIT`] | 1, 2, … so their keys cannot meet a `V` of
+    /// this session. Until the broadcast is done, decisions must stay
+    /// deferred (they are after catch-up or a pause) so the state it walks
+    /// does not change under it.
+    pub fn begin_session_start(&mut self) -> SessionStart {
         // Re-key open holds in two passes (through a temporary namespace) so
         // a new key never meets an old carried key still in the table.
         const TEMPORARY: u64 = 1 << 62;
@@ -738,26 +779,153 @@ impl Warehouse {
                     .rekey_hold(slot, CARRIED_HOLD_BIT | pass_bit | n);
             }
         }
-        for slot in 0..self.replica.holds.len() {
-            let hold = self.replica.holds[slot];
-            if hold.flags & HOLD_IN_USE == 0 {
-                continue;
-            }
-            let event = HoldPlaced::new(
-                hold.cmd_seq,
-                hold.location,
-                hold.sku,
-                hold.qty,
-                hold.expires_at_ns,
-            );
-            self.emit(event, Resolve::Nothing, out);
+        SessionStart {
+            phase: BroadcastPhase::Locations,
+            next: 0,
+            events: 0,
         }
-        self.emit(
-            SystemEvent::new(system_code::AUTHORITY_ONLINE),
-            Resolve::Nothing,
-            out,
-        );
-        (self.next_client_seq - before) as usize
+    }
+
+    /// Publishes the next events of the broadcast `at`, as many as
+    /// `out.room()` allows, in order (`L`…, `R`…, `I`…, `H`…, `S(W)`).
+    /// Returns true once `S(W)` is published: the broadcast is complete and
+    /// commands may be decided after it. Bounded work: at most `out.room()`
+    /// events, plus a scan over cells that need no event.
+    pub fn session_start_step<S: EventSink>(&mut self, at: &mut SessionStart, out: &mut S) -> bool {
+        while out.room() > 0 {
+            match at.phase {
+                BroadcastPhase::Locations => {
+                    let l = at.next;
+                    if l >= usize::from(self.replica.location_count) {
+                        at.phase = BroadcastPhase::Skus;
+                        at.next = 0;
+                        continue;
+                    }
+                    let event = LocationDirectory::new(
+                        self.replica.location_ids[l],
+                        self.replica.location_names[l],
+                    );
+                    self.emit(event, Resolve::Nothing, out);
+                }
+                BroadcastPhase::Skus => {
+                    let s = at.next;
+                    if s >= self.replica.sku_count as usize {
+                        at.phase = BroadcastPhase::Cells;
+                        at.next = 0;
+                        continue;
+                    }
+                    let event =
+                        SkuDirectory::new(self.replica.sku_ids[s], self.replica.sku_symbols[s]);
+                    self.emit(event, Resolve::Nothing, out);
+                }
+                BroadcastPhase::Cells => {
+                    let slot = at.next;
+                    if slot >= self.replica.cells.slot_end(self.replica.sku_count) {
+                        at.phase = BroadcastPhase::Holds;
+                        at.next = 0;
+                        continue;
+                    }
+                    at.next += 1;
+                    let cell = self.replica.cells[slot];
+                    let (s, l) = self.replica.cells.key_of(slot);
+                    if cell.version == 0 || l >= self.replica.location_count {
+                        continue;
+                    }
+                    let event = InventoryLevel::new(
+                        self.replica.location_ids[usize::from(l)],
+                        self.replica.sku_ids[s as usize],
+                        cell.on_hand,
+                        cell.reserved,
+                    );
+                    self.emit(event, Resolve::Nothing, out);
+                    at.events += 1;
+                    continue;
+                }
+                BroadcastPhase::Holds => {
+                    let slot = at.next;
+                    if slot >= self.replica.holds.len() {
+                        at.phase = BroadcastPhase::Online;
+                        continue;
+                    }
+                    at.next += 1;
+                    let hold = self.replica.holds[slot];
+                    if hold.flags & HOLD_IN_USE == 0 {
+                        continue;
+                    }
+                    let event = HoldPlaced::new(
+                        hold.cmd_seq,
+                        hold.location,
+                        hold.sku,
+                        hold.qty,
+                        hold.expires_at_ns,
+                    );
+                    self.emit(event, Resolve::Nothing, out);
+                    at.events += 1;
+                    continue;
+                }
+                BroadcastPhase::Online => {
+                    self.emit(
+                        SystemEvent::new(system_code::AUTHORITY_ONLINE),
+                        Resolve::Nothing,
+                        out,
+                    );
+                    at.events += 1;
+                    at.phase = BroadcastPhase::Done;
+                    return true;
+                }
+                BroadcastPhase::Done => return true,
+            }
+            // Directory phases: one event per index.
+            at.next += 1;
+            at.events += 1;
+        }
+        at.phase == BroadcastPhase::Done
+    }
+
+    /// The digest of the cells and holds of `locations` (both directories
+    /// whole): what a store node keeping that set must report
+    /// ([`Replica::digest_of`]); equal whenever [`Self::in_flight`] is 0.
+    pub fn digest_of(&self, locations: &LocationSet) -> u64 {
+        self.replica.digest_of(locations)
+    }
+
+    /// The first limit the state has met, with the numbers, if any: a
+    /// directory, hold or cell table that could not take what the stream
+    /// carried. The warehouse application stops on it (its state would no
+    /// longer be the stream's).
+    pub fn limit_met(&self) -> Option<String> {
+        let c = self.replica.counters();
+        let limits = self.replica.limits();
+        if c.sku_overflow > 0 {
+            return Some(format!(
+                "skus_max = {}: {} SKU directory entries did not fit",
+                limits.skus_max, c.sku_overflow
+            ));
+        }
+        if c.location_overflow > 0 {
+            return Some(format!(
+                "locations_max = {}: {} location directory entries did not fit",
+                limits.locations_max, c.location_overflow
+            ));
+        }
+        if c.hold_overflow > 0 {
+            return Some(format!(
+                "holds_max = {}: {} holds did not fit",
+                limits.holds_max, c.hold_overflow
+            ));
+        }
+        if c.dropped_events > 0 {
+            return Some(format!(
+                "cells_max = {} (skus_max {}, locations_max {}): {} cell events could not be \
+                 applied ({} cells stored)",
+                limits.cells_max,
+                limits.skus_max,
+                limits.locations_max,
+                c.dropped_events,
+                self.replica.cell_count()
+            ));
+        }
+        None
     }
 
     /// Loads the initial inventory from CSV text: a header line
@@ -789,6 +957,10 @@ impl Warehouse {
         let mut rows = 0u32;
         let mut units = 0u64;
         let mut header_seen = false;
+        // Location names → index (at most locations_max entries; a start-up
+        // allocation, like the file's lines).
+        let mut location_by_name: std::collections::HashMap<[u8; 16], u16> =
+            std::collections::HashMap::new();
         for (i, line) in reader.lines().enumerate() {
             let number = i + 1;
             let line = line.map_err(|e| err(number, InventoryErrorKind::Io(e)))?;
@@ -846,10 +1018,8 @@ impl Warehouse {
                     )
                 })?;
 
-            let location_index = match (0..self.replica.location_count)
-                .find(|&l| self.replica.location_names[usize::from(l)] == location_name)
-            {
-                Some(l) => l,
+            let location_index = match location_by_name.get(&location_name) {
+                Some(&l) => l,
                 None => {
                     let id = self.replica.location_count + 1;
                     let l = self.replica.register_location(id).ok_or_else(|| {
@@ -859,6 +1029,7 @@ impl Warehouse {
                         )
                     })?;
                     self.replica.location_names[usize::from(l)] = location_name;
+                    location_by_name.insert(location_name, l);
                     l
                 }
             };
@@ -876,7 +1047,16 @@ impl Warehouse {
                     s
                 }
             };
-            let cell = self.replica.cell_of(sku_index, location_index);
+            let cell = self
+                .replica
+                .cells
+                .find_or_insert(sku_index, location_index)
+                .ok_or_else(|| {
+                    err(
+                        number,
+                        InventoryErrorKind::TooManyCells(self.replica.limits.cells_max),
+                    )
+                })?;
             // While loading, a cell's version holds the line that set it,
             // to name duplicates without a side table.
             let version = self.replica.cells[cell].version;
@@ -899,12 +1079,9 @@ impl Warehouse {
             return Err(err(0, InventoryErrorKind::Empty));
         }
         // Known, not yet on the stream: the broadcast's `I` stamps each.
-        for s in 0..self.replica.sku_count {
-            for l in 0..self.replica.location_count {
-                let cell = self.replica.cell_of(s, l);
-                if self.replica.cells[cell].version != 0 {
-                    self.replica.cells[cell].version = PROVISIONAL_VERSION_BIT;
-                }
+        for slot in 0..self.replica.cells.slot_end(self.replica.sku_count) {
+            if self.replica.cells[slot].version != 0 {
+                self.replica.cells[slot].version = PROVISIONAL_VERSION_BIT;
             }
         }
         Ok(InventorySummary {
@@ -993,7 +1170,19 @@ impl Warehouse {
 
     #[inline]
     fn cell(&self, location_index: u16, sku_index: u32) -> CellState {
-        self.replica.cells[self.replica.cell_of(sku_index, location_index)]
+        self.replica.cell_at(sku_index, location_index)
+    }
+
+    /// Whether the cell exists or the cell table has room for it: an event
+    /// that would need a cell the table cannot hold is never emitted (the
+    /// command is rejected, counted in `cells_full`).
+    #[inline]
+    fn cell_fits(&mut self, location_index: u16, sku_index: u32) -> bool {
+        let fits = self.replica.cells.has_room_for(sku_index, location_index);
+        if !fits {
+            self.counters.cells_full += 1;
+        }
+        fits
     }
 
     /// Quantities above this cannot be a delta.
@@ -1040,20 +1229,27 @@ impl Warehouse {
 
     /// For location 0: the location with the most available of the SKU at
     /// `sku_index`, ties to the lowest location id.
+    ///
+    /// Only the SKU's existing cells are visited (a cell that does not exist
+    /// has nothing available; when no cell has any, the order is rejected
+    /// whichever location is named, so the choice does not matter).
     #[inline]
     fn pick_location(&self, sku_index: u32) -> Option<u16> {
         let mut best: Option<(u32, u16, u16)> = None; // (available, id, index)
-        for l in 0..self.replica.location_count {
-            let available = self.cell(l, sku_index).available();
-            let id = self.replica.location_ids[usize::from(l)];
-            let better = match best {
-                None => true,
-                Some((a, best_id, _)) => available > a || (available == a && id < best_id),
-            };
-            if better {
-                best = Some((available, id, l));
-            }
-        }
+        let location_ids = &self.replica.location_ids;
+        self.replica
+            .cells
+            .for_each_of_sku(sku_index, self.replica.location_count, |l, cell| {
+                let available = cell.available();
+                let id = location_ids[usize::from(l)];
+                let better = match best {
+                    None => true,
+                    Some((a, best_id, _)) => available > a || (available == a && id < best_id),
+                };
+                if better {
+                    best = Some((available, id, l));
+                }
+            });
         best.map(|(_, _, l)| l)
     }
 
@@ -1272,6 +1468,9 @@ impl Warehouse {
         if self.cell(lt, s).on_hand.checked_add(qty).is_none() {
             return self.reject(cmd_seq, reject_reason::INVALID_QUANTITY, out);
         }
+        if !self.cell_fits(lt, s) {
+            return self.reject(cmd_seq, reject_reason::INSUFFICIENT, out);
+        }
         // Source leg first: a replica between the two legs sees less stock,
         // never more.
         self.emit(
@@ -1306,7 +1505,7 @@ impl Warehouse {
         if expected != 0 && expected != cell.version {
             return self.reject(cmd_seq, reject_reason::VERSION_CONFLICT, out);
         }
-        if on_hand < cell.reserved {
+        if on_hand < cell.reserved || !self.cell_fits(l, s) {
             return self.reject(cmd_seq, reject_reason::INSUFFICIENT, out);
         }
         self.emit(
@@ -1339,6 +1538,9 @@ impl Warehouse {
         }
         if delta > 0 && cell.on_hand.checked_add(delta as u32).is_none() {
             return self.reject(cmd_seq, reject_reason::INVALID_QUANTITY, out);
+        }
+        if !self.cell_fits(l, s) {
+            return self.reject(cmd_seq, reject_reason::INSUFFICIENT, out);
         }
         self.emit(
             OnHandDelta::new(location, sku, delta, reason, cmd_seq),

@@ -16,8 +16,16 @@
 //!    answered by outcome events on the way are not decided again;
 //! 4. a session that never had an authority (no `S(W)` on the stream) gets
 //!    the initial inventory file and the session-start broadcast (`L`, `R`,
-//!    `I`, `H`, `S(W)`);
-//! 5. decide what is still unanswered, in stream order, then live.
+//!    `I`, `H`, `S(W)`), of any size: the engine produces its events lazily,
+//!    only as many per cycle as the order-entry window has room for, while
+//!    the loop keeps reading the stream (its own events coming back) and the
+//!    acks; nothing is buffered beyond the window;
+//! 5. decide what is still unanswered, in stream order (as soon as `S(W)` is
+//!    handed to the client), then live.
+//!
+//! A state limit met on the way (a directory, hold or cell table the stream
+//! overflows, an inventory file too big) stops the app with an error naming
+//! the limit and the numbers; nothing panics on input.
 //!
 //! Snapshots are written when nothing of the warehouse's is in flight: on a
 //! timer the engine pauses decisions, the loop keeps reading the stream until
@@ -36,7 +44,9 @@ use crate::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use crate::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
 use crate::replica::ReplicaLimits;
 use crate::snapshot;
-use crate::warehouse::{CatchUp, CatchUpError, EventSink, Warehouse, WarehouseConfig};
+use crate::warehouse::{
+    CatchUp, CatchUpError, EventSink, SessionStart, Warehouse, WarehouseConfig,
+};
 
 /// How the warehouse application is set up.
 #[derive(Clone, Debug)]
@@ -85,6 +95,24 @@ impl EventSink for Outbox {
 
     fn room(&self) -> usize {
         OUTBOX_EVENTS_MAX - self.events.len()
+    }
+}
+
+/// The outbox seen through a smaller room: the session-start broadcast
+/// produces only what the client's window can take this cycle.
+struct Metered<'a> {
+    outbox: &'a mut Outbox,
+    room: usize,
+}
+
+impl EventSink for Metered<'_> {
+    fn publish(&mut self, message: &[u8]) {
+        self.room -= 1;
+        self.outbox.publish(message);
+    }
+
+    fn room(&self) -> usize {
+        self.room.min(self.outbox.room())
     }
 }
 
@@ -202,8 +230,16 @@ impl WarehouseApp {
                     .with_context(|| format!("loading the inventory {}", path.display()))?;
                 tracing::info!(path = %path.display(), ?summary, "initial inventory loaded");
             }
-            let events = self.engine.session_start_events(&mut self.outbox);
-            tracing::info!(events, "session start broadcast");
+            let started = Instant::now();
+            let events = self.broadcast_session_start()?;
+            tracing::info!(
+                events,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "session start broadcast handed to the gateway"
+            );
+        }
+        if let Some(limit) = self.engine.limit_met() {
+            bail!("the stream does not fit this warehouse's state: {limit}");
         }
         // Decide what queued while catching up, once our previous run's
         // events are all back.
@@ -234,11 +270,79 @@ impl WarehouseApp {
         Ok(())
     }
 
+    /// Streams the session-start broadcast: each cycle the engine produces
+    /// only as many events as the client's window has room for, the loop
+    /// reads the acks and the stream (its own events coming back, commands
+    /// that queue meanwhile, deferred), so the broadcast has any size with
+    /// at most a window's worth in flight. Stops with an error when the
+    /// window makes no progress for `catch_up_timeout`.
+    fn broadcast_session_start(&mut self) -> anyhow::Result<u64> {
+        let mut broadcast: SessionStart = self.engine.begin_session_start();
+        let mut progress_at = Instant::now();
+        loop {
+            let window_room = self
+                .client
+                .config()
+                .window
+                .saturating_sub(self.client.unacked() as usize);
+            let room = window_room.saturating_sub(self.outbox.events.len());
+            let mut sink = Metered {
+                outbox: &mut self.outbox,
+                room,
+            };
+            let before = broadcast.events();
+            let done = self.engine.session_start_step(&mut broadcast, &mut sink);
+            self.drain_outbox();
+            let now_ns = monotonic_ns();
+            let mut work = self.poll_client(now_ns);
+            work += self.poll_stream(now_ns)?;
+            if self.stats.rejected_acks > 0 {
+                bail!(
+                    "the gateway refused {} of the session-start broadcast's events",
+                    self.stats.rejected_acks
+                );
+            }
+            if let Some(error) = self.client.closed() {
+                bail!("the order-entry session closed during the session-start broadcast: {error}");
+            }
+            if done {
+                return Ok(broadcast.events());
+            }
+            if broadcast.events() > before || work > 0 {
+                progress_at = Instant::now();
+            } else if progress_at.elapsed() > self.config.catch_up_timeout {
+                bail!(
+                    "the session-start broadcast made no progress for {:?} ({} events sent, \
+                     {} awaiting acks)",
+                    self.config.catch_up_timeout,
+                    broadcast.events(),
+                    self.client.unacked()
+                );
+            }
+            if broadcast.events() == before {
+                // The window is full: wait for acks (bounded), not spin.
+                let stats = &mut self.stats;
+                self.client.wait(Duration::from_millis(1), |event| {
+                    if let ClientEvent::Ack(ack) = event {
+                        if ack.reject.is_some() {
+                            stats.rejected_acks += 1;
+                        }
+                    }
+                });
+            }
+        }
+    }
+
     /// One duty cycle: stream in, decisions out, acks, expiry, snapshots.
     pub fn poll(&mut self) -> anyhow::Result<usize> {
         let now_ns = monotonic_ns();
         let mut work = self.poll_stream(now_ns)?;
         work += self.poll_client(now_ns);
+        if let Some(limit) = self.engine.limit_met() {
+            // Its state no longer holds what the stream carried: stop
+            // rather than decide on it.
+            bail!("a state limit was met: {limit}; raise it in [limits] and restart");
+        }
         if self.stats.rejected_acks > 0 {
             // The engine applied an event the stream will never carry: its
             // state is ahead of every replica's. Stop; a restart rebuilds it

@@ -191,6 +191,8 @@ fn digests_agree_across_limits_and_join_points_and_differ_on_any_change() {
     let mut b = Replica::new(ReplicaLimits {
         skus_max: 100,
         locations_max: 5,
+        // Below 100 × 5: stored sparsely, digest as the dense one.
+        cells_max: 300,
         holds_max: 64,
         orders_max: 50,
         pending_max: 128,
@@ -407,6 +409,7 @@ fn million_limits() -> ReplicaLimits {
     ReplicaLimits {
         skus_max: 1_000_000,
         locations_max: 16,
+        cells_max: 16_000_000,
         holds_max: 1 << 16,
         orders_max: 1 << 20,
         pending_max: 1 << 16,
@@ -584,7 +587,7 @@ proptest! {
         }
         prop_assert_eq!(r.hold_count() as usize, model.holds.len());
         let mut other = Replica::new(ReplicaLimits {
-            skus_max: 5, locations_max: 4, holds_max: 300, orders_max: 2, pending_max: 2,
+            skus_max: 5, locations_max: 4, cells_max: 20, holds_max: 300, orders_max: 2, pending_max: 2,
         });
         apply_all(&mut other, &stream, 1);
         prop_assert_eq!(other.digest(), r.digest());
@@ -599,7 +602,7 @@ proptest! {
             (0u8..12, any::<u16>(), any::<u32>(), any::<u32>(), any::<u64>()), 1..200)
     ) {
         let limits = ReplicaLimits {
-            skus_max: 3, locations_max: 2, holds_max: 2, orders_max: 2, pending_max: 4,
+            skus_max: 3, locations_max: 2, cells_max: 6, holds_max: 2, orders_max: 2, pending_max: 4,
         };
         let mut r = Replica::new(limits);
         let mut negative_attempts = 0u64;

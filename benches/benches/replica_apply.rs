@@ -43,6 +43,7 @@ fn limits() -> ReplicaLimits {
     ReplicaLimits {
         skus_max: 16_384,
         locations_max: 16,
+        cells_max: 16_384 * 16,
         holds_max: 1 << 16,
         orders_max: 1 << 20,
         pending_max: 1 << 16,
@@ -164,6 +165,7 @@ fn deltas_for(skus: u32, locations: u16, count: usize) -> (Replica, Vec<u8>) {
     let mut replica = Replica::new(ReplicaLimits {
         skus_max: skus,
         locations_max: locations,
+        cells_max: skus * u32::from(locations),
         holds_max: 16,
         orders_max: 16,
         pending_max: 16,

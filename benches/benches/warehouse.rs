@@ -49,6 +49,7 @@ fn warehouse() -> (Warehouse, u64) {
         limits: ReplicaLimits {
             skus_max: 16_384,
             locations_max: 16,
+            cells_max: 16_384 * 16,
             holds_max: 1 << 16,
             orders_max: 1 << 20,
             pending_max: 1 << 16,

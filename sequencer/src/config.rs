@@ -35,6 +35,71 @@ pub struct ApplianceConfig {
     /// `[http]`: the HTTP read side (`tally-monitor`); absent = defaults.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[limits]`: the capacity of the inventory state every application
+    /// rebuilds (the one place for it; flags may override it for one
+    /// process); absent = small defaults.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: table sizes of the inventory state (the warehouse's and every
+/// replica's), allocated once at start. The sequencer itself does not use
+/// them; the applications check them (`tally_apps::replica::ReplicaLimits`)
+/// and say at start which one is too small for the stream, with the numbers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// SKUs in the directory.
+    #[serde(default = "default_limits_skus_max")]
+    pub skus_max: u32,
+    /// Locations in the directory.
+    #[serde(default = "default_limits_locations_max")]
+    pub locations_max: u16,
+    /// Cells (location, sku) that exist; memory grows with this, not with
+    /// skus_max × locations_max.
+    #[serde(default = "default_limits_cells_max")]
+    pub cells_max: u32,
+    /// Open holds.
+    #[serde(default = "default_limits_holds_max")]
+    pub holds_max: u32,
+    /// Order, hold and transfer ids remembered (modify/cancel, duplicates).
+    #[serde(default = "default_limits_orders_max")]
+    pub orders_max: u32,
+    /// Commands remembered until their outcome arrives.
+    #[serde(default = "default_limits_pending_max")]
+    pub pending_max: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            skus_max: default_limits_skus_max(),
+            locations_max: default_limits_locations_max(),
+            cells_max: default_limits_cells_max(),
+            holds_max: default_limits_holds_max(),
+            orders_max: default_limits_orders_max(),
+            pending_max: default_limits_pending_max(),
+        }
+    }
+}
+
+fn default_limits_skus_max() -> u32 {
+    4096
+}
+fn default_limits_locations_max() -> u16 {
+    16
+}
+fn default_limits_cells_max() -> u32 {
+    4096 * 16
+}
+fn default_limits_holds_max() -> u32 {
+    4096
+}
+fn default_limits_orders_max() -> u32 {
+    1 << 16
+}
+fn default_limits_pending_max() -> u32 {
+    1 << 16
 }
 
 /// `[stream]`: the multicast stream.

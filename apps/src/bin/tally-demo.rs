@@ -185,6 +185,13 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             .unwrap_or(1)
     };
 
+    // One place for limits: the configuration's [limits] sizes the
+    // warehouse's state and every replica's (tills, monitor, tap).
+    let limits = ReplicaLimits::from_config(&config.limits);
+    limits
+        .validate()
+        .map_err(|error| anyhow::anyhow!("[limits] in {}: {error}", cli.config.display()))?;
+
     // The warehouse first: the tills wait for its session-start broadcast.
     let stop_warehouse = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -192,7 +199,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         consumer: ConsumerConfig::for_appliance(&config, &reader_user, &reader_password),
         client: ClientConfig::for_appliance(&config, &wh_user, &wh_password),
         own_origin: wh_origin,
-        limits: ReplicaLimits::small(),
+        limits,
         inventory: Some(cli.inventory.clone()),
         snapshot: Some(snapshot.clone()),
         snapshot_interval: Duration::from_secs(5),
@@ -233,6 +240,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         ConsumerConfig::for_appliance(&config, &reader_user, &reader_password),
     );
     monitor_config.consumer.start_seq = 1;
+    monitor_config.limits = limits;
     // Readers of the configuration's [[clients]] (e.g. read1 / readpass) read
     // over HTTP Basic; /health and /ready need nothing.
     monitor_config.auth = HttpAuthConfig::from_appliance(&config).map_err(anyhow::Error::msg)?;
@@ -306,11 +314,10 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
     };
 
     // The tap: its own replica, message counts and the progress line.
-    let mut tap = Tap::new(ConsumerConfig::for_appliance(
-        &config,
-        &reader_user,
-        &reader_password,
-    ))?;
+    let mut tap = Tap::new(
+        ConsumerConfig::for_appliance(&config, &reader_user, &reader_password),
+        limits,
+    )?;
     let started = Instant::now();
     let mut next_line = started + Duration::from_secs(1);
     let mut last_seq = 0u64;
@@ -522,11 +529,11 @@ struct Tap {
 }
 
 impl Tap {
-    fn new(mut config: ConsumerConfig) -> anyhow::Result<Tap> {
+    fn new(mut config: ConsumerConfig, limits: ReplicaLimits) -> anyhow::Result<Tap> {
         config.start_seq = 1;
         Ok(Tap {
             consumer: StreamConsumer::new(&config).context("the demo's tap joining the stream")?,
-            replica: Replica::new(ReplicaLimits::small()),
+            replica: Replica::new(limits),
             counts: [0; 256],
             messages: 0,
         })

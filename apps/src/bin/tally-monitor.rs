@@ -102,6 +102,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     config.limits = ReplicaLimits {
         skus_max: cli.skus_max,
         locations_max: cli.locations_max,
+        // Every cell, densely, as before [limits] existed.
+        cells_max: cli
+            .skus_max
+            .saturating_mul(u32::from(cli.locations_max))
+            .min(1 << 31),
         holds_max: cli.holds_max,
         orders_max: cli.orders_max,
         pending_max: 1 << 20,

@@ -38,19 +38,25 @@ struct Cli {
     /// Seconds between snapshots (0 = only on shutdown).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     snapshot_interval: u64,
-    /// SKUs the state can hold.
-    #[arg(long, default_value_t = 100_000)]
-    skus_max: u32,
-    /// Locations the state can hold.
-    #[arg(long, default_value_t = 16)]
-    locations_max: u16,
-    /// Open holds the state can hold.
-    #[arg(long, default_value_t = 1 << 20)]
-    holds_max: u32,
-    /// Order, hold and transfer ids remembered (for modify/cancel and
-    /// duplicate checks).
-    #[arg(long, default_value_t = 1 << 22)]
-    orders_max: u32,
+    /// SKUs the state can hold (default: the configuration's [limits]).
+    #[arg(long)]
+    skus_max: Option<u32>,
+    /// Locations the state can hold (default: [limits]).
+    #[arg(long)]
+    locations_max: Option<u16>,
+    /// Cells (location, sku) the state can hold (default: [limits]).
+    #[arg(long)]
+    cells_max: Option<u32>,
+    /// Open holds the state can hold (default: [limits]).
+    #[arg(long)]
+    holds_max: Option<u32>,
+    /// Order, hold and transfer ids remembered, for modify/cancel and
+    /// duplicate checks (default: [limits]).
+    #[arg(long)]
+    orders_max: Option<u32>,
+    /// Commands remembered until decided (default: [limits]).
+    #[arg(long)]
+    pending_max: Option<u32>,
     /// At exit, print a JSON summary on stdout: the seq the authoritative
     /// state reflects, its digest (compare replicas' digests at that seq),
     /// oversold units and the decision counters.
@@ -76,16 +82,28 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .find(|client| client.username == user)
         .map(|client| client.client_id)
         .ok_or_else(|| anyhow::anyhow!("no client {user:?} in {}", cli.connect.config.display()))?;
-    let limits = ReplicaLimits {
-        skus_max: cli.skus_max,
-        locations_max: cli.locations_max,
-        holds_max: cli.holds_max,
-        orders_max: cli.orders_max,
-        pending_max: 1 << 20,
-    };
+    // One place for limits: the configuration's [limits]; a flag overrides
+    // one for this process.
+    let mut limits = ReplicaLimits::from_config(&appliance.limits);
+    let overrides = [
+        (cli.skus_max, &mut limits.skus_max),
+        (cli.cells_max, &mut limits.cells_max),
+        (cli.holds_max, &mut limits.holds_max),
+        (cli.orders_max, &mut limits.orders_max),
+        (cli.pending_max, &mut limits.pending_max),
+    ];
+    for (flag, limit) in overrides {
+        if let Some(value) = flag {
+            *limit = value;
+        }
+    }
+    if let Some(value) = cli.locations_max {
+        limits.locations_max = value;
+    }
     limits
         .validate()
-        .map_err(|error| anyhow::anyhow!("table limits: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("table limits {limits:?}: {error}"))?;
+    tracing::info!(?limits, "state limits");
     let config = WarehouseAppConfig {
         consumer: cli.connect.consumer(&appliance, "read1", "readpass")?,
         client: cli.connect.client(&appliance, "wh", "whpass")?,
