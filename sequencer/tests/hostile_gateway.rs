@@ -474,11 +474,17 @@ fn a_wrong_password_flood_does_not_slow_a_till_on_another_address() {
     );
     assert!(latencies.len() >= 50, "too few till logins measured");
     // Under 50 ms; on a host busy with other work (a shared CI machine),
-    // where even the quiet baseline's p99 is over that, at least no slower
-    // than the baseline plus 10 ms: the flood itself adds nothing.
+    // where even the quiet baseline's p99 is over that, no worse than the
+    // baseline's with room for one scheduling hiccup (about 60 samples make
+    // the p99 their maximum): the flood itself adds nothing; and the median
+    // login stays within 10 ms of the quiet one.
     assert!(
-        p99 < Duration::from_millis(50) || p99 <= quiet_p99 + Duration::from_millis(10),
+        p99 < Duration::from_millis(50) || p99 <= quiet_p99 * 2 + Duration::from_millis(20),
         "p99 {p99:?} during the flood, {quiet_p99:?} without"
+    );
+    assert!(
+        p50 <= quiet_p50 + Duration::from_millis(10),
+        "p50 {p50:?} during the flood, {quiet_p50:?} without"
     );
     assert!(
         rejected.load(Ordering::Relaxed) >= 10,
