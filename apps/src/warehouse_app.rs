@@ -123,6 +123,14 @@ pub struct WarehouseAppStats {
     pub events_sent: u64,
     pub rejected_acks: u64,
     pub holds_expired: u64,
+    /// Milliseconds the initial inventory file took to load (0: none).
+    pub inventory_load_ms: u64,
+    /// Events of this run's session-start broadcast (0: none) and the
+    /// milliseconds until its `S(W)` was handed to the gateway.
+    pub broadcast_events: u64,
+    pub broadcast_handed_ms: u64,
+    /// Milliseconds the last snapshot took to write.
+    pub snapshot_save_ms: u64,
 }
 
 /// The running authority.
@@ -224,14 +232,18 @@ impl WarehouseApp {
         }
         if self.engine.replica().authority_online_seq() == 0 {
             if let Some(path) = &self.config.inventory {
+                let loading = Instant::now();
                 let summary = self
                     .engine
                     .load_inventory_file(path)
                     .with_context(|| format!("loading the inventory {}", path.display()))?;
-                tracing::info!(path = %path.display(), ?summary, "initial inventory loaded");
+                self.stats.inventory_load_ms = loading.elapsed().as_millis() as u64;
+                tracing::info!(path = %path.display(), ?summary, elapsed_ms = self.stats.inventory_load_ms, "initial inventory loaded");
             }
             let started = Instant::now();
             let events = self.broadcast_session_start()?;
+            self.stats.broadcast_events = events;
+            self.stats.broadcast_handed_ms = started.elapsed().as_millis() as u64;
             tracing::info!(
                 events,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -417,10 +429,12 @@ impl WarehouseApp {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).ok();
         }
+        let saving = Instant::now();
         let bytes = self
             .engine
             .save_snapshot(path, &self.session)
             .with_context(|| format!("writing the snapshot {}", path.display()))?;
+        self.stats.snapshot_save_ms = saving.elapsed().as_millis() as u64;
         self.stats.snapshots_saved += 1;
         tracing::info!(path = %path.display(), bytes, seq = self.engine.replica().last_seq(), "snapshot saved");
         Ok(())
