@@ -80,6 +80,9 @@ struct SequencerAgent {
     journal_bytes: Counter,
     journal_fsyncs: Counter,
     counter_file: CounterFile,
+    /// Wakes the replay loop when the journal grew (a no-op unless it is
+    /// parked with clients connected).
+    replay_waker: Waker,
 }
 
 impl SequencerAgent {
@@ -90,7 +93,9 @@ impl SequencerAgent {
             .core
             .poll(&mut self.inbound, &mut self.outcomes, now_ns)
             .map_err(|error| io::Error::other(journal_write_failed(&self.journal_path, error)))?;
-        if work == 0 {
+        if work > 0 {
+            self.replay_waker.wake();
+        } else {
             self.core.publisher_mut().poll_completions()?;
             self.journal_bytes
                 .set(self.core.journal_mut().bytes_written());
@@ -314,6 +319,7 @@ impl Appliance {
         let mut replay =
             ReplayLoop::new(config, journal.path(), journal.progress(), replay_counters)
                 .with_context(|| format!("binding replay.listen {}", config.replay.listen))?;
+        let replay_waker = replay.waker().context("creating the replay feed's waker")?;
 
         let core_config = CoreConfig {
             session,
@@ -353,6 +359,7 @@ impl Appliance {
             journal_bytes: counters.counter(index_of("journal.bytes")),
             journal_fsyncs: counters.counter(index_of("journal.fsyncs")),
             counter_file: counters,
+            replay_waker,
         };
         let control_seq = Arc::clone(&control);
         match threading {

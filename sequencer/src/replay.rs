@@ -72,6 +72,7 @@ use tally_gateway::config::ClientEntry;
 use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::{ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
+use tally_runtime::wake::Waker;
 use tally_wire::mold::Session;
 use tally_wire::soup::{self, login_reject, ClientPacket, LENGTH_PREFIX_SIZE, USERNAME_SIZE};
 
@@ -385,6 +386,9 @@ pub struct ReplayLoop<A: Authenticator = AuthThread> {
     server: TcpServer,
     reader: JournalReader,
     feed: Feed<A>,
+    /// Woken by the sequencer when the journal grows, so live clients get
+    /// new records at once even when this loop was parked.
+    own_waker: Option<Waker>,
 }
 
 impl<A: Authenticator> std::fmt::Debug for ReplayLoop<A> {
@@ -462,6 +466,7 @@ impl<A: Authenticator> ReplayLoop<A> {
         Ok(ReplayLoop {
             server,
             reader,
+            own_waker: None,
             feed: Feed {
                 slots: (0..options.clients_max)
                     .map(|_| ClientSlot::free())
@@ -512,17 +517,43 @@ impl<A: Authenticator> ReplayLoop<A> {
         Ok(work)
     }
 
+    /// A waker for the sequencer to call when the journal grows: while
+    /// clients are connected, a parked replay loop then wakes at once
+    /// instead of at the end of its park. Waking a loop that is not parked
+    /// (or has no clients, so does not ask to be woken) costs an atomic load.
+    pub fn waker(&mut self) -> io::Result<Waker> {
+        if let Some(waker) = &self.own_waker {
+            return Ok(waker.clone());
+        }
+        let waker = Waker::new()?;
+        self.server.watch_waker(waker.clone())?;
+        self.own_waker = Some(waker.clone());
+        Ok(waker)
+    }
+
     /// Runs [`poll`](Self::poll) under `idle` until `stop` is set. Idle
     /// parks wait on the server's ring, so a connection or frame wakes the
-    /// loop at once; journal growth is seen at the next wake-up (at most the
-    /// strategy's longest park later).
+    /// loop at once; so does journal growth while clients are connected
+    /// (through [`ReplayLoop::waker`]).
     pub fn run(&mut self, idle: IdleStrategy, stop: &AtomicBool) -> io::Result<()> {
         let mut idler = idle.idler();
         let start = Instant::now();
         while !stop.load(Ordering::Acquire) {
             let work = self.poll(start.elapsed().as_nanos() as u64)?;
             let mut waited = Ok(());
-            idler.idle_with(work, |duration| waited = self.server.wait(duration));
+            let ReplayLoop {
+                server,
+                reader,
+                feed,
+                own_waker,
+            } = self;
+            idler.idle_with(work, |duration| match own_waker {
+                Some(waker) if feed.active > 0 => waker.park_with(
+                    || reader.next_seq() > reader.indexed_next_seq(),
+                    || waited = server.wait(duration),
+                ),
+                _ => waited = server.wait(duration),
+            });
             waited?;
         }
         Ok(())
