@@ -2982,6 +2982,33 @@ mod tests {
         assert_eq!(t.len(), 2);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// The one decoder of HTTP input that is ours (tiny_http parses the
+        /// request): any `Authorization` value is answered, never a panic.
+        #[test]
+        fn authorization_values_never_panic(value in "\\PC{0,300}") {
+            let _ = basic_credentials(&value);
+            let _ = basic_credentials(&format!("Basic {value}"));
+            let _ = base64_decode(&value);
+        }
+
+        #[test]
+        fn base64_round_trips(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            proptest::prop_assert_eq!(base64_decode(&base64_encode(&bytes)), Some(bytes));
+        }
+
+        #[test]
+        fn basic_credentials_round_trip(user in "[!-9;-~]{1,16}", password in "[ -~]{0,32}") {
+            let header = basic_authorization(&user, &password);
+            proptest::prop_assert_eq!(
+                basic_credentials(&header),
+                Some((user.into_bytes(), password.into_bytes()))
+            );
+        }
+    }
+
     #[test]
     fn base64_and_basic_credentials() {
         for text in ["", "a", "ab", "abc", "read1:readpass", "r:p:with:colons"] {
