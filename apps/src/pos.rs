@@ -115,6 +115,9 @@ pub enum PosError {
     OriginMismatch { configured: u16, on_stream: u16 },
     /// The configuration is unusable.
     Config(&'static str),
+    /// The replica's limits (`[limits]`) are smaller than the stream needs:
+    /// which one, with the numbers.
+    LimitMet(String),
 }
 
 impl fmt::Display for PosError {
@@ -133,6 +136,10 @@ impl fmt::Display for PosError {
                 "configured origin {configured}, but our commands carry origin {on_stream}"
             ),
             PosError::Config(what) => f.write_str(what),
+            PosError::LimitMet(what) => write!(
+                f,
+                "the stream does not fit this till's replica: {what} (raise it in [limits])"
+            ),
         }
     }
 }
@@ -1028,6 +1035,9 @@ impl Pos {
         self.core.sending = false;
         let result = self.poll_until(timeout, |pos| pos.is_ready());
         self.core.sending = sending;
+        if let Some(limit) = self.core.replica.limit_met() {
+            return Err(PosError::LimitMet(limit));
+        }
         result
     }
 

@@ -1042,6 +1042,45 @@ impl Replica {
         &self.kept
     }
 
+    /// The first limit this replica met, with the numbers, if any: a
+    /// directory, hold or cell table that could not take what the stream
+    /// carried (its state is then less than the stream's). Applications
+    /// check it once caught up and say so instead of failing later.
+    pub fn limit_met(&self) -> Option<String> {
+        let c = &self.counters;
+        let limits = self.limits;
+        if c.sku_overflow > 0 {
+            return Some(format!(
+                "skus_max = {}: {} SKU directory entries did not fit",
+                limits.skus_max, c.sku_overflow
+            ));
+        }
+        if c.location_overflow > 0 {
+            return Some(format!(
+                "locations_max = {}: {} location directory entries did not fit",
+                limits.locations_max, c.location_overflow
+            ));
+        }
+        if c.hold_overflow > 0 {
+            return Some(format!(
+                "holds_max = {}: {} holds did not fit",
+                limits.holds_max, c.hold_overflow
+            ));
+        }
+        if c.dropped_events > 0 {
+            return Some(format!(
+                "cells_max = {} (skus_max {}, locations_max {}): {} cell events could not be \
+                 applied ({} cells stored)",
+                limits.cells_max,
+                limits.skus_max,
+                limits.locations_max,
+                c.dropped_events,
+                self.cell_count()
+            ));
+        }
+        None
+    }
+
     /// Cells stored (dense layout: every slot of the table).
     pub fn cell_count(&self) -> usize {
         self.cells.len()
@@ -1901,6 +1940,22 @@ impl Replica {
                 self.cell_at(s, l).public(),
             )
         })
+    }
+
+    /// Calls `f(location, cell)` for every cell of `sku` some event named
+    /// (version ≠ 0), in no particular order: O(the SKU's stocked cells),
+    /// not O(locations) — for read sides listing a SKU in a chain with
+    /// thousands of locations. Nothing for an unknown SKU.
+    pub fn for_each_stocked_cell(&self, sku: u32, mut f: impl FnMut(u16, Cell)) {
+        let Some(s) = self.sku_slot(sku) else {
+            return;
+        };
+        self.cells
+            .for_each_of_sku(s, self.location_count, |l, cell| {
+                if cell.version != 0 {
+                    f(self.location_ids[usize::from(l)], cell.public());
+                }
+            });
     }
 
     /// The SKU directory, `(sku, symbol)` in the order SKUs were first seen.

@@ -889,43 +889,11 @@ impl Warehouse {
         self.replica.digest_of(locations)
     }
 
-    /// The first limit the state has met, with the numbers, if any: a
-    /// directory, hold or cell table that could not take what the stream
-    /// carried. The warehouse application stops on it (its state would no
-    /// longer be the stream's).
+    /// The first limit the state has met, with the numbers, if any
+    /// ([`Replica::limit_met`]). The warehouse application stops on it (its
+    /// state would no longer be the stream's).
     pub fn limit_met(&self) -> Option<String> {
-        let c = self.replica.counters();
-        let limits = self.replica.limits();
-        if c.sku_overflow > 0 {
-            return Some(format!(
-                "skus_max = {}: {} SKU directory entries did not fit",
-                limits.skus_max, c.sku_overflow
-            ));
-        }
-        if c.location_overflow > 0 {
-            return Some(format!(
-                "locations_max = {}: {} location directory entries did not fit",
-                limits.locations_max, c.location_overflow
-            ));
-        }
-        if c.hold_overflow > 0 {
-            return Some(format!(
-                "holds_max = {}: {} holds did not fit",
-                limits.holds_max, c.hold_overflow
-            ));
-        }
-        if c.dropped_events > 0 {
-            return Some(format!(
-                "cells_max = {} (skus_max {}, locations_max {}): {} cell events could not be \
-                 applied ({} cells stored)",
-                limits.cells_max,
-                limits.skus_max,
-                limits.locations_max,
-                c.dropped_events,
-                self.replica.cell_count()
-            ));
-        }
-        None
+        self.replica.limit_met()
     }
 
     /// Loads the initial inventory from CSV text: a header line
@@ -1382,10 +1350,12 @@ impl Warehouse {
             return self.reject(cmd_seq, reject_reason::NO_SUCH, out);
         };
         let hold = self.replica.holds[slot as usize];
-        let cell = self.replica.cells[self
-            .replica
-            .cell_slot(hold.location, hold.sku)
-            .expect("an open hold's cell is in the directory")];
+        // An open hold's cell exists, unless the cell table was full when
+        // its `H` came back from an earlier run (a limit met: the app stops).
+        let Some(c) = self.replica.cell_slot(hold.location, hold.sku) else {
+            return self.reject(cmd_seq, reject_reason::NO_SUCH, out);
+        };
+        let cell = self.replica.cells[c];
         assert!(
             cell.reserved >= hold.qty && cell.on_hand >= hold.qty,
             "a hold's units are reserved and on hand"

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tally_apps::client::OrderEntryClient;
 use tally_apps::consumer::{ConsumerConfig, StreamConsumer};
+use tally_apps::pos::{Pos, PosConfig, PosError};
 use tally_apps::replica::{LocationSet, Replica, ReplicaLimits};
 use tally_apps::testkit::{demo_client, send_all, ApplianceSpec};
 use tally_apps::warehouse::{EventBuf, EventSink, Warehouse, WarehouseConfig};
@@ -257,6 +258,32 @@ fn a_broadcast_larger_than_every_buffer_completes_and_every_digest_agrees() {
     }
     assert_ne!(store_3, stores_1_16);
     assert_ne!(store_3, digest);
+
+    // A SKU's stocked cells, without a probe per location.
+    for sku in [1, 77, SKUS] {
+        let mut stocked: Vec<(u16, u64)> = Vec::new();
+        late.for_each_stocked_cell(sku, |location, cell| stocked.push((location, cell.version)));
+        stocked.sort_unstable();
+        let listed: Vec<(u16, u64)> = late
+            .cells_of(sku)
+            .filter(|(_, cell)| cell.version != 0)
+            .map(|(location, cell)| (location, cell.version))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(stocked, listed, "sku {sku}");
+        assert_eq!(stocked.len(), 14, "sku {sku}");
+    }
+
+    // A till whose limits are smaller than the stream says so at start.
+    let mut till = PosConfig::for_appliance(&spec.config(), "pos2", "pos2pass").unwrap();
+    till.limits.skus_max = 1000;
+    let mut till = Pos::new(till).unwrap();
+    match till.wait_ready(LONG) {
+        Err(PosError::LimitMet(what)) => assert!(what.contains("skus_max = 1000"), "{what}"),
+        other => panic!("a till with 1 000 SKUs of room: {other:?}"),
+    }
+    drop(till);
     appliance.stop().unwrap();
 }
 

@@ -78,6 +78,7 @@ struct TillView {
     stats: PosStats,
     rtt: Option<Histogram<u64>>,
     gaps_recovered: u64,
+    kernel_drops: u64,
 }
 
 fn main() {
@@ -156,7 +157,10 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
     let session = config.session()?;
     let journal = tally_sequencer::journal::journal_path(&journal_dir, session);
     let snapshot = journal_dir.join("warehouse.snapshot");
-    for path in [&journal, &snapshot] {
+    // The journal's checkpoint goes with it (a checkpoint without its
+    // journal is refused at start).
+    let checkpoint = tally_sequencer::journal::checkpoint_path(&journal_dir, session);
+    for path in [&journal, &checkpoint, &snapshot] {
         if path.exists() {
             std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
         }
@@ -292,6 +296,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                                 stats: pos.stats(),
                                 rtt: Some(pos.histogram().clone()),
                                 gaps_recovered: pos.consumer().stats().recovered(),
+                                kernel_drops: pos.consumer().stats().kernel_drops,
                             };
                             if let Ok(mut views) = views.lock() {
                                 views[index] = view;
@@ -328,11 +333,12 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             next_line += Duration::from_secs(1);
             let views = views.lock().map(|v| v.clone()).unwrap_or_default();
             let mut rtt = rtt_histogram();
-            let (mut fills, mut rejects, mut gaps) = (0, 0, 0);
+            let (mut fills, mut rejects, mut gaps, mut drops) = (0, 0, 0, 0);
             for view in &views {
                 fills += view.stats.filled;
                 rejects += view.stats.rejected + view.stats.gateway_rejected;
                 gaps += view.gaps_recovered;
+                drops += view.kernel_drops;
                 if let Some(h) = &view.rtt {
                     let _ = rtt.add(h);
                 }
@@ -347,7 +353,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                 }
             };
             say(cli, &format!(
-                "t={:>3}s seq={seq:>8} msgs/s={:>7} orders/s={:>6} fills={fills:>7} rejects={rejects:>6} gaps_recovered={gaps:>5} rtt_p50={:.0}us p99={:.0}us",
+                "t={:>3}s seq={seq:>8} msgs/s={:>7} orders/s={:>6} fills={fills:>7} rejects={rejects:>6} gaps_recovered={gaps:>5} kernel_drops={drops:>4} rtt_p50={:.0}us p99={:.0}us",
                 started.elapsed().as_secs(),
                 seq - last_seq,
                 orders - last_orders,
@@ -416,6 +422,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
     let mut rtt = rtt_histogram();
     let mut stats_total = PosStats::default();
     let mut gaps_recovered = 0u64;
+    let mut kernel_drops = 0u64;
     let mut all_drained = true;
     for ((user, _, _), (pos, drained)) in tills.iter().zip(&tills_done) {
         replicas.push((
@@ -433,6 +440,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         stats_total.skipped_would_fail += stats.skipped_would_fail;
         stats_total.units_sold += stats.units_sold;
         gaps_recovered += pos.consumer().stats().recovered();
+        kernel_drops += pos.consumer().stats().kernel_drops;
         all_drained &= *drained;
     }
     let consistent = replicas
@@ -470,6 +478,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         "all_outcomes_received": all_drained,
         "oversold": oversold,
         "gaps_recovered": gaps_recovered,
+        "kernel_drops": kernel_drops,
         "loss_percent": cli.loss,
         "rtt_p50_us": p(0.5),
         "rtt_p99_us": p(0.99),
@@ -502,7 +511,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             tap.count(b'T')
         );
         println!(
-            "  gaps recovered {gaps_recovered}, order round trip p50 {:.0} us, p99 {:.0} us",
+            "  gaps recovered {gaps_recovered} (kernel drops {kernel_drops}), order round trip p50 {:.0} us, p99 {:.0} us",
             p(0.5),
             p(0.99)
         );
