@@ -849,7 +849,6 @@ mod tests {
 
     #[test]
     fn format_1_dense_files_still_load_into_dense_and_sparse_replicas() {
-        use tally_wire::zerocopy::IntoBytes;
         use tally_wire::{pad_ascii, InventoryLevel, LocationDirectory, SkuDirectory};
         let dense = ReplicaLimits {
             skus_max: 8,
