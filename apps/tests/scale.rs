@@ -399,3 +399,134 @@ fn the_lazy_broadcast_equals_the_one_shot_broadcast_whatever_the_room() {
     }
     assert_eq!(count, expected.len());
 }
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts this thread's allocations (the appliance's threads count theirs).
+struct Counting;
+
+// SAFETY: forwards every call to the system allocator unchanged; it only
+// counts, in a thread-local that never allocates.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(|a| a.get())
+}
+
+/// A stream as the appliance would carry it: the warehouse's broadcast of a
+/// sparse chain, then orders, reserves and transfers (some to locations the
+/// SKU is not stocked at: new cells) with the warehouse's answers.
+fn sparse_stream() -> (Vec<Vec<u8>>, Warehouse) {
+    use tally_wire::{header_mut, Message, Reserve, Transfer};
+    let mut csv = String::from("location,sku_symbol,quantity\n");
+    for sku in 0..400 {
+        for location in 0..40 {
+            if (sku * 7 + location) % 10 == 0 {
+                writeln!(csv, "L{location:02},K{sku:04},100").unwrap();
+            }
+        }
+    }
+    let config = WarehouseConfig {
+        own_origin: 3,
+        limits: ReplicaLimits {
+            cells_max: 4000,
+            ..sparse_limits()
+        },
+    };
+    let mut wh = Warehouse::new(config);
+    wh.load_inventory(csv.as_bytes()).unwrap();
+    let mut stream = Vec::new();
+    wh.session_start_events(&mut |event: &[u8]| stream.push(event.to_vec()));
+    let mut commands = Vec::new();
+    for i in 0..3000u64 {
+        let (location, sku) = (1 + (i % 40) as u16, 1 + (i * 13 % 400) as u32);
+        commands.push(match i % 3 {
+            0 => Order::new(i, 0, sku, 1).as_bytes().to_vec(),
+            1 => Reserve::new(i, location, sku, 1, 60_000)
+                .as_bytes()
+                .to_vec(),
+            _ => Transfer::new(i, location, 1 + ((i / 3) % 40) as u16, sku, 1)
+                .as_bytes()
+                .to_vec(),
+        });
+    }
+    let mut fed = 0;
+    let mut client_seq = 0u32;
+    let mut next_command = commands.into_iter();
+    loop {
+        while fed < stream.len() {
+            let seq = fed as u64 + 1;
+            let mut buf = EventBuf::new();
+            wh.on_stream(seq, &Message::parse(&stream[fed]).unwrap(), &mut buf);
+            stream.extend(buf.iter().map(<[u8]>::to_vec));
+            fed += 1;
+        }
+        let Some(mut command) = next_command.next() else {
+            break;
+        };
+        client_seq += 1;
+        let header = header_mut(&mut command).unwrap();
+        header.origin = 1.into();
+        header.client_seq = client_seq.into();
+        header.timestamp_ns = (1_700_000_000_000_000_000u64 + u64::from(client_seq)).into();
+        stream.push(command);
+    }
+    assert_eq!(wh.in_flight(), 0);
+    (stream, wh)
+}
+
+#[test]
+fn sparse_replicas_and_store_nodes_apply_without_allocating() {
+    use tally_wire::Message;
+    let (stream, wh) = sparse_stream();
+    let messages: Vec<Message> = stream.iter().map(|b| Message::parse(b).unwrap()).collect();
+    let set = LocationSet::of(&[2, 17, 40]);
+    let mut full = Replica::new(ReplicaLimits {
+        cells_max: 4000,
+        ..sparse_limits()
+    });
+    let mut node = Replica::new(ReplicaLimits {
+        cells_max: 1200,
+        ..sparse_limits()
+    });
+    node.keep_only(set.clone());
+    let before = allocations();
+    for (i, message) in messages.iter().enumerate() {
+        full.apply(i as u64 + 1, message);
+        node.apply(i as u64 + 1, message);
+    }
+    let (full_digest, node_digest) = (full.digest(), node.digest());
+    let mut stocked = 0;
+    node.for_each_stocked_cell(5, |_, _| stocked += 1);
+    assert_eq!(allocations() - before, 0, "apply allocated");
+    assert!(wh.counters().accepted > 1000, "{:?}", wh.counters());
+    assert_eq!(full_digest, wh.digest());
+    assert_eq!(node_digest, wh.digest_of(&set));
+    assert_eq!(full.digest_of(&set), node_digest);
+    assert!(full.cell_count() > 1600, "transfers made new cells");
+    assert!(node.cell_count() < full.cell_count() / 5);
+    assert_eq!(full.counters().dropped_events, 0);
+    assert_eq!(node.counters().dropped_events, 0);
+    assert_eq!(full.oversold() + node.oversold(), 0);
+    assert!(stocked <= 3);
+}
