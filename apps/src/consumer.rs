@@ -310,7 +310,16 @@ pub struct ConsumerStats {
     pub foreign_datagrams: u64,
     /// Messages that do not decode (skipped, their number consumed).
     pub undecodable_messages: u64,
+    /// Datagrams the kernel dropped before this consumer read them (its
+    /// multicast socket's queue was full), sampled every
+    /// [`KERNEL_DROPS_SAMPLE_NS`]. Each one is a gap to recover: nonzero
+    /// with no injected loss means the consumer fell behind or `SO_RCVBUF`
+    /// is too small (`net.core.rmem_max`, see `tally-tune`).
+    pub kernel_drops: u64,
 }
+
+/// How often a consumer reads its socket's kernel drop count (a system call).
+pub const KERNEL_DROPS_SAMPLE_NS: u64 = 100_000_000;
 
 impl ConsumerStats {
     /// Switches to the replay feed for any reason.
@@ -357,6 +366,7 @@ impl ConsumerCounters {
         "consumer.replay_switchbacks",
         "consumer.stale_transitions",
         "consumer.datagrams_dropped_by_loss_filter",
+        "consumer.kernel_drops",
     ];
 
     /// Handles to `NAMES` at `first_index..` of `file`.
@@ -389,8 +399,9 @@ impl ConsumerCounters {
             stats.replay_switchbacks,
             stats.stale_transitions,
             stats.datagrams_dropped_by_loss_filter,
+            stats.kernel_drops,
         ];
-        const _: () = assert!(ConsumerCounters::NAMES.len() == 16);
+        const _: () = assert!(ConsumerCounters::NAMES.len() == 17);
         for (counter, value) in self.counters.iter().zip(values) {
             counter.set(value);
         }
@@ -969,6 +980,8 @@ pub struct StreamConsumer {
     replay_conn: Option<TcpConn>,
     replay_decoder: FrameDecoder,
     core: Core,
+    /// When the kernel drop count is read next.
+    next_drops_sample_ns: u64,
 }
 
 impl StreamConsumer {
@@ -1070,6 +1083,7 @@ impl StreamConsumer {
                 REPLAY_RECV_BUFFER_BYTES.max(4 * REPLAY_FRAME_BYTES_MAX),
             ),
             core,
+            next_drops_sample_ns: 0,
         })
     }
 
@@ -1091,6 +1105,12 @@ impl StreamConsumer {
         })?;
         work += self.service_replay(now_ns, &mut on_message)?;
         work += self.maintain(now_ns)?;
+        if now_ns >= self.next_drops_sample_ns {
+            self.next_drops_sample_ns = now_ns + KERNEL_DROPS_SAMPLE_NS;
+            if let Some(drops) = self.multicast.kernel_drops() {
+                self.core.stats.kernel_drops = drops;
+            }
+        }
         Ok(work)
     }
 

@@ -77,7 +77,11 @@ struct Cli {
 struct TillView {
     stats: PosStats,
     rtt: Option<Histogram<u64>>,
-    gaps_recovered: u64,
+    /// Messages recovered by re-request (gaps in the live stream).
+    gaps_filled: u64,
+    /// Messages read from the replay feed (the late join at start, or a
+    /// large gap).
+    caught_up: u64,
     kernel_drops: u64,
 }
 
@@ -295,7 +299,8 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                             let view = TillView {
                                 stats: pos.stats(),
                                 rtt: Some(pos.histogram().clone()),
-                                gaps_recovered: pos.consumer().stats().recovered(),
+                                gaps_filled: pos.consumer().stats().recovered_by_retransmit,
+                                caught_up: pos.consumer().stats().recovered_by_replay,
                                 kernel_drops: pos.consumer().stats().kernel_drops,
                             };
                             if let Ok(mut views) = views.lock() {
@@ -333,11 +338,12 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             next_line += Duration::from_secs(1);
             let views = views.lock().map(|v| v.clone()).unwrap_or_default();
             let mut rtt = rtt_histogram();
-            let (mut fills, mut rejects, mut gaps, mut drops) = (0, 0, 0, 0);
+            let (mut fills, mut rejects, mut gaps, mut caught_up, mut drops) = (0, 0, 0, 0, 0);
             for view in &views {
                 fills += view.stats.filled;
                 rejects += view.stats.rejected + view.stats.gateway_rejected;
-                gaps += view.gaps_recovered;
+                gaps += view.gaps_filled;
+                caught_up += view.caught_up;
                 drops += view.kernel_drops;
                 if let Some(h) = &view.rtt {
                     let _ = rtt.add(h);
@@ -353,7 +359,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                 }
             };
             say(cli, &format!(
-                "t={:>3}s seq={seq:>8} msgs/s={:>7} orders/s={:>6} fills={fills:>7} rejects={rejects:>6} gaps_recovered={gaps:>5} kernel_drops={drops:>4} rtt_p50={:.0}us p99={:.0}us",
+                "t={:>3}s seq={seq:>8} msgs/s={:>7} orders/s={:>6} fills={fills:>7} rejects={rejects:>6} gaps_filled={gaps:>5} caught_up={caught_up:>5} kernel_drops={drops:>4} rtt_p50={:.0}us p99={:.0}us",
                 started.elapsed().as_secs(),
                 seq - last_seq,
                 orders - last_orders,
@@ -421,7 +427,8 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
     ];
     let mut rtt = rtt_histogram();
     let mut stats_total = PosStats::default();
-    let mut gaps_recovered = 0u64;
+    let mut gaps_filled = 0u64;
+    let mut caught_up = 0u64;
     let mut kernel_drops = 0u64;
     let mut all_drained = true;
     for ((user, _, _), (pos, drained)) in tills.iter().zip(&tills_done) {
@@ -439,7 +446,8 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         stats_total.gateway_rejected += stats.gateway_rejected;
         stats_total.skipped_would_fail += stats.skipped_would_fail;
         stats_total.units_sold += stats.units_sold;
-        gaps_recovered += pos.consumer().stats().recovered();
+        gaps_filled += pos.consumer().stats().recovered_by_retransmit;
+        caught_up += pos.consumer().stats().recovered_by_replay;
         kernel_drops += pos.consumer().stats().kernel_drops;
         all_drained &= *drained;
     }
@@ -477,7 +485,9 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         "replicas_consistent": consistent,
         "all_outcomes_received": all_drained,
         "oversold": oversold,
-        "gaps_recovered": gaps_recovered,
+        "gaps_recovered": gaps_filled + caught_up,
+        "gaps_filled": gaps_filled,
+        "caught_up_by_replay": caught_up,
         "kernel_drops": kernel_drops,
         "loss_percent": cli.loss,
         "rtt_p50_us": p(0.5),
@@ -511,7 +521,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             tap.count(b'T')
         );
         println!(
-            "  gaps recovered {gaps_recovered} (kernel drops {kernel_drops}), order round trip p50 {:.0} us, p99 {:.0} us",
+            "  gaps filled by re-request {gaps_filled}, caught up by replay {caught_up} (the tills join after the session start), kernel drops {kernel_drops}; order round trip p50 {:.0} us, p99 {:.0} us",
             p(0.5),
             p(0.99)
         );
