@@ -471,6 +471,19 @@ mod tests {
         out
     }
 
+    /// A fresh or reopened writer with `fsync = "none"`.
+    fn writer_with_no_fsync(dir: &Path) -> JournalWriter {
+        let (writer, _) = JournalWriter::open(
+            dir,
+            session(),
+            FsyncPolicy::None,
+            &RecoveryOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        writer
+    }
+
     fn collect(dir: &Path) -> (Vec<(u64, Vec<u8>)>, Recovery) {
         let mut seen = Vec::new();
         let (_, recovery) = JournalWriter::open(
@@ -534,14 +547,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(dir.path(), session());
         {
-            let (mut writer, _) = JournalWriter::open(
-                dir.path(),
-                session(),
-                FsyncPolicy::None,
-                &RecoveryOptions::default(),
-                |_, _| {},
-            )
-            .unwrap();
+            let mut writer = writer_with_no_fsync(dir.path());
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
             writer
                 .append(2, 2, &blocks(&[b"second", b"third"]), 0)
@@ -564,14 +570,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(dir.path(), session());
         {
-            let (mut writer, _) = JournalWriter::open(
-                dir.path(),
-                session(),
-                FsyncPolicy::None,
-                &RecoveryOptions::default(),
-                |_, _| {},
-            )
-            .unwrap();
+            let mut writer = writer_with_no_fsync(dir.path());
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
             writer.append(2, 1, &blocks(&[b"second"]), 0).unwrap();
         }
@@ -594,14 +593,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = journal_path(dir.path(), session());
         {
-            let (mut writer, _) = JournalWriter::open(
-                dir.path(),
-                session(),
-                FsyncPolicy::None,
-                &RecoveryOptions::default(),
-                |_, _| {},
-            )
-            .unwrap();
+            let mut writer = writer_with_no_fsync(dir.path());
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
         }
         let mut bytes = std::fs::read(&path).unwrap();
@@ -635,14 +627,7 @@ mod tests {
     fn end_of_session_is_remembered() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut writer, _) = JournalWriter::open(
-                dir.path(),
-                session(),
-                FsyncPolicy::None,
-                &RecoveryOptions::default(),
-                |_, _| {},
-            )
-            .unwrap();
+            let mut writer = writer_with_no_fsync(dir.path());
             writer.append(1, 1, &blocks(&[b"first"]), 0).unwrap();
             writer.end_session().unwrap();
         }
@@ -654,14 +639,7 @@ mod tests {
     #[test]
     fn reader_follows_seeks_and_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut writer, _) = JournalWriter::open(
-            dir.path(),
-            session(),
-            FsyncPolicy::None,
-            &RecoveryOptions::default(),
-            |_, _| {},
-        )
-        .unwrap();
+        let mut writer = writer_with_no_fsync(dir.path());
         let mut reader = JournalReader::open(writer.path(), writer.progress(), 4).unwrap();
         let mut seq = 1u64;
         // Enough records to span several index strides and force index trimming.
