@@ -696,6 +696,37 @@ fn soupbintcp_4_0_and_4_1_logins_are_accepted() {
     till.unsequenced(order(1).as_bytes());
     assert_eq!(ack_of(till.next(LONG)), (1, None));
 
+    // The replay feed takes both versions too (the same parser), written by
+    // hand: a reader asking for the stream from sequence number 1.
+    let replay_4_0: &[u8] = concat!(
+        "\x00\x2f",
+        "L",
+        "read1 ",
+        "readpass  ",
+        "          ",
+        "                   1"
+    )
+    .as_bytes();
+    let replay_4_1: &[u8] = concat!(
+        "\x00\x34",
+        "L",
+        "read1 ",
+        "readpass  ",
+        "          ",
+        "                   1",
+        "10000"
+    )
+    .as_bytes();
+    for (what, login) in [("replay, 4.0", replay_4_0), ("replay, 4.1", replay_4_1)] {
+        let mut reader = Conn::from(TILL_ADDRESS, setup.replay);
+        reader.send(login);
+        assert_eq!(
+            reader.next(LONG),
+            Some(Packet::Accepted { next_seq: 1 }),
+            "{what}"
+        );
+    }
+
     nasdaq_protocols_interop(&setup);
 }
 
