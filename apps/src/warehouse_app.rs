@@ -116,12 +116,35 @@ impl EventSink for Metered<'_> {
     }
 }
 
+/// A rate for the session-start broadcast (a token bucket kept below the
+/// gateway's own, so none of its events is refused for rate).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BroadcastPacing {
+    /// Events per second, at most.
+    pub events_per_sec: f64,
+    /// Events at once, at most.
+    pub burst: f64,
+}
+
+impl BroadcastPacing {
+    /// 90 % of the gateway's per-session `rate_limit_per_sec`, and half its
+    /// `rate_burst`, of the appliance configuration.
+    pub fn for_appliance(appliance: &tally_sequencer::config::ApplianceConfig) -> BroadcastPacing {
+        BroadcastPacing {
+            events_per_sec: 0.9 * f64::from(appliance.gateway.rate_limit_per_sec),
+            burst: (f64::from(appliance.gateway.rate_burst) / 2.0).max(1.0),
+        }
+    }
+}
+
 /// What the warehouse application reports.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct WarehouseAppStats {
     pub snapshots_saved: u64,
     pub events_sent: u64,
     pub rejected_acks: u64,
+    /// The reason of the last refused event (`j` ack), 0 = none.
+    pub last_reject_reason: u8,
     pub holds_expired: u64,
     /// Milliseconds the initial inventory file took to load (0: none).
     pub inventory_load_ms: u64,
@@ -141,6 +164,7 @@ pub struct WarehouseApp {
     client: OrderEntryClient,
     outbox: Outbox,
     session: [u8; 10],
+    pacing: Option<BroadcastPacing>,
     next_snapshot: Option<Instant>,
     snapshot_wanted: bool,
     next_expiry_check: Instant,
@@ -152,6 +176,19 @@ impl WarehouseApp {
     /// broadcasts the session start if the session has none, and returns the
     /// app deciding live.
     pub fn start(config: WarehouseAppConfig) -> anyhow::Result<WarehouseApp> {
+        Self::start_paced(config, None)
+    }
+
+    /// [`Self::start`], with the session-start broadcast paced to stay
+    /// within the gateway's per-session rate limit: at most
+    /// `events_per_sec` (and bursts of `burst`), taken from the appliance
+    /// configuration's `[gateway] rate_limit_per_sec` and `rate_burst` (see
+    /// [`BroadcastPacing::for_appliance`]). Without pacing a broadcast
+    /// faster than that limit has events refused, and the warehouse stops.
+    pub fn start_paced(
+        config: WarehouseAppConfig,
+        pacing: Option<BroadcastPacing>,
+    ) -> anyhow::Result<WarehouseApp> {
         let client = OrderEntryClient::connect(config.client.clone(), Duration::from_secs(10))
             .map_err(|error| {
                 anyhow::anyhow!("logging in as {}: {error}", config.client.username)
@@ -199,6 +236,7 @@ impl WarehouseApp {
                 events: VecDeque::with_capacity(OUTBOX_EVENTS_MAX),
             },
             session,
+            pacing,
             snapshot_wanted: false,
             stats: WarehouseAppStats::default(),
         };
@@ -291,27 +329,42 @@ impl WarehouseApp {
     fn broadcast_session_start(&mut self) -> anyhow::Result<u64> {
         let mut broadcast: SessionStart = self.engine.begin_session_start();
         let mut progress_at = Instant::now();
+        // Pacing: a token bucket, full at the start.
+        let mut tokens = self.pacing.map_or(f64::INFINITY, |pacing| pacing.burst);
+        let mut refilled_at = Instant::now();
         loop {
+            if let Some(pacing) = self.pacing {
+                let now = Instant::now();
+                let earned = now.duration_since(refilled_at).as_secs_f64() * pacing.events_per_sec;
+                tokens = (tokens + earned).min(pacing.burst);
+                refilled_at = now;
+            }
             let window_room = self
                 .client
                 .config()
                 .window
                 .saturating_sub(self.client.unacked() as usize);
-            let room = window_room.saturating_sub(self.outbox.events.len());
+            let room = window_room
+                .saturating_sub(self.outbox.events.len())
+                .min(tokens as usize);
             let mut sink = Metered {
                 outbox: &mut self.outbox,
                 room,
             };
             let before = broadcast.events();
             let done = self.engine.session_start_step(&mut broadcast, &mut sink);
+            tokens -= (broadcast.events() - before) as f64;
             self.drain_outbox();
             let now_ns = monotonic_ns();
             let mut work = self.poll_client(now_ns);
             work += self.poll_stream(now_ns)?;
             if self.stats.rejected_acks > 0 {
                 bail!(
-                    "the gateway refused {} of the session-start broadcast's events",
-                    self.stats.rejected_acks
+                    "the gateway refused {} of the session-start broadcast's events (reason {}; \
+                     R: faster than its per-session rate limit — start the warehouse paced to \
+                     [gateway] rate_limit_per_sec and rate_burst, or raise them)",
+                    self.stats.rejected_acks,
+                    char::from(self.stats.last_reject_reason)
                 );
             }
             if let Some(error) = self.client.closed() {
@@ -332,12 +385,14 @@ impl WarehouseApp {
                 );
             }
             if broadcast.events() == before {
-                // The window is full: wait for acks (bounded), not spin.
+                // The window is full or the bucket empty: wait for acks
+                // (bounded), not spin.
                 let stats = &mut self.stats;
                 self.client.wait(Duration::from_millis(1), |event| {
                     if let ClientEvent::Ack(ack) = event {
-                        if ack.reject.is_some() {
+                        if let Some(reason) = ack.reject {
                             stats.rejected_acks += 1;
+                            stats.last_reject_reason = reason;
                         }
                     }
                 });
@@ -481,6 +536,7 @@ impl WarehouseApp {
         self.client.poll(now_ns, |event| match event {
             ClientEvent::Ack(ack) if ack.reject.is_some() => {
                 stats.rejected_acks += 1;
+                stats.last_reject_reason = ack.reject.unwrap_or(0);
                 tracing::warn!(client_seq = ack.client_seq, reason = ?ack.reject.map(char::from), "an event was rejected by the gateway");
             }
             ClientEvent::Closed(error) => tracing::error!(%error, "order-entry session closed"),

@@ -16,7 +16,7 @@ use tally_apps::monitor::{HttpAuthConfig, Monitor, MonitorConfig};
 use tally_apps::pos::{rtt_histogram, LoadConfig, Pos, PosConfig, PosStats};
 use tally_apps::replica::{Replica, ReplicaLimits};
 use tally_apps::testkit::DEMO_CLIENTS;
-use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
+use tally_apps::warehouse_app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
 use tally_runtime::counters::CounterReader;
 use tally_sequencer::appliance::{Appliance, Control};
 use tally_sequencer::config::ApplianceConfig;
@@ -214,12 +214,14 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         expiry_check_interval: Duration::from_millis(50),
         catch_up_timeout: Duration::from_secs(30),
     };
+    // The session-start broadcast stays within the gateway's rate limit.
+    let pacing = BroadcastPacing::for_appliance(&config);
     let warehouse_thread: JoinHandle<anyhow::Result<WarehouseApp>> = {
         let stop = Arc::clone(&stop_warehouse);
         std::thread::Builder::new()
             .name("demo-warehouse".into())
             .spawn(move || {
-                let mut app = match WarehouseApp::start(warehouse_config) {
+                let mut app = match WarehouseApp::start_paced(warehouse_config, Some(pacing)) {
                     Ok(app) => app,
                     Err(error) => {
                         let _ = ready_tx.send(Err(format!("{error:#}")));

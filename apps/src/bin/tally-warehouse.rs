@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use tally_apps::cli::ConnectArgs;
 use tally_apps::replica::ReplicaLimits;
-use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
+use tally_apps::warehouse_app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
 
 /// The warehouse: the one application that decides. It follows the stream,
 /// decides every order, modify, cancel, reservation, confirmation, release,
@@ -121,7 +121,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let notifier =
         tally_runtime::notify::Notifier::from_env().context("the sd_notify environment")?;
-    let mut app = WarehouseApp::start(config)?;
+    // The session-start broadcast stays within the gateway's rate limit.
+    let pacing = BroadcastPacing::for_appliance(&appliance);
+    let mut app = WarehouseApp::start_paced(config, Some(pacing))?;
     tracing::info!(
         seq = app.consumer().delivered_seq(),
         "tally-warehouse deciding"
