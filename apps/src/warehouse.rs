@@ -53,7 +53,9 @@
 //! wh.begin_run(next_client_seq_from_login_accepted);
 //! feed the stream through wh.on_stream(seq, &msg, &mut out) up to its newest seq;
 //! if wh.replica().authority_online_seq() == 0 {               // no broadcast in this session yet
-//!     wh.load_inventory_file(csv)?;  wh.session_start_events(&mut out);   // L, R, I, H, S(W)
+//!     wh.load_inventory_file(csv)?;
+//!     let mut at = wh.begin_session_start();                     // L, R, I, H, S(W), lazily:
+//!     while !wh.session_start_step(&mut at, &mut out) { send out as the window allows }
 //! }
 //! loop { match wh.finish_catch_up(&mut out) { Done => break, More => send out,
 //!        Err(AwaitingOwnEvents) => keep feeding the stream } }
