@@ -8,17 +8,17 @@
 //! every network completion waiting — unless a connection's backlog of
 //! frames (waiting for room in the sequencer ring) is too large to take
 //! another receive, in which case the network waits (back-pressure through
-//! TCP flow control, never a dropped byte). It returns the work done; [`GatewayLoop::run`] pairs it
-//! with an idle strategy that waits in `io_uring_enter` when there is none.
+//! TCP flow control, never a dropped byte). It returns the work done; as an
+//! [`Agent`], the runtime's runner pairs it with an idle strategy that waits
+//! in `io_uring_enter` ([`GatewayLoop::park`]) when there is none.
 //! Nothing in a cycle allocates or locks; the only log line is the
 //! hostile-client report, at most once per [`REPORT_INTERVAL_NS`], when
 //! refusals or throttled logins were counted since the last one.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tally_runtime::idle::IdleStrategy;
+use tally_runtime::agent::Agent;
 use tally_runtime::net::{self, ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
 use tally_runtime::wake::Waker;
 use tally_wire::soup;
@@ -66,7 +66,8 @@ impl HostileCounts {
 }
 
 /// One gateway loop (see the module doc). Build it on any thread, move it to
-/// its own and call [`GatewayLoop::run`] (or `poll` in a loop of your own).
+/// its own and run it with `tally_runtime::agent::run_agents` (it is an
+/// [`Agent`]), alone or with other agents on one thread.
 pub struct GatewayLoop<A: Authenticator = AuthThread> {
     server: TcpServer,
     core: GatewayCore,
@@ -312,22 +313,6 @@ impl<A: Authenticator> GatewayLoop<A> {
         work
     }
 
-    /// Runs [`GatewayLoop::poll`] until `stop` is set, reading a monotonic
-    /// clock each cycle and idling with `idle`. The park phase waits in
-    /// `io_uring_enter`, so a network completion ends it early, and so does
-    /// the sequencer's wake-up once [`GatewayLoop::waker`] was handed to it;
-    /// password answers are picked up when the park ends, at most the
-    /// strategy's longest park later.
-    pub fn run(&mut self, idle: IdleStrategy, stop: &AtomicBool) {
-        let mut idler = idle.idler();
-        let start = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            let now_ns = start.elapsed().as_nanos() as u64;
-            let work = self.poll(now_ns);
-            idler.idle_with(work, |duration: Duration| self.park(duration));
-        }
-    }
-
     /// Waits up to `duration` in the ring: a TCP completion, or a wake-up of
     /// this loop's waker ([`GatewayLoop::waker`]: acks on the ring, or any
     /// other completion source registered with its eventfd), ends the wait
@@ -350,6 +335,19 @@ impl<A: Authenticator> GatewayLoop<A> {
                 let _ = server.wait(duration);
             }
         }
+    }
+}
+
+/// The gateway as an agent of the runtime's runner: a duty cycle is
+/// [`GatewayLoop::poll`], a park waits in its ring ([`GatewayLoop::park`]).
+impl<A: Authenticator> Agent for GatewayLoop<A> {
+    fn do_work(&mut self, now_ns: u64) -> std::io::Result<usize> {
+        Ok(self.poll(now_ns))
+    }
+
+    fn park(&mut self, timeout: Duration) -> std::io::Result<()> {
+        GatewayLoop::park(self, timeout);
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ use tally_gateway::{
     hash_password, AuthThread, ClientEntry, GatewayConfig, GatewayCore, GatewayCounters,
     GatewayLoop, Inbound, Outcome, OutcomeKind, Role,
 };
+use tally_runtime::agent::run_agents;
 use tally_runtime::idle::IdleStrategy;
 use tally_wire::ack::Ack;
 use tally_wire::mold::Session;
@@ -78,7 +79,13 @@ impl Appliance {
 
         let gateway_stop = Arc::clone(&stop);
         let gateway = thread::spawn(move || {
-            gateway.run(IdleStrategy::DEFAULT_BACK_OFF, &gateway_stop);
+            run_agents(
+                &mut [&mut gateway],
+                IdleStrategy::DEFAULT_BACK_OFF,
+                &gateway_stop,
+                None,
+            )
+            .unwrap();
             gateway
         });
 

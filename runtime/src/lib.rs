@@ -20,6 +20,7 @@
 //! acquire/release and counter updates never allocate, lock or log; set-up
 //! functions (spawning, mapping, creating files) may.
 
+pub mod agent;
 pub mod alloc_count;
 pub mod counters;
 pub mod file;

@@ -19,11 +19,12 @@ use tally_gateway::counters::GatewayCounters;
 use tally_gateway::gateway_loop::GatewayLoop;
 use tally_gateway::link::{Inbound, Outcome};
 use tally_gateway::session::{AckRecord, GatewayCore, RecoveryError};
+use tally_runtime::agent::{run_agents, Agent, DutyCycleCounters};
 use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::thread::spawn_loop;
 use tally_runtime::wake::Waker;
 
-use crate::config::{ApplianceConfig, Threading};
+use crate::config::{ApplianceConfig, LoopPlacement, Threading};
 use crate::core::{CoreConfig, CoreCounters, SequencerCore};
 use crate::exit::JournalWriteFailed;
 use crate::journal::{JournalWriter, Recovery, WriteError};
@@ -83,6 +84,60 @@ struct SequencerAgent {
     /// Wakes the replay loop when the journal grew (a no-op unless it is
     /// parked with clients connected).
     replay_waker: Waker,
+    /// What the gateway wakes, and the journal's completions signal, while
+    /// this agent parks on its own thread (`dedicated`).
+    own_waker: Waker,
+    /// `dedicated`: the gateway's thread, woken when acks are ready.
+    gateway_waker: Option<Waker>,
+    /// Whether to end the session on close.
+    control: Arc<Control>,
+}
+
+/// The sequencer as an agent of the runtime's runner. `do_work` stamps with
+/// the wall clock (the stream's timestamps are wall-clock nanoseconds).
+impl Agent for SequencerAgent {
+    fn do_work(&mut self, _monotonic_ns: u64) -> io::Result<usize> {
+        let work = SequencerAgent::do_work(self, clock_ns())?;
+        if work > 0 {
+            if let Some(gateway) = &self.gateway_waker {
+                gateway.wake();
+            }
+        }
+        Ok(work)
+    }
+
+    fn park(&mut self, timeout: Duration) -> io::Result<()> {
+        let inbound = &self.inbound;
+        let waker = &self.own_waker;
+        waker.park_with(|| !inbound.is_empty(), || waker.park(timeout));
+        Ok(())
+    }
+
+    fn on_close(&mut self) -> io::Result<()> {
+        self.close(self.control.end_session.load(Ordering::Acquire))
+    }
+}
+
+/// Spawns one runner thread for `agents` (the first one parks), with its
+/// duty-cycle counters.
+fn spawn_agents(
+    control: &Arc<Control>,
+    label: &'static str,
+    thread_name: &str,
+    placement: LoopPlacement,
+    mut agents: Vec<Box<dyn Agent + Send>>,
+    duty: DutyCycleCounters,
+) -> anyhow::Result<JoinHandle<io::Result<()>>> {
+    let control = Arc::clone(control);
+    let handle = spawn_loop(thread_name, placement.core, move || {
+        let mut refs: Vec<&mut dyn Agent> = agents
+            .iter_mut()
+            .map(|agent| agent.as_mut() as &mut dyn Agent)
+            .collect();
+        run_agents(&mut refs, placement.idle, &control.stop, Some(&duty))
+    })
+    .with_context(|| format!("starting the {label} thread"))?;
+    Ok(handle)
 }
 
 impl SequencerAgent {
@@ -146,19 +201,35 @@ pub struct Control {
     pub end_session: AtomicBool,
 }
 
+/// The runner threads of a threading mode, by the short name their
+/// duty-cycle counters carry (`agent.NAME.*`).
+fn runner_names(threading: Threading) -> &'static [&'static str] {
+    match threading {
+        Threading::Shared => &["orders", "retransmit", "replay"],
+        Threading::Dedicated => &["sequencer", "gateway", "retransmit", "replay"],
+    }
+}
+
 /// Every counter name in the appliance's counter file, in order.
-fn counter_names() -> Vec<&'static str> {
-    let mut names = Vec::new();
-    names.extend_from_slice(CoreCounters::NAMES);
-    names.extend_from_slice(GatewayCounters::NAMES);
-    names.extend_from_slice(RetransmitCounters::NAMES);
-    names.extend_from_slice(ReplayCounters::NAMES);
-    names.extend_from_slice(&[
-        "journal.bytes",
-        "journal.fsyncs",
-        "journal.records_recovered",
-        "journal.torn_bytes_cut",
-    ]);
+fn counter_names(threading: Threading) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for group in [
+        CoreCounters::NAMES,
+        GatewayCounters::NAMES,
+        RetransmitCounters::NAMES,
+        ReplayCounters::NAMES,
+        &[
+            "journal.bytes",
+            "journal.fsyncs",
+            "journal.records_recovered",
+            "journal.torn_bytes_cut",
+        ],
+    ] {
+        names.extend(group.iter().map(|name| name.to_string()));
+    }
+    for runner in runner_names(threading) {
+        names.extend(DutyCycleCounters::names(runner));
+    }
     names
 }
 
@@ -188,7 +259,9 @@ impl Appliance {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let names = counter_names();
+        let (threading, threading_auto) = config.threading()?;
+        let names = counter_names(threading);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let counters = CounterFile::create(&counters_path, "tally-sequencer", &names)
             .with_context(|| format!("creating counter file {}", counters_path.display()))?;
         let index_of = |name: &str| names.iter().position(|n| *n == name).expect("known name");
@@ -291,7 +364,6 @@ impl Appliance {
         // is parked, so a lone command never waits for a park to time out.
         let gateway_waker = gateway.waker().context("creating the gateway's waker")?;
         let sequencer_waker = Waker::new().context("creating the sequencer's waker")?;
-        let (threading, threading_auto) = config.threading()?;
         tracing::info!(
             threading = threading.name(),
             chosen_by = if threading_auto {
@@ -307,7 +379,7 @@ impl Appliance {
         }
         let retransmit_counters =
             RetransmitCounters::from_file(&counters, index_of(RetransmitCounters::NAMES[0]));
-        let mut retransmit = RetransmitLoop::new(
+        let retransmit = RetransmitLoop::new(
             config,
             journal.path(),
             journal.progress(),
@@ -350,8 +422,20 @@ impl Appliance {
             .context("registering the sequencer's waker with the journal's io_uring")?;
 
         let mut threads = Vec::new();
-        let placement = config.placement("sequencer")?;
-        let mut sequencer = SequencerAgent {
+        let duty_counters = |runner: &str| {
+            let first = names
+                .iter()
+                .position(|name| *name == DutyCycleCounters::names(runner)[0])
+                .expect("the runner's counters are in the file");
+            DutyCycleCounters::from_file(&counters, first)
+        };
+        let (orders_duty, gateway_duty) = match threading {
+            Threading::Shared => (duty_counters("orders"), None),
+            Threading::Dedicated => (duty_counters("sequencer"), Some(duty_counters("gateway"))),
+        };
+        let retransmit_duty = duty_counters("retransmit");
+        let replay_duty = duty_counters("replay");
+        let sequencer = SequencerAgent {
             core,
             inbound,
             outcomes,
@@ -360,74 +444,56 @@ impl Appliance {
             journal_fsyncs: counters.counter(index_of("journal.fsyncs")),
             counter_file: counters,
             replay_waker,
+            own_waker: sequencer_waker,
+            // Dedicated: the gateway's thread is woken when acks are ready.
+            gateway_waker: (threading == Threading::Dedicated).then_some(gateway_waker),
+            control: Arc::clone(&control),
         };
-        let control_seq = Arc::clone(&control);
+        let mut spawn = |label, thread_name, placement: LoopPlacement, agents, duty| {
+            spawn_agents(&control, label, thread_name, placement, agents, duty)
+                .map(|handle| threads.push((label, handle)))
+        };
         match threading {
+            // The gateway first: the shared thread parks in its ring, which
+            // TCP completions, the journal's group commits and acks wake.
+            Threading::Shared => spawn(
+                "gateway+sequencer",
+                "tally-orders",
+                config.placement("sequencer")?,
+                vec![Box::new(gateway), Box::new(sequencer)],
+                orders_duty,
+            )?,
             Threading::Dedicated => {
-                threads.push((
+                spawn(
                     "sequencer",
-                    spawn_loop("tally-sequencer", placement.core, move || {
-                        let mut idler = placement.idle.idler();
-                        while !control_seq.stop.load(Ordering::Acquire) {
-                            let work = sequencer.do_work(clock_ns())?;
-                            if work > 0 {
-                                gateway_waker.wake();
-                            }
-                            let inbound = &sequencer.inbound;
-                            idler.idle_with(work, |duration| {
-                                sequencer_waker.park_with(
-                                    || !inbound.is_empty(),
-                                    || sequencer_waker.park(duration),
-                                )
-                            });
-                        }
-                        sequencer.close(control_seq.end_session.load(Ordering::Acquire))
-                    })?,
-                ));
-                let placement = config.placement("gateway")?;
-                let stop = Arc::clone(&control);
-                threads.push((
+                    "tally-sequencer",
+                    config.placement("sequencer")?,
+                    vec![Box::new(sequencer)],
+                    orders_duty,
+                )?;
+                spawn(
                     "gateway",
-                    spawn_loop("tally-gateway", placement.core, move || {
-                        gateway.run(placement.idle, &stop.stop);
-                        Ok(())
-                    })?,
-                ));
-            }
-            Threading::Shared => {
-                threads.push((
-                    "gateway+sequencer",
-                    spawn_loop("tally-orders", placement.core, move || {
-                        let mut idler = placement.idle.idler();
-                        let start = std::time::Instant::now();
-                        while !control_seq.stop.load(Ordering::Acquire) {
-                            // Network in, then sequence what arrived, then the
-                            // next cycle's gateway poll sends its acks.
-                            let mut work = gateway.poll(start.elapsed().as_nanos() as u64);
-                            work += sequencer.do_work(clock_ns())?;
-                            idler.idle_with(work, |duration| gateway.park(duration));
-                        }
-                        sequencer.close(control_seq.end_session.load(Ordering::Acquire))
-                    })?,
-                ));
+                    "tally-gateway",
+                    config.placement("gateway")?,
+                    vec![Box::new(gateway)],
+                    gateway_duty.expect("dedicated mode has gateway counters"),
+                )?;
             }
         }
-        let placement = config.placement("retransmit")?;
-        let stop = Arc::clone(&control);
-        threads.push((
+        spawn(
             "retransmit",
-            spawn_loop("tally-retransmit", placement.core, move || {
-                retransmit.run(placement.idle, &stop.stop)
-            })?,
-        ));
-        let placement = config.placement("replay")?;
-        let stop = Arc::clone(&control);
-        threads.push((
+            "tally-retransmit",
+            config.placement("retransmit")?,
+            vec![Box::new(retransmit)],
+            retransmit_duty,
+        )?;
+        spawn(
             "replay",
-            spawn_loop("tally-replay", placement.core, move || {
-                replay.run(placement.idle, &stop.stop)
-            })?,
-        ));
+            "tally-replay",
+            config.placement("replay")?,
+            vec![Box::new(replay)],
+            replay_duty,
+        )?;
         Ok(Appliance {
             control,
             threads,

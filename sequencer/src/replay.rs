@@ -63,14 +63,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use tally_gateway::auth::{AuthRequest, AuthThread, Authenticator};
 use tally_gateway::config::ClientEntry;
+use tally_runtime::agent::Agent;
 use tally_runtime::counters::{Counter, CounterFile};
-use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::{ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
 use tally_runtime::wake::Waker;
 use tally_wire::mold::Session;
@@ -530,33 +530,33 @@ impl<A: Authenticator> ReplayLoop<A> {
         self.own_waker = Some(waker.clone());
         Ok(waker)
     }
+}
 
-    /// Runs [`poll`](Self::poll) under `idle` until `stop` is set. Idle
-    /// parks wait on the server's ring, so a connection or frame wakes the
-    /// loop at once; so does journal growth while clients are connected
-    /// (through [`ReplayLoop::waker`]).
-    pub fn run(&mut self, idle: IdleStrategy, stop: &AtomicBool) -> io::Result<()> {
-        let mut idler = idle.idler();
-        let start = Instant::now();
-        while !stop.load(Ordering::Acquire) {
-            let work = self.poll(start.elapsed().as_nanos() as u64)?;
-            let mut waited = Ok(());
-            let ReplayLoop {
-                server,
-                reader,
-                feed,
-                own_waker,
-            } = self;
-            idler.idle_with(work, |duration| match own_waker {
-                Some(waker) if feed.active > 0 => waker.park_with(
-                    || reader.next_seq() > reader.indexed_next_seq(),
-                    || waited = server.wait(duration),
-                ),
-                _ => waited = server.wait(duration),
-            });
-            waited?;
+/// The replay feed as an agent of the runtime's runner: a duty cycle is
+/// [`ReplayLoop::poll`]; a park waits in the server's ring, so a connection
+/// or frame wakes the loop at once, and so does journal growth while clients
+/// are connected (through [`ReplayLoop::waker`]).
+impl<A: Authenticator> Agent for ReplayLoop<A> {
+    fn do_work(&mut self, now_ns: u64) -> io::Result<usize> {
+        self.poll(now_ns)
+    }
+
+    fn park(&mut self, timeout: Duration) -> io::Result<()> {
+        let ReplayLoop {
+            server,
+            reader,
+            feed,
+            own_waker,
+        } = self;
+        let mut waited = Ok(());
+        match own_waker {
+            Some(waker) if feed.active > 0 => waker.park_with(
+                || reader.next_seq() > reader.indexed_next_seq(),
+                || waited = server.wait(timeout),
+            ),
+            _ => waited = server.wait(timeout),
         }
-        Ok(())
+        waited
     }
 }
 
@@ -1089,10 +1089,12 @@ mod tests {
     use crate::journal::{FsyncPolicy, JournalWriter};
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::thread::{self, JoinHandle};
-    use std::time::Duration;
+    use std::time::Instant;
     use tally_gateway::config::{hash_password, Role};
+    use tally_runtime::agent::run_agents;
+    use tally_runtime::idle::IdleStrategy;
     use tally_wire::soup::{FrameDecoder, ServerPacket};
 
     const DEADLINE: Duration = Duration::from_secs(20);
@@ -1202,8 +1204,14 @@ mod tests {
             let addr = replay.local_addr();
             let stop = Arc::new(AtomicBool::new(false));
             let thread_stop = Arc::clone(&stop);
-            let thread =
-                thread::spawn(move || replay.run(IdleStrategy::DEFAULT_BACK_OFF, &thread_stop));
+            let thread = thread::spawn(move || {
+                run_agents(
+                    &mut [&mut replay],
+                    IdleStrategy::DEFAULT_BACK_OFF,
+                    &thread_stop,
+                    None,
+                )
+            });
             Fixture {
                 _dir: dir,
                 writer,

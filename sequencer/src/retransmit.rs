@@ -45,12 +45,12 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_runtime::agent::Agent;
 use tally_runtime::counters::{Counter, CounterFile};
-use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::UdpSocketRing;
 use tally_wire::mold::{MoldHeader, PacketBuilder, ReRequest, Session};
 
@@ -982,19 +982,22 @@ impl RetransmitLoop {
             self.counters.ignored_global_budget.increment();
         }
     }
+}
 
-    /// Runs [`poll`](Self::poll) under `idle` until `stop` is set, then
-    /// waits briefly for replies in flight.
-    pub fn run(&mut self, idle: IdleStrategy, stop: &AtomicBool) -> io::Result<()> {
-        let mut idler = idle.idler();
-        let start = Instant::now();
-        while !stop.load(Ordering::Acquire) {
-            let work = self.poll(start.elapsed().as_nanos() as u64)?;
-            // Park in the socket's ring: a re-request ends the wait at once.
-            let mut waited = Ok(());
-            idler.idle_with(work, |duration| waited = self.socket.wait(duration));
-            waited?;
-        }
+/// The retransmit server as an agent of the runtime's runner: a duty cycle
+/// is [`RetransmitLoop::poll`], a park waits in its socket's ring (a
+/// re-request ends it at once), and closing waits briefly for replies in
+/// flight.
+impl Agent for RetransmitLoop {
+    fn do_work(&mut self, now_ns: u64) -> io::Result<usize> {
+        self.poll(now_ns)
+    }
+
+    fn park(&mut self, timeout: Duration) -> io::Result<()> {
+        self.socket.wait(timeout)
+    }
+
+    fn on_close(&mut self) -> io::Result<()> {
         let _ = self.socket.flush(STOP_FLUSH_TIMEOUT);
         Ok(())
     }
@@ -1016,6 +1019,7 @@ mod tests {
     use crate::journal::{FsyncPolicy, JournalWriter};
     use std::net::UdpSocket;
     use std::thread;
+    use std::time::Instant;
     use tally_runtime::alloc_count::counting;
     use tally_wire::mold::MoldPacket;
 
