@@ -50,6 +50,10 @@ struct SourceEntry {
 #[derive(Debug)]
 pub struct Throttle {
     sources: Vec<SourceEntry>,
+    /// Drawn at start-up and mixed into every address's hash, so nobody
+    /// can pick addresses that share a victim's bucket (a shared bucket
+    /// would let them back the victim off with their own failures).
+    source_key: u64,
     /// `sources.len() - 1` (a power of two).
     source_mask: u64,
     connect_interval_ns: u64,
@@ -72,8 +76,13 @@ impl Throttle {
             (1_000_000_000 / u64::from(config.source_connects_per_sec)).max(1);
         let username_interval_ns =
             (60_000_000_000 / u64::from(config.username_failures_per_min)).max(1);
+        let source_key = {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x7A11_u64)
+        };
         Throttle {
             sources: vec![SourceEntry::default(); entries],
+            source_key,
             source_mask: entries as u64 - 1,
             connect_interval_ns,
             connect_tolerance_ns: connect_interval_ns
@@ -102,7 +111,7 @@ impl Throttle {
                 }
             }
         };
-        (splitmix64(bits) & self.source_mask) as usize
+        (splitmix64(bits ^ self.source_key) & self.source_mask) as usize
     }
 
     /// Whether two addresses share a bucket (tests use it to pick addresses).
@@ -332,11 +341,16 @@ mod tests {
 
     #[test]
     fn the_test_addresses_have_their_own_buckets() {
-        let throttle = Throttle::new(&GatewayConfig::new(
+        let mut config = GatewayConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             Session::from_str("T").unwrap(),
             Vec::new(),
-        ));
+        );
+        // The tests' size (sequencer/tests/support/mod.rs): with a key drawn
+        // at start-up, two addresses share a bucket with probability
+        // 1 / 2^20 per run.
+        config.source_table_entries = 1 << 20;
+        let throttle = Throttle::new(&config);
         // sequencer/tests/hostile_gateway.rs floods from 127.0.0.2 and logs
         // in from 127.0.0.3.
         assert!(!throttle.same_bucket(ip(2), ip(3)));

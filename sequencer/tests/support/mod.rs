@@ -90,6 +90,9 @@ listen = "127.0.0.1:{gateway_port}"
 peer_timeout_ms = 15000
 rate_limit_per_sec = 100000000
 rate_burst = 10000000
+# The per-source throttle's hash is keyed at random at start-up: a big table
+# keeps the tests' addresses (127.0.0.2, .3, ...) in their own buckets.
+source_table_entries = 1048576
 
 {CLIENTS}
 
