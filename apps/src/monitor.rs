@@ -23,8 +23,9 @@
 //! never waits on it, and nothing on it sends anything back to the
 //! appliance. The stream thread never blocks on a socket (nor on the replay
 //! feed's connect) while holding the lock; a reader holds the read lock for
-//! one answer, whose work is bounded by the model's limits (the longest,
-//! `/depleted`, scans every SKU × location once). While a reader holds it,
+//! one answer, whose work is bounded whatever the size of the catalogue (see
+//! "Paging" below); the one O(cells) answer, `/digest`, is computed once per
+//! change of the replica and cached. While a reader holds it,
 //! the stream thread's next batch waits; datagrams queue in the kernel and
 //! the consumer's io_uring buffers meanwhile, and anything lost is filled by
 //! the consumer's re-requests.
@@ -68,7 +69,31 @@
 //! reserved) is 0 at every location, so no order for it can succeed. With
 //! `scope=any` it lists the SKUs that are out at one location or more: a
 //! cell that some event named (version ≠ 0: the location carries the SKU)
-//! with available 0. Each entry names the locations where the SKU is out.
+//! with available 0. Each entry names the locations where the SKU is out
+//! (ascending by id) and its directory `position`.
+//!
+//! # Paging
+//!
+//! No answer serialises the whole catalogue. Listings come in pages of at
+//! most `limit` entries ([`PAGE_LIMIT_DEFAULT`] when absent, a larger one
+//! capped at [`PAGE_LIMIT_MAX`]; 0 or not a number: 400), and each answer's
+//! `next` is the `after` of the next page, null on the last:
+//! - `/depleted?after=POSITION` walks the SKU directory in its order
+//!   (positions are stable: SKUs are only added at the end, so a walk sees
+//!   every SKU once, and SKUs added meanwhile at its end). One request
+//!   examines at most [`DEPLETED_SCAN_SKUS_MAX`] SKUs and
+//!   [`DEPLETED_SCAN_CELLS_MAX`] stocked cells (each SKU through its own
+//!   cells, [`Replica::for_each_stocked_cell`]), so a page may hold fewer
+//!   than `limit` entries, or none, and still have a `next`; `count` is the
+//!   SKUs found in the part examined (`scanned`). An `after` outside the
+//!   directory: 400.
+//! - `/availability/{symbol}?after=LOCATION_ID` lists the SKU's stocked
+//!   cells ascending by location id (work: the SKU's stocked cells); the
+//!   totals always cover every stocked cell.
+//!
+//! `/digest?locations=A,B` gives the subset digest a store node keeping
+//! those locations reports ([`Replica::digest_of`]); the full digest and
+//! the last subset asked for are cached until the replica changes.
 //!
 //! # Who may read
 //!
@@ -105,7 +130,7 @@ use tally_gateway::config::{ClientEntry, Role};
 use tally_sequencer::config::ApplianceConfig;
 
 use crate::consumer::{monotonic_ns, ConsumerConfig, ConsumerStats, RecoveryMode, StreamConsumer};
-use crate::replica::{Applied, Cell, Replica, ReplicaLimits, CARRIED_HOLD_BIT};
+use crate::replica::{Applied, Cell, LocationSet, Replica, ReplicaLimits, CARRIED_HOLD_BIT};
 use crate::text;
 
 // ---------------------------------------------------------------------------
@@ -977,6 +1002,24 @@ pub struct ReadModel {
     indexes: Indexes,
     live: Liveness,
     ready_lag_max: u64,
+    /// Messages applied to the replica, ever (never reset): what a cached
+    /// digest was computed at.
+    applied: u64,
+    /// The last full and subset digests, valid while `applied` has not
+    /// moved (the HTTP workers share it under the read lock).
+    digests: Mutex<DigestCache>,
+}
+
+/// `/digest` answers computed since the replica last changed: the full
+/// digest and the last subset asked for.
+#[derive(Debug, Default)]
+struct DigestCache {
+    /// (applied, digest).
+    full: Option<(u64, u64)>,
+    /// (applied, location ids ascending, digest).
+    subset: Option<(u64, Vec<u16>, u64)>,
+    /// Digests computed (cache misses), for tests and `/health`.
+    computed: u64,
 }
 
 /// One HTTP answer: status, content type, body.
@@ -1015,20 +1058,28 @@ const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The routes, for the 404 answer.
 const ROUTES: &[&str] = &[
-    "/availability/{symbol}[?location=NAME_OR_ID]",
+    "/availability/{symbol}[?location=NAME_OR_ID][&after=LOCATION_ID][&limit=N]",
     "/cells/{location}/{symbol}/history[?limit=N]",
     "/orders/{origin}/{order_id}",
     "/holds/{origin}/{hold_id}",
-    "/depleted[?scope=all|any][&limit=N]",
-    "/digest",
+    "/depleted[?scope=all|any][&after=POSITION][&limit=N]",
+    "/digest[?locations=NAME_OR_ID,...]",
     "/health",
     "/ready",
     "/metrics",
 ];
 
-/// Most SKUs one `/depleted` answer lists (by default 1 000).
-const DEPLETED_LIMIT_MAX: usize = 100_000;
-const DEPLETED_LIMIT_DEFAULT: usize = 1000;
+/// Entries a listing page (`/depleted`, `/availability`) holds when the
+/// request names no `limit`.
+pub const PAGE_LIMIT_DEFAULT: usize = 100;
+/// Most entries one listing page holds (a larger `limit` is capped).
+pub const PAGE_LIMIT_MAX: usize = 1000;
+/// Most SKUs one `/depleted` request examines...
+pub const DEPLETED_SCAN_SKUS_MAX: usize = 1 << 16;
+/// ...and most stocked cells (the SKU that crosses it is finished).
+pub const DEPLETED_SCAN_CELLS_MAX: usize = 1 << 20;
+/// Most locations one `/digest?locations=` names.
+const DIGEST_LOCATIONS_MAX: usize = 1024;
 
 impl ReadModel {
     /// A model with every table allocated: the replica to `limits`, the
@@ -1051,6 +1102,8 @@ impl ReadModel {
             indexes: Indexes::new(&indexes),
             live: Liveness::new(stale_timeout_ns, monotonic_ns()),
             ready_lag_max,
+            applied: 0,
+            digests: Mutex::new(DigestCache::default()),
         }
     }
 
@@ -1061,8 +1114,54 @@ impl ReadModel {
         if self.replica.apply(seq, message) == Applied::Ignored {
             return false;
         }
+        self.applied += 1;
         self.indexes.on_message(seq, message, &self.replica);
         true
+    }
+
+    /// `(seq, digest)`: the replica's [`Replica::digest`] and the seq it
+    /// reflects, computed once per change of the replica (O(cells)) and
+    /// cached until the next message is applied.
+    pub fn digest(&self) -> (u64, u64) {
+        let mut cache = self.digests.lock().unwrap_or_else(PoisonError::into_inner);
+        let digest = match cache.full {
+            Some((applied, digest)) if applied == self.applied => digest,
+            _ => {
+                let digest = self.replica.digest();
+                cache.full = Some((self.applied, digest));
+                cache.computed += 1;
+                digest
+            }
+        };
+        (self.replica.last_seq(), digest)
+    }
+
+    /// `(seq, digest)` of the part of the state a store node keeping
+    /// `locations` holds ([`Replica::digest_of`]), cached like
+    /// [`Self::digest`] (the last set asked for).
+    pub fn digest_of(&self, locations: &[u16]) -> (u64, u64) {
+        let mut ids = locations.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut cache = self.digests.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((applied, cached, digest)) = &cache.subset {
+            if *applied == self.applied && *cached == ids {
+                return (self.replica.last_seq(), *digest);
+            }
+        }
+        let digest = self.replica.digest_of(&LocationSet::of(&ids));
+        cache.subset = Some((self.applied, ids, digest));
+        cache.computed += 1;
+        (self.replica.last_seq(), digest)
+    }
+
+    /// Digests computed so far ([`Self::digest`] and [`Self::digest_of`]
+    /// cache misses).
+    pub fn digests_computed(&self) -> u64 {
+        self.digests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .computed
     }
 
     /// Records what the consumer says about the stream (what the stream
@@ -1124,6 +1223,11 @@ impl ReadModel {
                 now_ns.saturating_sub(self.live.last_activity_ns) / 1_000_000
             ));
         }
+        if let Some(limit) = self.replica.limit_met() {
+            return Err(format!(
+                "limit met: {limit}; the replica holds less than the stream"
+            ));
+        }
         if self.replica.authority_online_seq() == 0 {
             return Err("waiting for the authority's snapshot broadcast (S W)".to_string());
         }
@@ -1167,7 +1271,7 @@ impl ReadModel {
             }
             ["holds", origin, hold_id] => no_query(query).and_then(|()| self.hold(origin, hold_id)),
             ["depleted"] => self.depleted(query),
-            ["digest"] => no_query(query).map(|()| self.digest_json()),
+            ["digest"] => self.digest_json(query),
             ["health"] => {
                 return match no_query(query) {
                     Ok(()) => self.health(now_ns, fresh),
@@ -1252,31 +1356,62 @@ impl ReadModel {
         })
     }
 
-    /// `GET /availability/{symbol}[?location=NAME_OR_ID]`: every location of
-    /// the directory (or one) with on_hand, reserved, available and version
-    /// of the SKU's cell there, and the totals.
+    /// `GET /availability/{symbol}[?location=NAME_OR_ID][&after=LOCATION_ID][&limit=N]`:
+    /// the SKU's stocked cells (those some event named), ascending by
+    /// location id, with on_hand, reserved, available and version, a page
+    /// of at most `limit` of them after location id `after`, and the totals
+    /// over every stocked cell; `next` is the `after` of the next page (null
+    /// on the last). With `location`, that one cell (stocked or not). Work:
+    /// O(the SKU's stocked cells), at most `locations_max`.
     fn availability(&self, symbol: &str, query: &str) -> Result<Value, ApiError> {
-        let params = parse_query(query, &["location"])?;
+        let params = parse_query(query, &["location", "after", "limit"])?;
         let (sku, symbol) = self.sku_of(symbol)?;
-        let only = match param(&params, "location") {
-            Some(text) => Some(self.location_of(text)?),
+        let limit = page_limit(&params)?;
+        let after = match param(&params, "after") {
+            Some(text) => Some(parse_number::<u16>(text, "after (a location id)")?),
             None => None,
         };
-        let mut locations = Vec::new();
-        let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
-        for (location, cell) in self.replica.cells_of(sku) {
-            if only.is_some_and(|only| only != location) {
-                continue;
+        let mut cells: Vec<(u16, Cell)> = match param(&params, "location") {
+            Some(text) => {
+                let location = self.location_of(text)?;
+                let cell = self.replica.cell(location, sku).unwrap_or_default();
+                vec![(location, cell)]
             }
+            None => {
+                let mut cells = Vec::new();
+                self.replica
+                    .for_each_stocked_cell(sku, |location, cell| cells.push((location, cell)));
+                cells.sort_unstable_by_key(|&(location, _)| location);
+                cells
+            }
+        };
+        let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
+        for (_, cell) in &cells {
             on_hand += u64::from(cell.on_hand);
             reserved += u64::from(cell.reserved);
             available += u64::from(cell.available);
-            locations.push(self.cell_json(location, cell));
         }
+        let stocked = cells.len();
+        if let Some(after) = after {
+            cells.retain(|&(location, _)| location > after);
+        }
+        let more = cells.len() > limit;
+        cells.truncate(limit);
+        let next = match cells.last() {
+            Some(&(location, _)) if more => json!(location),
+            _ => Value::Null,
+        };
+        let locations: Vec<Value> = cells
+            .iter()
+            .map(|&(location, cell)| self.cell_json(location, cell))
+            .collect();
         Ok(json!({
             "sku": sku,
             "symbol": symbol,
             "locations": locations,
+            "stocked_locations": stocked,
+            "limit": limit,
+            "next": next,
             "total": { "on_hand": on_hand, "reserved": reserved, "available": available },
         }))
     }
@@ -1428,9 +1563,11 @@ impl ReadModel {
         }
     }
 
-    /// `GET /depleted[?scope=all|any][&limit=N]` (see the module docs).
+    /// `GET /depleted[?scope=all|any][&after=POSITION][&limit=N]` (see the
+    /// module docs): one page, in directory order, from the SKU after
+    /// directory position `after` (from the first without it).
     fn depleted(&self, query: &str) -> Result<Value, ApiError> {
-        let params = parse_query(query, &["scope", "limit"])?;
+        let params = parse_query(query, &["scope", "after", "limit"])?;
         let everywhere = match param(&params, "scope") {
             None | Some("all") => true,
             Some("any") => false,
@@ -1440,64 +1577,127 @@ impl ReadModel {
                 )))
             }
         };
-        let limit = match param(&params, "limit") {
-            Some(text) => parse_number::<usize>(text, "limit")?.min(DEPLETED_LIMIT_MAX),
-            None => DEPLETED_LIMIT_DEFAULT,
+        let limit = page_limit(&params)?;
+        let sku_count = self.replica.sku_count();
+        let start = match param(&params, "after") {
+            None => 0,
+            Some(text) => {
+                let after = parse_number::<u32>(text, "after (a directory position)")?;
+                if after >= sku_count {
+                    return Err(ApiError::bad_request(format!(
+                        "after {after} is not a position of the SKU directory (0..{sku_count}): \
+                         pass the \"next\" of the previous page"
+                    )));
+                }
+                after + 1
+            }
         };
         let mut skus = Vec::new();
         let mut count = 0u64;
-        for (sku, symbol) in self.replica.skus() {
+        let mut last_listed = None;
+        let mut unlisted = false;
+        let (mut position, mut cells_scanned) = (start, 0usize);
+        let skus_end = start.saturating_add(DEPLETED_SCAN_SKUS_MAX as u32);
+        while position < sku_count.min(skus_end) && cells_scanned < DEPLETED_SCAN_CELLS_MAX {
+            let (sku, symbol) = self.replica.sku_at(position).expect("position < sku_count");
             let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
             let mut out_at = Vec::new();
-            for (location, cell) in self.replica.cells_of(sku) {
+            self.replica.for_each_stocked_cell(sku, |location, cell| {
+                cells_scanned += 1;
                 on_hand += u64::from(cell.on_hand);
                 reserved += u64::from(cell.reserved);
                 available += u64::from(cell.available);
-                if cell.version != 0 && cell.available == 0 {
+                if cell.available == 0 {
                     out_at.push(location);
                 }
-            }
+            });
             let listed = if everywhere {
                 available == 0
             } else {
                 !out_at.is_empty()
             };
-            if !listed {
-                continue;
+            if listed {
+                count += 1;
+                if skus.len() < limit {
+                    out_at.sort_unstable();
+                    let locations: Vec<Value> = out_at
+                        .iter()
+                        .map(|&l| json!({ "location": l, "name": self.location_name(l) }))
+                        .collect();
+                    skus.push(json!({
+                        "sku": sku,
+                        "position": position,
+                        "symbol": String::from_utf8_lossy(symbol),
+                        "on_hand": on_hand,
+                        "reserved": reserved,
+                        "available": available,
+                        "out_at": locations,
+                    }));
+                    last_listed = Some(position);
+                } else {
+                    unlisted = true;
+                }
             }
-            count += 1;
-            if skus.len() < limit {
-                let locations: Vec<Value> = out_at
-                    .iter()
-                    .map(|&l| json!({ "location": l, "name": self.location_name(l) }))
-                    .collect();
-                skus.push(json!({
-                    "sku": sku,
-                    "symbol": String::from_utf8_lossy(symbol),
-                    "on_hand": on_hand,
-                    "reserved": reserved,
-                    "available": available,
-                    "out_at": locations,
-                }));
-            }
+            position += 1;
         }
+        // The next page starts after the last SKU listed when some found
+        // were not listed, else after the last one examined.
+        let next = if unlisted {
+            last_listed.map(|p| json!(p)).unwrap_or(Value::Null)
+        } else if position < sku_count {
+            json!(position - 1)
+        } else {
+            Value::Null
+        };
         Ok(json!({
             "scope": if everywhere { "all" } else { "any" },
             "count": count,
-            "truncated": count > skus.len() as u64,
+            "truncated": unlisted || !next.is_null(),
+            "limit": limit,
+            "scanned": { "from": start, "skus": position - start, "cells": cells_scanned },
+            "next": next,
             "skus": skus,
         }))
     }
 
-    /// `GET /digest`: the replica's [`Replica::digest`] and the seq it
+    /// `GET /digest[?locations=NAME_OR_ID,...]`: the replica's
+    /// [`Replica::digest`] (or, with `locations`, the subset digest a store
+    /// node keeping them reports, [`Replica::digest_of`]) and the seq it
     /// reflects (`digest_seq`), to compare replicas with the authority at
-    /// the same seq (O(skus × locations), like `/depleted`).
-    fn digest_json(&self) -> Value {
-        json!({
-            "digest": format!("{:016x}", self.replica.digest()),
-            "digest_seq": self.replica.last_seq(),
+    /// the same seq. O(cells) once per change of the replica, then cached.
+    fn digest_json(&self, query: &str) -> Result<Value, ApiError> {
+        let params = parse_query(query, &["locations"])?;
+        let Some(list) = param(&params, "locations") else {
+            let (seq, digest) = self.digest();
+            return Ok(json!({
+                "digest": format!("{digest:016x}"),
+                "digest_seq": seq,
+                "oversold": self.replica.oversold(),
+            }));
+        };
+        let mut locations = Vec::new();
+        for item in list.split(',') {
+            if item.is_empty() {
+                return Err(ApiError::bad_request(
+                    "locations must be location names or ids separated by commas",
+                ));
+            }
+            if locations.len() == DIGEST_LOCATIONS_MAX {
+                return Err(ApiError::bad_request(format!(
+                    "locations names more than {DIGEST_LOCATIONS_MAX} locations"
+                )));
+            }
+            locations.push(self.location_of(item)?);
+        }
+        locations.sort_unstable();
+        locations.dedup();
+        let (seq, digest) = self.digest_of(&locations);
+        Ok(json!({
+            "digest": format!("{digest:016x}"),
+            "digest_seq": seq,
+            "locations": locations,
             "oversold": self.replica.oversold(),
-        })
+        }))
     }
 
     /// `GET /health`: 200 while the stream is alive, 503 when stale or the
@@ -1543,6 +1743,8 @@ impl ReadModel {
                 "open_holds": self.replica.hold_count(),
             },
             "indexes": self.indexes.counters,
+            "limit_met": self.replica.limit_met(),
+            "digests_computed": self.digests_computed(),
             "memory_bytes": self.memory_bytes(),
         });
         json_reply(code, body, fresh)
@@ -1919,6 +2121,20 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The `limit` of a listing page: [`PAGE_LIMIT_DEFAULT`] when absent,
+/// capped at [`PAGE_LIMIT_MAX`], at least 1.
+fn page_limit(params: &[(String, String)]) -> Result<usize, ApiError> {
+    match param(params, "limit") {
+        None => Ok(PAGE_LIMIT_DEFAULT),
+        Some(text) => match parse_number::<u64>(text, "limit")? {
+            0 => Err(ApiError::bad_request(format!(
+                "limit must be 1 or more (at most {PAGE_LIMIT_MAX} are listed per page)"
+            ))),
+            n => Ok(n.min(PAGE_LIMIT_MAX as u64) as usize),
+        },
+    }
+}
+
 /// A whole number made of ASCII digits only (no sign, no spaces).
 fn parse_number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -2123,7 +2339,7 @@ impl MonitorHandle {
     /// `(seq, digest)`: the replica's [`Replica::digest`] and the seq it is
     /// at, taken together.
     pub fn digest(&self) -> (u64, u64) {
-        self.read(|model| (model.replica().last_seq(), model.replica().digest()))
+        self.read(ReadModel::digest)
     }
 
     /// A summary: freshness, readiness, counters.

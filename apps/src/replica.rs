@@ -49,9 +49,14 @@
 //! cell's reserved quantity. A replica joining a new session starts from
 //! [`Replica::clear`].
 //!
-//! Store nodes: [`Replica::keep_only`] a [`LocationSet`] applies the whole
-//! stream but keeps only those locations' cells and holds; its digest is the
-//! full state's [`Replica::digest_of`] that set.
+//! Store nodes: [`Replica::keeping`] (or [`Replica::keep_only`] before
+//! anything is applied) a [`LocationSet`] applies the whole stream but keeps
+//! only those locations' cells and holds, in a cell table sized for those
+//! locations (dense over them when `cells_max` allows: 16 bytes a kept
+//! cell); its digest is the full state's [`Replica::digest_of`] that set.
+//! The SKU directory (which every replica keeps whole) is indexed by id and
+//! by symbol with 4-byte buckets (`CompactIndex`): with 1 M SKUs, 16 + 4
+//! MiB of symbols and ids and 2 × 8 MiB of index.
 //!
 //! Threading: a `Replica` is plain owned data (`Send`), used by one thread.
 
@@ -226,6 +231,18 @@ impl LocationSet {
     /// Whether it is [`Self::all`].
     pub fn is_all(&self) -> bool {
         self.all
+    }
+
+    /// Number of members (65 535 for [`Self::all`]).
+    pub fn len(&self) -> usize {
+        let bits: u32 = self.words.iter().map(|w| w.count_ones()).sum();
+        // Location 0 is never a member (all() sets its bit too).
+        bits as usize - usize::from(self.all)
+    }
+
+    /// Whether it has no member.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The members, ascending.
@@ -519,15 +536,129 @@ impl SlotIndex {
     }
 }
 
+/// Marks an unused bucket of a [`CompactIndex`].
+const COMPACT_EMPTY: u32 = u32::MAX;
+
+/// A [`SlotIndex`] at half the memory: each 4-byte bucket holds only the
+/// slot, so a probe reads the backing array for every occupied bucket it
+/// passes (not only for a hash match), and deletion recomputes the home of
+/// an entry it moves from the backing array's key (`hash_of(slot)`). Used
+/// for the SKU directory's two indexes, the largest tables a store node
+/// keeps (1 M SKUs: 8 MiB each instead of 16), where the key is always at
+/// hand in the directory. Same sizing rule as [`SlotIndex`] (load at most
+/// one half).
+#[derive(Clone, Debug)]
+pub(crate) struct CompactIndex {
+    buckets: Box<[u32]>,
+    mask: usize,
+    len: u32,
+}
+
+impl CompactIndex {
+    fn with_entries_max(entries_max: u32) -> Self {
+        let buckets = (entries_max as usize * 2).next_power_of_two().max(16);
+        assert!(buckets <= 1 << 32);
+        Self {
+            buckets: vec![COMPACT_EMPTY; buckets].into_boxed_slice(),
+            mask: buckets - 1,
+            len: 0,
+        }
+    }
+
+    /// The slot whose key matches (`is(slot)`), probing from `hash`.
+    #[inline]
+    fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let slot = self.buckets[i];
+            if slot == COMPACT_EMPTY {
+                return None;
+            }
+            if is(slot) {
+                return Some(slot);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Adds `slot` under `hash`. The caller checked the key is absent.
+    #[inline]
+    fn insert(&mut self, hash: u64, slot: u32) {
+        assert!((self.len as usize) < self.buckets.len() / 2 + 1);
+        assert!(slot != COMPACT_EMPTY);
+        let mut i = hash as usize & self.mask;
+        while self.buckets[i] != COMPACT_EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.buckets[i] = slot;
+        self.len += 1;
+    }
+
+    /// Removes `slot` (filed under `hash`) with backward-shift deletion;
+    /// `hash_of` gives the hash of any other slot's key. Returns whether it
+    /// was there.
+    #[inline]
+    fn remove(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) -> bool {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let here = self.buckets[i];
+            if here == COMPACT_EMPTY {
+                return false;
+            }
+            if here == slot {
+                break;
+            }
+            i = (i + 1) & self.mask;
+        }
+        let mut j = i;
+        loop {
+            j = (j + 1) & self.mask;
+            let moving = self.buckets[j];
+            if moving == COMPACT_EMPTY {
+                break;
+            }
+            let k = hash_of(moving) as usize & self.mask;
+            // `moving` may stay at j when its home k lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < k && k <= j
+            } else {
+                i < k || k <= j
+            };
+            if !stays {
+                self.buckets[i] = moving;
+                i = j;
+            }
+        }
+        self.buckets[i] = COMPACT_EMPTY;
+        self.len -= 1;
+        true
+    }
+
+    fn clear(&mut self) {
+        self.buckets.fill(COMPACT_EMPTY);
+        self.len = 0;
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.buckets.len() * size_of::<u32>()
+    }
+}
+
 /// No cell: the end of a SKU's chain of cells.
 const NO_CELL: u32 = u32::MAX;
 
 /// The cells (location, sku) that exist, by (sku index, location index).
 ///
-/// Two layouts, chosen once from [`ReplicaLimits`]:
+/// Layouts, chosen once from [`ReplicaLimits`] and the kept
+/// [`LocationSet`]:
 /// - **dense** when `cells_max ≥ skus_max × locations_max`: slot `sku index ×
 ///   locations_max + location index`, every slot exists (16 bytes a cell, no
 ///   index);
+/// - **dense over kept locations** (a store node, [`Replica::keep_only`])
+///   when `cells_max ≥ skus_max × k`, `k` the kept locations (at most
+///   `locations_max`): a row of `k` columns per SKU, a kept location taking
+///   the next free column when its first cell event arrives (16 bytes a kept
+///   cell, no index: 1 M SKUs at one store take 16 MiB);
 /// - **sparse** otherwise: a slab of `cells_max` cells filled in order of
 ///   first appearance, the key of each (`sku index << 16 | location index`),
 ///   a [`SlotIndex`] over the keys and, per SKU, a chain of its cells (for
@@ -536,12 +667,20 @@ const NO_CELL: u32 = u32::MAX;
 ///   cell's for the table's life (iteration by slot is stable while cells
 ///   are added).
 ///
-/// Lookups are one multiply (dense) or one probe sequence (sparse); neither
-/// allocates.
+/// Lookups are one multiply (dense; plus one column read over kept
+/// locations) or one probe sequence (sparse); neither allocates.
 #[derive(Clone, Debug)]
 pub(crate) struct CellTable {
-    /// `Some(locations_max)` when dense.
-    dense_locations: Option<u16>,
+    /// `Some(cells per SKU row)` when dense.
+    dense_width: Option<u16>,
+    /// Dense over kept locations: location index → column + 1 (0 = none
+    /// yet), for every location index; empty otherwise (column = location
+    /// index).
+    columns: Box<[u16]>,
+    /// Dense over kept locations: column → location index
+    /// ([`NO_LOCATION`] while free).
+    column_locations: Box<[u16]>,
+    columns_used: u16,
     cells: Box<[CellState]>,
     keys: Box<[u64]>,
     sku_first: Box<[u32]>,
@@ -550,29 +689,61 @@ pub(crate) struct CellTable {
     len: u32,
 }
 
+/// A column of a dense-over-kept-locations table no location took yet.
+const NO_LOCATION: u16 = u16::MAX;
+
 impl CellTable {
-    fn new(limits: &ReplicaLimits) -> Self {
-        if limits.is_dense() {
+    /// A table with no room (what a replica holds while its table is made
+    /// again).
+    fn empty() -> Self {
+        Self {
+            dense_width: None,
+            columns: Box::new([]),
+            column_locations: Box::new([]),
+            columns_used: 0,
+            cells: Box::new([]),
+            keys: Box::new([]),
+            sku_first: Box::new([]),
+            next_of_sku: Box::new([]),
+            index: SlotIndex::with_entries_max(0),
+            len: 0,
+        }
+    }
+
+    /// The table for `limits` when the replica keeps `kept`.
+    fn new(limits: &ReplicaLimits, kept: &LocationSet) -> Self {
+        let empty = Self::empty();
+        if limits.is_dense() && kept.is_all() {
             let slots = limits.skus_max as usize * usize::from(limits.locations_max);
             return Self {
-                dense_locations: Some(limits.locations_max),
+                dense_width: Some(limits.locations_max),
                 cells: vec![CellState::default(); slots].into_boxed_slice(),
-                keys: Box::new([]),
-                sku_first: Box::new([]),
-                next_of_sku: Box::new([]),
-                index: SlotIndex::with_entries_max(0),
-                len: 0,
+                ..empty
             };
+        }
+        if !kept.is_all() {
+            // At most locations_max locations ever get an index, so at most
+            // that many kept ones need a column.
+            let width = kept.len().clamp(1, usize::from(limits.locations_max)) as u16;
+            let slots = limits.skus_max as usize * usize::from(width);
+            if slots <= limits.cells_max as usize {
+                return Self {
+                    dense_width: Some(width),
+                    columns: vec![0; usize::from(limits.locations_max)].into_boxed_slice(),
+                    column_locations: vec![NO_LOCATION; usize::from(width)].into_boxed_slice(),
+                    cells: vec![CellState::default(); slots].into_boxed_slice(),
+                    ..empty
+                };
+            }
         }
         let cells = limits.cells_max as usize;
         Self {
-            dense_locations: None,
             cells: vec![CellState::default(); cells].into_boxed_slice(),
             keys: vec![0; cells].into_boxed_slice(),
             sku_first: vec![NO_CELL; limits.skus_max as usize].into_boxed_slice(),
             next_of_sku: vec![NO_CELL; cells].into_boxed_slice(),
             index: SlotIndex::with_entries_max(limits.cells_max),
-            len: 0,
+            ..empty
         }
     }
 
@@ -581,11 +752,24 @@ impl CellTable {
         (u64::from(sku_index) << 16) | u64::from(location_index)
     }
 
+    /// The column of a location index in a dense table, if it has one.
+    #[inline]
+    fn column(&self, location_index: u16) -> Option<u16> {
+        if self.columns.is_empty() {
+            return Some(location_index);
+        }
+        match self.columns[usize::from(location_index)] {
+            0 => None,
+            column_plus_one => Some(column_plus_one - 1),
+        }
+    }
+
     /// The slot of the cell, if it exists.
     #[inline]
     pub(crate) fn find(&self, sku_index: u32, location_index: u16) -> Option<usize> {
-        if let Some(locations) = self.dense_locations {
-            return Some(sku_index as usize * usize::from(locations) + usize::from(location_index));
+        if let Some(width) = self.dense_width {
+            let column = self.column(location_index)?;
+            return Some(sku_index as usize * usize::from(width) + usize::from(column));
         }
         let key = Self::key(sku_index, location_index);
         let keys = &self.keys;
@@ -600,6 +784,17 @@ impl CellTable {
     pub(crate) fn find_or_insert(&mut self, sku_index: u32, location_index: u16) -> Option<usize> {
         if let Some(slot) = self.find(sku_index, location_index) {
             return Some(slot);
+        }
+        if let Some(width) = self.dense_width {
+            // Dense over kept locations, and the location has no column yet.
+            if self.columns_used == width {
+                return None;
+            }
+            let column = self.columns_used;
+            self.columns[usize::from(location_index)] = column + 1;
+            self.column_locations[usize::from(column)] = location_index;
+            self.columns_used += 1;
+            return self.find(sku_index, location_index);
         }
         if self.len as usize == self.cells.len() {
             return None;
@@ -618,27 +813,40 @@ impl CellTable {
     /// Whether the cell exists or a new one fits.
     #[inline]
     pub(crate) fn has_room_for(&self, sku_index: u32, location_index: u16) -> bool {
-        (self.len as usize) < self.cells.len() || self.find(sku_index, location_index).is_some()
+        match self.dense_width {
+            Some(width) => self.column(location_index).is_some() || self.columns_used < width,
+            None => {
+                (self.len as usize) < self.cells.len()
+                    || self.find(sku_index, location_index).is_some()
+            }
+        }
     }
 
     /// One past the highest slot that may hold a cell of the first
     /// `sku_count` SKUs; walk `0..end` with [`Self::key_of`].
     #[inline]
     pub(crate) fn slot_end(&self, sku_count: u32) -> usize {
-        match self.dense_locations {
-            Some(locations) => sku_count as usize * usize::from(locations),
+        match self.dense_width {
+            Some(width) => sku_count as usize * usize::from(width),
             None => self.len as usize,
         }
     }
 
-    /// (sku index, location index) of the cell in `slot`.
+    /// (sku index, location index) of the cell in `slot` (a location index
+    /// of `u16::MAX` for a column no location took yet: such a cell has
+    /// version 0).
     #[inline]
     pub(crate) fn key_of(&self, slot: usize) -> (u32, u16) {
-        match self.dense_locations {
-            Some(locations) => (
-                (slot / usize::from(locations)) as u32,
-                (slot % usize::from(locations)) as u16,
-            ),
+        match self.dense_width {
+            Some(width) => {
+                let column = (slot % usize::from(width)) as u16;
+                let location_index = if self.columns.is_empty() {
+                    column
+                } else {
+                    self.column_locations[usize::from(column)]
+                };
+                ((slot / usize::from(width)) as u32, location_index)
+            }
             None => {
                 let key = self.keys[slot];
                 ((key >> 16) as u32, key as u16)
@@ -647,7 +855,8 @@ impl CellTable {
     }
 
     /// Calls `f(location index, cell)` for every existing cell of the SKU at
-    /// `sku_index` (dense: every location index below `location_count`).
+    /// `sku_index` (dense: every location index below `location_count`;
+    /// over kept locations: every column taken).
     #[inline]
     pub(crate) fn for_each_of_sku(
         &self,
@@ -655,11 +864,18 @@ impl CellTable {
         location_count: u16,
         mut f: impl FnMut(u16, &CellState),
     ) {
-        match self.dense_locations {
-            Some(locations) => {
-                let row = sku_index as usize * usize::from(locations);
-                for l in 0..location_count {
-                    f(l, &self.cells[row + usize::from(l)]);
+        match self.dense_width {
+            Some(width) => {
+                let row = sku_index as usize * usize::from(width);
+                if self.columns.is_empty() {
+                    for l in 0..location_count {
+                        f(l, &self.cells[row + usize::from(l)]);
+                    }
+                } else {
+                    for column in 0..self.columns_used {
+                        let l = self.column_locations[usize::from(column)];
+                        f(l, &self.cells[row + usize::from(column)]);
+                    }
                 }
             }
             None => {
@@ -673,17 +889,22 @@ impl CellTable {
         }
     }
 
-    /// Cells that exist (dense: every slot).
-    pub(crate) fn len(&self) -> usize {
-        match self.dense_locations {
-            Some(_) => self.cells.len(),
+    /// Cells that exist (dense: every slot; dense over kept locations:
+    /// every slot of the first `sku_count` rows in the columns taken).
+    pub(crate) fn len(&self, sku_count: u32) -> usize {
+        match self.dense_width {
+            Some(_) if self.columns.is_empty() => self.cells.len(),
+            Some(_) => sku_count as usize * usize::from(self.columns_used),
             None => self.len as usize,
         }
     }
 
     fn clear(&mut self) {
         self.cells.fill(CellState::default());
-        if self.dense_locations.is_none() {
+        self.columns.fill(0);
+        self.column_locations.fill(NO_LOCATION);
+        self.columns_used = 0;
+        if self.dense_width.is_none() {
             self.keys.fill(0);
             self.sku_first.fill(NO_CELL);
             self.next_of_sku.fill(NO_CELL);
@@ -694,6 +915,8 @@ impl CellTable {
 
     fn memory_bytes(&self) -> usize {
         self.cells.len() * size_of::<CellState>()
+            + self.columns.len() * size_of::<u16>()
+            + self.column_locations.len() * size_of::<u16>()
             + self.keys.len() * size_of::<u64>()
             + self.sku_first.len() * size_of::<u32>()
             + self.next_of_sku.len() * size_of::<u32>()
@@ -854,8 +1077,8 @@ pub struct Replica {
     pub(crate) sku_ids: Box<[u32]>,
     pub(crate) sku_symbols: Box<[[u8; 16]]>,
     pub(crate) sku_count: u32,
-    sku_index: SlotIndex,
-    symbol_index: SlotIndex,
+    sku_index: CompactIndex,
+    symbol_index: CompactIndex,
 
     // Location directory.
     /// Location id → index + 1 (0 = unknown), for every `u16`.
@@ -917,6 +1140,17 @@ impl Replica {
     /// A replica with every table allocated to `limits` (the only allocation
     /// it ever makes). Panics if `limits` fails [`ReplicaLimits::validate`].
     pub fn new(limits: ReplicaLimits) -> Self {
+        Self::keeping(limits, LocationSet::all())
+    }
+
+    /// A store node ([`Self::keep_only`] `kept`) with every table allocated
+    /// to `limits`, its cell table sized for the kept locations only: dense
+    /// over them (16 bytes a kept cell, no index) when `cells_max` covers
+    /// `skus_max` × the kept locations, else sparse with `cells_max` cells.
+    /// Unlike [`Self::new`] then [`Self::keep_only`], it never allocates the
+    /// cell table for every location, so the process's peak memory is the
+    /// store node's. Panics if `limits` fails [`ReplicaLimits::validate`].
+    pub fn keeping(limits: ReplicaLimits, kept: LocationSet) -> Self {
         if let Err(e) = limits.validate() {
             panic!("invalid replica limits {limits:?}: {e}");
         }
@@ -932,14 +1166,14 @@ impl Replica {
             sku_ids: vec![0; skus].into_boxed_slice(),
             sku_symbols: vec![[b' '; 16]; skus].into_boxed_slice(),
             sku_count: 0,
-            sku_index: SlotIndex::with_entries_max(limits.skus_max),
-            symbol_index: SlotIndex::with_entries_max(limits.skus_max),
+            sku_index: CompactIndex::with_entries_max(limits.skus_max),
+            symbol_index: CompactIndex::with_entries_max(limits.skus_max),
             location_slot: vec![0; 1 << 16].into_boxed_slice(),
             location_ids: vec![0; locations].into_boxed_slice(),
             location_names: vec![[b' '; 16]; locations].into_boxed_slice(),
             location_count: 0,
-            cells: CellTable::new(&limits),
-            kept: LocationSet::all(),
+            cells: CellTable::new(&limits, &kept),
+            kept,
             holds: vec![HoldSlot::default(); holds].into_boxed_slice(),
             hold_free: vec![0; holds].into_boxed_slice(),
             hold_free_len: 0,
@@ -1032,9 +1266,17 @@ impl Replica {
     /// (directories, pending commands, client ids), but keeps only the cells
     /// and open holds of `locations`. Its [`Self::digest`] then equals the
     /// full state's [`Self::digest_of`] the same set. Call it before applying
-    /// anything (what is already kept stays).
+    /// anything: the cell table is then made again for the kept locations
+    /// only (as [`Self::keeping`] makes it; a start-up allocation, the old
+    /// table freed first). Called later, what is already kept stays and the
+    /// table keeps its size.
     pub fn keep_only(&mut self, locations: LocationSet) {
+        let untouched = self.last_seq == 0 && self.counters.events == 0 && self.sku_count == 0;
         self.kept = locations;
+        if untouched {
+            self.cells = CellTable::empty();
+            self.cells = CellTable::new(&self.limits, &self.kept);
+        }
     }
 
     /// The locations whose cells this replica keeps.
@@ -1081,9 +1323,10 @@ impl Replica {
         None
     }
 
-    /// Cells stored (dense layout: every slot of the table).
+    /// Cells stored (dense layout: every slot of the table; a store node's
+    /// dense table: every SKU of the directory at each kept location seen).
     pub fn cell_count(&self) -> usize {
-        self.cells.len()
+        self.cells.len(self.sku_count)
     }
 
     /// Sequence number of the last message applied (0 = none).
@@ -1342,7 +1585,10 @@ impl Replica {
             return;
         }
         if old != [b' '; 16] && self.symbol_slot(&old) == Some(index) {
-            self.symbol_index.remove(symbol_hash(&old), index);
+            let symbols = &self.sku_symbols;
+            self.symbol_index.remove(symbol_hash(&old), index, |s| {
+                symbol_hash(&symbols[s as usize])
+            });
         }
         self.sku_symbols[index as usize] = symbol;
         if symbol != [b' '; 16] {
@@ -1352,7 +1598,10 @@ impl Replica {
 
     fn index_symbol(&mut self, index: u32, symbol: [u8; 16]) {
         if let Some(other) = self.symbol_slot(&symbol) {
-            self.symbol_index.remove(symbol_hash(&symbol), other);
+            let symbols = &self.sku_symbols;
+            self.symbol_index.remove(symbol_hash(&symbol), other, |s| {
+                symbol_hash(&symbols[s as usize])
+            });
         }
         self.symbol_index.insert(symbol_hash(&symbol), index);
     }
@@ -1963,6 +2212,17 @@ impl Replica {
         (0..self.sku_count as usize).map(|s| (self.sku_ids[s], trim_ascii(&self.sku_symbols[s])))
     }
 
+    /// The SKU at `position` of the directory (0 = the first seen):
+    /// `(sku, symbol)`, as [`Self::skus`] lists them. Positions are stable:
+    /// SKUs are only ever added at the end (until [`Self::clear`]), so a
+    /// read side can page through the directory by position.
+    pub fn sku_at(&self, position: u32) -> Option<(u32, &[u8])> {
+        (position < self.sku_count).then(|| {
+            let s = position as usize;
+            (self.sku_ids[s], trim_ascii(&self.sku_symbols[s]))
+        })
+    }
+
     /// The location directory, `(location, name)` in the order first seen.
     pub fn locations(&self) -> impl Iterator<Item = (u16, &[u8])> + '_ {
         (0..usize::from(self.location_count))
@@ -2220,6 +2480,84 @@ mod tests {
             }
         }
         assert_eq!(index.len, 3);
+    }
+
+    #[test]
+    fn compact_index_backward_shift_keeps_every_key_reachable() {
+        let homes = [15u64, 15, 0, 15, 1, 0, 14, 2];
+        let hash = |s: u32| homes[s as usize] | (u64::from(s) << 8);
+        let mut index = CompactIndex::with_entries_max(8);
+        for s in 0..8u32 {
+            index.insert(hash(s), s);
+        }
+        let mut gone = Vec::new();
+        for removed in [3u32, 0, 7, 4, 6] {
+            assert!(index.remove(hash(removed), removed, hash));
+            assert!(!index.remove(hash(removed), removed, hash));
+            gone.push(removed);
+            for s in 0..8u32 {
+                let found = index.find(hash(s), |x| x == s);
+                assert_eq!(
+                    found.is_none(),
+                    gone.contains(&s),
+                    "slot {s} after {gone:?}"
+                );
+            }
+        }
+        assert_eq!(index.len, 3);
+    }
+
+    #[test]
+    fn a_store_node_keeps_its_locations_densely_and_matches_the_subset_digest() {
+        let limits = ReplicaLimits {
+            skus_max: 100,
+            locations_max: 8,
+            cells_max: 200,
+            ..ReplicaLimits::small()
+        };
+        let mut full = Replica::new(limits);
+        let mut node = Replica::keeping(limits, LocationSet::of(&[5, 3]));
+        let mut late = Replica::new(limits);
+        late.keep_only(LocationSet::of(&[5, 3]));
+        // Two kept locations × 100 SKUs fit cells_max: dense, no index.
+        assert_eq!(node.cells.dense_width, Some(2));
+        assert_eq!(late.cells.dense_width, Some(2));
+        assert!(node.memory_bytes() < full.memory_bytes());
+        let mut seq = 0;
+        let mut feed = |bytes: &[u8]| {
+            seq += 1;
+            for r in [&mut full, &mut node, &mut late] {
+                r.apply(seq, &msg(bytes));
+            }
+        };
+        for l in 1..=6u16 {
+            feed(LocationDirectory::new(l, sym(&format!("L{l}"))).as_bytes());
+        }
+        for sku in 0..50u32 {
+            feed(SkuDirectory::new(1000 + sku, sym(&format!("S{sku}"))).as_bytes());
+            // Two locations per SKU; 3 and 5 take their columns in the
+            // order their first cell event comes.
+            let (a, b) = (1 + (sku % 6) as u16, 1 + ((sku + 2) % 6) as u16);
+            feed(InventoryLevel::new(a, 1000 + sku, sku + 1, 0).as_bytes());
+            feed(InventoryLevel::new(b, 1000 + sku, 2 * sku, 0).as_bytes());
+        }
+        feed(OnHandDelta::new(5, 1004, -1, delta_reason::ADJUST, 0).as_bytes());
+        feed(HoldPlaced::new(77, 3, 1002, 1, 9).as_bytes());
+        let set = LocationSet::of(&[3, 5]);
+        assert_eq!(node.digest(), full.digest_of(&set));
+        assert_eq!(late.digest(), full.digest_of(&set));
+        assert_ne!(node.digest(), full.digest());
+        assert_eq!(node.counters().dropped_events, 0);
+        assert_eq!(node.cell(3, 1002), full.cell(3, 1002));
+        assert_eq!(node.cell(3, 1002).unwrap().reserved, 1);
+        assert_eq!(full.oversold(), 0);
+        assert_eq!(node.cell(1, 1000).unwrap().version, 0, "not kept");
+        let mut stocked = Vec::new();
+        node.for_each_stocked_cell(1004, |l, c| stocked.push((l, c.on_hand)));
+        assert_eq!(stocked, [(5, 4)]);
+        assert_eq!(node.hold_count(), 1);
+        node.clear();
+        assert_eq!(node.digest(), Replica::keeping(limits, set).digest());
     }
 
     #[test]

@@ -16,16 +16,26 @@ use tally_runtime::notify::Notifier;
 /// the session from the replay feed (seq 1 on), then follows the multicast
 /// stream, and answers
 ///
-///   GET /availability/{symbol}[?location=NAME_OR_ID]
+///   GET /availability/{symbol}[?location=NAME_OR_ID][&after=LOCATION_ID][&limit=N]
 ///   GET /cells/{location}/{symbol}/history[?limit=N]
 ///   GET /orders/{origin}/{order_id}
 ///   GET /holds/{origin}/{hold_id}
-///   GET /depleted[?scope=all|any][&limit=N]
-///   GET /digest   (the replica's digest and the seq it reflects)
+///   GET /depleted[?scope=all|any][&after=POSITION][&limit=N]
+///   GET /digest[?locations=NAME_OR_ID,...]   (the replica's digest, or a
+///                  store's subset digest, and the seq it reflects; cached)
 ///   GET /health   (503 when the stream is stale)
 ///   GET /ready    (503 until the authority's snapshot broadcast is applied
 ///                  and the lag is small)
 ///   GET /metrics  (Prometheus text format)
+///
+/// Listings are paged: at most `limit` entries (default 100, at most 1000),
+/// and "next", the `after` of the next page (null on the last).
+///
+/// The replica's limits come from the --config file's [limits] section (the
+/// same as the warehouse's); a --*-max flag overrides one for this process.
+/// A limit the stream meets (a directory, hold or cell table too small)
+/// stops it with an error that names the limit with the numbers (/ready
+/// answers 503 with the same reason meanwhile).
 ///
 /// Every JSON answer carries "seq" (the stream sequence number it reflects),
 /// "lag" (newest seq seen − seq) and "stale" (true when the stream went
@@ -68,18 +78,25 @@ struct Cli {
     /// Hold timelines kept (most recently active).
     #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.holds_max)]
     hold_timelines: u32,
-    /// SKUs the replica can hold.
-    #[arg(long, default_value_t = 100_000)]
-    skus_max: u32,
-    /// Locations the replica can hold.
-    #[arg(long, default_value_t = 16)]
-    locations_max: u16,
-    /// Open holds the replica can hold.
-    #[arg(long, default_value_t = 1 << 20)]
-    holds_max: u32,
-    /// Order, hold and transfer ids the replica remembers.
-    #[arg(long, default_value_t = 1 << 20)]
-    orders_max: u32,
+    /// SKUs the replica can hold (default: the configuration's [limits]).
+    #[arg(long)]
+    skus_max: Option<u32>,
+    /// Locations the replica can hold (default: [limits]).
+    #[arg(long)]
+    locations_max: Option<u16>,
+    /// Cells (location, sku) the replica can hold (default: [limits]).
+    #[arg(long)]
+    cells_max: Option<u32>,
+    /// Open holds the replica can hold (default: [limits]).
+    #[arg(long)]
+    holds_max: Option<u32>,
+    /// Order, hold and transfer ids the replica remembers (default:
+    /// [limits]).
+    #[arg(long)]
+    orders_max: Option<u32>,
+    /// Commands remembered until their outcome arrives (default: [limits]).
+    #[arg(long)]
+    pending_max: Option<u32>,
 }
 
 fn main() {
@@ -99,22 +116,29 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         cli.connect.consumer(&appliance, "read1", "readpass")?,
     );
     config.consumer.start_seq = 1;
-    config.limits = ReplicaLimits {
-        skus_max: cli.skus_max,
-        locations_max: cli.locations_max,
-        // Every cell, densely, as before [limits] existed.
-        cells_max: cli
-            .skus_max
-            .saturating_mul(u32::from(cli.locations_max))
-            .min(1 << 31),
-        holds_max: cli.holds_max,
-        orders_max: cli.orders_max,
-        pending_max: 1 << 20,
-    };
-    config
-        .limits
+    // One place for limits: the configuration's [limits] (as the warehouse
+    // and the tills read them); a flag overrides one for this process.
+    let mut limits = ReplicaLimits::from_config(&appliance.limits);
+    let overrides = [
+        (cli.skus_max, &mut limits.skus_max),
+        (cli.cells_max, &mut limits.cells_max),
+        (cli.holds_max, &mut limits.holds_max),
+        (cli.orders_max, &mut limits.orders_max),
+        (cli.pending_max, &mut limits.pending_max),
+    ];
+    for (flag, limit) in overrides {
+        if let Some(value) = flag {
+            *limit = value;
+        }
+    }
+    if let Some(value) = cli.locations_max {
+        limits.locations_max = value;
+    }
+    limits
         .validate()
-        .map_err(|error| anyhow::anyhow!("replica limits: {error}"))?;
+        .map_err(|error| anyhow::anyhow!("replica limits {limits:?}: {error}"))?;
+    tracing::info!(?limits, "replica limits");
+    config.limits = limits;
     config.indexes = IndexLimits {
         history_depth: cli.history_depth,
         history_cells_max: cli.history_cells,
@@ -151,7 +175,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     while !stop.load(Ordering::Acquire) {
         let status = monitor.status();
         if let Some(error) = status.failed {
-            failure = Some(error);
+            failure = Some(anyhow::anyhow!("the stream consumer failed: {error}"));
+            break;
+        }
+        // A limit smaller than the stream needs: the replica holds less
+        // than the stream, so its answers would be wrong. Say which, with
+        // the numbers, and stop (as the warehouse and the tills do).
+        if let Some(limit) = monitor.read(|model| model.replica().limit_met()) {
+            failure = Some(anyhow::anyhow!(
+                "limit met: {limit} (raise it in the configuration's [limits] section or \
+                 with the --*-max flags)"
+            ));
             break;
         }
         if !notified_ready && (status.caught_up || status.freshness.stale) {
@@ -197,7 +231,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "tally-monitor stopped"
     );
     match failure {
-        Some(error) => Err(anyhow::anyhow!("the stream consumer failed: {error}")),
+        Some(error) => Err(error),
         None => Ok(()),
     }
 }

@@ -572,10 +572,12 @@ fn child_replica(args: &ReplicaArgs) -> anyhow::Result<()> {
         limits.holds_max = 4096;
         limits.pending_max = 1 << 16;
     }
-    let mut replica = Replica::new(limits);
-    if let Some(location) = args.keep {
-        replica.keep_only(LocationSet::of(&[location]));
-    }
+    // A store node's cell table is sized for its location only from the
+    // start (Replica::keeping), so its peak memory is its own.
+    let mut replica = match args.keep {
+        Some(location) => Replica::keeping(limits, LocationSet::of(&[location])),
+        None => Replica::new(limits),
+    };
     let mut config = ConsumerConfig::for_appliance(&appliance, "reader", PASSWORD);
     config.start_seq = 1;
     let mut consumer = StreamConsumer::new(&config)?;
