@@ -5,8 +5,11 @@
 //! bounded part of the directory, whatever its size; a bad cursor or limit
 //! is a 400 that says what is wrong; `/digest` is computed once per change
 //! of the replica and gives a store's subset digest. Most tests drive a
-//! [`ReadModel`] directly; the last goes through real HTTP with read1's
-//! credentials against the whole appliance in-process and a warehouse.
+//! [`ReadModel`] directly; the last two go through real HTTP with read1's
+//! credentials against the whole appliance in-process and a warehouse, one
+//! of them with the `tally-monitor` binary, which takes its limits from the
+//! configuration's `[limits]` (a flag overrides one) and stops naming a
+//! limit it meets, with the numbers.
 //!
 //! Test block 103 (`ApplianceSpec::for_test(103, id, …)`; no other suite
 //! uses it). Every wait has a deadline.
@@ -15,6 +18,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -403,12 +407,12 @@ fn http_get(addr: SocketAddr, path: &str, authorized: bool) -> (u16, Value) {
     (status, serde_json::from_str(body).expect("a JSON body"))
 }
 
-#[test]
-fn paging_over_http_with_credentials() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = ApplianceSpec::for_test(BLOCK, 1, dir.path().join("journal"));
-    let _appliance = spec.start().expect("start the appliance");
-    // 1 200 SKUs at 3 locations; every fourth SKU sold out everywhere.
+/// The authority deciding live with 1 200 SKUs at 3 locations (S1..S3),
+/// every fourth SKU sold out everywhere: its stop flag and thread.
+fn start_warehouse(
+    spec: &ApplianceSpec,
+    dir: &std::path::Path,
+) -> (Arc<AtomicBool>, thread::JoinHandle<anyhow::Result<()>>) {
     let mut csv = String::from("location,sku_symbol,quantity\n");
     for sku in 0..1200u32 {
         for location in ["S1", "S2", "S3"] {
@@ -416,32 +420,38 @@ fn paging_over_http_with_credentials() {
             writeln!(csv, "{location},{},{quantity}", symbol(sku)).unwrap();
         }
     }
-    let inventory = dir.path().join("inventory.csv");
+    let inventory = dir.join("inventory.csv");
     std::fs::write(&inventory, csv).unwrap();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let warehouse = {
-        let config = WarehouseAppConfig {
-            consumer: spec.consumer_config(),
-            client: spec.client_config("wh"),
-            own_origin: demo_client("wh").client_id,
-            limits: ReplicaLimits::small(),
-            inventory: Some(inventory),
-            snapshot: None,
-            snapshot_interval: Duration::ZERO,
-            expiry_check_interval: Duration::from_millis(50),
-            catch_up_timeout: LONG,
-        };
-        let stop = Arc::clone(&stop);
-        thread::Builder::new()
-            .name("warehouse".into())
-            .spawn(move || -> anyhow::Result<()> {
-                let mut app = WarehouseApp::start(config)?;
-                app.run(&stop)?;
-                Ok(())
-            })
-            .unwrap()
+    let config = WarehouseAppConfig {
+        consumer: spec.consumer_config(),
+        client: spec.client_config("wh"),
+        own_origin: demo_client("wh").client_id,
+        limits: ReplicaLimits::small(),
+        inventory: Some(inventory),
+        snapshot: None,
+        snapshot_interval: Duration::ZERO,
+        expiry_check_interval: Duration::from_millis(50),
+        catch_up_timeout: LONG,
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = Arc::clone(&stop);
+    let thread = thread::Builder::new()
+        .name("warehouse".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let mut app = WarehouseApp::start(config)?;
+            app.run(&thread_stop)?;
+            Ok(())
+        })
+        .unwrap();
+    (stop, thread)
+}
+
+#[test]
+fn paging_over_http_with_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ApplianceSpec::for_test(BLOCK, 1, dir.path().join("journal"));
+    let _appliance = spec.start().expect("start the appliance");
+    let (stop, warehouse) = start_warehouse(&spec, dir.path());
 
     let mut config = MonitorConfig::new("127.0.0.1:0".parse().unwrap(), spec.consumer_config());
     config.auth = HttpAuthConfig::from_appliance(&spec.config()).unwrap();
@@ -500,4 +510,98 @@ fn paging_over_http_with_credentials() {
     stop.store(true, Ordering::Release);
     warehouse.join().unwrap().expect("the warehouse ran");
     monitor.stop().unwrap();
+}
+
+/// Kills the child on drop (a failed assertion must not leave it running).
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tally-monitor` with `config` and `flags`, listening on `listen`.
+fn monitor_binary(config: &std::path::Path, listen: SocketAddr, flags: &[&str]) -> ChildGuard {
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-monitor"))
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", &listen.to_string()])
+        .args(["--user", "read1", "--password", "readpass"])
+        .args(flags)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ChildGuard(child)
+}
+
+#[test]
+fn the_binary_takes_its_limits_from_the_configuration_and_says_which_it_met() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ApplianceSpec::for_test(BLOCK, 2, dir.path().join("journal"));
+    let _appliance = spec.start().expect("start the appliance");
+    let (stop, warehouse) = start_warehouse(&spec, dir.path());
+    // The monitor's configuration file holds fewer SKUs than the stream.
+    let config = dir.path().join("tally.toml");
+    std::fs::write(
+        &config,
+        format!("{}\n[limits]\nskus_max = 500\n", spec.toml()),
+    )
+    .unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], spec.port_base + 4));
+
+    let mut small = monitor_binary(&config, listen, &[]);
+    let deadline = Instant::now() + LONG;
+    let exit = loop {
+        if let Some(exit) = small.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tally-monitor never met its limit"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!exit.success(), "{exit:?}");
+    let mut stderr = String::new();
+    small
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("limit met: skus_max = 500: ")
+            && stderr.contains("SKU directory entries did not fit"),
+        "{stderr}"
+    );
+
+    // A flag overrides the file's limit for one process: it serves.
+    let _large = monitor_binary(&config, listen, &["--skus-max", "2000"]);
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(listen) {
+            write!(stream, "GET /ready HTTP/1.0\r\n\r\n").unwrap();
+            let mut reply = String::new();
+            let _ = stream.read_to_string(&mut reply);
+            if reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tally-monitor --skus-max 2000 never ready"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (status, page) = http_get(listen, "/depleted?limit=1000", true);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["skus"].as_array().unwrap().len(), 300);
+
+    stop.store(true, Ordering::Release);
+    warehouse.join().unwrap().expect("the warehouse ran");
 }
