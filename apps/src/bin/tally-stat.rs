@@ -395,6 +395,8 @@ fn is_gauge(name: &str) -> bool {
         || name.ends_with("lag_messages")
         || name.ends_with(".lag")
         || name.contains("_max")
+        || name.starts_with("max_")
+        || name.contains(".max_")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -781,6 +783,7 @@ mod tests {
         assert_eq!(find("rejects", &receiver), vec![7]);
         assert_eq!(find("lag", &receiver), vec![1]);
         assert!(is_gauge("consumer.lag") && is_gauge("consumer.next_seq"));
+        assert!(is_gauge("agent.orders.max_cycle_ns") && !is_gauge("agent.orders.cycles"));
     }
 
     #[test]
