@@ -493,7 +493,7 @@ impl<A: Authenticator> ReplayLoop<A> {
     /// takes (bounded per client); heartbeats, timeouts, slow clients.
     /// Returns the work done.
     pub fn poll(&mut self, now_ns: u64) -> io::Result<usize> {
-        let mut work = match self.reader.follow(FOLLOW_RECORDS_MAX) {
+        let followed = match self.reader.follow(FOLLOW_RECORDS_MAX) {
             Ok(records) => records,
             Err(error) if is_damaged_record(&error) => {
                 // Clients reaching the damage are closed when they read it.
@@ -502,6 +502,10 @@ impl<A: Authenticator> ReplayLoop<A> {
             }
             Err(error) => return Err(error),
         };
+        // Following the journal counts as work only for live clients: with
+        // none it is housekeeping that must not keep the loop spinning while
+        // the stream flows (a login's seek indexes what it needs).
+        let mut work = if self.feed.active > 0 { followed } else { 0 };
         let feed = &mut self.feed;
         work += self
             .server

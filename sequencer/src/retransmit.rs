@@ -808,16 +808,20 @@ impl RetransmitLoop {
     /// received, replies sent). Bounded: at most `FOLLOW_RECORDS_MAX` records,
     /// one receive batch, `PENDING_REQUESTS_MAX` replies.
     pub fn poll(&mut self, now_ns: u64) -> io::Result<usize> {
-        let mut work = match self.reader.follow(FOLLOW_RECORDS_MAX) {
-            Ok(records) => records,
+        // Following the journal is housekeeping, not work: it must not keep
+        // this loop spinning while the stream flows (on a small host that
+        // takes a core from the order path). A request for something not
+        // indexed yet indexes up to it first (`JournalReader::seek`).
+        match self.reader.follow(FOLLOW_RECORDS_MAX) {
+            Ok(_) => {}
             Err(error) if is_damaged_record(&error) => {
                 // The index stops before the damage; what lies before it is
                 // still served.
                 self.note_damage(&error);
-                0
             }
             Err(error) => return Err(error),
-        };
+        }
+        let mut work = 0;
 
         let session = self.options.session;
         let allow = &self.options.allow;
