@@ -23,9 +23,8 @@
 //! `interval` after each sync; with `none` at most every
 //! [`CHECKPOINT_INTERVAL_NS`] and at shutdown.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IoSlice, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,7 +33,7 @@ use std::time::Duration;
 use tally_runtime::file::{GroupCommitConfig, GroupCommitFile, Position, SIDE_RECORD_BYTES};
 use tally_wire::mold::Session;
 
-use super::checkpoint::{checkpoint_path, Checkpoint, CHECKPOINT_BYTES};
+use super::checkpoint::{checkpoint_path, Checkpoint, CheckpointFile, CHECKPOINT_BYTES};
 use super::format::*;
 use super::recover::{open_and_recover, RecoveryOptions};
 use super::{io_error, FsyncPolicy, JournalError, JournalProgress, Recovery};
@@ -73,7 +72,7 @@ pub struct WriteError {
 pub struct JournalWriter {
     mode: Mode,
     path: PathBuf,
-    checkpoint_file: File,
+    checkpoint_file: CheckpointFile,
     checkpoint: Checkpoint,
     last_checkpoint_ns: u64,
     /// File offset after the last record appended (staged or written).
@@ -123,37 +122,26 @@ impl JournalWriter {
         let end_offset = file
             .seek(SeekFrom::End(0))
             .map_err(io_error(format!("seeking {}", path.display())))?;
+        // Recovery has stored the checkpoint for what it found (synced):
+        // from here on it is rewritten in place.
         let checkpoint_at = checkpoint_path(dir, session);
-        let checkpoint_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&checkpoint_at)
-            .map_err(io_error(format!(
-                "opening checkpoint {}",
-                checkpoint_at.display()
-            )))?;
+        let checkpoint_file = CheckpointFile::open(&checkpoint_at).map_err(io_error(format!(
+            "opening checkpoint {}",
+            checkpoint_at.display()
+        )))?;
         let checkpoint = Checkpoint {
             next_seq: recovery.next_seq,
             end_offset,
         };
-        // Recovery checked the journal against the old checkpoint; from here
-        // on the checkpoint describes what recovery found (synced, so that a
-        // torn tail cut now is never claimed again).
-        checkpoint_file
-            .write_all_at(&checkpoint.encode(), 0)
-            .and_then(|()| checkpoint_file.sync_data())
-            .map_err(io_error(format!(
-                "writing checkpoint {}",
-                checkpoint_at.display()
-            )))?;
         let mode = match policy {
             FsyncPolicy::Batch => {
-                let side = checkpoint_file.try_clone().map_err(io_error(format!(
-                    "opening checkpoint {}",
-                    checkpoint_at.display()
-                )))?;
+                let side = checkpoint_file
+                    .file()
+                    .try_clone()
+                    .map_err(io_error(format!(
+                        "opening checkpoint {}",
+                        checkpoint_at.display()
+                    )))?;
                 let group = GroupCommitFile::new(
                     file,
                     side,
@@ -388,7 +376,7 @@ impl JournalWriter {
             return Ok(());
         }
         self.checkpoint_file
-            .write_all_at(&checkpoint.encode(), 0)
+            .write(&checkpoint)
             .map_err(|source| WriteError {
                 operation: "checkpoint write",
                 source,
