@@ -12,6 +12,7 @@ use tally_sequencer::config::ApplianceConfig;
 
 use crate::client::ClientConfig;
 use crate::consumer::ConsumerConfig;
+use crate::replica::ReplicaLimits;
 
 /// `--config`, `--user`, `--password` / `--password-file`.
 #[derive(Args, Clone, Debug)]
@@ -104,4 +105,56 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// `--skus-max` … `--pending-max`: one process's overrides of the
+/// configuration's `[limits]`, the one place the state's capacity lives.
+#[derive(Args, Clone, Debug, Default)]
+pub struct LimitsArgs {
+    /// SKUs the state can hold (default: the configuration's [limits]).
+    #[arg(long)]
+    pub skus_max: Option<u32>,
+    /// Locations the state can hold (default: [limits]).
+    #[arg(long)]
+    pub locations_max: Option<u16>,
+    /// Cells (location, sku) the state can hold (default: [limits]).
+    #[arg(long)]
+    pub cells_max: Option<u32>,
+    /// Open holds the state can hold (default: [limits]).
+    #[arg(long)]
+    pub holds_max: Option<u32>,
+    /// Order, hold and transfer ids remembered, for modify/cancel and
+    /// duplicate checks (default: [limits]).
+    #[arg(long)]
+    pub orders_max: Option<u32>,
+    /// Commands remembered until their outcome arrives (default: [limits]).
+    #[arg(long)]
+    pub pending_max: Option<u32>,
+}
+
+impl LimitsArgs {
+    /// The configuration's `[limits]` with this process's overrides,
+    /// validated; `what` names the table in the error ("replica", "state").
+    pub fn limits(&self, appliance: &ApplianceConfig, what: &str) -> anyhow::Result<ReplicaLimits> {
+        let mut limits = ReplicaLimits::from_config(&appliance.limits);
+        let overrides = [
+            (self.skus_max, &mut limits.skus_max),
+            (self.cells_max, &mut limits.cells_max),
+            (self.holds_max, &mut limits.holds_max),
+            (self.orders_max, &mut limits.orders_max),
+            (self.pending_max, &mut limits.pending_max),
+        ];
+        for (flag, limit) in overrides {
+            if let Some(value) = flag {
+                *limit = value;
+            }
+        }
+        if let Some(value) = self.locations_max {
+            limits.locations_max = value;
+        }
+        limits
+            .validate()
+            .map_err(|error| anyhow::anyhow!("{what} limits {limits:?}: {error}"))?;
+        Ok(limits)
+    }
 }

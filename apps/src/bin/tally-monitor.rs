@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use tally_apps::cli::ConnectArgs;
+use tally_apps::cli::{ConnectArgs, LimitsArgs};
 use tally_apps::monitor::{HttpAuthConfig, IndexLimits, Monitor, MonitorConfig};
-use tally_apps::replica::ReplicaLimits;
 use tally_runtime::notify::Notifier;
 
 /// The monitor: a replica of the stream served over HTTP/JSON. It rebuilds
@@ -78,25 +77,8 @@ struct Cli {
     /// Hold timelines kept (most recently active).
     #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.holds_max)]
     hold_timelines: u32,
-    /// SKUs the replica can hold (default: the configuration's [limits]).
-    #[arg(long)]
-    skus_max: Option<u32>,
-    /// Locations the replica can hold (default: [limits]).
-    #[arg(long)]
-    locations_max: Option<u16>,
-    /// Cells (location, sku) the replica can hold (default: [limits]).
-    #[arg(long)]
-    cells_max: Option<u32>,
-    /// Open holds the replica can hold (default: [limits]).
-    #[arg(long)]
-    holds_max: Option<u32>,
-    /// Order, hold and transfer ids the replica remembers (default:
-    /// [limits]).
-    #[arg(long)]
-    orders_max: Option<u32>,
-    /// Commands remembered until their outcome arrives (default: [limits]).
-    #[arg(long)]
-    pending_max: Option<u32>,
+    #[command(flatten)]
+    limits: LimitsArgs,
 }
 
 fn main() {
@@ -118,25 +100,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     config.consumer.start_seq = 1;
     // One place for limits: the configuration's [limits] (as the warehouse
     // and the tills read them); a flag overrides one for this process.
-    let mut limits = ReplicaLimits::from_config(&appliance.limits);
-    let overrides = [
-        (cli.skus_max, &mut limits.skus_max),
-        (cli.cells_max, &mut limits.cells_max),
-        (cli.holds_max, &mut limits.holds_max),
-        (cli.orders_max, &mut limits.orders_max),
-        (cli.pending_max, &mut limits.pending_max),
-    ];
-    for (flag, limit) in overrides {
-        if let Some(value) = flag {
-            *limit = value;
-        }
-    }
-    if let Some(value) = cli.locations_max {
-        limits.locations_max = value;
-    }
-    limits
-        .validate()
-        .map_err(|error| anyhow::anyhow!("replica limits {limits:?}: {error}"))?;
+    let limits = cli.limits.limits(&appliance, "replica")?;
     tracing::info!(?limits, "replica limits");
     config.limits = limits;
     config.indexes = IndexLimits {

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tally_apps::cli::ConnectArgs;
-use tally_apps::replica::ReplicaLimits;
+use tally_apps::cli::{ConnectArgs, LimitsArgs};
 use tally_apps::warehouse_app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
 
 /// The warehouse: the one application that decides. It follows the stream,
@@ -38,25 +37,8 @@ struct Cli {
     /// Seconds between snapshots (0 = only on shutdown).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     snapshot_interval: u64,
-    /// SKUs the state can hold (default: the configuration's [limits]).
-    #[arg(long)]
-    skus_max: Option<u32>,
-    /// Locations the state can hold (default: [limits]).
-    #[arg(long)]
-    locations_max: Option<u16>,
-    /// Cells (location, sku) the state can hold (default: [limits]).
-    #[arg(long)]
-    cells_max: Option<u32>,
-    /// Open holds the state can hold (default: [limits]).
-    #[arg(long)]
-    holds_max: Option<u32>,
-    /// Order, hold and transfer ids remembered, for modify/cancel and
-    /// duplicate checks (default: [limits]).
-    #[arg(long)]
-    orders_max: Option<u32>,
-    /// Commands remembered until decided (default: [limits]).
-    #[arg(long)]
-    pending_max: Option<u32>,
+    #[command(flatten)]
+    limits: LimitsArgs,
     /// At exit, print a JSON summary on stdout: the seq the authoritative
     /// state reflects, its digest (compare replicas' digests at that seq),
     /// oversold units and the decision counters.
@@ -84,25 +66,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no client {user:?} in {}", cli.connect.config.display()))?;
     // One place for limits: the configuration's [limits]; a flag overrides
     // one for this process.
-    let mut limits = ReplicaLimits::from_config(&appliance.limits);
-    let overrides = [
-        (cli.skus_max, &mut limits.skus_max),
-        (cli.cells_max, &mut limits.cells_max),
-        (cli.holds_max, &mut limits.holds_max),
-        (cli.orders_max, &mut limits.orders_max),
-        (cli.pending_max, &mut limits.pending_max),
-    ];
-    for (flag, limit) in overrides {
-        if let Some(value) = flag {
-            *limit = value;
-        }
-    }
-    if let Some(value) = cli.locations_max {
-        limits.locations_max = value;
-    }
-    limits
-        .validate()
-        .map_err(|error| anyhow::anyhow!("table limits {limits:?}: {error}"))?;
+    let limits = cli.limits.limits(&appliance, "table")?;
     tracing::info!(?limits, "state limits");
     let config = WarehouseAppConfig {
         consumer: cli.connect.consumer(&appliance, "read1", "readpass")?,
