@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use tally_sequencer::config::ApplianceConfig;
+use tally_config::ApplianceConfig;
 
 use crate::client::ClientConfig;
 use crate::consumer::ConsumerConfig;

@@ -35,7 +35,7 @@
 //! use tally_apps::client::{ClientConfig, ClientEvent, OrderEntryClient};
 //! use tally_apps::consumer::monotonic_ns;
 //! use tally_wire::Order;
-//! # fn run(appliance: &tally_sequencer::config::ApplianceConfig) -> Result<(), tally_apps::client::ClientError> {
+//! # fn run(appliance: &tally_config::ApplianceConfig) -> Result<(), tally_apps::client::ClientError> {
 //! let config = ClientConfig::for_appliance(appliance, "pos1", "pos1pass");
 //! let mut client = OrderEntryClient::connect(config, Duration::from_secs(10))?;
 //! let client_seq = client.send(Order::new(1, 0, 42, 2).as_bytes())?;
@@ -132,7 +132,7 @@ impl ClientConfig {
     /// on 0.0.0.0 is reached on loopback), its session, and a window within
     /// its ack history.
     pub fn for_appliance(
-        appliance: &tally_sequencer::config::ApplianceConfig,
+        appliance: &tally_config::ApplianceConfig,
         username: &str,
         password: &str,
     ) -> ClientConfig {

@@ -45,7 +45,7 @@
 //!
 //! ```no_run
 //! use tally_apps::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
-//! # fn run(appliance: &tally_sequencer::config::ApplianceConfig) -> std::io::Result<()> {
+//! # fn run(appliance: &tally_config::ApplianceConfig) -> std::io::Result<()> {
 //! let mut config = ConsumerConfig::for_appliance(appliance, "read1", "readpass");
 //! config.start_seq = 1; // the whole session (or a snapshot's seq + 1)
 //! let mut consumer = StreamConsumer::new(&config)?;
@@ -211,7 +211,7 @@ impl ConsumerConfig {
     /// stream, session, retransmit server (and retention), replay feed and
     /// payload limit; listen addresses on 0.0.0.0 are reached on loopback.
     pub fn for_appliance(
-        appliance: &tally_sequencer::config::ApplianceConfig,
+        appliance: &tally_config::ApplianceConfig,
         replay_username: &str,
         replay_password: &str,
     ) -> ConsumerConfig {

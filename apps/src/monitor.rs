@@ -126,8 +126,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tally_wire::{delta_reason, hold_outcome, Message, MAX_MESSAGE_SIZE};
 
-use tally_gateway::config::{ClientEntry, Role};
-use tally_sequencer::config::ApplianceConfig;
+use tally_config::gateway::{ClientEntry, Role};
+use tally_config::ApplianceConfig;
 
 use crate::consumer::{monotonic_ns, ConsumerConfig, ConsumerStats, RecoveryMode, StreamConsumer};
 use crate::replica::{Applied, Cell, LocationSet, Replica, ReplicaLimits, CARRIED_HOLD_BIT};
@@ -2702,7 +2702,7 @@ impl HttpAuth {
     fn new(config: HttpAuthConfig) -> HttpAuth {
         let burst_nano = u64::from(config.verification_burst) * 1_000_000_000;
         HttpAuth {
-            dummy_hash: tally_gateway::config::hash_password("tally-monitor-no-such-user"),
+            dummy_hash: tally_config::gateway::hash_password("tally-monitor-no-such-user"),
             tag_keys: Default::default(),
             cache: Mutex::new(Vec::with_capacity(config.cache_entries)),
             throttle: Mutex::new(
@@ -2762,12 +2762,12 @@ impl HttpAuth {
             return AuthVerdict::Throttled;
         }
         let verified = match client {
-            Some(index) => tally_gateway::config::verify_password(
+            Some(index) => tally_config::gateway::verify_password(
                 &password,
                 &self.config.clients[index].password_hash,
             ),
             None => {
-                let _ = tally_gateway::config::verify_password(&password, &self.dummy_hash);
+                let _ = tally_config::gateway::verify_password(&password, &self.dummy_hash);
                 false
             }
         };

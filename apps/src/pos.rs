@@ -49,7 +49,7 @@
 //! use std::sync::atomic::AtomicBool;
 //! use std::time::{Duration, Instant};
 //! use tally_apps::pos::{LoadConfig, Pos, PosConfig, RttSummary};
-//! # fn run(appliance: &tally_sequencer::config::ApplianceConfig) -> Result<(), tally_apps::pos::PosError> {
+//! # fn run(appliance: &tally_config::ApplianceConfig) -> Result<(), tally_apps::pos::PosError> {
 //! let mut config = PosConfig::for_appliance(appliance, "pos2", "pos2pass")?;
 //! config.load = Some(LoadConfig::new(42)); // 1 000 commands/s, seed 42
 //! let mut pos = Pos::new(config)?;
@@ -630,7 +630,7 @@ impl PosConfig {
     /// replay feed read with the same login), gateway, and the origin the
     /// configuration gives `username`.
     pub fn for_appliance(
-        appliance: &tally_sequencer::config::ApplianceConfig,
+        appliance: &tally_config::ApplianceConfig,
         username: &str,
         password: &str,
     ) -> Result<PosConfig, PosError> {

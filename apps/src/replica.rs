@@ -149,7 +149,7 @@ impl ReplicaLimits {
     }
 
     /// The limits of the appliance configuration's `[limits]` section.
-    pub fn from_config(limits: &tally_sequencer::config::LimitsConfig) -> Self {
+    pub fn from_config(limits: &tally_config::LimitsConfig) -> Self {
         Self {
             skus_max: limits.skus_max,
             locations_max: limits.locations_max,

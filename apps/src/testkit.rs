@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tally_config::ApplianceConfig;
 use tally_runtime::net::MulticastConfig;
 use tally_sequencer::appliance::{Appliance, Control};
-use tally_sequencer::config::ApplianceConfig;
 
 use crate::client::{Ack, ClientConfig, ClientError, ClientEvent, OrderEntryClient};
 use crate::consumer::{ConsumerConfig, StreamConsumer};
@@ -484,7 +484,7 @@ mod tests {
     fn every_demo_password_matches_its_hash() {
         for client in DEMO_CLIENTS {
             assert!(
-                tally_gateway::config::verify_password(
+                tally_config::gateway::verify_password(
                     client.password.as_bytes(),
                     client.password_hash
                 ),

@@ -129,7 +129,7 @@ pub struct BroadcastPacing {
 impl BroadcastPacing {
     /// 90 % of the gateway's per-session `rate_limit_per_sec`, and half its
     /// `rate_burst`, of the appliance configuration.
-    pub fn for_appliance(appliance: &tally_sequencer::config::ApplianceConfig) -> BroadcastPacing {
+    pub fn for_appliance(appliance: &tally_config::ApplianceConfig) -> BroadcastPacing {
         BroadcastPacing {
             events_per_sec: 0.9 * f64::from(appliance.gateway.rate_limit_per_sec),
             burst: (f64::from(appliance.gateway.rate_burst) / 2.0).max(1.0),

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tally_wire::soup;
 
-use crate::config::{hash_password, verify_password, ClientEntry};
+use tally_config::gateway::{hash_password, verify_password, ClientEntry};
 
 /// A login's password to check (gateway loop → authenticator).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -261,8 +261,8 @@ impl Authenticator for InlineAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Role;
     use std::time::Instant;
+    use tally_config::gateway::Role;
 
     fn clients() -> Vec<ClientEntry> {
         vec![ClientEntry {

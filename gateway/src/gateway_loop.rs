@@ -24,10 +24,10 @@ use tally_runtime::wake::Waker;
 use tally_wire::soup;
 
 use crate::auth::{AuthRequest, AuthThread, Authenticator};
-use crate::config::GatewayConfig;
 use crate::counters::GatewayCounters;
 use crate::link::{Inbound, Outcome};
 use crate::session::{GatewayCore, GatewayIo, SendError, SlotId};
+use tally_config::gateway::GatewayConfig;
 
 /// Outcomes taken from the sequencer ring per [`GatewayLoop::poll`].
 pub const OUTCOMES_PER_POLL: usize = 4096;

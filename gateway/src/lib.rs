@@ -35,7 +35,6 @@
 //! verifies a password itself.
 
 pub mod auth;
-pub mod config;
 pub mod counters;
 pub mod gateway_loop;
 pub mod link;
@@ -43,7 +42,6 @@ pub mod session;
 pub mod throttle;
 
 pub use auth::{AuthRequest, AuthResult, AuthThread, Authenticator, InlineAuthenticator};
-pub use config::{hash_password, verify_password, ClientEntry, ConfigError, GatewayConfig, Role};
 pub use counters::GatewayCounters;
 pub use gateway_loop::GatewayLoop;
 pub use link::{Inbound, Outcome, OutcomeKind};

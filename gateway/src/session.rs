@@ -66,10 +66,10 @@ use tally_wire::soup::{self, login_reject, ClientPacket, FrameDecoder};
 use tally_wire::{message_size, reject_reason, GatewayReject, Header};
 
 use crate::auth::{AuthRequest, AuthResult};
-use crate::config::{GatewayConfig, Role};
 use crate::counters::GatewayCounters;
 use crate::link::{Inbound, Outcome, OutcomeKind, INBOUND_MESSAGE_BYTES_MAX};
 use crate::throttle::{Throttle, Throttled};
+use tally_config::gateway::{GatewayConfig, Role};
 
 /// Reject reason the gateway adds to DESIGN.md's list: the message was over
 /// the session's rate limit (`j` with reason `R`). Answered, never dropped.
@@ -79,8 +79,7 @@ pub const RATE_LIMITED: u8 = tally_wire::reject_reason::RATE_LIMITED;
 /// (shorter than the header, or client_seq 0) starts; the reason follows.
 pub const UNNUMBERED_REJECT_PREFIX: &str = "rejected U, no client_seq consumed:";
 
-/// Longest debug (`+`) text the gateway sends, in bytes; longer texts are cut.
-pub const DEBUG_TEXT_BYTES_MAX: usize = 160;
+pub use tally_wire::soup::DEBUG_TEXT_BYTES_MAX;
 
 /// Frames one connection may have handled per [`GatewayCore::service`] call
 /// before the others get their turn.
@@ -90,7 +89,7 @@ pub const FRAMES_PER_SLOT_PER_SERVICE: usize = 64;
 const OUT_FRAME_BYTES_MAX: usize = soup::LENGTH_PREFIX_SIZE + 1 + DEBUG_TEXT_BYTES_MAX;
 
 /// Bytes of one ack on the wire (a sequenced-data frame holding a `k`).
-const ACK_FRAME_BYTES: usize = crate::config::GatewayConfig::ACK_FRAME_BYTES;
+const ACK_FRAME_BYTES: usize = tally_config::gateway::GatewayConfig::ACK_FRAME_BYTES;
 
 /// Bytes of the largest debug packet.
 const DEBUG_FRAME_BYTES: usize = OUT_FRAME_BYTES_MAX;

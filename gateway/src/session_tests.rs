@@ -9,7 +9,7 @@ use tally_wire::soup::{self, ServerPacket};
 use tally_wire::{GatewayReject, Order, Recount, SkuDirectory};
 
 use super::*;
-use crate::config::{hash_password, ClientEntry};
+use tally_config::gateway::{hash_password, ClientEntry};
 
 const MS: u64 = 1_000_000;
 const SECOND: u64 = 1_000_000_000;

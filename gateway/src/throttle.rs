@@ -23,7 +23,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::GatewayConfig;
+use tally_config::gateway::GatewayConfig;
 
 /// Why a login attempt was refused without checking its password.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,8 +221,8 @@ fn splitmix64(mut x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClientEntry, Role};
     use std::net::Ipv4Addr;
+    use tally_config::gateway::{ClientEntry, Role};
     use tally_wire::mold::Session;
 
     const MS: u64 = 1_000_000;

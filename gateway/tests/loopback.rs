@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use tally_config::gateway::{hash_password, ClientEntry, GatewayConfig, Role};
 use tally_gateway::{
-    hash_password, AuthThread, ClientEntry, GatewayConfig, GatewayCore, GatewayCounters,
-    GatewayLoop, Inbound, Outcome, OutcomeKind, Role,
+    AuthThread, GatewayCore, GatewayCounters, GatewayLoop, Inbound, Outcome, OutcomeKind,
 };
 use tally_runtime::agent::run_agents;
 use tally_runtime::idle::IdleStrategy;

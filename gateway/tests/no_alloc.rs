@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tally_config::gateway::{hash_password, ClientEntry, GatewayConfig, Role};
 use tally_gateway::{
-    hash_password, AuthThread, ClientEntry, GatewayConfig, GatewayCore, GatewayCounters,
-    GatewayLoop, Inbound, Outcome, OutcomeKind, Role,
+    AuthThread, GatewayCore, GatewayCounters, GatewayLoop, Inbound, Outcome, OutcomeKind,
 };
 use tally_runtime::alloc_count::{
     arm_current_thread, armed_allocations, disarm_current_thread, CountingAllocator,

@@ -24,13 +24,13 @@ use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::thread::spawn_loop;
 use tally_runtime::wake::Waker;
 
-use crate::config::{ApplianceConfig, LoopPlacement, Threading};
 use crate::core::{CoreConfig, CoreCounters, SequencerCore};
 use crate::exit::JournalWriteFailed;
 use crate::journal::{JournalWriter, Recovery, WriteError};
 use crate::publisher::MulticastPublisher;
 use crate::replay::{ReplayCounters, ReplayLoop};
 use crate::retransmit::{RetransmitCounters, RetransmitLoop};
+use tally_config::{ApplianceConfig, LoopPlacement, Threading};
 
 /// Wall-clock nanoseconds since the Unix epoch: the stream's timestamps.
 pub fn clock_ns() -> u64 {

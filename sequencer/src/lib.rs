@@ -6,7 +6,6 @@
 //! talk only through `rtrb` rings and the journal.
 
 pub mod appliance;
-pub mod config;
 pub mod core;
 pub mod exit;
 pub mod journal;

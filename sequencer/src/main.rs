@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tally_config::{ApplianceConfig, ConfigError};
 use tally_runtime::counters::CounterReader;
 use tally_runtime::notify::Notifier;
 use tally_sequencer::appliance::{Appliance, Control};
-use tally_sequencer::config::{ApplianceConfig, ConfigError};
 use tally_sequencer::exit;
 use tally_sequencer::journal::{JournalError, RecoveryOptions};
 
@@ -156,13 +156,13 @@ fn hash_password() -> anyhow::Result<()> {
         .read_line(&mut line)
         .context("reading the password")?;
     let password = line.trim_end_matches(['\n', '\r']);
-    if !tally_gateway::config::password_fits_login(password) {
+    if !tally_config::gateway::password_fits_login(password) {
         anyhow::bail!(
             "a SoupBinTCP login carries 1 to {} printable ASCII characters, not ending in a space",
-            tally_gateway::config::PASSWORD_BYTES_MAX
+            tally_config::gateway::PASSWORD_BYTES_MAX
         );
     }
-    println!("{}", tally_gateway::config::hash_password(password));
+    println!("{}", tally_config::gateway::hash_password(password));
     Ok(())
 }
 

@@ -67,8 +67,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_config::gateway::ClientEntry;
 use tally_gateway::auth::{AuthRequest, AuthThread, Authenticator};
-use tally_gateway::config::ClientEntry;
 use tally_runtime::agent::Agent;
 use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::net::{ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
@@ -76,9 +76,9 @@ use tally_runtime::wake::Waker;
 use tally_wire::mold::Session;
 use tally_wire::soup::{self, login_reject, ClientPacket, LENGTH_PREFIX_SIZE, USERNAME_SIZE};
 
-use crate::config::ApplianceConfig;
 use crate::journal::{Cursor, JournalProgress, JournalReader};
 use crate::retransmit::{is_damaged_record, DamageLog};
+use tally_config::ApplianceConfig;
 
 /// Largest frame (type + payload) a replay client may send: a login.
 const INBOUND_FRAME_BYTES_MAX: usize = 1 + soup::LOGIN_REQUEST_PAYLOAD_MAX;
@@ -1098,7 +1098,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::thread::{self, JoinHandle};
     use std::time::Instant;
-    use tally_gateway::config::{hash_password, Role};
+    use tally_config::gateway::{hash_password, Role};
     use tally_runtime::agent::run_agents;
     use tally_runtime::idle::IdleStrategy;
     use tally_wire::soup::{FrameDecoder, ServerPacket};

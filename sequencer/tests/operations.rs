@@ -32,8 +32,8 @@ fn hash_password_prints_a_hash_that_verifies_and_refuses_what_a_login_cannot_car
     let hash = String::from_utf8(output.stdout).unwrap();
     let hash = hash.trim();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    assert!(tally_gateway::config::verify_password(b"s3cret!", hash));
-    assert!(!tally_gateway::config::verify_password(b"s3cret", hash));
+    assert!(tally_config::gateway::verify_password(b"s3cret!", hash));
+    assert!(!tally_config::gateway::verify_password(b"s3cret", hash));
 
     let mut child = sequencer()
         .arg("hash-password")

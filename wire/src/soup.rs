@@ -50,6 +50,9 @@ pub mod login_reject {
 pub const LENGTH_PREFIX_SIZE: usize = 2;
 /// Most bytes of type + payload one frame can hold (its length is a u16).
 pub const MAX_FRAME_BYTES: usize = u16::MAX as usize;
+/// Longest Debug (`+`) text tally's servers send, in bytes (a tally
+/// addition: every refusal is explained in one); longer texts are cut.
+pub const DEBUG_TEXT_BYTES_MAX: usize = 160;
 /// Width of the username field of a login request.
 pub const USERNAME_SIZE: usize = 6;
 /// Width of the password field of a login request.

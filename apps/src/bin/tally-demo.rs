@@ -17,9 +17,9 @@ use tally_apps::pos::{rtt_histogram, LoadConfig, Pos, PosConfig, PosStats};
 use tally_apps::replica::{Replica, ReplicaLimits};
 use tally_apps::testkit::DEMO_CLIENTS;
 use tally_apps::warehouse_app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
+use tally_config::ApplianceConfig;
 use tally_runtime::counters::CounterReader;
 use tally_sequencer::appliance::{Appliance, Control};
-use tally_sequencer::config::ApplianceConfig;
 use tally_wire::{delta_reason, Adjust, Message, Transfer};
 
 /// Runs the whole of tally on this machine for a while, then checks it:

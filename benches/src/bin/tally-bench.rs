@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use tally_config::ApplianceConfig;
 use tally_runtime::net::{MulticastConfig, MulticastReceiver};
 use tally_sequencer::appliance::{Appliance, Control};
-use tally_sequencer::config::ApplianceConfig;
 use tally_wire::mold::{MoldPacket, PacketKind, Session};
 use tally_wire::soup::{self, FrameDecoder, ServerPacket};
 use tally_wire::{Ack, Order};
@@ -100,7 +100,7 @@ fn main() {
 }
 
 fn config_text(cli: &Cli, journal_dir: &std::path::Path) -> String {
-    let hash = tally_gateway::config::hash_password(PASSWORD);
+    let hash = tally_config::gateway::hash_password(PASSWORD);
     let mut clients = String::new();
     for id in 1..=cli.clients {
         clients.push_str(&format!(

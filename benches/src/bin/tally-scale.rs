@@ -27,8 +27,8 @@ use tally_apps::replica::{LocationSet, Replica, ReplicaLimits};
 use tally_apps::warehouse::{CatchUp, EventBuf, Warehouse, WarehouseConfig};
 use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
 use tally_benches::{stamp, Rng};
+use tally_config::ApplianceConfig;
 use tally_sequencer::appliance::{Appliance, Control};
-use tally_sequencer::config::ApplianceConfig;
 use tally_wire::{Message, Order};
 
 /// Scale benchmark: a chain's inventory (dense: 1 M SKUs × 16 locations;
@@ -191,7 +191,7 @@ fn generate(path: &Path, sizes: &Sizes) -> anyhow::Result<u64> {
 }
 
 fn config_text(port_base: u16, journal: &Path, limits: &ReplicaLimits) -> String {
-    let hash = tally_gateway::config::hash_password(PASSWORD);
+    let hash = tally_config::gateway::hash_password(PASSWORD);
     format!(
         r#"
 [stream]

@@ -24,6 +24,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+mod allow;
 mod dgram;
 mod multicast;
 pub(crate) mod ring;
@@ -31,6 +32,7 @@ mod sock;
 mod tcp;
 mod udp;
 
+pub use allow::{interface_network, AllowList, Ipv4Network, NetworkParseError, ALLOW_NETWORKS_MAX};
 pub use dgram::RecvStats;
 pub use multicast::{MulticastReceiver, MulticastSender, SendStats};
 pub use tcp::{

@@ -61,19 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tally_wire::mold::Session;
 
-/// When the journal calls `fdatasync`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Never: the journal survives a process crash (the page cache holds it),
-    /// not a host crash.
-    None,
-    /// Before each packet is published: survives a host crash; costs one
-    /// `fdatasync` per packet.
-    Batch,
-    /// At most this many nanoseconds after a write: bounds what a host crash
-    /// can lose.
-    Interval { interval_ns: u64 },
-}
+pub use tally_config::FsyncPolicy;
 
 /// Why a journal could not be opened.
 #[derive(Debug)]

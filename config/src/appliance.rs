@@ -9,13 +9,30 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
+use crate::gateway::{ClientEntry, GatewayConfig, Role};
 use serde::Deserialize;
-use tally_gateway::config::{ClientEntry, GatewayConfig, Role};
 use tally_runtime::idle::IdleStrategy;
+use tally_runtime::net::AllowList;
 use tally_runtime::net::MulticastConfig;
 use tally_wire::mold::Session;
 
-use crate::journal::FsyncPolicy;
+/// When the journal calls `fdatasync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Never: the journal survives a process crash (the page cache holds it),
+    /// not a host crash.
+    None,
+    /// Before each packet is published: survives a host crash; costs one
+    /// `fdatasync` per packet.
+    Batch,
+    /// At most this many nanoseconds after a write: bounds what a host crash
+    /// can lose.
+    Interval { interval_ns: u64 },
+}
+
+/// Largest `retransmit.reply_burst_bytes*` (the retransmit server's token
+/// buckets count nano-bytes in a u64).
+pub const REPLY_BURST_BYTES_MAX: u64 = 1 << 33;
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
@@ -647,6 +664,20 @@ impl ApplianceConfig {
         Ok(config)
     }
 
+    /// The retransmit server's allow-list: `retransmit.allow`, or loopback
+    /// and the stream interface's subnet.
+    pub fn retransmit_allow(&self) -> Result<AllowList, ConfigError> {
+        AllowList::from_texts(self.retransmit.allow.as_deref(), self.stream.interface).map_err(
+            |(index, reason)| ConfigError {
+                key: match index {
+                    Some(index) => format!("retransmit.allow[{index}]"),
+                    None => "retransmit.allow".into(),
+                },
+                reason,
+            },
+        )
+    }
+
     /// Checks every value; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.session()?;
@@ -703,7 +734,7 @@ impl ApplianceConfig {
         if self.retransmit.requesters_max > 1 << 24 {
             return Err(bad("retransmit.requesters_max", "must be at most 16777216"));
         }
-        crate::retransmit::AllowList::from_config(self)?;
+        self.retransmit_allow()?;
         for (key, value) in [
             (
                 "retransmit.reply_bytes_per_sec_per_source",
@@ -736,7 +767,7 @@ impl ApplianceConfig {
                     format!("must be at least {smallest_reply} (one reply of the largest message)"),
                 ));
             }
-            if value > crate::retransmit::REPLY_BURST_BYTES_MAX {
+            if value > REPLY_BURST_BYTES_MAX {
                 return Err(bad(key, "must be at most 8589934592 (8 GiB)"));
             }
         }
@@ -1028,10 +1059,10 @@ dir = "journal"
     /// shows.
     #[test]
     fn the_example_file_parses() {
-        let text = include_str!("../../config/tally.toml");
+        let text = include_str!("../tally.toml");
         let config = ApplianceConfig::parse(text).unwrap();
         assert_eq!(config.retransmit.allow, None);
-        let allow = crate::retransmit::AllowList::from_config(&config).unwrap();
+        let allow = config.retransmit_allow().unwrap();
         assert!(allow.allows(Ipv4Addr::new(127, 9, 9, 9)));
         assert!(!allow.allows(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(config.replay.sessions_per_client_max, 8);

@@ -328,7 +328,7 @@ impl GatewayConfig {
     /// once: login accepted, a debug line, and the whole ack history.
     pub fn replay_bytes_max(&self) -> usize {
         let login_accepted = soup::LENGTH_PREFIX_SIZE + 1 + soup::LOGIN_ACCEPTED_PAYLOAD;
-        let debug = soup::LENGTH_PREFIX_SIZE + 1 + crate::session::DEBUG_TEXT_BYTES_MAX;
+        let debug = soup::LENGTH_PREFIX_SIZE + 1 + soup::DEBUG_TEXT_BYTES_MAX;
         login_accepted + debug + self.ack_history_per_client * Self::ACK_FRAME_BYTES
     }
 
