@@ -105,7 +105,7 @@ if [ "$build" -eq 1 ]; then
     command -v cargo >/dev/null 2>&1 || { echo "install.sh: cargo not found (or use --no-build)" >&2 && exit 1; }
     # Every binary package; a binary another engineer has not written yet
     # is simply not there and is skipped below.
-    (cd "$repo" && run cargo build --release --locked -p tally-sequencer -p tally-apps --bins)
+    (cd "$repo" && run cargo build --release --locked --workspace --bins --exclude tally-benches)
 else
     echo "(--no-build: using $target_dir/release)"
 fi

@@ -1,4 +1,4 @@
-//! Scenario: a replica applying the stream (`tally_apps::replica::Replica::apply`).
+//! Scenario: a replica applying the stream (`tally_client::replica::Replica::apply`).
 //!
 //! - `stream_mixed`: the stream a warehouse really produced for 1 Mi mixed
 //!   commands from 16 clients (orders, location-0 orders, modifies, holds,
@@ -25,8 +25,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tally_apps::replica::{Replica, ReplicaLimits};
-use tally_apps::warehouse::{EventBuf, Warehouse, WarehouseConfig};
+use tally_client::replica::{Replica, ReplicaLimits};
+use tally_warehouse::decide::{EventBuf, Warehouse, WarehouseConfig};
 use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
 use tally_wire::{
     delta_reason, pad_ascii, InventoryLevel, LocationDirectory, Message, OnHandDelta, SkuDirectory,

@@ -1,4 +1,4 @@
-//! Scenario: the warehouse's decisions (`tally_apps::warehouse::Warehouse`).
+//! Scenario: the warehouse's decisions (`tally_warehouse::decide::Warehouse`).
 //!
 //! A warehouse holding 10 000 SKUs × 8 locations (plenty of stock) consumes
 //! a pre-built stream of commands from 16 clients. Each command goes through
@@ -23,8 +23,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tally_apps::replica::ReplicaLimits;
-use tally_apps::warehouse::{EventBuf, Warehouse, WarehouseConfig};
+use tally_client::replica::ReplicaLimits;
+use tally_warehouse::decide::{EventBuf, Warehouse, WarehouseConfig};
 use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
 use tally_wire::{Message, Order};
 

@@ -25,6 +25,7 @@ pub mod alloc_count;
 pub mod counters;
 pub mod file;
 pub mod idle;
+pub mod loss;
 pub mod net;
 pub mod notify;
 pub mod pool;

@@ -501,11 +501,11 @@ fn outcome(
     config: &ApplianceConfig,
     dir: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
-    use tally_apps::client::ClientConfig;
-    use tally_apps::consumer::ConsumerConfig;
-    use tally_apps::pos::{rtt_histogram, LoadConfig, Mix, Pos, PosConfig};
-    use tally_apps::replica::ReplicaLimits;
-    use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
+    use tally_client::client::ClientConfig;
+    use tally_client::consumer::ConsumerConfig;
+    use tally_pos::{rtt_histogram, LoadConfig, Mix, Pos, PosConfig};
+    use tally_client::replica::ReplicaLimits;
+    use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 
     // Deep stock, so orders are decided, not skipped: 4 stores x 100 SKUs.
     let inventory = dir.join("bench-inventory.csv");

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use tally_apps::client::ClientConfig;
-use tally_apps::consumer::{ConsumerConfig, StreamConsumer};
-use tally_apps::replica::{LocationSet, Replica, ReplicaLimits};
-use tally_apps::warehouse::{CatchUp, EventBuf, Warehouse, WarehouseConfig};
-use tally_apps::warehouse_app::{WarehouseApp, WarehouseAppConfig};
+use tally_client::client::ClientConfig;
+use tally_client::consumer::{ConsumerConfig, StreamConsumer};
+use tally_client::replica::{LocationSet, Replica, ReplicaLimits};
+use tally_warehouse::decide::{CatchUp, EventBuf, Warehouse, WarehouseConfig};
+use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 use tally_benches::{stamp, Rng};
 use tally_config::ApplianceConfig;
 use tally_sequencer::appliance::{Appliance, Control};

@@ -1,0 +1,20 @@
+//! `tally-client`: what every tally application is built on.
+//!
+//! Depends on `tally-wire`, `tally-runtime` and `tally-config` only: a till
+//! or a web shop links this crate, never the appliance.
+//!
+//! - [`consumer`]: the stream consumer (MoldUDP64 multicast, gap fill from the
+//!   retransmit server, catch-up from the replay feed); every message once, in
+//!   order.
+//! - [`client`]: the order-entry client (SoupBinTCP to the gateway, exactly
+//!   once numbering, acks).
+//! - [`replica`]: the inventory state rebuilt from the stream, and
+//!   [`snapshot`]: that state on disk.
+//! - [`text`]: messages as one line of text (tools, logs).
+//! - [`cli`]: the command-line options every application shares.
+pub mod cli;
+pub mod client;
+pub mod consumer;
+pub mod replica;
+pub mod snapshot;
+pub mod text;

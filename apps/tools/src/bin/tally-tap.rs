@@ -1,0 +1,110 @@
+//! `tally-tap`: prints the stream, one decoded message a line. See `--help`.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tally_client::cli::ConnectArgs;
+use tally_client::consumer::{monotonic_ns, StreamConsumer};
+use tally_client::text;
+
+/// Prints every stream message as one line:
+/// `seq type origin/client_seq time field=value…` (or one JSON object per
+/// line with --json). Joins the multicast stream; with --from it first
+/// replays history from the replay feed, then follows live without a gap.
+/// Missed packets are recovered through re-requests. Stops at the end of the
+/// session, after --count messages, or on Ctrl-C.
+#[derive(Parser, Debug)]
+#[command(name = "tally-tap", version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// First sequence number to print (history comes from the replay feed);
+    /// without it, tap starts with the first packet it hears.
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
+    /// Stop after this many messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(error) = run(&cli) {
+        eprintln!("tally-tap: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    tally_client::cli::init_logging();
+    let appliance = cli.connect.appliance()?;
+    let mut config = cli.connect.consumer(&appliance, "read1", "readpass")?;
+    config.start_seq = cli.from.unwrap_or(0);
+    let mut consumer = StreamConsumer::new(&config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let stdout = std::io::stdout();
+    let mut printer = Printer {
+        out: std::io::BufWriter::new(stdout.lock()),
+        json: cli.json,
+        printed: 0,
+        limit: cli.count.unwrap_or(u64::MAX),
+        error: None,
+    };
+    while !stop.load(Ordering::Acquire) && !printer.done() && !consumer.is_ended() {
+        let work = consumer.poll(monotonic_ns(), |seq, message| printer.print(seq, &message))?;
+        if work == 0 {
+            printer.out.flush()?;
+            consumer.wait(Duration::from_millis(100), |seq, message| {
+                printer.print(seq, &message)
+            })?;
+        }
+        if let Some(error) = printer.error.take() {
+            // A closed pipe (`tally-tap | head`) ends the tap quietly.
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(error.into());
+        }
+    }
+    printer.out.flush()?;
+    Ok(())
+}
+
+/// Writes lines until the limit; remembers the first write error.
+struct Printer<W: Write> {
+    out: W,
+    json: bool,
+    printed: u64,
+    limit: u64,
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> Printer<W> {
+    fn done(&self) -> bool {
+        self.printed >= self.limit || self.error.is_some()
+    }
+
+    fn print(&mut self, seq: u64, message: &tally_wire::Message) {
+        if self.done() {
+            return;
+        }
+        let result = if self.json {
+            writeln!(self.out, "{}", text::json(seq, message))
+        } else {
+            writeln!(self.out, "{}", text::line(seq, message))
+        };
+        match result {
+            Ok(()) => self.printed += 1,
+            Err(error) => self.error = Some(error),
+        }
+    }
+}
