@@ -25,9 +25,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
 use tally_client::replica::{Replica, ReplicaLimits};
 use tally_warehouse::decide::{EventBuf, Warehouse, WarehouseConfig};
-use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
 use tally_wire::{
     delta_reason, pad_ascii, InventoryLevel, LocationDirectory, Message, OnHandDelta, SkuDirectory,
 };
@@ -80,7 +80,7 @@ fn recorded_stream() -> (Vec<u8>, Vec<(u32, u8)>) {
         wh.on_stream(seq, &Message::parse(event).unwrap(), &mut buf);
         push(&mut arena, event);
     }
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let mut client_seq = [0u32; 17];
     let mut commands = 0usize;
     let mut g = 0u64;
@@ -189,7 +189,7 @@ fn deltas_for(skus: u32, locations: u16, count: usize) -> (Replica, Vec<u8>) {
             );
         }
     }
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     let mut deltas = Vec::with_capacity(count);
     for _ in 0..count / 2 {
         let l = 1 + rng.below(u64::from(locations)) as u16;

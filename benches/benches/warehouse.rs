@@ -23,9 +23,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
 use tally_client::replica::ReplicaLimits;
 use tally_warehouse::decide::{EventBuf, Warehouse, WarehouseConfig};
-use tally_benches::{mixed_commands, stamp, Rng, Stopwatch};
 use tally_wire::{Message, Order};
 
 const WH: u16 = 100;
@@ -75,7 +75,7 @@ enum Mix {
 }
 
 fn commands(mix: Mix) -> Vec<Vec<u8>> {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut client_seq = [0u32; 17];
     let mut out = Vec::with_capacity(COMMANDS);
     let mut g = 0u64;

@@ -6,23 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-/// A seeded splitmix64 generator for benchmark inputs.
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+/// The seeded generator for benchmark inputs: runtime's one splitmix64.
+pub use tally_runtime::rand::SplitMix64 as Rng;
 
 /// Times the measured batches: wall time by default (criterion's usual
 /// clock), or this thread's CPU time with `TALLY_BENCH_CLOCK=thread-cpu`, so

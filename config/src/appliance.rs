@@ -61,7 +61,7 @@ pub struct ApplianceConfig {
 
 /// `[limits]`: table sizes of the inventory state (the warehouse's and every
 /// replica's), allocated once at start. The sequencer itself does not use
-/// them; the applications check them (`tally_apps::replica::ReplicaLimits`)
+/// them; the applications check them (`tally_client::replica::ReplicaLimits`)
 /// and say at start which one is too small for the stream, with the numbers.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

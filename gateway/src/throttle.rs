@@ -22,6 +22,7 @@
 //! in (`now_ns`, monotonic).
 
 use std::net::IpAddr;
+use tally_runtime::rand::mix64;
 
 use tally_config::gateway::GatewayConfig;
 
@@ -107,11 +108,11 @@ impl Throttle {
                     u64::from(u32::from(v4))
                 } else {
                     let value = u128::from(v6);
-                    splitmix64((value >> 64) as u64) ^ value as u64
+                    mix64((value >> 64) as u64) ^ value as u64
                 }
             }
         };
-        (splitmix64(bits ^ self.source_key) & self.source_mask) as usize
+        (mix64(bits ^ self.source_key) & self.source_mask) as usize
     }
 
     /// Whether two addresses share a bucket (tests use it to pick addresses).
@@ -207,15 +208,6 @@ fn gcra_take(tat_ns: &mut u64, now_ns: u64, interval_ns: u64, tolerance_ns: u64)
     }
     *tat_ns = tat + interval_ns;
     true
-}
-
-/// A 64-bit mix (SplitMix64's finaliser): spreads neighbouring addresses
-/// over the table.
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 #[cfg(test)]

@@ -29,5 +29,6 @@ pub mod loss;
 pub mod net;
 pub mod notify;
 pub mod pool;
+pub mod rand;
 pub mod thread;
 pub mod wake;

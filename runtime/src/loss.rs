@@ -7,10 +7,12 @@
 //! with any seed, 0 included); `drop_next` costs a few arithmetic operations
 //! and never allocates.
 
+use crate::rand::SplitMix64;
+
 /// Drops a seeded pseudo-random share of the datagrams it is asked about.
 #[derive(Clone, Debug)]
 pub struct LossFilter {
-    state: u64,
+    rng: SplitMix64,
     /// A draw below this drops: `drop_ratio × 2^64`, saturating.
     threshold: u64,
     drop_all: bool,
@@ -32,7 +34,7 @@ impl LossFilter {
         // 2^64 as f64 is exact; the product saturates at u64::MAX in `as`.
         let threshold = (drop_ratio * 18_446_744_073_709_551_616.0) as u64;
         LossFilter {
-            state: seed,
+            rng: SplitMix64::new(seed),
             threshold,
             drop_all: drop_ratio >= 1.0,
             seen: 0,
@@ -44,7 +46,7 @@ impl LossFilter {
     #[inline]
     pub fn drop_next(&mut self) -> bool {
         self.seen += 1;
-        let drop = self.drop_all || self.next_u64() < self.threshold;
+        let drop = self.drop_all || self.rng.next_u64() < self.threshold;
         self.dropped += u64::from(drop);
         drop
     }
@@ -66,16 +68,6 @@ impl LossFilter {
         } else {
             self.threshold as f64 / 18_446_744_073_709_551_616.0
         }
-    }
-
-    /// splitmix64 (Steele, Lea, Flood 2014).
-    #[inline]
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 

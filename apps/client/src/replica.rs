@@ -63,6 +63,7 @@
 use core::fmt;
 use core::mem::size_of;
 
+use tally_runtime::rand::mix64;
 use tally_wire::{
     delta_reason, hold_outcome, pad_ascii, system_code, trim_ascii, HoldEnded, HoldPlaced,
     InventoryLevel, LocationDirectory, Message, OnHandDelta, Reserve, SkuDirectory,
@@ -940,16 +941,6 @@ impl core::ops::IndexMut<usize> for CellTable {
     }
 }
 
-/// splitmix64's finaliser: a cheap, well-mixing 64-bit hash.
-#[inline]
-pub fn mix64(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 #[inline]
 fn symbol_hash(symbol: &[u8; 16]) -> u64 {
     let lo = u64::from_le_bytes(symbol[..8].try_into().expect("8 bytes"));
@@ -1464,12 +1455,7 @@ impl Replica {
 
     /// Applies one event with `stamp` as the version of the cell it changes.
     /// Returns the command it answered.
-    pub fn apply_event(
-        &mut self,
-        stamp: u64,
-        message: &Message,
-        resolve: Resolve,
-    ) -> Option<u64> {
+    pub fn apply_event(&mut self, stamp: u64, message: &Message, resolve: Resolve) -> Option<u64> {
         self.counters.events += 1;
         match *message {
             Message::OnHandDelta(m) => self.on_delta(stamp, m),

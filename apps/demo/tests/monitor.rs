@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_client::client::OrderEntryClient;
-use tally_monitor::{
-    basic_authorization, HttpAuthConfig, Monitor, MonitorConfig, MonitorHandle,
-};
 use tally_client::replica::ReplicaLimits;
 use tally_demo::{demo_client, send_all, ApplianceSpec};
+use tally_monitor::{basic_authorization, HttpAuthConfig, Monitor, MonitorConfig, MonitorHandle};
 use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 use tally_wire::{CancelOrder, ConfirmHold, ModifyOrder, Order, ReleaseHold, Reserve};
 

@@ -13,8 +13,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use tally_monitor::{basic_authorization, HttpAuthConfig, Monitor, MonitorConfig};
 use tally_demo::{demo_client, ApplianceSpec};
+use tally_monitor::{basic_authorization, HttpAuthConfig, Monitor, MonitorConfig};
 
 const BLOCK: u8 = 107;
 

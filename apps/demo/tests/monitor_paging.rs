@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tally_client::consumer::monotonic_ns;
+use tally_client::replica::{LocationSet, Replica, ReplicaLimits};
+use tally_demo::{demo_client, ApplianceSpec};
 use tally_monitor::{
     basic_authorization, HttpAuthConfig, HttpCounters, IndexLimits, Monitor, MonitorConfig,
     ReadModel, DEPLETED_SCAN_SKUS_MAX, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX,
 };
-use tally_client::replica::{LocationSet, Replica, ReplicaLimits};
-use tally_demo::{demo_client, ApplianceSpec};
 use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 use tally_wire::{
     pad_ascii, system_code, InventoryLevel, LocationDirectory, Message, SkuDirectory, SystemEvent,

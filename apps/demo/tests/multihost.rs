@@ -411,7 +411,6 @@ idle = "back-off"
     )
 }
 
-
 fn os(text: &str) -> std::ffi::OsString {
     text.into()
 }

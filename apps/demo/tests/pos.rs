@@ -21,14 +21,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tally_client::client::{ClientError, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, StreamConsumer};
+use tally_client::replica::{Applied, Replica, ReplicaLimits};
+use tally_demo::{demo_client, read_stream, ApplianceSpec};
 use tally_pos::{
     rtt_histogram, CommandKind, LoadConfig, Outcome, OutcomeReport, Pos, PosConfig, Refused,
 };
-use tally_client::replica::{Applied, Replica, ReplicaLimits};
-use tally_demo::{demo_client, read_stream, ApplianceSpec};
-use tally_warehouse::decide::{EventBuf, Warehouse, WarehouseConfig};
 use tally_runtime::alloc_count::{arm_current_thread, armed_allocations, disarm_current_thread};
 use tally_runtime::counters::CounterReader;
+use tally_warehouse::decide::{EventBuf, Warehouse, WarehouseConfig};
 use tally_wire::{reject_reason, Message};
 
 const BLOCK: u8 = 106;

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use tally_client::client::OrderEntryClient;
 use tally_client::consumer::{ConsumerConfig, StreamConsumer};
-use tally_pos::{Pos, PosConfig, PosError};
 use tally_client::replica::{LocationSet, Replica, ReplicaLimits};
 use tally_demo::{demo_client, send_all, ApplianceSpec};
-use tally_warehouse::decide::{EventBuf, EventSink, Warehouse, WarehouseConfig};
+use tally_pos::{Pos, PosConfig, PosError};
 use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
+use tally_warehouse::decide::{EventBuf, EventSink, Warehouse, WarehouseConfig};
 use tally_wire::Order;
 
 const BLOCK: u8 = 104;

@@ -129,7 +129,9 @@ use tally_wire::{delta_reason, hold_outcome, Message, MAX_MESSAGE_SIZE};
 use tally_config::gateway::{ClientEntry, Role};
 use tally_config::ApplianceConfig;
 
-use tally_client::consumer::{monotonic_ns, ConsumerConfig, ConsumerStats, RecoveryMode, StreamConsumer};
+use tally_client::consumer::{
+    monotonic_ns, ConsumerConfig, ConsumerStats, RecoveryMode, StreamConsumer,
+};
 use tally_client::replica::{Applied, Cell, LocationSet, Replica, ReplicaLimits, CARRIED_HOLD_BIT};
 use tally_client::text;
 

@@ -83,7 +83,9 @@ use tally_wire::{
 
 use tally_runtime::counters::{Counter, CounterFile};
 
-use tally_client::client::{ClientConfig, ClientCounters, ClientError, ClientEvent, OrderEntryClient};
+use tally_client::client::{
+    ClientConfig, ClientCounters, ClientError, ClientEvent, OrderEntryClient,
+};
 use tally_client::consumer::{
     monotonic_ns, ConsumerConfig, ConsumerCounters, RecoveryMode, StreamConsumer,
 };

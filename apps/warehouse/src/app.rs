@@ -40,13 +40,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tally_wire::MAX_MESSAGE_SIZE;
 
+use crate::decide::{CatchUp, CatchUpError, EventSink, SessionStart, Warehouse, WarehouseConfig};
 use tally_client::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
 use tally_client::replica::ReplicaLimits;
 use tally_client::snapshot;
-use crate::decide::{
-    CatchUp, CatchUpError, EventSink, SessionStart, Warehouse, WarehouseConfig,
-};
 
 /// How the warehouse application is set up.
 #[derive(Clone, Debug)]

@@ -8,6 +8,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell as StdCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use tally_runtime::rand::SplitMix64;
 
 use tally_client::replica::{Cell, Replica, ReplicaLimits, CARRIED_HOLD_BIT};
 use tally_client::snapshot::SnapshotError;
@@ -960,19 +961,12 @@ fn catch_up_waits_for_the_previous_runs_events() {
 // ---------------------------------------------------------------------------
 // Restart mid-run.
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
+/// The runtime's deterministic generator, with a percentage draw.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -987,7 +981,7 @@ type Script = Vec<(u16, Vec<u8>)>;
 /// duplicates. Recounts are unconditional, so decisions do not depend on
 /// where events land on the stream.
 fn script(seed: u64, n: usize, origins: &[u16], skus: u32) -> Script {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     let mut next_id: HashMap<u16, u64> = HashMap::new();
     let mut script = Vec::with_capacity(n);
     for _ in 0..n {
@@ -1040,7 +1034,7 @@ fn script(seed: u64, n: usize, origins: &[u16], skus: u32) -> Script {
 
 /// A 3-location × `skus` inventory with a few units each.
 fn scarce_inventory(skus: u32, seed: u64) -> String {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     let mut csv = String::from("location,sku_symbol,quantity\n");
     for s in 1..=skus {
         for l in ["NORTH", "SOUTH", "EAST"] {
@@ -1204,7 +1198,7 @@ fn restart_after_losing_in_flight_events_decides_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wh.snap");
     let mut sim = Sim::with_inventory(&csv);
-    let mut rng = Rng(5);
+    let mut rng = Rng(SplitMix64::new(5));
     let mut i = 0;
     while i < script.len() {
         if i == 800 {
@@ -1262,7 +1256,7 @@ fn race(seed: u64) {
         .flat_map(|(sku, _)| sim.replica.cells_of(sku).collect::<Vec<_>>())
         .map(|(_, c)| i64::from(c.on_hand))
         .sum();
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     let origins: Vec<u16> = (1..=12).collect();
     let mut next_id: HashMap<u16, u64> = HashMap::new();
     // A late joiner: starts from the first replica's snapshot half way.

@@ -503,8 +503,8 @@ fn outcome(
 ) -> anyhow::Result<serde_json::Value> {
     use tally_client::client::ClientConfig;
     use tally_client::consumer::ConsumerConfig;
-    use tally_pos::{rtt_histogram, LoadConfig, Mix, Pos, PosConfig};
     use tally_client::replica::ReplicaLimits;
+    use tally_pos::{rtt_histogram, LoadConfig, Mix, Pos, PosConfig};
     use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 
     // Deep stock, so orders are decided, not skipped: 4 stores x 100 SKUs.

@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use tally_benches::{stamp, Rng};
 use tally_client::client::ClientConfig;
 use tally_client::consumer::{ConsumerConfig, StreamConsumer};
 use tally_client::replica::{LocationSet, Replica, ReplicaLimits};
-use tally_warehouse::decide::{CatchUp, EventBuf, Warehouse, WarehouseConfig};
-use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
-use tally_benches::{stamp, Rng};
 use tally_config::ApplianceConfig;
 use tally_sequencer::appliance::{Appliance, Control};
+use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
+use tally_warehouse::decide::{CatchUp, EventBuf, Warehouse, WarehouseConfig};
 use tally_wire::{Message, Order};
 
 /// Scale benchmark: a chain's inventory (dense: 1 M SKUs × 16 locations;
@@ -167,7 +167,7 @@ fn stocked(sku: u32, location: u16, fill_percent: u32) -> bool {
     if fill_percent >= 100 {
         return true;
     }
-    let mut rng = Rng((u64::from(sku) << 16) | u64::from(location));
+    let mut rng = Rng::new((u64::from(sku) << 16) | u64::from(location));
     rng.below(100) < u64::from(fill_percent)
 }
 
@@ -457,7 +457,7 @@ fn one_run(
 /// through `on_stream`, each decision's events coming back as its own stream
 /// messages, as in the `warehouse` criterion bench. Returns decisions/s.
 fn decide(engine: &mut Warehouse, first_seq: u64, sizes: &Sizes, orders: u32) -> f64 {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let mut client_seq = [0u32; 17];
     let bytes: Vec<Vec<u8>> = (0..u64::from(orders))
         .map(|g| {

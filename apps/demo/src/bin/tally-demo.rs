@@ -12,14 +12,14 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use tally_client::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
+use tally_client::replica::{Replica, ReplicaLimits};
+use tally_config::ApplianceConfig;
+use tally_demo::DEMO_CLIENTS;
 use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig};
 use tally_pos::{rtt_histogram, LoadConfig, Pos, PosConfig, PosStats};
-use tally_client::replica::{Replica, ReplicaLimits};
-use tally_demo::DEMO_CLIENTS;
-use tally_warehouse::app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
-use tally_config::ApplianceConfig;
 use tally_runtime::counters::CounterReader;
 use tally_sequencer::appliance::{Appliance, Control};
+use tally_warehouse::app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
 use tally_wire::{delta_reason, Adjust, Message, Transfer};
 
 /// Runs the whole of tally on this machine for a while, then checks it:

@@ -10,9 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use tally_client::cli::ConnectArgs;
-use tally_pos::{
-    Idle, LoadConfig, Mix, Pos, PosConfig, PosCounterFile, PosStats, RttSummary,
-};
+use tally_pos::{Idle, LoadConfig, Mix, Pos, PosConfig, PosCounterFile, PosStats, RttSummary};
 use tally_runtime::notify::Notifier;
 
 /// A till: keeps its own inventory replica from the stream, never sends a
