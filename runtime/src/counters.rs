@@ -47,7 +47,6 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("the counter file layout is little-endian; this target is not");
@@ -417,9 +416,7 @@ fn validate(process_name: &str, names: &[&str]) -> io::Result<()> {
 
 /// Fills header and labels of a fresh, unpublished mapping; the magic last.
 fn write_header(mapping: &Mapping, process_name: &str, names: &[&str]) {
-    let start_time_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64);
+    let start_time_ns = crate::clock::wall_ns();
     // SAFETY: `mapping` is freshly created and writable; nobody reads it until
     // it is renamed into place or handed out, after this returns.
     unsafe {

@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod alloc_count;
+pub mod clock;
 pub mod counters;
 pub mod file;
 pub mod idle;

@@ -33,12 +33,7 @@ use crate::retransmit::{RetransmitCounters, RetransmitLoop};
 use tally_config::{ApplianceConfig, LoopPlacement, Threading};
 
 /// Wall-clock nanoseconds since the Unix epoch: the stream's timestamps.
-pub fn clock_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub use tally_runtime::clock::wall_ns as clock_ns;
 
 /// A journal write error, with the path and the free space of its file
 /// system, as the sequencer loop reports it.

@@ -579,9 +579,4 @@ impl WarehouseApp {
     }
 }
 
-fn wall_clock_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as u64)
-        .unwrap_or(0)
-}
+use tally_runtime::clock::wall_ns as wall_clock_ns;

@@ -261,9 +261,4 @@ pub(crate) fn sync_dir(dir: &Path) {
     }
 }
 
-pub(crate) fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use tally_runtime::clock::wall_ns as now_ns;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -683,11 +683,7 @@ fn age(ns: u64) -> String {
     }
 }
 
-fn wall_clock_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos() as u64)
-}
+use tally_runtime::clock::wall_ns as wall_clock_ns;
 
 /// Whether `pid` is still the process that wrote the counter file: it exists
 /// and did not start after the file was made (a reused pid did).

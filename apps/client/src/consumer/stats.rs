@@ -1,0 +1,153 @@
+//! What a consumer counts: its statistics and their counter-file form.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The consumer's counters. Plain integers, updated by the owning thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConsumerStats {
+    /// Multicast datagrams received (before the loss filter).
+    pub datagrams: u64,
+    /// Multicast datagrams dropped by the configured loss filter.
+    pub datagrams_dropped_by_loss_filter: u64,
+    /// Heartbeats received on multicast.
+    pub heartbeats: u64,
+    /// Messages handed to the application.
+    pub messages_delivered: u64,
+    /// Missing runs of messages found.
+    pub gaps_detected: u64,
+    /// Re-requests sent (first tries, retries and follow-ups).
+    pub re_requests_sent: u64,
+    /// Re-requests that timed out and were sent again.
+    pub re_request_timeouts: u64,
+    /// Messages first received in a retransmit reply.
+    pub recovered_by_retransmit: u64,
+    /// Messages first received from the replay feed.
+    pub recovered_by_replay: u64,
+    /// Messages received again after they were delivered or buffered.
+    pub duplicates_discarded: u64,
+    /// Messages that arrived too far ahead for the reorder buffer.
+    pub reorder_overflows: u64,
+    /// Switches to the replay feed, by reason.
+    pub replay_for_late_join: u64,
+    pub replay_for_unanswered: u64,
+    pub replay_for_overflow: u64,
+    pub replay_for_large_gap: u64,
+    pub replay_for_retention: u64,
+    /// Switches back to live multicast.
+    pub replay_switchbacks: u64,
+    /// Replay connections opened, refused, and lost before catching up.
+    pub replay_connects: u64,
+    pub replay_connect_failures: u64,
+    pub replay_disconnects: u64,
+    /// Replay logins rejected (wrong credentials or session).
+    pub replay_login_rejected: u64,
+    /// Replay frames that broke the protocol, and debug packets received.
+    pub replay_protocol_errors: u64,
+    pub replay_debug_packets: u64,
+    /// Times the stream went stale (seen by `poll`).
+    pub stale_transitions: u64,
+    /// Datagrams that are not MoldUDP64, or of another session.
+    pub malformed_datagrams: u64,
+    pub wrong_session: u64,
+    /// Datagrams on the re-request socket from anyone but the server.
+    pub foreign_datagrams: u64,
+    /// Messages that do not decode (skipped, their number consumed).
+    pub undecodable_messages: u64,
+    /// Datagrams the kernel dropped before this consumer read them (its
+    /// multicast socket's queue was full), sampled every
+    /// [`KERNEL_DROPS_SAMPLE_NS`]. Each one is a gap to recover: nonzero
+    /// with no injected loss means the consumer fell behind or `SO_RCVBUF`
+    /// is too small (`net.core.rmem_max`, see `tally-tune`).
+    pub kernel_drops: u64,
+}
+
+/// How often a consumer reads its socket's kernel drop count (a system call).
+pub const KERNEL_DROPS_SAMPLE_NS: u64 = 100_000_000;
+
+impl ConsumerStats {
+    /// Switches to the replay feed for any reason.
+    pub fn replay_recoveries(&self) -> u64 {
+        self.replay_for_late_join
+            + self.replay_for_unanswered
+            + self.replay_for_overflow
+            + self.replay_for_large_gap
+            + self.replay_for_retention
+    }
+
+    /// Messages recovered by either path.
+    pub fn recovered(&self) -> u64 {
+        self.recovered_by_retransmit + self.recovered_by_replay
+    }
+}
+
+/// A consumer's counters in a process's shared-memory counter file, for
+/// `tally-stat`: register [`ConsumerCounters::NAMES`] when creating the
+/// file, then [`publish`](Self::publish) from the consumer's thread now and
+/// then (every poll is fine: a few relaxed stores).
+#[derive(Clone, Debug)]
+pub struct ConsumerCounters {
+    pub(super) counters: Vec<tally_runtime::counters::Counter>,
+}
+
+impl ConsumerCounters {
+    /// Counter names, in the order [`publish`](Self::publish) writes them.
+    /// `consumer.next_seq` and `consumer.lag` are gauges.
+    pub const NAMES: &'static [&'static str] = &[
+        "consumer.next_seq",
+        "consumer.lag",
+        "consumer.datagrams",
+        "consumer.heartbeats",
+        "consumer.messages_delivered",
+        "consumer.gaps_detected",
+        "consumer.re_requests_sent",
+        "consumer.re_request_timeouts",
+        "consumer.recovered_by_retransmit",
+        "consumer.recovered_by_replay",
+        "consumer.duplicates_discarded",
+        "consumer.reorder_overflows",
+        "consumer.replay_recoveries",
+        "consumer.replay_switchbacks",
+        "consumer.stale_transitions",
+        "consumer.datagrams_dropped_by_loss_filter",
+        "consumer.kernel_drops",
+    ];
+
+    /// Handles to `NAMES` at `first_index..` of `file`.
+    ///
+    /// # Panics
+    /// When the file holds other names there (a bug in how it was made).
+    pub fn from_file(file: &tally_runtime::counters::CounterFile, first_index: usize) -> Self {
+        ConsumerCounters {
+            counters: file.counters_at(first_index, Self::NAMES),
+        }
+    }
+
+    /// Writes the consumer's position and counters.
+    pub fn publish(&self, consumer: &StreamConsumer) {
+        let stats = consumer.stats();
+        let values = [
+            consumer.next_seq(),
+            consumer.lag(),
+            stats.datagrams,
+            stats.heartbeats,
+            stats.messages_delivered,
+            stats.gaps_detected,
+            stats.re_requests_sent,
+            stats.re_request_timeouts,
+            stats.recovered_by_retransmit,
+            stats.recovered_by_replay,
+            stats.duplicates_discarded,
+            stats.reorder_overflows,
+            stats.replay_recoveries(),
+            stats.replay_switchbacks,
+            stats.stale_transitions,
+            stats.datagrams_dropped_by_loss_filter,
+            stats.kernel_drops,
+        ];
+        const _: () = assert!(ConsumerCounters::NAMES.len() == 17);
+        for (counter, value) in self.counters.iter().zip(values) {
+            counter.set(value);
+        }
+    }
+}
