@@ -15,7 +15,7 @@ fn slot_index_backward_shift_keeps_every_key_reachable() {
     // low bits pick the bucket, the high bits keep the hashes distinct).
     let homes = [15u64, 15, 0, 15, 1, 0, 14, 2];
     let hash = |s: u32| homes[s as usize] | (u64::from(s) << 8);
-    let mut index = SlotIndex::with_entries_max(8);
+    let mut index = SlotIndex::<Tagged>::with_entries_max(8);
     for s in 0..8u32 {
         index.insert(hash(s), s);
     }
