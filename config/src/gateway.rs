@@ -334,6 +334,14 @@ impl GatewayConfig {
 
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_clients()?;
+        self.check_login_limits()?;
+        self.check_session_limits()?;
+        Ok(())
+    }
+
+    /// The session and the clients: names, roles, password hashes.
+    fn check_clients(&self) -> Result<(), ConfigError> {
         if self.session.is_blank() {
             return Err(ConfigError::new("session", "must not be blank"));
         }
@@ -366,6 +374,11 @@ impl GatewayConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Sessions, logins and the throttles in front of the password check.
+    fn check_login_limits(&self) -> Result<(), ConfigError> {
         if !(1..=65_535).contains(&self.max_sessions) {
             return Err(ConfigError::new("max_sessions", "must be 1..=65535"));
         }
@@ -447,6 +460,11 @@ impl GatewayConfig {
                 "must be at least heartbeat_timeout_min_ns",
             ));
         }
+        Ok(())
+    }
+
+    /// Frames, heartbeats, rates, ack history and socket buffers of a logged-in session.
+    fn check_session_limits(&self) -> Result<(), ConfigError> {
         let login_frame = 1 + soup::LOGIN_REQUEST_PAYLOAD_MAX;
         if !(login_frame..=soup::MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
             return Err(ConfigError::new(
