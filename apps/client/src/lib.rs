@@ -11,10 +11,16 @@
 //! - [`replica`]: the inventory state rebuilt from the stream, and
 //!   [`snapshot`]: that state on disk.
 //! - [`text`]: messages as one line of text (tools, logs).
+//! - [`command`]: send a command exactly once and wait for the warehouse's
+//!   decision on the stream (`tally-ctl` and the HTTP service's writes).
+//! - [`credentials`]: `--user` / `--password-file` / `TALLY_USER` …, never
+//!   a default.
 //! - [`cli`]: the command-line options every application shares.
 pub mod cli;
 pub mod client;
+pub mod command;
 pub mod consumer;
+pub mod credentials;
 pub mod replica;
 pub mod snapshot;
 pub mod text;

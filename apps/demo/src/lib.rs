@@ -23,6 +23,9 @@ use tally_sequencer::appliance::{Appliance, Control};
 use tally_client::client::{Ack, ClientConfig, ClientError, ClientEvent, OrderEntryClient};
 use tally_client::consumer::{ConsumerConfig, StreamConsumer};
 
+pub mod warehouse;
+pub use warehouse::RunningWarehouse;
+
 /// A configured client: login, password (in clear, for tests and the
 /// demo), origin and role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
