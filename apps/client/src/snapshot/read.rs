@@ -122,6 +122,33 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
         hash: Xxh64::new(),
     };
     let h = read_header(&mut r)?;
+    check_fits(&h, &limits, bytes)?;
+    let mut replica = Replica::new(limits);
+    read_directory(&mut r, &h, &mut replica)?;
+    read_cells(&mut r, &h, &mut replica)?;
+    read_holds(&mut r, &h, &mut replica)?;
+    read_ids(&mut r, &h, &mut replica)?;
+    read_pending(&mut r, &h, &mut replica)?;
+    replica.counters = read_trailer(&mut r)?;
+    replica.last_seq = h.seq;
+    replica.authority_online_seq = h.authority_online_seq;
+    replica.pending_oldest = h.pending_oldest.max(1);
+    let info = SnapshotInfo {
+        seq: h.seq,
+        session: h.session,
+        app: h.app,
+        skus: h.skus,
+        locations: h.locations,
+        holds: h.holds,
+        bytes,
+    };
+    Ok((replica, info))
+}
+
+/// Refuses a snapshot larger than `limits`, or one whose counts need more
+/// bytes than the file has (so a corrupt count cannot make the loader spin
+/// on a short file).
+fn check_fits(h: &Header, limits: &ReplicaLimits, bytes: u64) -> Result<(), SnapshotError> {
     let too_large = |what, count: u32, max: u64| {
         if u64::from(count) > max {
             Err(SnapshotError::TooLarge {
@@ -160,8 +187,15 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
     if minimum > bytes {
         return Err(SnapshotError::Truncated);
     }
+    Ok(())
+}
 
-    let mut replica = Replica::new(limits);
+/// Locations and SKUs, in that order.
+fn read_directory<R: Read>(
+    r: &mut Reader<R>,
+    h: &Header,
+    replica: &mut Replica,
+) -> Result<(), SnapshotError> {
     for _ in 0..h.locations {
         let id = r.u16()?;
         let name: [u8; 16] = r.take()?;
@@ -184,6 +218,17 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
             .expect("count checked against the limit");
         replica.set_symbol(s, symbol);
     }
+    Ok(())
+}
+
+/// Cells: every (SKU, location) of a dense version-1 body, or the listed
+/// ones of version 2.
+fn read_cells<R: Read>(
+    r: &mut Reader<R>,
+    h: &Header,
+    replica: &mut Replica,
+) -> Result<(), SnapshotError> {
+    let cells_max = u64::from(replica.limits().cells_max);
     let put_cell =
         |replica: &mut Replica, s: u32, l: u16, cell: CellState| -> Result<(), SnapshotError> {
             if cell.version == 0 {
@@ -196,7 +241,7 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
                 .ok_or(SnapshotError::TooLarge {
                     what: "cells",
                     count: h.cells.max(u64::from(h.skus) * u64::from(h.locations)),
-                    max: u64::from(limits.cells_max),
+                    max: cells_max,
                 })?;
             replica.cells[slot] = cell;
             Ok(())
@@ -209,7 +254,7 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
                     reserved: r.u32()?,
                     version: r.u64()?,
                 };
-                put_cell(&mut replica, s, l, cell)?;
+                put_cell(replica, s, l, cell)?;
             }
         }
     } else {
@@ -236,9 +281,18 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
                     "a cell is listed twice or never named",
                 ));
             }
-            put_cell(&mut replica, s, l, cell)?;
+            put_cell(replica, s, l, cell)?;
         }
     }
+    Ok(())
+}
+
+/// Open holds.
+fn read_holds<R: Read>(
+    r: &mut Reader<R>,
+    h: &Header,
+    replica: &mut Replica,
+) -> Result<(), SnapshotError> {
     for _ in 0..h.holds {
         let hold = HoldSlot {
             cmd_seq: r.u64()?,
@@ -255,6 +309,15 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
             return Err(SnapshotError::Invalid("a hold is listed twice or not open"));
         }
     }
+    Ok(())
+}
+
+/// The client-id history.
+fn read_ids<R: Read>(
+    r: &mut Reader<R>,
+    h: &Header,
+    replica: &mut Replica,
+) -> Result<(), SnapshotError> {
     for _ in 0..h.ids {
         let record = IdRecord {
             id: r.u64()?,
@@ -275,6 +338,15 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
         }
         replica.insert_id(record);
     }
+    Ok(())
+}
+
+/// Commands still waiting for their outcome, applied again in order.
+fn read_pending<R: Read>(
+    r: &mut Reader<R>,
+    h: &Header,
+    replica: &mut Replica,
+) -> Result<(), SnapshotError> {
     for _ in 0..h.pending {
         let seq = r.u64()?;
         let len = usize::from(r.u8()?);
@@ -292,6 +364,12 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
         replica.last_seq = seq - 1;
         replica.apply(seq, &Message::parse(&bytes[..len]).expect("checked"));
     }
+    Ok(())
+}
+
+/// The counters, then the checksum over everything before it, then the end
+/// of the file.
+fn read_trailer<R: Read>(r: &mut Reader<R>) -> Result<ReplicaCounters, SnapshotError> {
     let mut words = [0u64; COUNTERS];
     for word in &mut words {
         *word = r.u64()?;
@@ -307,18 +385,5 @@ pub fn load(path: &Path, limits: ReplicaLimits) -> Result<(Replica, SnapshotInfo
     if r.input.read(&mut extra)? != 0 {
         return Err(SnapshotError::Invalid("bytes after the checksum"));
     }
-    replica.counters = counters_from_words(&words);
-    replica.last_seq = h.seq;
-    replica.authority_online_seq = h.authority_online_seq;
-    replica.pending_oldest = h.pending_oldest.max(1);
-    let info = SnapshotInfo {
-        seq: h.seq,
-        session: h.session,
-        app: h.app,
-        skus: h.skus,
-        locations: h.locations,
-        holds: h.holds,
-        bytes,
-    };
-    Ok((replica, info))
+    Ok(counters_from_words(&words))
 }
