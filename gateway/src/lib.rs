@@ -39,6 +39,7 @@ pub mod counters;
 pub mod gateway_loop;
 pub mod link;
 pub mod session;
+pub mod soup_server;
 pub mod throttle;
 
 pub use auth::{AuthRequest, AuthResult, AuthThread, Authenticator, InlineAuthenticator};

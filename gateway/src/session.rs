@@ -57,17 +57,17 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use tally_wire::ack::{Accepted, Rejected};
 use tally_wire::mold::Session;
-use tally_wire::soup::{self, login_reject, ClientPacket, FrameDecoder};
+use tally_wire::soup::{self, login_reject, FrameDecoder};
 use tally_wire::{message_size, reject_reason, GatewayReject, Header};
 
 use crate::auth::{AuthRequest, AuthResult};
 use crate::counters::GatewayCounters;
 use crate::link::{Inbound, Outcome, OutcomeKind, INBOUND_MESSAGE_BYTES_MAX};
+use crate::soup_server::{classify, format_text, HeartbeatPolicy, Login, Stage, Step};
 use crate::throttle::{Throttle, Throttled};
 use tally_config::gateway::{GatewayConfig, Role};
 
@@ -947,29 +947,6 @@ impl GatewayCore {
     }
 }
 
-/// Formats `args` into `buf`, cut at its length; returns the text.
-fn format_text<'b>(buf: &'b mut [u8; DEBUG_TEXT_BYTES_MAX], args: fmt::Arguments<'_>) -> &'b [u8] {
-    let mut cursor: &mut [u8] = &mut buf[..];
-    // An error here only means the text was cut; writing to a slice does not
-    // allocate.
-    let _ = cursor.write_fmt(args);
-    let written = DEBUG_TEXT_BYTES_MAX - cursor.len();
-    &buf[..written]
-}
-
-/// Shows a byte as a character when printable.
-struct ByteText(u8);
-
-impl fmt::Display for ByteText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_ascii_graphic() {
-            write!(f, "'{}'", self.0 as char)
-        } else {
-            write!(f, "0x{:02x}", self.0)
-        }
-    }
-}
-
 impl Core {
     fn client_index(&self, client_id: u16) -> Option<usize> {
         self.client_ids
@@ -1168,69 +1145,28 @@ impl Core {
         frame: &[u8],
         now_ns: u64,
     ) {
-        let packet = match ClientPacket::parse(frame) {
-            Ok(packet) => packet,
-            Err(error) => {
-                return self.protocol_error(io, slot, now_ns, format_args!("{error}"));
-            }
+        let stage = match state {
+            ConnectionState::AwaitingLogin => Stage::AwaitingLogin,
+            ConnectionState::LoggedIn => Stage::LoggedIn,
+            state => unreachable!("drain hands no frames to a {state:?} connection"),
         };
-        match (state, packet) {
-            (
-                ConnectionState::AwaitingLogin,
-                ClientPacket::LoginRequest {
-                    username,
-                    password,
-                    session,
-                    requested_seq,
-                    heartbeat_timeout_ms,
-                },
-            ) => self.start_login(
-                io,
-                slot,
-                username,
-                password,
-                session,
-                requested_seq,
-                heartbeat_timeout_ms,
-                now_ns,
-            ),
-            (ConnectionState::AwaitingLogin, _) => self.protocol_error(
-                io,
-                slot,
-                now_ns,
-                format_args!(
-                    "the first packet must be a login request, not {}",
-                    ByteText(frame[0])
-                ),
-            ),
-            (ConnectionState::LoggedIn, ClientPacket::Unsequenced(message)) => {
-                self.on_message(io, slot, message, now_ns)
-            }
-            (ConnectionState::LoggedIn, ClientPacket::Heartbeat) => {}
-            (ConnectionState::LoggedIn, ClientPacket::Logout) => self.close(io, slot),
-            (ConnectionState::LoggedIn, ClientPacket::LoginRequest { .. }) => self.protocol_error(
-                io,
-                slot,
-                now_ns,
-                format_args!("a second login request on a logged-in session"),
-            ),
-            (state, _) => unreachable!("drain hands no frames to a {state:?} connection"),
+        match classify(stage, frame) {
+            Step::Login(login) => self.start_login(io, slot, login, now_ns),
+            Step::Data(message) => self.on_message(io, slot, message, now_ns),
+            Step::Heartbeat => {}
+            Step::Logout => self.close(io, slot),
+            Step::Error(error) => self.protocol_error(io, slot, now_ns, format_args!("{error}")),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_login(
         &mut self,
         io: &mut impl GatewayIo,
         slot: SlotId,
-        username: &[u8; soup::USERNAME_SIZE],
-        password: &[u8; soup::PASSWORD_SIZE],
-        session: Session,
-        requested_seq: u64,
-        heartbeat_timeout_ms: Option<u32>,
+        login: Login<'_>,
         now_ns: u64,
     ) {
-        let client = self.username_index(username);
+        let client = self.username_index(login.username);
         let peer = self.connections[slot.index()].peer;
         // Throttles first: a refused attempt costs no password check.
         if let Err(throttled) = self.throttle.login_allowed(peer, client, now_ns) {
@@ -1277,21 +1213,25 @@ impl Core {
                 );
             }
         }
-        let peer_timeout_ns = match heartbeat_timeout_ms {
-            None | Some(0) => self.peer_timeout_ns,
-            Some(ms) => (u64::from(ms) * 1_000_000)
-                .clamp(self.heartbeat_timeout_min_ns, self.heartbeat_timeout_max_ns),
+        let policy = HeartbeatPolicy {
+            peer_timeout_ns: self.peer_timeout_ns,
+            heartbeat_interval_ns: self.heartbeat_interval_ns,
+            timeout_min_ns: self.heartbeat_timeout_min_ns,
+            timeout_max_ns: self.heartbeat_timeout_max_ns,
         };
+        // The gateway keeps one heartbeat interval for every session (below
+        // every allowed timeout's third, see the configuration's checks).
+        let peer_timeout_ns = policy.negotiate(login.heartbeat_timeout_ms).peer_timeout_ns;
         let connection = &mut self.connections[slot.index()];
         connection.client = client;
-        connection.requested_session = session;
-        connection.requested_seq = requested_seq;
+        connection.requested_session = login.session;
+        connection.requested_seq = login.requested_seq;
         connection.peer_timeout_ns = peer_timeout_ns;
         let request = AuthRequest {
             slot: slot.0,
             ticket: connection.ticket,
             client_index: client,
-            password: *password,
+            password: *login.password,
         };
         // Every login, known username or not, goes through the same check:
         // the answer's timing does not tell which usernames exist.

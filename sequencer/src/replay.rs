@@ -69,12 +69,15 @@ use std::time::Duration;
 
 use tally_config::gateway::ClientEntry;
 use tally_gateway::auth::{AuthRequest, AuthThread, Authenticator};
+use tally_gateway::soup_server::{classify, format_text, HeartbeatPolicy, Login, Stage, Step};
 use tally_runtime::agent::Agent;
 use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::net::{ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
 use tally_runtime::wake::Waker;
 use tally_wire::mold::Session;
-use tally_wire::soup::{self, login_reject, ClientPacket, LENGTH_PREFIX_SIZE, USERNAME_SIZE};
+use tally_wire::soup::{
+    self, login_reject, DEBUG_TEXT_BYTES_MAX, LENGTH_PREFIX_SIZE, USERNAME_SIZE,
+};
 
 use crate::journal::{Cursor, JournalProgress, JournalReader};
 use crate::retransmit::{is_damaged_record, DamageLog};
@@ -338,23 +341,14 @@ impl ClientSlot {
     }
 }
 
-/// The (peer timeout, server heartbeat interval) for a login that requested
-/// `requested_ms` (SoupBinTCP 4.1; `None` for 4.0, `Some(0)` for "the
-/// server's default"): the request clamped into the configured bounds, and
-/// a heartbeat at least every third of it.
-fn negotiate_heartbeat(options: &ReplayOptions, requested_ms: Option<u32>) -> (u64, u64) {
-    let peer_timeout_ns = match requested_ms {
-        Some(ms) if ms > 0 => (u64::from(ms) * 1_000_000).clamp(
-            options.heartbeat_timeout_min_ns,
-            options.heartbeat_timeout_max_ns,
-        ),
-        _ => options.peer_timeout_ns,
-    };
-    let heartbeat_interval_ns = options
-        .heartbeat_interval_ns
-        .min(peer_timeout_ns / 3)
-        .max(1);
-    (peer_timeout_ns, heartbeat_interval_ns)
+/// The heartbeat settings a login negotiates against.
+fn heartbeat_policy(options: &ReplayOptions) -> HeartbeatPolicy {
+    HeartbeatPolicy {
+        peer_timeout_ns: options.peer_timeout_ns,
+        heartbeat_interval_ns: options.heartbeat_interval_ns,
+        timeout_min_ns: options.heartbeat_timeout_min_ns,
+        timeout_max_ns: options.heartbeat_timeout_max_ns,
+    }
 }
 
 /// Everything but the server and the reader, so event handlers can borrow
@@ -668,67 +662,56 @@ impl<A: Authenticator> Feed<A> {
     }
 
     fn on_frame(&mut self, io: &mut TcpServerHandle, index: usize, frame: &[u8]) {
-        let phase = self.slots[index].phase;
-        let packet = match ClientPacket::parse(frame) {
-            Ok(packet) => packet,
-            Err(soup::SoupError::UnknownPacketType(_)) => {
-                return self.protocol_error(io, index, b"unknown packet type");
-            }
-            Err(_) => return self.protocol_error(io, index, b"malformed packet"),
+        let stage = match self.slots[index].phase {
+            Phase::AwaitingLogin => Stage::AwaitingLogin,
+            _ => Stage::LoggedIn,
         };
-        match (phase, packet) {
-            (
-                Phase::AwaitingLogin,
-                ClientPacket::LoginRequest {
-                    username,
-                    password,
-                    session,
-                    requested_seq,
-                    heartbeat_timeout_ms,
-                },
-            ) => {
-                let client_index = self
-                    .usernames
-                    .iter()
-                    .position(|name| name.as_ref() == Some(username))
-                    .map(|i| i as u16);
-                let (peer_timeout_ns, heartbeat_interval_ns) =
-                    negotiate_heartbeat(&self.options, heartbeat_timeout_ms);
-                let slot = &mut self.slots[index];
-                slot.ticket = slot.ticket.wrapping_add(1);
-                slot.client_index = client_index;
-                slot.peer_timeout_ns = peer_timeout_ns;
-                slot.heartbeat_interval_ns = heartbeat_interval_ns;
-                slot.requested_session = session;
-                slot.next_seq = requested_seq.max(1);
-                let request = AuthRequest {
-                    slot: index as u32,
-                    ticket: slot.ticket,
-                    client_index,
-                    password: *password,
-                };
-                match self.auth.submit(request) {
-                    Ok(()) => slot.phase = Phase::Authenticating,
-                    Err(mut refused) => {
-                        refused.password.fill(0);
-                        // Too many logins being checked: refuse rather than wait.
-                        self.reject_login(io, index, login_reject::NOT_AUTHORIZED);
-                    }
-                }
-            }
-            (Phase::AwaitingLogin, _) => {
-                self.protocol_error(io, index, b"the first packet must be a login request")
-            }
-            (_, ClientPacket::LoginRequest { .. }) => {
-                self.protocol_error(io, index, b"already logged in")
-            }
-            (_, ClientPacket::Unsequenced(_)) => self.protocol_error(
+        match classify(stage, frame) {
+            Step::Login(login) => self.start_login(io, index, login),
+            Step::Data(_) => self.protocol_error(
                 io,
                 index,
                 b"unsequenced data is not accepted on the replay feed",
             ),
-            (_, ClientPacket::Heartbeat) => {}
-            (_, ClientPacket::Logout) => self.close(io, index),
+            Step::Heartbeat => {}
+            Step::Logout => self.close(io, index),
+            Step::Error(error) => {
+                let mut text = [0u8; DEBUG_TEXT_BYTES_MAX];
+                let text = format_text(&mut text, format_args!("{error}"));
+                self.protocol_error(io, index, text)
+            }
+        }
+    }
+
+    /// Hands a login to the password checker (or refuses it when the checker
+    /// is full).
+    fn start_login(&mut self, io: &mut TcpServerHandle, index: usize, login: Login<'_>) {
+        let client_index = self
+            .usernames
+            .iter()
+            .position(|name| name.as_ref() == Some(login.username))
+            .map(|i| i as u16);
+        let negotiated = heartbeat_policy(&self.options).negotiate(login.heartbeat_timeout_ms);
+        let slot = &mut self.slots[index];
+        slot.ticket = slot.ticket.wrapping_add(1);
+        slot.client_index = client_index;
+        slot.peer_timeout_ns = negotiated.peer_timeout_ns;
+        slot.heartbeat_interval_ns = negotiated.heartbeat_interval_ns;
+        slot.requested_session = login.session;
+        slot.next_seq = login.requested_seq.max(1);
+        let request = AuthRequest {
+            slot: index as u32,
+            ticket: slot.ticket,
+            client_index,
+            password: *login.password,
+        };
+        match self.auth.submit(request) {
+            Ok(()) => slot.phase = Phase::Authenticating,
+            Err(mut refused) => {
+                refused.password.fill(0);
+                // Too many logins being checked: refuse rather than wait.
+                self.reject_login(io, index, login_reject::NOT_AUTHORIZED);
+            }
         }
     }
 
@@ -1480,6 +1463,12 @@ mod tests {
         assert_eq!(fresh.next(), Got::Accepted(session(), end - 500));
         fresh.expect_messages(end - 500..end);
         drop(slow);
+    }
+
+    /// (peer timeout, heartbeat interval) negotiated for `requested_ms`.
+    fn negotiate_heartbeat(options: &ReplayOptions, requested_ms: Option<u32>) -> (u64, u64) {
+        let negotiated = heartbeat_policy(options).negotiate(requested_ms);
+        (negotiated.peer_timeout_ns, negotiated.heartbeat_interval_ns)
     }
 
     #[test]
