@@ -10,6 +10,9 @@
 //! parallel without meeting. The apps' own consumer and client tests use
 //! block 102.
 
+pub mod http;
+pub mod serve;
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -387,7 +387,10 @@ fn every_endpoint_over_http_then_stale_when_the_sequencer_stops() {
         assert!(body["error"].is_string(), "GET {bad}: {body}");
     }
     assert_eq!(get_json(addr, "/nowhere").0, 404);
-    assert_eq!(get_json(addr, "/").0, 404);
+    // `/` is the dashboard now.
+    let dashboard = get(addr, "/");
+    assert_eq!(dashboard.status, 200);
+    assert!(dashboard.content_type.starts_with("text/html"));
     let post = request(addr, "POST", "/availability/MUG").unwrap();
     assert_eq!(post.status, 405);
     let post: Value = serde_json::from_str(&post.body).unwrap();
@@ -557,7 +560,7 @@ fn every_endpoint_over_http_then_stale_when_the_sequencer_stops() {
     let samples = parse_prometheus(&get(addr, "/metrics").body);
     assert_eq!(sample(&samples, "tally_monitor_stale", ""), 1.0);
     monitor.stop().unwrap();
-    // tiny_http's accept thread closes the listener just after the stop.
+    // The listener closes with the HTTP runtime.
     let deadline = Instant::now() + LONG;
     while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
         assert!(Instant::now() < deadline, "the listener is still open");

@@ -14,6 +14,7 @@ use tally_client::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
 use tally_client::replica::{Replica, ReplicaLimits};
 use tally_config::ApplianceConfig;
+use tally_demo::serve::ServeOptions;
 use tally_demo::DEMO_CLIENTS;
 use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig};
 use tally_pos::{rtt_histogram, LoadConfig, Pos, PosConfig, PosStats};
@@ -67,9 +68,29 @@ struct Cli {
     /// Where the monitor's HTTP/JSON read side listens.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     monitor: std::net::SocketAddr,
-    /// Print the summary as one JSON object instead of text.
+    /// Print the summary as one JSON object instead of text (with
+    /// --serve: the first line is one JSON object with `http`, `config`
+    /// and the demo credentials per role).
     #[arg(long)]
     json: bool,
+    /// Run the whole stack on loopback with the sample inventory and no
+    /// load until interrupted (Ctrl-C): the appliance, the warehouse and
+    /// the HTTP service (dashboard, /v1 API). Prints the dashboard URL and
+    /// commands to paste.
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: the stream's port; the gateway, retransmit server,
+    /// replay feed and HTTP service use the next four.
+    #[arg(long, value_name = "N", default_value_t = 31000)]
+    port_base: u16,
+    /// With --serve: the stream's multicast group.
+    #[arg(long, value_name = "ADDR", default_value_t = tally_demo::serve::SERVE_GROUP)]
+    group: std::net::Ipv4Addr,
+    /// With --serve: where the journal, the configuration it runs with and
+    /// the demo users' password files go [default: a tally-demo folder in
+    /// the temporary directory].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 /// What each till's thread shares once a second for the progress line.
@@ -87,6 +108,13 @@ struct TillView {
 
 fn main() {
     let cli = Cli::parse();
+    if cli.serve {
+        if let Err(error) = run_serve(&cli) {
+            eprintln!("tally-demo: error: {error:#}");
+            std::process::exit(2);
+        }
+        return;
+    }
     match run(&cli) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
@@ -643,4 +671,70 @@ fn back_office(
     }
     let _ = client.wait_all_acked(Duration::from_secs(10), |_| {});
     Ok(sent)
+}
+
+/// `--serve`: the stack until SIGINT/SIGTERM ([`tally_demo::serve`]).
+fn run_serve(cli: &Cli) -> anyhow::Result<()> {
+    let dir = cli
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("tally-demo"));
+    let options = ServeOptions {
+        port_base: cli.port_base,
+        group: cli.group,
+        dir: dir.clone(),
+        inventory: cli.inventory.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let served = tally_demo::serve::serve(&options)?;
+    let summary = served.summary(&std::fs::canonicalize(&dir)?);
+    if cli.json {
+        println!("{summary}");
+    } else {
+        print_serve_help(&summary);
+    }
+    while !stop.load(Ordering::Acquire) {
+        if served.warehouse.is_finished() || served.appliance.any_stopped() {
+            served.stop()?;
+            bail!("a part of the stack stopped; see the log above");
+        }
+        if let Some(error) = served.monitor.failed() {
+            bail!("the HTTP service's stream consumer failed: {error}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    say(cli, "tally-demo: interrupted; stopping");
+    served.stop()
+}
+
+/// The human-readable banner of `--serve`.
+fn print_serve_help(summary: &serde_json::Value) {
+    let http = summary["http"].as_str().unwrap_or_default();
+    let config = summary["config"].as_str().unwrap_or_default();
+    let user = |role: &str, field: &str| {
+        summary["credentials"][role][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (pos, pos_password, pos_file) = (
+        user("pos", "user"),
+        user("pos", "password"),
+        user("pos", "password_file"),
+    );
+    let (reader, reader_password) = (user("reader", "user"), user("reader", "password"));
+    println!(
+        "tally-demo: serving until Ctrl-C, configuration {config}\n\
+         \n  dashboard   {http}/   (log in as {reader} / {reader_password})\n\
+         \n  # one order over HTTP (201 with the decision):\n\
+         \n  curl -u {pos}:{pos_password} -H 'Idempotency-Key: order-1' -H 'Content-Type: application/json' \\\n\
+         \x20      -d '{{\"sku\":\"TSHIRT-WHT-M\",\"qty\":1,\"location\":\"STORE-DOWNTOWN\"}}' {http}/v1/orders\n\
+         \n  curl -u {reader}:{reader_password} {http}/v1/skus/TSHIRT-WHT-M\n\
+         \n  curl -N -u {reader}:{reader_password} {http}/v1/events\n\
+         \n  # one order from the shell:\n\
+         \n  tally-ctl --config {config} --user {pos} --password-file {pos_file} order TSHIRT-WHT-M 1 --location STORE-DOWNTOWN\n"
+    );
 }

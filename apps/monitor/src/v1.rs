@@ -1,0 +1,101 @@
+//! The `/v1` routes: reads here, writes in [`crate::writes`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+use serde_json::Value;
+use tally_client::consumer::monotonic_ns;
+
+use crate::answer::{error_reply, json_reply, ApiError};
+use crate::routes::{into_response, Caller};
+use crate::server::Shared;
+use crate::views::parse_public_id;
+
+/// The `/v1` routes.
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v1/skus", get(skus))
+        .route("/v1/skus/{sku}", get(sku))
+        .route("/v1/orders/{id}", get(order))
+        .route("/v1/holds/{id}", get(hold))
+        .route("/v1/transfers/{id}", get(transfer))
+}
+
+/// Answers with what `view` makes of the model, with seq, lag and stale.
+fn answer(
+    shared: &Shared,
+    view: impl FnOnce(&crate::model::ReadModel) -> Result<Value, ApiError>,
+) -> Response {
+    let model = shared.read();
+    let fresh = model.freshness(monotonic_ns());
+    let reply = match view(&model) {
+        Ok(body) => json_reply(200, body, fresh),
+        Err(error) => error_reply(error, fresh),
+    };
+    drop(model);
+    into_response(reply)
+}
+
+/// The client id (origin) of the caller.
+fn origin(shared: &Shared, caller: Caller) -> u16 {
+    shared.auth.client(caller.client).client_id
+}
+
+async fn skus(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
+    answer(&shared, |model| {
+        model.v1_skus(query.as_deref().unwrap_or(""))
+    })
+}
+
+async fn sku(
+    State(shared): State<Arc<Shared>>,
+    Path(sku): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    answer(&shared, |model| {
+        model.v1_sku(&sku, query.as_deref().unwrap_or(""))
+    })
+}
+
+async fn order(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let origin = origin(&shared, caller);
+    answer(&shared, |model| {
+        let (origin, order_id) = parse_public_id(&id, origin)?;
+        let mut body = model.order_json(origin, order_id)?;
+        body["id"] = crate::views::public_id(origin, order_id).into();
+        Ok(body)
+    })
+}
+
+async fn hold(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let origin = origin(&shared, caller);
+    answer(&shared, |model| {
+        let (origin, hold_id) = parse_public_id(&id, origin)?;
+        let mut body = model.hold_json(origin, hold_id)?;
+        body["id"] = crate::views::public_id(origin, hold_id).into();
+        Ok(body)
+    })
+}
+
+async fn transfer(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let origin = origin(&shared, caller);
+    answer(&shared, |model| {
+        let (origin, transfer_id) = parse_public_id(&id, origin)?;
+        model.v1_transfer(origin, transfer_id)
+    })
+}
