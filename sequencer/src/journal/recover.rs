@@ -332,95 +332,17 @@ pub(crate) fn open_and_recover(
     let path = journal_path(dir, session);
     let checkpoint_path = checkpoint_path(dir, session);
     let checkpoint = read_checkpoint(&checkpoint_path, options)?;
-
-    let existing = match OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(file) => Some(file),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-        Err(error) => {
-            return Err(io_error(format!("opening journal {}", path.display()))(
-                error,
-            ))
-        }
-    };
-    let len = match &existing {
-        Some(file) => file
-            .metadata()
-            .map_err(io_error(format!("reading size of {}", path.display())))?
-            .len(),
-        None => 0,
-    };
-    // A file shorter than its header holds no message: a crash while the
-    // journal was being created. Start it again unless the checkpoint says
-    // messages were written.
-    let empty = len < FILE_HEADER_BYTES as u64
-        && existing.as_ref().is_none_or(|file| {
-            let mut head = vec![0u8; len as usize];
-            file.read_exact_at(&mut head, 0).is_ok()
-                && MAGIC.starts_with(&head[..head.len().min(8)])
-        });
-    if empty {
-        if let Some(checkpoint) = checkpoint.filter(Checkpoint::has_messages) {
-            if !options.accept_loss {
-                return Err(JournalError::Missing {
-                    path,
-                    checkpoint_path,
-                    checkpoint,
-                });
-            }
-            tracing::error!(
-                journal = %path.display(),
-                checkpoint = %checkpoint_path.display(),
-                lost_up_to_seq = checkpoint.next_seq - 1,
-                lost_bytes = checkpoint.end_offset,
-                "ACCEPTING JOURNAL LOSS (--accept-journal-loss): the journal is missing or \
-                 empty but its checkpoint says messages up to this sequence number were \
-                 written; starting a new journal at sequence number 1, so those numbers \
-                 WILL BE REUSED for different messages"
-            );
-        } else if existing.is_some() {
-            tracing::warn!(
-                journal = %path.display(),
-                bytes = len,
-                "journal shorter than its header and no message checkpointed: \
-                 a crash while it was created; writing it again"
-            );
-        }
-        let file = create_journal(dir, &path, session, existing)?;
-        store_checkpoint(&checkpoint_path, &Checkpoint::FRESH)?;
-        let recovery = Recovery {
-            next_seq: 1,
-            created: true,
-            ..Recovery::default()
+    let (existing, len) = open_existing(&path)?;
+    if is_empty_journal(existing.as_ref(), len) {
+        let files = JournalFiles {
+            dir,
+            path,
+            checkpoint_path,
         };
-        return Ok((file, path, recovery));
+        return start_fresh(files, session, existing, len, checkpoint, options);
     }
     let file = existing.expect("a non-empty journal exists");
-    if len < FILE_HEADER_BYTES as u64 {
-        return Err(JournalError::BadHeader {
-            path,
-            reason: format!("{len} bytes, shorter than the {FILE_HEADER_BYTES}-byte file header"),
-        });
-    }
-
-    let bad_header = |reason: String| JournalError::BadHeader {
-        path: path.clone(),
-        reason,
-    };
-    let mut header = [0u8; FILE_HEADER_BYTES];
-    file.read_exact_at(&mut header, 0)
-        .map_err(io_error(format!(
-            "reading the header of {}",
-            path.display()
-        )))?;
-    let file_header = check_file_header(&header).map_err(&bad_header)?;
-    if header[16..26] != *session.as_bytes() {
-        return Err(bad_header(format!(
-            "it belongs to session {:?}, not {:?}",
-            file_header.session,
-            session.as_str()
-        )));
-    }
-
+    check_header(&file, len, &path, session)?;
     let mut recovery = Recovery::default();
     let summary = scan(
         &file,
@@ -438,14 +360,156 @@ pub(crate) fn open_and_recover(
     recovery.records = summary.records;
     recovery.messages = summary.messages;
     recovery.ended = summary.ended;
-
     // Decide everything before changing anything.
+    let losing = losses(&summary, checkpoint, options, &path, &checkpoint_path)?;
+    cut_and_checkpoint(
+        &file,
+        &path,
+        &checkpoint_path,
+        &summary,
+        len,
+        &losing,
+        checkpoint,
+        &mut recovery,
+    )?;
+    Ok((file, path, recovery))
+}
+
+/// The journal's and its checkpoint's paths.
+struct JournalFiles<'a> {
+    dir: &'a Path,
+    path: PathBuf,
+    checkpoint_path: PathBuf,
+}
+
+/// The journal file if it exists, and its length (0 when it does not).
+fn open_existing(path: &Path) -> Result<(Option<File>, u64), JournalError> {
+    let existing = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => Some(file),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(io_error(format!("opening journal {}", path.display()))(
+                error,
+            ))
+        }
+    };
+    let len = match &existing {
+        Some(file) => file
+            .metadata()
+            .map_err(io_error(format!("reading size of {}", path.display())))?
+            .len(),
+        None => 0,
+    };
+    Ok((existing, len))
+}
+
+/// A file shorter than its header (and a prefix of one) holds no message: a
+/// crash while the journal was being created.
+fn is_empty_journal(existing: Option<&File>, len: u64) -> bool {
+    len < FILE_HEADER_BYTES as u64
+        && existing.is_none_or(|file| {
+            let mut head = vec![0u8; len as usize];
+            file.read_exact_at(&mut head, 0).is_ok()
+                && MAGIC.starts_with(&head[..head.len().min(8)])
+        })
+}
+
+/// Starts the journal again, unless the checkpoint says messages were
+/// written (then only with `--accept-journal-loss`).
+fn start_fresh(
+    files: JournalFiles<'_>,
+    session: Session,
+    existing: Option<File>,
+    len: u64,
+    checkpoint: Option<Checkpoint>,
+    options: &RecoveryOptions,
+) -> Result<(File, PathBuf, Recovery), JournalError> {
+    let JournalFiles {
+        dir,
+        path,
+        checkpoint_path,
+    } = files;
+    if let Some(checkpoint) = checkpoint.filter(Checkpoint::has_messages) {
+        if !options.accept_loss {
+            return Err(JournalError::Missing {
+                path,
+                checkpoint_path,
+                checkpoint,
+            });
+        }
+        tracing::error!(
+            journal = %path.display(),
+            checkpoint = %checkpoint_path.display(),
+            lost_up_to_seq = checkpoint.next_seq - 1,
+            lost_bytes = checkpoint.end_offset,
+            "ACCEPTING JOURNAL LOSS (--accept-journal-loss): the journal is missing or \
+             empty but its checkpoint says messages up to this sequence number were \
+             written; starting a new journal at sequence number 1, so those numbers \
+             WILL BE REUSED for different messages"
+        );
+    } else if existing.is_some() {
+        tracing::warn!(
+            journal = %path.display(),
+            bytes = len,
+            "journal shorter than its header and no message checkpointed: \
+             a crash while it was created; writing it again"
+        );
+    }
+    let file = create_journal(dir, &path, session, existing)?;
+    store_checkpoint(&checkpoint_path, &Checkpoint::FRESH)?;
+    let recovery = Recovery {
+        next_seq: 1,
+        created: true,
+        ..Recovery::default()
+    };
+    Ok((file, path, recovery))
+}
+
+/// Refuses a file that is not this session's journal.
+fn check_header(file: &File, len: u64, path: &Path, session: Session) -> Result<(), JournalError> {
+    if len < FILE_HEADER_BYTES as u64 {
+        return Err(JournalError::BadHeader {
+            path: path.to_path_buf(),
+            reason: format!("{len} bytes, shorter than the {FILE_HEADER_BYTES}-byte file header"),
+        });
+    }
+    let bad_header = |reason: String| JournalError::BadHeader {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut header = [0u8; FILE_HEADER_BYTES];
+    file.read_exact_at(&mut header, 0)
+        .map_err(io_error(format!(
+            "reading the header of {}",
+            path.display()
+        )))?;
+    let file_header = check_file_header(&header).map_err(&bad_header)?;
+    if header[16..26] != *session.as_bytes() {
+        return Err(bad_header(format!(
+            "it belongs to session {:?}, not {:?}",
+            file_header.session,
+            session.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// What recovering would lose beyond a torn tail: intact records after
+/// damage, or messages the checkpoint says were written. Refused (an error
+/// naming it) unless the operator accepts loss; then each is one line.
+fn losses(
+    summary: &ScanSummary,
+    checkpoint: Option<Checkpoint>,
+    options: &RecoveryOptions,
+    path: &Path,
+    checkpoint_path: &Path,
+) -> Result<Vec<String>, JournalError> {
     let mut losing = Vec::new();
     if let Some(damage) = &summary.damage {
         if let Some(after) = &damage.after {
             if !options.accept_loss {
                 return Err(JournalError::Corrupt {
-                    path,
+                    path: path.to_path_buf(),
                     offset: damage.offset,
                     reason: damage.reason.clone(),
                     last_good_seq: summary.next_seq - 1,
@@ -469,8 +533,8 @@ pub(crate) fn open_and_recover(
         if !checkpoint.is_covered_by(summary.next_seq, summary.end_offset) {
             if !options.accept_loss {
                 return Err(JournalError::BehindCheckpoint {
-                    path,
-                    checkpoint_path,
+                    path: path.to_path_buf(),
+                    checkpoint_path: checkpoint_path.to_path_buf(),
                     journal_next_seq: summary.next_seq,
                     journal_end_offset: summary.end_offset,
                     checkpoint,
@@ -486,7 +550,22 @@ pub(crate) fn open_and_recover(
             ));
         }
     }
+    Ok(losing)
+}
 
+/// Cuts the journal after its last good record (logging a torn tail, or the
+/// accepted loss), syncs it, then stores the checkpoint that matches it.
+#[allow(clippy::too_many_arguments)]
+fn cut_and_checkpoint(
+    file: &File,
+    path: &Path,
+    checkpoint_path: &Path,
+    summary: &ScanSummary,
+    len: u64,
+    losing: &[String],
+    checkpoint: Option<Checkpoint>,
+    recovery: &mut Recovery,
+) -> Result<(), JournalError> {
     let end = summary.end_offset;
     if end < len {
         recovery.cut_bytes = len - end;
@@ -540,9 +619,9 @@ pub(crate) fn open_and_recover(
         );
     }
     if checkpoint != Some(recovered) {
-        store_checkpoint(&checkpoint_path, &recovered)?;
+        store_checkpoint(checkpoint_path, &recovered)?;
     }
-    Ok((file, path, recovery))
+    Ok(())
 }
 
 /// Reads the checkpoint; a damaged one is refused unless the operator
