@@ -526,6 +526,15 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
     fn release(&mut self, durable_next_seq: u64, outcomes: &mut rtrb::Producer<Outcome>) -> usize {
         let mut released = 0;
         while let Some(packet) = self.held_packets.front_if_durable(durable_next_seq) {
+            // Contiguous numbering, the publishing side (every receiver
+            // asserts the same when it delivers): each packet starts where
+            // the last one ended.
+            let first_seq =
+                u64::from_be_bytes(packet[10..18].try_into().expect("a MoldUDP64 header"));
+            assert_eq!(
+                first_seq, self.published_next_seq,
+                "packets leave in sequence"
+            );
             let len = packet.len();
             match self.publisher.publish(packet) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {

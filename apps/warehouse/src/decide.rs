@@ -1120,6 +1120,9 @@ impl Warehouse {
         );
         self.counters.decided += 1;
         let before = self.counters.rejected();
+        // No oversell, the deciding side (every replica counts the same on
+        // the receiving side): a decision never takes a cell below zero.
+        let oversold = self.replica.oversold();
         let emitted = match *message {
             Message::Order(m) => self.decide_order(cmd_seq, m, out),
             Message::ModifyOrder(m) => self.decide_modify(cmd_seq, m, out),
@@ -1132,6 +1135,11 @@ impl Warehouse {
             Message::Adjust(m) => self.decide_adjust(cmd_seq, m, out),
             _ => unreachable!("only commands are decided"),
         };
+        assert_eq!(
+            self.replica.oversold(),
+            oversold,
+            "a decision took a cell below zero"
+        );
         if self.counters.rejected() == before {
             self.counters.accepted += 1;
         }
