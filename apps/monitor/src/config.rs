@@ -70,7 +70,7 @@ impl Default for IndexLimits {
 
 /// Everything [`Monitor::start`] needs; [`MonitorConfig::new`] fills in
 /// defaults.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct MonitorConfig {
     /// HTTP listen address (port 0: any free port, see
     /// [`MonitorHandle::local_addr`]).
@@ -98,6 +98,9 @@ pub struct MonitorConfig {
     pub auth: HttpAuthConfig,
     /// Bounds of the HTTP side.
     pub http: HttpLimits,
+    /// The `/v1` writes, when enabled (they need the appliance's
+    /// configuration and a state directory for idempotency keys).
+    pub writes: Option<crate::WritesConfig>,
 }
 
 /// Bounds of the HTTP side: what one client can make the service hold.
@@ -147,6 +150,7 @@ impl MonitorConfig {
             staging_messages: 16_384,
             auth: HttpAuthConfig::deny_all(),
             http: HttpLimits::DEFAULT,
+            writes: None,
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) event_streams: std::sync::atomic::AtomicUsize,
     /// Limits of the HTTP side.
     pub(crate) limits: crate::config::HttpLimits,
+    /// The write side (`/v1` commands), when configured.
+    pub(crate) writes: Option<crate::writes::Writes>,
 }
 
 impl Shared {
@@ -115,6 +117,10 @@ impl Monitor {
             .thread_name("monitor-http")
             .enable_all()
             .build()?;
+        let writes = match &config.writes {
+            Some(writes) => Some(crate::writes::Writes::open(writes)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             model: RwLock::new(ReadModel::new(
                 config.limits,
@@ -130,6 +136,7 @@ impl Monitor {
             stop: AtomicBool::new(false),
             event_streams: std::sync::atomic::AtomicUsize::new(0),
             limits: config.http,
+            writes,
         });
         shared.write().set_low_stock_at(config.http.low_stock_at);
         let stream_shared = Arc::clone(&shared);
@@ -273,6 +280,9 @@ impl MonitorHandle {
             .take()
             .map(JoinHandle::join)
             .is_some_and(|joined| joined.is_err());
+        if let Some(writes) = &self.shared.writes {
+            writes.stop();
+        }
         // Long-lived answers (SSE) end here: the runtime drops every task.
         runtime.shutdown_timeout(Duration::from_millis(500));
         if panicked {

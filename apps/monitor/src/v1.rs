@@ -16,10 +16,15 @@ use crate::views::parse_public_id;
 
 /// The `/v1` routes.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
+    crate::writes::routes()
         .route("/v1/skus", get(skus))
         .route("/v1/skus/{sku}", get(sku))
-        .route("/v1/orders/{id}", get(order))
+        .route(
+            "/v1/orders/{id}",
+            get(order)
+                .patch(crate::writes::change_order)
+                .delete(crate::writes::change_order),
+        )
         .route("/v1/holds/{id}", get(hold))
         .route("/v1/transfers/{id}", get(transfer))
 }
