@@ -6,6 +6,7 @@
 //! - [`consumer`]: the stream consumer (MoldUDP64 multicast, gap fill from the
 //!   retransmit server, catch-up from the replay feed); every message once, in
 //!   order.
+//! - [`follow`]: following the stream from one session to the next.
 //! - [`client`]: the order-entry client (SoupBinTCP to the gateway, exactly
 //!   once numbering, acks).
 //! - [`replica`]: the inventory state rebuilt from the stream, and
@@ -21,6 +22,7 @@ pub mod client;
 pub mod command;
 pub mod consumer;
 pub mod credentials;
+pub mod follow;
 pub mod replica;
 pub mod snapshot;
 pub mod text;
