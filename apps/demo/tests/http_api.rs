@@ -44,7 +44,7 @@ fn serve(id: u8) -> Served {
         .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -52,8 +52,10 @@ fn serve(id: u8) -> Served {
     // The first line comes once the stack is ready (or never: the child
     // exits and the read ends).
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let summary: Value = serde_json::from_str(&line)
-        .unwrap_or_else(|error| panic!("first line {line:?} is not JSON: {error}"));
+    let summary: Value = serde_json::from_str(&line).unwrap_or_else(|error| {
+        let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+        panic!("first line {line:?} is not JSON: {error}; stderr: {stderr}")
+    });
     let http: SocketAddr = summary["http"]
         .as_str()
         .unwrap()
@@ -676,47 +678,11 @@ fn twenty_clients_on_one_sku_never_oversell() {
 
 #[test]
 fn the_same_key_changes_stock_once_also_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = tally_demo::ApplianceSpec::for_test(100, 57, dir.path().join("journal"));
-    let _appliance = spec.start().unwrap();
-    let inventory = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/inventory.csv");
-    let limits = tally_client::replica::ReplicaLimits::from_config(&spec.config().limits);
-    let _warehouse =
-        tally_demo::RunningWarehouse::start(&spec, std::path::Path::new(inventory), limits);
-    let config = dir.path().join("tally.toml");
-    std::fs::write(&config, spec.toml()).unwrap();
-    let http = SocketAddr::from(([127, 0, 0, 1], spec.port_base + 4));
-    let state = dir.path().join("http-state");
-    let start_monitor = || {
-        let child = Command::new(tally_demo::bin("tally-monitor"))
-            .arg("--config")
-            .arg(&config)
-            .args([
-                "--listen",
-                &http.to_string(),
-                "--user",
-                "read1",
-                "--password",
-                "readpass",
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let guard = ChildGuard(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while request(http, "GET", "/ready", &[], None, TIMEOUT)
-            .map(|r| r.status)
-            .ok()
-            != Some(200)
-        {
-            assert!(Instant::now() < deadline, "tally-monitor never ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        guard
-    };
+    let stack = Stack::new(57);
+    let _appliance = stack.spec.start().unwrap();
+    let _warehouse = stack.warehouse();
+    let http = stack.http;
+    let start_monitor = || stack.monitor(&[]);
     let order = r#"{"sku":"TSHIRT-WHT-M","qty":2,"location":"DC-NORTH"}"#;
     let monitor = start_monitor();
     let before = available(http, "TSHIRT-WHT-M", "DC-NORTH");
@@ -753,4 +719,166 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An appliance, the warehouse and `tally-monitor` with writes on, for the
+/// tests that stop parts of the stack.
+struct Stack {
+    dir: tempfile::TempDir,
+    spec: tally_demo::ApplianceSpec,
+    http: SocketAddr,
+}
+
+impl Stack {
+    fn new(id: u8) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = tally_demo::ApplianceSpec::for_test(100, id, dir.path().join("journal"));
+        std::fs::write(dir.path().join("tally.toml"), spec.toml()).unwrap();
+        let http = SocketAddr::from(([127, 0, 0, 1], spec.port_base + 4));
+        Stack { dir, spec, http }
+    }
+
+    fn warehouse(&self) -> tally_demo::RunningWarehouse {
+        let inventory = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/inventory.csv");
+        let limits = tally_client::replica::ReplicaLimits::from_config(&self.spec.config().limits);
+        tally_demo::RunningWarehouse::start(&self.spec, std::path::Path::new(inventory), limits)
+    }
+
+    /// `tally-monitor` with `flags`, once `/health` answers.
+    fn monitor(&self, flags: &[&str]) -> ChildGuard {
+        let child = Command::new(tally_demo::bin("tally-monitor"))
+            .arg("--config")
+            .arg(self.dir.path().join("tally.toml"))
+            .args([
+                "--listen",
+                &self.http.to_string(),
+                "--user",
+                "read1",
+                "--password",
+                "readpass",
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("http-state"))
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let guard = ChildGuard(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while request(self.http, "GET", "/ready", &[], None, TIMEOUT)
+            .map(|r| r.status)
+            .ok()
+            != Some(200)
+        {
+            assert!(Instant::now() < deadline, "tally-monitor never ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        guard
+    }
+}
+
+#[test]
+fn no_decision_in_time_is_202_and_an_unreachable_appliance_503() {
+    let stack = Stack::new(59);
+    let appliance = stack.spec.start().unwrap();
+    let warehouse = stack.warehouse();
+    let _monitor = stack.monitor(&["--decision-timeout-ms", "500"]);
+    let order = r#"{"sku":"TSHIRT-WHT-M","qty":1,"location":"DC-NORTH","id":5}"#;
+    assert_eq!(
+        write(
+            stack.http,
+            "pos1",
+            "POST",
+            "/v1/orders",
+            Some("warm"),
+            r#"{"sku":"TSHIRT-WHT-M","qty":1}"#
+        )
+        .status,
+        201
+    );
+    // Nobody decides: 202 with where to look, again on a retry.
+    warehouse.stop().unwrap();
+    let pending = write(
+        stack.http,
+        "pos1",
+        "POST",
+        "/v1/orders",
+        Some("late"),
+        order,
+    );
+    assert_eq!(pending.status, 202, "{}", pending.body);
+    assert_eq!(pending.header("location"), Some("/v1/orders/1-5"));
+    let retry = write(
+        stack.http,
+        "pos1",
+        "POST",
+        "/v1/orders",
+        Some("late"),
+        order,
+    );
+    assert_eq!(retry.status, 202, "{}", retry.body);
+    // The warehouse comes back and decides it: the retry gets the decision.
+    let _warehouse = stack.warehouse();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let decided = loop {
+        let reply = write(
+            stack.http,
+            "pos1",
+            "POST",
+            "/v1/orders",
+            Some("late"),
+            order,
+        );
+        if reply.status != 202 {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "never decided");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(decided.status, 201, "{}", decided.body);
+    // The appliance stops: a user without a session gets 503 + Retry-After.
+    appliance.stop().unwrap();
+    let refused = write(
+        stack.http,
+        "pos2",
+        "POST",
+        "/v1/orders",
+        Some("down"),
+        order,
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn events_too_old_to_replay_are_410() {
+    let stack = Stack::new(60);
+    let _appliance = stack.spec.start().unwrap();
+    let _warehouse = stack.warehouse();
+    // 16 events held: the session-start broadcast (120 levels) overflows it.
+    let _monitor = stack.monitor(&["--events-max", "16"]);
+    let auth = basic("read1", "readpass");
+    let gone = request(
+        stack.http,
+        "GET",
+        "/v1/events?after=0",
+        &[("Authorization", &auth)],
+        None,
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(gone.status, 410, "{}", gone.body);
+    let oldest = gone.json()["oldest_resumable"].as_u64().unwrap();
+    assert!(oldest > 100, "{oldest}");
+    let id = oldest.to_string();
+    let mut stream = EventStream::open(
+        stack.http,
+        "/v1/events",
+        &[("Authorization", &auth), ("Last-Event-ID", &id)],
+    )
+    .unwrap()
+    .expect("resumable from the oldest held");
+    let event = stream.next(Instant::now() + TIMEOUT).expect("an event");
+    assert!(!event.event.is_empty());
 }

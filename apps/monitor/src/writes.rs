@@ -363,10 +363,10 @@ async fn execute(shared: &Shared, writer: Writer, request: String, parsed: Parse
         return answer;
     }
     let (reply, answered) = tokio::sync::oneshot::channel();
-    let location = parsed.location.clone();
+    let (origin, key) = (writer.origin, writer.key.clone());
     let job = Job {
         key: writer.key,
-        request,
+        request: request.clone(),
         spec: parsed.spec,
         location: parsed.location,
         creates: parsed.creates,
@@ -378,7 +378,16 @@ async fn execute(shared: &Shared, writer: Writer, request: String, parsed: Parse
     match tokio::time::timeout(writes.config.decision_timeout, answered).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => WriteAnswer::error(503, "the gateway session ended; retry with the same key"),
-        Err(_) => pending(&location),
+        // Sent (its intent is stored) but not decided yet: 202. Not even
+        // sent (the user's session is still logging in): 503, retry.
+        Err(_) => match stored_answer(writes, origin, &key, &request) {
+            Some(answer) => answer,
+            None => WriteAnswer::error(
+                503,
+                "the gateway session is not up (logging in or the appliance unreachable); \
+                 retry with the same Idempotency-Key",
+            ),
+        },
     }
 }
 

@@ -77,6 +77,10 @@ struct Cli {
     /// Hold timelines kept (most recently active).
     #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.holds_max)]
     hold_timelines: u32,
+    /// Decisions and notifications /v1/events can replay (the newest); a
+    /// Last-Event-ID older than they reach is answered 410.
+    #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.events_max)]
+    events_max: u32,
     /// Enables the /v1 writes (orders, holds, transfers, recounts,
     /// adjustments): the idempotency keys are kept here (fsync'd). Each
     /// writing user gets its own gateway session, logged in with the
@@ -118,6 +122,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         history_cells_max: cli.history_cells,
         orders_max: cli.order_timelines,
         holds_max: cli.hold_timelines,
+        events_max: cli.events_max,
         ..IndexLimits::DEFAULT
     };
     config
