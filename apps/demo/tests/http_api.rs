@@ -338,6 +338,21 @@ fn hostile_requests_get_bounded_answers() {
             "{error}"
         ),
     }
+    // A write body over 1 KiB (within the 16 KiB read limit): 413.
+    let padded = format!(r#"{{"sku":"{}","qty":1}}"#, "X".repeat(2048));
+    let reply = request(
+        served.http,
+        "POST",
+        "/v1/orders",
+        &[
+            ("Authorization", &basic("pos1", "pos1pass")),
+            ("Idempotency-Key", "big"),
+        ],
+        Some(padded.as_bytes()),
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 413, "{}", reply.body);
     // A malformed Authorization header: 401, not a crash.
     for value in ["Basic", "Basic !!!!", "Bearer x", &"A".repeat(4000)] {
         let reply = request(

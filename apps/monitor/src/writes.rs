@@ -53,14 +53,14 @@ pub struct WritesConfig {
 }
 
 impl WritesConfig {
-    /// 2 s to decide, 16 sessions, 1 000 000 keys.
+    /// 2 s to decide, 16 sessions, 100 000 keys.
     pub fn new(appliance: ApplianceConfig, state_dir: PathBuf) -> WritesConfig {
         WritesConfig {
             appliance,
             state_dir,
             decision_timeout: Duration::from_secs(2),
             sessions_max: 16,
-            keys_max: 1_000_000,
+            keys_max: 100_000,
         }
     }
 }
@@ -72,6 +72,9 @@ const ASSIGNED_ID_BASE: u64 = 1_000_000_000_000;
 const SESSION_QUEUE: usize = 8192;
 /// Longest `Idempotency-Key`.
 const KEY_BYTES_MAX: usize = 64;
+/// Largest write body (they are ~100 bytes): the store keeps each key's
+/// request, so this bounds its memory to about `keys_max` KiB.
+const WRITE_BODY_BYTES_MAX: usize = 1024;
 
 /// The write side: sessions by origin, the key store.
 pub(crate) struct Writes {
@@ -315,7 +318,18 @@ struct Writer {
     key: String,
 }
 
-fn writer(shared: &Shared, caller: Caller, headers: &HeaderMap) -> Result<Writer, WriteAnswer> {
+fn writer(
+    shared: &Shared,
+    caller: Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Writer, WriteAnswer> {
+    if body.len() > WRITE_BODY_BYTES_MAX {
+        return Err(WriteAnswer::error(
+            413,
+            format!("a write's body is at most {WRITE_BODY_BYTES_MAX} bytes"),
+        ));
+    }
     let key = match headers.get("idempotency-key").map(HeaderValue::to_str) {
         None => {
             return Err(WriteAnswer::error(
@@ -468,7 +482,7 @@ async fn create(
 ) -> Response {
     let answer = async {
         let writes = shared.writes.as_ref().ok_or_else(not_enabled)?;
-        let writer = writer(&shared, caller, &headers)?;
+        let writer = writer(&shared, caller, &headers, &body)?;
         let request = format!("POST {} {}", uri.path(), String::from_utf8_lossy(&body));
         let parsed = parse_create(writes, writer.origin, uri.path(), &body)?;
         Ok(execute(&shared, writer, request, parsed).await)
@@ -488,7 +502,7 @@ pub(crate) async fn change_order(
     body: Bytes,
 ) -> Response {
     let answer = async {
-        let writer = writer(&shared, caller, &headers)?;
+        let writer = writer(&shared, caller, &headers, &body)?;
         let (origin, order_id) = parse_public_id(&id, writer.origin)
             .map_err(|e| WriteAnswer::error(e.status, e.message))?;
         if origin != writer.origin {
@@ -538,7 +552,7 @@ async fn on_hold(
     body: Bytes,
 ) -> Response {
     let answer = async {
-        let writer = writer(&shared, caller, &headers)?;
+        let writer = writer(&shared, caller, &headers, &body)?;
         let (origin, hold_id) = parse_public_id(&id, writer.origin)
             .map_err(|e| WriteAnswer::error(e.status, e.message))?;
         if origin != writer.origin {
