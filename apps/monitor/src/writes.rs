@@ -492,53 +492,72 @@ async fn create(
     respond(answer)
 }
 
+/// A write on an existing order or hold (`kind`: `orders` or `holds`) of
+/// the caller's: its public id resolved against the caller's origin, the
+/// command `make` builds from the id and the body.
+async fn on_existing(
+    shared: &Shared,
+    caller: Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    (method, path, id): (&Method, &str, &str),
+    kind: &str,
+    make: impl FnOnce(u64, &[u8]) -> Result<Spec, WriteAnswer>,
+) -> WriteAnswer {
+    let attempt = async {
+        let writer = writer(shared, caller, headers, body)?;
+        let (origin, own_id) = parse_public_id(id, writer.origin)
+            .map_err(|e| WriteAnswer::error(e.status, e.message))?;
+        if origin != writer.origin {
+            return Err(WriteAnswer::error(
+                403,
+                format!("only the user who placed it may change one of its {kind}"),
+            ));
+        }
+        let spec = make(own_id, body)?;
+        let request = format!("{method} {path} {}", String::from_utf8_lossy(body));
+        let location = format!("/v1/{kind}/{}", public_id(origin, own_id));
+        let parsed = Parsed {
+            spec,
+            location,
+            creates: false,
+        };
+        Ok(execute(shared, writer, request, parsed).await)
+    };
+    attempt.await.unwrap_or_else(|answer| answer)
+}
+
 /// `PATCH /v1/orders/{id}` (quantity) and `DELETE /v1/orders/{id}`.
 pub(crate) async fn change_order(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     method: Method,
+    uri: Uri,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = async {
-        let writer = writer(&shared, caller, &headers, &body)?;
-        let (origin, order_id) = parse_public_id(&id, writer.origin)
-            .map_err(|e| WriteAnswer::error(e.status, e.message))?;
-        if origin != writer.origin {
-            return Err(WriteAnswer::error(
-                403,
-                "an order can only be changed by the user who placed it",
-            ));
-        }
-        let spec = if method == Method::DELETE {
-            Spec::Cancel { id: order_id }
-        } else {
-            let change: ChangeOrder = json_body(&body)?;
-            Spec::Modify {
-                id: order_id,
-                qty: change.qty,
+    let cancel = method == Method::DELETE;
+    let target = (&method, uri.path(), id.as_str());
+    let answer = on_existing(
+        &shared,
+        caller,
+        &headers,
+        &body,
+        target,
+        "orders",
+        |id, body| {
+            if cancel {
+                return Ok(Spec::Cancel { id });
             }
-        };
-        let request = format!(
-            "{method} /v1/orders/{id} {}",
-            String::from_utf8_lossy(&body)
-        );
-        let location = format!("/v1/orders/{}", public_id(origin, order_id));
-        Ok(execute(
-            &shared,
-            writer,
-            request,
-            Parsed {
-                spec,
-                location,
-                creates: false,
-            },
-        )
-        .await)
-    }
-    .await
-    .unwrap_or_else(|answer| answer);
+            let change: ChangeOrder = json_body(body)?;
+            Ok(Spec::Modify {
+                id,
+                qty: change.qty,
+            })
+        },
+    )
+    .await;
     respond(answer)
 }
 
@@ -546,41 +565,29 @@ pub(crate) async fn change_order(
 async fn on_hold(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
+    method: Method,
     uri: Uri,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = async {
-        let writer = writer(&shared, caller, &headers, &body)?;
-        let (origin, hold_id) = parse_public_id(&id, writer.origin)
-            .map_err(|e| WriteAnswer::error(e.status, e.message))?;
-        if origin != writer.origin {
-            return Err(WriteAnswer::error(
-                403,
-                "a hold can only be confirmed or released by the user who placed it",
-            ));
-        }
-        let spec = if uri.path().ends_with("/confirm") {
-            Spec::Confirm { id: hold_id }
-        } else {
-            Spec::Release { id: hold_id }
-        };
-        let request = format!("POST {} {}", uri.path(), String::from_utf8_lossy(&body));
-        let location = format!("/v1/holds/{}", public_id(origin, hold_id));
-        Ok(execute(
-            &shared,
-            writer,
-            request,
-            Parsed {
-                spec,
-                location,
-                creates: false,
-            },
-        )
-        .await)
-    }
-    .await
-    .unwrap_or_else(|answer| answer);
+    let confirm = uri.path().ends_with("/confirm");
+    let target = (&method, uri.path(), id.as_str());
+    let answer = on_existing(
+        &shared,
+        caller,
+        &headers,
+        &body,
+        target,
+        "holds",
+        |id, _| {
+            Ok(if confirm {
+                Spec::Confirm { id }
+            } else {
+                Spec::Release { id }
+            })
+        },
+    )
+    .await;
     respond(answer)
 }
