@@ -26,3 +26,8 @@ pub mod follow;
 pub mod replica;
 pub mod snapshot;
 pub mod text;
+
+/// The configuration crate, for applications that depend on this one only.
+pub use tally_config;
+/// The wire crate, for applications that depend on this one only.
+pub use tally_wire;
