@@ -23,7 +23,7 @@ pub enum Op {
     Hold {
         sku: String,
         qty: u64,
-        #[arg(long, value_name = "LOCATION")]
+        #[arg(long, value_name = "LOCATION", visible_alias = "location")]
         at: String,
         #[arg(long, value_name = "MS", default_value_t = DEFAULT_TTL_MS)]
         ttl_ms: u32,
@@ -64,7 +64,7 @@ pub enum Op {
         reason: String,
         sku: String,
         qty: u64,
-        #[arg(long, value_name = "LOCATION")]
+        #[arg(long, value_name = "LOCATION", visible_alias = "location")]
         at: String,
     },
 }
@@ -78,7 +78,7 @@ pub struct OrderArgs {
     pub qty: Option<u64>,
     /// Where to take the stock (name or id; default: any location, the
     /// warehouse picks the one with the most).
-    #[arg(long, value_name = "LOCATION")]
+    #[arg(long, value_name = "LOCATION", visible_alias = "location")]
     pub at: Option<String>,
     /// The order id (default: chosen from the clock, printed in the answer).
     #[arg(long)]
