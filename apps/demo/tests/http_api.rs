@@ -897,3 +897,38 @@ fn events_too_old_to_replay_are_410() {
     let event = stream.next(Instant::now() + TIMEOUT).expect("an event");
     assert!(!event.event.is_empty());
 }
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let stack = Stack::new(61);
+    let _appliance = stack.spec.start().unwrap();
+    let _warehouse = stack.warehouse();
+    let _monitor = stack.monitor(&["--connections-per-source-max", "4"]);
+    // Four idle connections from this address: the limit.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(stack.http).unwrap())
+        .collect();
+    // Let the listener accept them all before the fifth arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(stack.http).unwrap();
+    fifth.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = fifth.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = fifth.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "the fifth was served: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // One closes: the address is served again.
+    drop(idle);
+    let deadline = Instant::now() + TIMEOUT;
+    while request(stack.http, "GET", "/health", &[], None, TIMEOUT)
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -165,7 +165,11 @@ impl Monitor {
             let _entered = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
-        let listener = BoundedListener::new(listener, config.http.connections_max);
+        let listener = BoundedListener::new(
+            listener,
+            config.http.connections_max,
+            config.http.connections_per_source_max,
+        );
         let app = crate::routes::router(Arc::clone(&shared))
             .into_make_service_with_connect_info::<crate::listener::Peer>();
         runtime.spawn(async move {

@@ -91,6 +91,11 @@ struct Cli {
     /// answered 202 with a Location to poll.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     decision_timeout_ms: u64,
+    /// Open HTTP connections at most, and from one address.
+    #[arg(long, value_name = "N", default_value_t = tally_monitor::HttpLimits::DEFAULT.connections_max)]
+    connections_max: usize,
+    #[arg(long, value_name = "N", default_value_t = tally_monitor::HttpLimits::DEFAULT.connections_per_source_max)]
+    connections_per_source_max: usize,
     #[command(flatten)]
     limits: LimitsArgs,
 }
@@ -132,6 +137,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     config.auth = HttpAuthConfig::from_appliance(&appliance)
         .map_err(|error| anyhow::anyhow!("[http] in {}: {error}", cli.connect.config.display()))?;
     config.http_workers = cli.workers;
+    config.http.connections_max = cli.connections_max;
+    config.http.connections_per_source_max = cli.connections_per_source_max;
     if let Some(dir) = &cli.state_dir {
         let mut writes = WritesConfig::new(appliance.clone(), dir.clone());
         writes.decision_timeout = Duration::from_millis(cli.decision_timeout_ms);
