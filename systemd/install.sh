@@ -20,7 +20,7 @@
 #   /etc/systemd/system/tally-{sequencer,warehouse,monitor}.service, tally-pos@.service
 #   /etc/tally/               root:tally 0750
 #     sequencer.toml          from config/tally.toml, paths moved to /var/lib/tally
-#     warehouse.toml, monitor.toml, pos-1.toml   the appliance config as the
+#     warehouse.toml, monitor.toml, pos-STORE-DOWNTOWN.toml   the appliance config as the
 #                             applications read it (config/NAME.toml if it exists)
 #     *.env                   environment per service: RUST_LOG, and the
 #                             applications' arguments (TALLY_WAREHOUSE_ARGS, ...)
@@ -69,9 +69,9 @@ binaries=(tally-sequencer tally-journal tally-warehouse tally-monitor tally-pos 
 # Example configurations: source in config/ -> name in /etc/tally. The
 # applications' --config is the appliance configuration as their host sees
 # it, so they start from config/tally.toml unless config/ has their own.
-configs=("tally.toml:sequencer.toml" "warehouse.toml:warehouse.toml" "monitor.toml:monitor.toml" "pos.toml:pos-1.toml")
+configs=("tally.toml:sequencer.toml" "warehouse.toml:warehouse.toml" "monitor.toml:monitor.toml" "pos.toml:pos-STORE-DOWNTOWN.toml")
 # Services whose configs get their demo paths moved: name in /etc/tally -> state subdirectory.
-declare -A state_of=([sequencer.toml]=sequencer [warehouse.toml]=warehouse [monitor.toml]=monitor [pos-1.toml]=pos-1)
+declare -A state_of=([sequencer.toml]=sequencer [warehouse.toml]=warehouse [monitor.toml]=monitor [pos-STORE-DOWNTOWN.toml]=pos-STORE-DOWNTOWN)
 
 # Runs (or, with --dry-run, prints) one command.
 run() {
@@ -193,7 +193,8 @@ env_text() { # service
             ;;
         pos)
             printf '# Arguments after --config for every till, split on spaces (tally-pos --help);\n'
-            printf '# /etc/tally/pos-NAME.env can set its own TALLY_POS_ARGS (login, location).\nTALLY_POS_ARGS=\n'
+            printf '# /etc/tally/pos-LOCATION.env sets its own (login, password file, --listen;\n'
+            printf '# the location is the instance name: tally-pos@LOCATION).\nTALLY_POS_ARGS=\n'
             ;;
     esac
 }

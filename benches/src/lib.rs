@@ -2,9 +2,13 @@
 //! scenario under `benches/`), the end-to-end load tool `tally-bench`
 //! (`src/bin/tally-bench.rs`), and the few helpers the benchmarks share: a
 //! seeded generator for their inputs and a stopwatch that can time a
-//! thread's CPU time on a shared machine.
+//! thread's CPU time on a shared machine. [`till_load`] is `tally-bench
+//! --scenario till-load`: the random load generator against a running
+//! appliance.
 
 use std::time::{Duration, Instant};
+
+pub mod till_load;
 
 /// The seeded generator for benchmark inputs: runtime's one splitmix64.
 pub use tally_runtime::rand::SplitMix64 as Rng;

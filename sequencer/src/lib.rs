@@ -12,4 +12,3 @@ pub mod journal;
 pub mod publisher;
 pub mod replay;
 pub mod retransmit;
-pub mod rollover;

@@ -9,6 +9,11 @@
 //! below Linux's ephemeral range (32768+), so suites and tests run in
 //! parallel without meeting. The apps' own consumer and client tests use
 //! block 102.
+//!
+//! [`load`] is the random load generator the demo, the tests and
+//! `tally-bench --scenario till-load` drive tills with.
+
+pub mod load;
 
 pub mod http;
 pub mod serve;

@@ -186,8 +186,10 @@ fn run_scenario(scenario: Scenario) {
             &lan,
             host,
             host,
-            &tally_demo::bin("tally-pos"),
+            &tally_demo::bin("tally-bench"),
             &[
+                os("--scenario"),
+                os("till-load"),
                 os("--config"),
                 config(host).into(),
                 os("--user"),

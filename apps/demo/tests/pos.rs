@@ -5,8 +5,9 @@
 //! fail; tills racing for scarce stock in load mode never oversell, every
 //! command gets exactly one outcome, and every till's replica has the
 //! warehouse's digest at the same final seq, with and without 5 % seeded
-//! loss on the tills' receivers; and `tally-pos` itself runs for
-//! `--seconds` or until SIGTERM and prints its summary.
+//! loss on the tills' receivers; and the load generator as
+//! `tally-bench --scenario till-load` (what `tally-pos --rate` was) runs
+//! for `--seconds` or until SIGTERM and prints its summary.
 //!
 //! Test block 106 (see `testkit`); every wait has a deadline.
 
@@ -22,10 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tally_client::client::{ClientError, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, StreamConsumer};
 use tally_client::replica::{Applied, Replica, ReplicaLimits};
+use tally_demo::load::{LoadConfig, LoadGenerator};
 use tally_demo::{demo_client, read_stream, ApplianceSpec};
-use tally_pos::{
-    rtt_histogram, CommandKind, LoadConfig, Outcome, OutcomeReport, Pos, PosConfig, Refused,
-};
+use tally_pos::{rtt_histogram, CommandKind, Outcome, OutcomeReport, Pos, PosConfig, Refused};
 use tally_runtime::alloc_count::{arm_current_thread, armed_allocations, disarm_current_thread};
 use tally_runtime::counters::CounterReader;
 use tally_warehouse::decide::{EventBuf, Warehouse, WarehouseConfig};
@@ -355,7 +355,7 @@ fn tills_race_for_scarce_stock(id: u8, loss_ratio: f64) {
             load.mix = "order=40,modify=10,cancel=15,reserve=20,confirm=5,release=3"
                 .parse()
                 .unwrap();
-            config.load = Some(load);
+            let mut load = LoadGenerator::new(load).unwrap();
             if loss_ratio > 0.0 {
                 config.consumer.loss = Some((77 + i as u64, loss_ratio));
             }
@@ -365,7 +365,7 @@ fn tills_race_for_scarce_stock(id: u8, loss_ratio: f64) {
                 assert!(pos.wait_ready(LONG).unwrap(), "ready");
                 // A few seconds of load from when this till is ready.
                 let until = (Instant::now() + Duration::from_secs(3)).min(load_ends);
-                let drained = pos.run(&stop, Some(until), |_| {}).unwrap();
+                let drained = load.run(&mut pos, &stop, Some(until), |_| {}).unwrap();
                 assert!(drained, "every command answered ({:?})", pos.stats());
                 pos
             })
@@ -490,7 +490,7 @@ fn the_till_thread_does_not_allocate_in_load_mode() {
     load.rate_per_sec = 2000;
     load.ttl_ms_min = 20;
     load.ttl_ms_max = 200;
-    config.load = Some(load);
+    let mut load = LoadGenerator::new(load).unwrap();
     // Gap fill only: a replay fallback opens a connection, which allocates.
     config.consumer.re_request_retries = 1_000;
     config.consumer.replay_gap_messages = u64::MAX;
@@ -498,7 +498,8 @@ fn the_till_thread_does_not_allocate_in_load_mode() {
     assert!(pos.wait_ready(LONG).unwrap());
     // Warm up: the first commands, outcomes, holds and expiries.
     let stop = AtomicBool::new(false);
-    pos.run_load(
+    load.run_load(
+        &mut pos,
         &stop,
         Some(Instant::now() + Duration::from_millis(500)),
         |_| {},
@@ -511,7 +512,8 @@ fn the_till_thread_does_not_allocate_in_load_mode() {
     let before = armed_allocations();
     arm_current_thread();
     let mut ticks = 0;
-    pos.run_load(
+    load.run_load(
+        &mut pos,
         &stop,
         Some(Instant::now() + Duration::from_secs(2)),
         |pos| {
@@ -542,7 +544,7 @@ fn the_till_thread_does_not_allocate_in_load_mode() {
 }
 
 // ---------------------------------------------------------------------------
-// The binary.
+// The load generator's binary: tally-bench --scenario till-load.
 
 fn write_config(spec: &ApplianceSpec, dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("tally.toml");
@@ -550,9 +552,10 @@ fn write_config(spec: &ApplianceSpec, dir: &std::path::Path) -> std::path::PathB
     path
 }
 
-fn tally_pos(config: &std::path::Path, args: &[&str]) -> Command {
-    let mut command = Command::new(tally_demo::bin("tally-pos"));
+fn till_load(config: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(tally_demo::bin("tally-bench"));
     command
+        .args(["--scenario", "till-load"])
         .arg("--config")
         .arg(config)
         .args(["--user", "pos2", "--password", "pos2pass"])
@@ -576,13 +579,13 @@ fn check_summary(summary: &serde_json::Value) {
 }
 
 #[test]
-fn tally_pos_runs_for_its_seconds_and_prints_a_json_summary() {
+fn till_load_runs_for_its_seconds_and_prints_a_json_summary() {
     let dir = tempfile::tempdir().unwrap();
     let spec = ApplianceSpec::for_test(BLOCK, 4, dir.path());
     let _appliance = spec.start().unwrap();
     let warehouse = WarehouseThread::start(&spec, SCARCE);
     let config = write_config(&spec, dir.path());
-    let output = tally_pos(
+    let output = till_load(
         &config,
         &["--rate", "300", "--seconds", "2", "--json", "--loss", "5"],
     )
@@ -603,7 +606,7 @@ fn tally_pos_runs_for_its_seconds_and_prints_a_json_summary() {
 }
 
 #[test]
-fn tally_pos_stops_cleanly_on_sigterm_with_its_summary() {
+fn till_load_stops_cleanly_on_sigterm_with_its_summary() {
     let dir = tempfile::tempdir().unwrap();
     let spec = ApplianceSpec::for_test(BLOCK, 5, dir.path());
     let _appliance = spec.start().unwrap();
@@ -612,9 +615,11 @@ fn tally_pos_stops_cleanly_on_sigterm_with_its_summary() {
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let counters = dir.path().join("pos2.counters");
-    let mut child = tally_pos(
+    let mut child = till_load(
         &config,
         &[
+            "--seconds",
+            "0",
             "--rate",
             "200",
             "--json",
@@ -686,8 +691,8 @@ fn tally_pos_stops_cleanly_on_sigterm_with_its_summary() {
 }
 
 #[test]
-fn tally_pos_help_names_its_options() {
-    let output = Command::new(tally_demo::bin("tally-pos"))
+fn till_load_help_names_its_options() {
+    let output = Command::new(tally_demo::bin("tally-bench"))
         .arg("--help")
         .output()
         .unwrap();
@@ -703,6 +708,7 @@ fn tally_pos_help_names_its_options() {
         "--loss",
         "--seed",
         "--mix",
+        "till-load",
     ] {
         assert!(help.contains(option), "{option} in {help}");
     }

@@ -130,7 +130,6 @@ mod auth;
 mod config;
 mod eventlog;
 mod events;
-mod idempotency;
 mod indexes;
 mod legacy;
 mod listener;
@@ -138,11 +137,9 @@ mod metrics;
 mod model;
 mod routes;
 mod server;
-mod session;
 mod tables;
 mod v1;
 mod views;
-mod writes;
 
 pub use answer::Reply;
 pub use auth::{base64_encode, basic_authorization, HttpAuthConfig};
@@ -154,7 +151,6 @@ pub use legacy::{
 pub use metrics::HttpCounters;
 pub use model::{Freshness, Liveness, ReadModel};
 pub use server::{Monitor, MonitorHandle, MonitorStatus};
-pub use writes::WritesConfig;
 
 #[cfg(test)]
 mod tests;

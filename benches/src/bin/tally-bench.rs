@@ -16,6 +16,9 @@
 //!   send orders at a fixed total rate and measure order sent → its `D`/`J`
 //!   seen on the stream: the full POS → gateway → sequencer → warehouse →
 //!   gateway → sequencer → POS trip.
+//! * `till-load`: no appliance of its own: the random load generator
+//!   drives one till against the appliance of `--config`, logged in as
+//!   `--user` (what `tally-pos --rate` was; `tally_benches::till_load`).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -72,6 +75,12 @@ struct Cli {
     /// the system's temporary directory.
     #[arg(long, value_name = "DIR")]
     dir: Option<std::path::PathBuf>,
+    /// till-load: the appliance to load and the till's login.
+    #[command(flatten)]
+    connect: tally_client::cli::ConnectArgs,
+    /// till-load's own options.
+    #[command(flatten)]
+    till: tally_benches::till_load::TillLoadArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -87,6 +96,9 @@ enum Scenario {
     /// 4 KiB and a 64 KiB append, and sequential write bandwidth (256 MiB
     /// then one `fdatasync`), in the journal's directory (`--dir`).
     Disk,
+    /// One till in load mode against the running appliance of `--config`
+    /// (`--rate` per second, `--seconds`, 0 = until SIGINT/SIGTERM).
+    TillLoad,
 }
 
 const PASSWORD: &str = "benchpass";
@@ -154,6 +166,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if cli.clients == 0 {
         bail!("--clients must be at least 1");
     }
+    if let Scenario::TillLoad = cli.scenario {
+        tally_client::cli::init_logging();
+        return tally_benches::till_load::run(&tally_benches::till_load::TillLoad {
+            connect: &cli.connect,
+            args: &cli.till,
+            rate_per_sec: cli.rate,
+            seconds: cli.seconds,
+            json: cli.json,
+        });
+    }
     let base_dir = cli.dir.clone().unwrap_or_else(std::env::temp_dir);
     let journal_dir = base_dir.join(format!("tally-bench-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(journal_dir.clone());
@@ -178,7 +200,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Scenario::Latency => latency(cli, gateway),
         Scenario::Outcome => outcome(cli, &config, &journal_dir),
         Scenario::RequestResponse => request_response(cli, gateway),
-        Scenario::Disk => unreachable!("handled before the appliance starts"),
+        Scenario::Disk | Scenario::TillLoad => {
+            unreachable!("handled before the appliance starts")
+        }
     };
     appliance.stop()?;
     print_report(cli, &result?)
@@ -504,7 +528,8 @@ fn outcome(
     use tally_client::client::ClientConfig;
     use tally_client::consumer::ConsumerConfig;
     use tally_client::replica::ReplicaLimits;
-    use tally_pos::{rtt_histogram, LoadConfig, Mix, Pos, PosConfig};
+    use tally_demo::load::{LoadConfig, LoadGenerator, Mix};
+    use tally_pos::{rtt_histogram, Pos, PosConfig};
     use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 
     // Deep stock, so orders are decided, not skipped: 4 stores x 100 SKUs.
@@ -558,7 +583,7 @@ fn outcome(
     let until = Instant::now() + Duration::from_secs(cli.seconds);
     let mut tills = Vec::new();
     for id in 1..=cli.clients {
-        let mut pos_config = PosConfig::for_appliance(config, &format!("b{id}"), PASSWORD)
+        let pos_config = PosConfig::for_appliance(config, &format!("b{id}"), PASSWORD)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut load = LoadConfig::new(u64::from(id));
         load.rate_per_sec = per_till;
@@ -571,7 +596,7 @@ fn outcome(
             confirm: 0,
             release: 0,
         };
-        pos_config.load = Some(load);
+        let mut load = LoadGenerator::new(load).map_err(|e| anyhow::anyhow!("{e}"))?;
         let stop = Arc::clone(&stop);
         tills.push(
             std::thread::Builder::new()
@@ -584,7 +609,7 @@ fn outcome(
                     {
                         bail!("till b{id} never saw the warehouse's directory");
                     }
-                    pos.run(&stop, Some(until), |_| {})
+                    load.run(&mut pos, &stop, Some(until), |_| {})
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     anyhow::Ok((pos.histogram().clone(), pos.stats()))
                 })?,

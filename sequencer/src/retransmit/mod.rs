@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_runtime::agent::Agent;
+use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::net::UdpSocketRing;
 use tally_wire::mold::{MoldHeader, PacketBuilder, ReRequest, Session};
 
@@ -153,38 +154,79 @@ pub fn index_capacity_for(retention_messages: u64) -> usize {
     (bytes / INDEX_STRIDE_BYTES + 1024).min(INDEX_ENTRIES_MAX) as usize
 }
 
-tally_runtime::counter_set! {
-    /// The retransmit loop's counters in the shared counter file.
-    pub struct RetransmitCounters, prefix "retransmit.";
+/// The retransmit loop's counters in the shared counter file.
+#[derive(Clone, Debug)]
+pub struct RetransmitCounters {
     /// Requests answered with a packet.
-    requests_served,
+    pub requests_served: Counter,
     /// Messages in those packets.
-    messages_resent,
+    pub messages_resent: Counter,
     /// Datagrams that are not exactly 20 bytes.
-    ignored_malformed,
+    pub ignored_malformed: Counter,
     /// Requests for another session.
-    ignored_session,
+    pub ignored_session: Counter,
     /// Requests whose first message does not exist yet.
-    ignored_future,
+    pub ignored_future: Counter,
     /// Requests older than retention (or than the reader's index).
-    ignored_retention,
+    pub ignored_retention: Counter,
     /// Requests over the requester's rate (or the server's queue).
-    ignored_rate_limited,
+    pub ignored_rate_limited: Counter,
     /// Requests for 0 messages.
-    ignored_zero_count,
+    pub ignored_zero_count: Counter,
     /// Datagrams from a source outside the allow-list.
-    ignored_not_allowed,
+    pub ignored_not_allowed: Counter,
     /// Requests whose source's reply byte budget could not hold a reply.
-    ignored_source_budget,
+    pub ignored_source_budget: Counter,
     /// Requests the server's reply byte budget could not hold.
-    ignored_global_budget,
+    pub ignored_global_budget: Counter,
     /// Requests unanswered because a journal record in their range failed
     /// its check.
-    ignored_corrupt,
+    pub ignored_corrupt: Counter,
     /// Distinct damaged journal records found (each logged once).
-    corrupt_records,
+    pub corrupt_records: Counter,
     /// Bytes of reply datagrams sent (MoldUDP64 header included).
-    reply_bytes,
+    pub reply_bytes: Counter,
+}
+
+impl RetransmitCounters {
+    /// Names, in field order, for the counter file.
+    pub const NAMES: &'static [&'static str] = &[
+        "retransmit.requests_served",
+        "retransmit.messages_resent",
+        "retransmit.ignored_malformed",
+        "retransmit.ignored_session",
+        "retransmit.ignored_future",
+        "retransmit.ignored_retention",
+        "retransmit.ignored_rate_limited",
+        "retransmit.ignored_zero_count",
+        "retransmit.ignored_not_allowed",
+        "retransmit.ignored_source_budget",
+        "retransmit.ignored_global_budget",
+        "retransmit.ignored_corrupt",
+        "retransmit.corrupt_records",
+        "retransmit.reply_bytes",
+    ];
+
+    /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
+    pub fn from_file(file: &CounterFile, first: usize) -> Self {
+        let c = |i: usize| file.counter(first + i);
+        RetransmitCounters {
+            requests_served: c(0),
+            messages_resent: c(1),
+            ignored_malformed: c(2),
+            ignored_session: c(3),
+            ignored_future: c(4),
+            ignored_retention: c(5),
+            ignored_rate_limited: c(6),
+            ignored_zero_count: c(7),
+            ignored_not_allowed: c(8),
+            ignored_source_budget: c(9),
+            ignored_global_budget: c(10),
+            ignored_corrupt: c(11),
+            corrupt_records: c(12),
+            reply_bytes: c(13),
+        }
+    }
 }
 
 /// A request that passed the checks that need no journal.

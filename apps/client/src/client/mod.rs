@@ -132,7 +132,6 @@ impl OrderEntryClient {
             debug_text: [0; DEBUG_TEXT_BYTES_MAX],
             debug_len: 0,
             stats: ClientStats::default(),
-            accepted_session: Session::BLANK,
         };
         let decoder = FrameDecoder::with_buffer_bytes(
             FRAME_BYTES_MAX,
@@ -144,13 +143,6 @@ impl OrderEntryClient {
             decoder,
             state,
         })
-    }
-
-    /// The session the gateway accepted the login into (blank until the
-    /// first Login Accepted): the appliance's current one when the
-    /// configured session is blank.
-    pub fn session(&self) -> Session {
-        self.state.accepted_session
     }
 
     /// Connects and logs in, waiting up to `timeout` for Login Accepted

@@ -14,10 +14,11 @@ use tally_client::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
 use tally_client::replica::{Replica, ReplicaLimits};
 use tally_config::ApplianceConfig;
+use tally_demo::load::{LoadConfig, LoadGenerator};
 use tally_demo::serve::ServeOptions;
 use tally_demo::DEMO_CLIENTS;
 use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig};
-use tally_pos::{rtt_histogram, LoadConfig, Pos, PosConfig, PosStats};
+use tally_pos::{rtt_histogram, Pos, PosConfig, PosStats};
 use tally_runtime::counters::CounterReader;
 use tally_sequencer::appliance::{Appliance, Control};
 use tally_warehouse::app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
@@ -303,7 +304,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut load = LoadConfig::new(cli.seed.wrapping_add(index as u64 * 7919));
         load.rate_per_sec = cli.rate;
-        pos_config.load = Some(load);
+        let mut load = LoadGenerator::new(load).map_err(|e| anyhow::anyhow!("{e}"))?;
         if cli.loss > 0.0 {
             pos_config.consumer.loss = Some((
                 cli.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9),
@@ -324,8 +325,8 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                     {
                         bail!("till {index} never saw the warehouse's directory");
                     }
-                    let drained = pos
-                        .run(&stop, Some(until), |pos| {
+                    let drained = load
+                        .run(&mut pos, &stop, Some(until), |pos| {
                             let view = TillView {
                                 stats: pos.stats(),
                                 rtt: Some(pos.histogram().clone()),
@@ -720,15 +721,17 @@ fn print_serve_help(summary: &serde_json::Value) {
             .unwrap_or_default()
             .to_string()
     };
-    // curl as pos2, tally-ctl as pos1: a user writes through one process
-    // at a time (the gateway keeps one session per user).
-    let (pos, pos_file) = (user("pos", "user"), user("pos", "password_file"));
+    let (pos, pos_password, pos_file) = (
+        user("pos", "user"),
+        user("pos", "password"),
+        user("pos", "password_file"),
+    );
     let (reader, reader_password) = (user("reader", "user"), user("reader", "password"));
     println!(
         "tally-demo: serving until Ctrl-C, configuration {config}\n\
          \n  dashboard   {http}/   (log in as {reader} / {reader_password})\n\
          \n  # one order over HTTP (201 with the decision):\n\
-         \n  curl -u pos2:pos2pass -H 'Idempotency-Key: order-1' -H 'Content-Type: application/json' \\\n\
+         \n  curl -u {pos}:{pos_password} -H 'Idempotency-Key: order-1' -H 'Content-Type: application/json' \\\n\
          \x20      -d '{{\"sku\":\"TSHIRT-WHT-M\",\"qty\":1,\"location\":\"STORE-DOWNTOWN\"}}' {http}/v1/orders\n\
          \n  curl -u {reader}:{reader_password} {http}/v1/skus/TSHIRT-WHT-M\n\
          \n  curl -N -u {reader}:{reader_password} {http}/v1/events\n\

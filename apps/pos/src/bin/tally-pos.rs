@@ -1,92 +1,70 @@
-//! `tally-pos`: a point of sale in load mode. See `--help`.
+//! `tally-pos`: the store node. See `--help` and `tally_pos::store`.
 
-use std::io::Write;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use serde_json::json;
 use tally_client::cli::ConnectArgs;
-use tally_pos::{Idle, LoadConfig, Mix, Pos, PosConfig, PosCounterFile, PosStats, RttSummary};
+use tally_client::metrics::MetricSet;
+use tally_pos::store::http::{HttpConfig, HttpFront};
+use tally_pos::store::{self, counter, StoreConfig, StoreNode, STORE_COUNTERS};
+use tally_pos::{PosConfig, PosCounterFile};
 use tally_runtime::notify::Notifier;
 
-/// A till: keeps its own inventory replica from the stream, never sends a
-/// command its replica shows would fail, and matches the warehouse's answers
-/// to its commands. Sends a seeded random mix of orders, modifies, cancels,
-/// reservations, confirms and releases at --rate per second (0 = as fast as
-/// answers come back) once the warehouse's directory is on the stream;
-/// prints a line a second and a summary at the end (--seconds, Ctrl-C or
-/// SIGTERM: stop sending, wait for the outstanding answers, print).
+/// A store's node: keeps its own replica of the stream, checks every sale
+/// against it (a sale the replica shows cannot be filled is refused on the
+/// spot, nothing sent), and serves one location's checkouts — over a local
+/// HTTP port (--listen: orders, holds, returns, stock reads, /health,
+/// /metrics) and, with --interactive, to a person at the till (type or scan
+/// `SKU` or `SKU QTY`; `? SKU` shows the stock).
 ///
-/// Under systemd (Type=notify) it sends READY=1 once it is ready to send,
-/// a STATUS= line a second and STOPPING=1 at shutdown; its counters go to a
-/// counter file for tally-stat (--counters, by default
-/// $RUNTIME_DIRECTORY/tally-pos.counters when systemd sets it).
+/// Cut off from the appliance it keeps answering stock reads, marked
+/// "stale", refuses sales with the reason, logs the loss, and recovers by
+/// itself when the link returns.
+///
+/// Under systemd (Type=notify, tally-pos@LOCATION.service) it sends
+/// READY=1 once its port is open, a STATUS= line a second and STOPPING=1
+/// at shutdown; its counters go to a counter file for tally-stat
+/// (--counters, by default $RUNTIME_DIRECTORY/tally-pos-LOCATION.counters
+/// when systemd sets it).
 #[derive(Parser, Debug)]
 #[command(name = "tally-pos", version, about, long_about)]
 struct Cli {
     #[command(flatten)]
     connect: ConnectArgs,
-    /// Client id of the login (default: the one the configuration gives
-    /// --user).
-    #[arg(long, value_name = "ID")]
-    origin: Option<u16>,
-    /// Commands attempted per second; 0 = closed loop, bounded by
-    /// --in-flight.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    rate: u64,
-    /// Stop after this many seconds of load (default: until a signal).
-    #[arg(long, value_name = "N")]
-    seconds: Option<u64>,
-    /// Seed of the random choices (default: the origin).
-    #[arg(long, value_name = "N")]
-    seed: Option<u64>,
-    /// Drop this percentage of received stream packets (seeded), to show
-    /// gap fill at work.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
-    loss: f64,
-    /// Command mix as kind=weight pairs, e.g.
-    /// order=50,modify=10,cancel=10,reserve=15,confirm=8,release=7.
-    #[arg(long, value_name = "SPEC")]
-    mix: Option<Mix>,
-    /// Quantities are 1..=N.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    qty_max: u32,
-    /// Reservations live between N/5 and N milliseconds.
+    /// The location this node serves, by its name in the inventory (the
+    /// warehouse's location directory), e.g. STORE-A.
+    #[arg(long, value_name = "NAME")]
+    location: String,
+    /// Serve the checkouts' HTTP API on this address (e.g.
+    /// 127.0.0.1:8090). Anything that reaches it sells as this node's
+    /// login: keep it on loopback or the till network.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Serve a person at this terminal: one line per item, the outcome and
+    /// the stock left at once; `quit` or end of input stops the node.
+    #[arg(long)]
+    interactive: bool,
+    /// How long a sale's answer waits for the warehouse's decision before
+    /// it says "sent, not decided yet" (202).
     #[arg(long, value_name = "MS", default_value_t = 5000)]
-    hold_ttl_ms: u32,
-    /// Commands awaiting their outcome, at most (default: the gateway's
-    /// ack history).
-    #[arg(long, value_name = "N")]
-    in_flight: Option<usize>,
-    /// Busy-poll instead of sleeping between sends (lowest latency; burns a
-    /// core).
-    #[arg(long)]
-    spin: bool,
-    /// Print the summary as one JSON object on stdout (the per-second lines
-    /// go to stderr).
-    #[arg(long)]
-    json: bool,
-    /// No per-second lines.
-    #[arg(long)]
-    quiet: bool,
-    /// Longest wait at start for the gateway and the warehouse's directory.
-    #[arg(long, value_name = "S", default_value_t = 30)]
-    ready_timeout: u64,
-    /// Counter file for tally-stat (default: $RUNTIME_DIRECTORY/tally-pos.counters
-    /// when that is set, else none).
+    decision_timeout_ms: u64,
+    /// Largest HTTP request body accepted.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    body_bytes_max: usize,
+    /// Threads of the HTTP runtime.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    http_workers: usize,
+    /// Counter file for tally-stat (default:
+    /// $RUNTIME_DIRECTORY/tally-pos-LOCATION.counters when that is set, else
+    /// none; /metrics works either way).
     #[arg(long, value_name = "FILE")]
     counters: Option<PathBuf>,
-    /// After --seconds of load (and the wait for the outcomes), keep
-    /// following the stream until SIGINT/SIGTERM (STATUS= names the seq as
-    /// it moves), then catch up with the newest seq the stream announced and
-    /// print the summary: its digest is then the replica's at the session's
-    /// final seq, comparable with every other replica's.
-    #[arg(long, requires = "seconds")]
-    follow: bool,
 }
 
 fn main() {
@@ -99,248 +77,111 @@ fn main() {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     tally_client::cli::init_logging();
-    if !(0.0..=100.0).contains(&cli.loss) {
-        anyhow::bail!("--loss must be a percentage, 0 to 100");
+    if cli.listen.is_none() && !cli.interactive {
+        anyhow::bail!("nothing to serve: give --listen ADDR, --interactive, or both");
     }
-    let appliance = cli.connect.appliance()?;
-    let user = cli.connect.user_or("pos1").to_string();
-    let password = cli.connect.password_or("pos1pass")?;
-    let mut config = match cli.origin {
-        Some(origin) => {
-            let consumer = cli.connect.consumer(&appliance, &user, &password)?;
-            let client = cli.connect.client(&appliance, &user, &password)?;
-            PosConfig::new(consumer, client, origin)
-        }
-        None => PosConfig::for_appliance(&appliance, &user, &password)?,
-    };
-    config.consumer.start_seq = 1;
-    let seed = cli.seed.unwrap_or(u64::from(config.origin));
-    if cli.loss > 0.0 {
-        config.consumer.loss = Some((seed ^ 0x6c6f_7373, cli.loss / 100.0));
-    }
-    if let Some(in_flight) = cli.in_flight {
-        config.in_flight_max = in_flight;
-    }
-    let mut load = LoadConfig::new(seed);
-    load.rate_per_sec = cli.rate;
-    load.mix = cli.mix.unwrap_or_default();
-    load.qty_max = cli.qty_max;
-    load.ttl_ms_max = cli.hold_ttl_ms.max(1);
-    load.ttl_ms_min = (cli.hold_ttl_ms / 5).max(1);
-    config.load = Some(load);
-    config.idle = if cli.spin { Idle::Spin } else { Idle::Park };
-
-    let notifier = Notifier::from_env().context("the sd_notify environment")?;
+    let config = store_config(cli)?;
+    let process_name = format!("tally-pos {}", cli.location);
     let counters_path = cli.counters.clone().or_else(|| {
         std::env::var_os("RUNTIME_DIRECTORY")
-            .map(|dir| PathBuf::from(dir).join("tally-pos.counters"))
+            .map(|dir| PathBuf::from(dir).join(format!("tally-pos-{}.counters", cli.location)))
     });
+    let counters =
+        PosCounterFile::create_with(counters_path.as_deref(), &process_name, STORE_COUNTERS)
+            .context("creating the counter file")?;
+    let metrics = MetricSet::of(counters.file(), &process_name);
+    let refused = counters.extra()[counter::REQUESTS_REFUSED].clone();
+    let busy = counters.extra()[counter::REQUESTS_BUSY].clone();
+    let (jobs, jobs_rx) = store::job_channel(&config);
+    let answer_timeout = config.decision_timeout + Duration::from_secs(2);
+    let http = match cli.listen {
+        Some(listen) => {
+            let http_config = HttpConfig {
+                listen,
+                workers: cli.http_workers,
+                body_bytes_max: cli.body_bytes_max,
+                answer_timeout,
+                location: cli.location.clone(),
+            };
+            let front = HttpFront::start(http_config, jobs.clone(), metrics, refused, busy)?;
+            tracing::info!(listen = %front.local_addr(), location = cli.location, "serving HTTP");
+            Some(front)
+        }
+        None => None,
+    };
+    let mut node = StoreNode::new(config, jobs_rx, counters)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
-    let mut pos = Pos::new(config).context("starting the till")?;
-    let counters = match &counters_path {
-        Some(path) => Some(
-            PosCounterFile::create(path, &format!("tally-pos {user}"))
-                .with_context(|| format!("creating the counter file {}", path.display()))?,
-        ),
-        None => None,
-    };
-    tracing::info!(
-        user,
-        origin = pos.origin(),
-        seed,
-        "waiting for the gateway and the warehouse's directory"
-    );
-    let ready_deadline = Instant::now() + Duration::from_secs(cli.ready_timeout);
-    while !pos.wait_ready(Duration::from_millis(200))? {
-        if stop.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(());
-        }
-        if Instant::now() >= ready_deadline {
-            anyhow::bail!(
-                "not ready after {} s (logged in: {}, directory seen: {}, stream at seq {})",
-                cli.ready_timeout,
-                pos.client().is_ready(),
-                pos.replica().authority_online_seq() != 0,
-                pos.replica().last_seq()
-            );
-        }
-    }
-    tracing::info!(seq = pos.replica().last_seq(), "ready: sending");
+    let till = cli
+        .interactive
+        .then(|| start_till(jobs.clone(), Arc::clone(&stop), answer_timeout))
+        .transpose()?;
+    drop(jobs);
+    let notifier = Notifier::from_env().context("the sd_notify environment")?;
     notify(notifier.ready());
-
-    let started = Instant::now();
-    let until = cli.seconds.map(|s| started + Duration::from_secs(s));
-    let mut previous = pos.stats();
-    let mut second = 0u64;
-    let quiet = cli.quiet;
-    let to_stderr = cli.json;
-    pos.run_load(&stop, until, |pos| {
-        second += 1;
-        let stats = pos.stats();
-        let line = tick_line(second, &previous, &stats, pos);
-        if !quiet {
-            if to_stderr {
-                eprintln!("{line}");
-            } else {
-                println!("{line}");
-            }
-        }
-        if let Some(counters) = &counters {
-            counters.publish(pos);
-        }
-        notify(notifier.status(&line));
+    let result = node.run(&stop, |node| {
+        notify(notifier.status(&node.status_line()));
         notify(notifier.watchdog());
-        previous = stats;
-        pos.reset_interval();
-    })?;
-    let elapsed = started.elapsed();
+    });
     notify(notifier.stopping());
-    let drained = pos.drain(pos.drain_timeout())?;
-    if !drained {
-        tracing::warn!(
-            in_flight = pos.in_flight(),
-            "stopped with commands still awaiting their outcome"
-        );
+    if let Some(http) = http {
+        http.stop();
     }
-    pos.logout();
-    if cli.follow && !stop.load(std::sync::atomic::Ordering::Acquire) {
-        follow(&mut pos, &stop, &notifier)?;
-    }
-    if let Some(counters) = &counters {
-        counters.publish(&pos);
-    }
-    let summary = summary(&user, pos.origin(), seed, elapsed, drained, &pos);
-    if cli.json {
-        println!("{summary}");
-    } else {
-        print_summary(&summary)?;
-    }
+    drop(till);
+    result?;
+    tracing::info!(status = node.status_line(), "stopped");
     Ok(())
 }
 
-/// `--follow`: applies the stream until `stop` (or the session's end),
-/// telling systemd the seq whenever it moves, then catches up with the
-/// newest seq the stream announced.
-fn follow(pos: &mut Pos, stop: &AtomicBool, notifier: &Notifier) -> anyhow::Result<()> {
-    const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
-    tracing::info!(
-        seq = pos.replica().last_seq(),
-        "load done: following the stream until SIGINT/SIGTERM"
-    );
-    let mut reported_seq = None;
-    while !stop.load(std::sync::atomic::Ordering::Acquire) && !pos.consumer().is_ended() {
-        let seq = pos.replica().last_seq();
-        if reported_seq != Some(seq) {
-            notify(notifier.status(&format!("following: seq {seq}")));
-            reported_seq = Some(seq);
-        }
-        pos.poll_until(Duration::from_millis(100), |_| false)?;
+/// The node's configuration from the command line.
+fn store_config(cli: &Cli) -> anyhow::Result<StoreConfig> {
+    let appliance = cli.connect.appliance()?;
+    let user = cli
+        .connect
+        .user
+        .clone()
+        .context("--user NAME is required (a `pos` client of the configuration)")?;
+    let password = cli.connect.password_or("")?;
+    if password.is_empty() {
+        anyhow::bail!("--password-file FILE (or --password) is required");
     }
-    let newest_seq = pos.consumer().newest_seq();
-    if !pos.catch_up(newest_seq, CATCH_UP_TIMEOUT)? {
-        tracing::warn!(
-            seq = pos.replica().last_seq(),
-            newest_seq,
-            "stopped following before catching up with the stream"
-        );
-    }
-    Ok(())
+    let mut pos = PosConfig::for_appliance(&appliance, &user, &password)?;
+    pos.consumer.start_seq = 1;
+    let mut config = StoreConfig::new(pos, &cli.location);
+    config.decision_timeout = Duration::from_millis(cli.decision_timeout_ms.max(1));
+    Ok(config)
 }
 
-/// Reports a failed notification and carries on (systemd's bookkeeping
-/// must not stop the till).
+/// The interactive till on stdin/stdout, on its own thread; it stops the
+/// node when its input ends.
+fn start_till(
+    jobs: std::sync::mpsc::SyncSender<store::Job>,
+    stop: Arc<AtomicBool>,
+    wait: Duration,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    if !std::io::stdin().is_terminal() {
+        tracing::info!(
+            "--interactive with a stdin that is not a terminal: reading it line by line"
+        );
+    }
+    let thread = std::thread::Builder::new()
+        .name("store-till".into())
+        .spawn(move || {
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::stdout().lock();
+            if let Err(error) = store::tty::run(stdin, stdout, &jobs, wait) {
+                tracing::warn!(%error, "the till's terminal failed");
+            }
+            stop.store(true, Ordering::Release);
+        })?;
+    Ok(thread)
+}
+
+/// Reports a failed notification and carries on.
 fn notify(result: std::io::Result<()>) {
     if let Err(error) = result {
         tracing::warn!(%error, "sd_notify failed");
     }
-}
-
-/// One line a second: rates over the last second, totals, RTT of the last
-/// second.
-fn tick_line(second: u64, previous: &PosStats, stats: &PosStats, pos: &Pos) -> String {
-    let rtt = RttSummary::of(pos.interval_histogram());
-    let mut rejects = String::new();
-    for (letter, n) in stats.rejects.nonzero() {
-        rejects.push_str(&format!(" {letter}={n}"));
-    }
-    if rejects.is_empty() {
-        rejects.push_str(" 0");
-    }
-    format!(
-        "{second:>4}s sent/s={} outcomes/s={} fills={} rejects:{rejects} skipped={} \
-         rtt_us p50={:.0} p99={:.0} in_flight={} seq={} gaps={}",
-        stats.sent.total() - previous.sent.total(),
-        stats.outcomes - previous.outcomes,
-        stats.filled,
-        stats.skipped_would_fail,
-        rtt.rtt_p50_us,
-        rtt.rtt_p99_us,
-        stats.in_flight,
-        pos.replica().last_seq(),
-        pos.consumer().stats().gaps_detected,
-    )
-}
-
-fn summary(
-    user: &str,
-    origin: u16,
-    seed: u64,
-    elapsed: Duration,
-    drained: bool,
-    pos: &Pos,
-) -> serde_json::Value {
-    let stats = pos.stats();
-    let rtt = RttSummary::of(pos.histogram());
-    let consumer = pos.consumer().stats();
-    json!({
-        "user": user,
-        "origin": origin,
-        "seed": seed,
-        "seconds": elapsed.as_secs_f64(),
-        "sent": stats.sent.total(),
-        "sent_by_kind": stats.sent,
-        "outcomes": stats.outcomes,
-        "in_flight": stats.in_flight,
-        "drained": drained,
-        "filled": stats.filled,
-        "modified": stats.modified,
-        "cancelled": stats.cancelled,
-        "holds_placed": stats.holds_placed,
-        "holds_confirmed": stats.holds_confirmed,
-        "holds_released": stats.holds_released,
-        "holds_expired": stats.holds_expired,
-        "rejected": stats.rejected,
-        "rejects": stats.rejects,
-        "gateway_rejected": stats.gateway_rejected,
-        "skipped_would_fail": stats.skipped_would_fail,
-        "skipped": stats.skipped,
-        "units_sold": stats.units_sold,
-        "pacing_dropped": stats.pacing_dropped,
-        "duplicate_outcomes": stats.duplicate_outcomes,
-        "rtt_count": rtt.count,
-        "rtt_p50_us": rtt.rtt_p50_us,
-        "rtt_p99_us": rtt.rtt_p99_us,
-        "rtt_p999_us": rtt.rtt_p999_us,
-        "rtt_max_us": rtt.rtt_max_us,
-        "final_seq": pos.replica().last_seq(),
-        "digest": format!("{:016x}", pos.replica().digest()),
-        "oversold": pos.replica().oversold(),
-        "gaps_detected": consumer.gaps_detected,
-        "recovered": consumer.recovered(),
-        "datagrams_dropped_by_loss_filter": consumer.datagrams_dropped_by_loss_filter,
-    })
-}
-
-fn print_summary(summary: &serde_json::Value) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "summary:")?;
-    if let Some(fields) = summary.as_object() {
-        for (name, value) in fields {
-            writeln!(out, "  {name}: {value}")?;
-        }
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use serde_json::{json, Value};
+use tally_client::metrics::is_gauge;
 use tally_runtime::counters::CounterReader;
 
 /// Where `tally-stat` looks when no path is given, in this order. Each is
@@ -385,18 +386,6 @@ fn column_indexes(column: &Column, names: &[&str]) -> Vec<usize> {
         }
     }
     Vec::new()
-}
-
-/// Whether a counter is a gauge (a level, not a running total): its rate
-/// means nothing.
-fn is_gauge(name: &str) -> bool {
-    name.ends_with("next_seq")
-        || name.ends_with("_active")
-        || name.ends_with("lag_messages")
-        || name.ends_with(".lag")
-        || name.contains("_max")
-        || name.starts_with("max_")
-        || name.contains(".max_")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

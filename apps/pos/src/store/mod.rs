@@ -1,0 +1,154 @@
+//! The store node (`tally-pos --location NAME`): one store's till server.
+//!
+//! A [`StoreNode`] owns a [`Pos`](crate::Pos) — its own replica of the
+//! stream and its order-entry login — and serves the checkouts of one
+//! location:
+//!
+//! - over a local HTTP port ([`http`]): the order, hold and return subset
+//!   of the HTTP API plus stock reads, JSON in and out;
+//! - to a person at the till ([`tty`]): type or scan `SKU [QTY]`, see the
+//!   outcome and the stock left at once.
+//!
+//! **Every sale is checked against the replica first**: a SKU the
+//! directory does not know, a quantity the location does not have, a hold
+//! or order that is not open is refused on the spot with the reason and
+//! the stock the replica shows — nothing is sent, no round trip
+//! (`store.sales_refused_locally`). A sale that passes is sent through the
+//! gateway and its answer waits for the warehouse's decision on the
+//! stream, up to `decision_timeout`.
+//!
+//! **Cut off from the appliance** (order entry not logged in, or the
+//! stream silent past its stale timeout) the node keeps answering stock
+//! reads from its replica, marked `"stale": true` with how long the link
+//! has been down; it refuses sales with 503 and the reason
+//! (`store.sales_refused_link_down`); it logs the loss once and the return
+//! once. It recovers by itself: the client reconnects and resends what was
+//! never sequenced, the consumer fills the gap by re-request or replay.
+//!
+//! Threads: the node's own thread owns the `Pos` and answers every
+//! [`Job`]; HTTP workers and the interactive till only parse, send a job
+//! over a bounded channel (full: 503, counted in `store.requests_busy`) and
+//! wait for its [`Answer`]. The node parks at most 1 ms on the stream
+//! socket between rounds, so a job waits at most that long to be picked
+//! up. Off the order path of the appliance; the node's own duty cycle
+//! allocates only to build answers.
+
+mod answer;
+pub mod http;
+mod node;
+pub mod tty;
+
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::Duration;
+
+use crate::PosConfig;
+
+pub use answer::reason_words;
+pub use node::StoreNode;
+
+/// What a checkout or the person at the till asks the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// One SKU's stock at this location.
+    Stock { sku: String },
+    /// This location's stock, SKUs in directory order from position
+    /// `after` on, at most `limit`.
+    StockPage { after: u32, limit: u32 },
+    /// Sell `qty` of `sku` here (an order for this location).
+    Sale { sku: String, qty: u32 },
+    /// Hold `qty` of `sku` here for `ttl_ms`.
+    Hold { sku: String, qty: u32, ttl_ms: u32 },
+    /// Our hold becomes a sale.
+    Confirm { hold_id: u64 },
+    /// Release our hold.
+    Release { hold_id: u64 },
+    /// A customer brings back `qty` units of our order `order_id` (a modify
+    /// down, or a cancel of all that remains).
+    Return { order_id: u64, qty: u32 },
+    /// Whether the node is linked to the appliance, and its seq.
+    Health,
+}
+
+/// The node's answer: an HTTP status and a JSON body. Every body has
+/// `message` (a sentence for a person) and `stale`; sales that failed have
+/// `error` too.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+    /// Seconds for a `Retry-After` header (503 answers).
+    pub retry_after_s: Option<u32>,
+}
+
+/// An [`Ask`] and where its [`Answer`] goes.
+pub struct Job {
+    pub ask: Ask,
+    pub reply: SyncSender<Answer>,
+}
+
+/// Everything a store node needs.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The till underneath (its login must have the `pos` role).
+    pub pos: PosConfig,
+    /// The location this node serves, by its name in the directory.
+    pub location: String,
+    /// How long a sale's answer waits for the warehouse's decision; after
+    /// that it answers 202 (sent, not decided yet).
+    pub decision_timeout: Duration,
+    /// Jobs waiting for the node at most (HTTP workers and the till).
+    pub jobs_max: usize,
+    /// Longest hold a checkout may ask for.
+    pub hold_ttl_ms_max: u32,
+}
+
+impl StoreConfig {
+    /// Defaults: decisions awaited 5 s, 256 jobs queued, holds up to 1 h.
+    pub fn new(pos: PosConfig, location: &str) -> StoreConfig {
+        StoreConfig {
+            pos,
+            location: location.to_string(),
+            decision_timeout: Duration::from_secs(5),
+            jobs_max: 256,
+            hold_ttl_ms_max: 3_600_000,
+        }
+    }
+}
+
+/// The node's own counters, after the till's in its counter file.
+/// `store.link_active` (1 while linked) is a gauge.
+pub const STORE_COUNTERS: &[&str] = &[
+    "store.sales_requested",
+    "store.sales_filled",
+    "store.sales_refused_locally",
+    "store.sales_rejected",
+    "store.sales_refused_link_down",
+    "store.decision_timeouts",
+    "store.reads",
+    "store.reads_stale",
+    "store.requests_refused",
+    "store.requests_busy",
+    "store.link_active",
+    "store.link_losses",
+];
+
+/// Index of each of [`STORE_COUNTERS`] (in [`PosCounterFile::extra`](crate::PosCounterFile::extra)).
+pub mod counter {
+    pub const SALES_REQUESTED: usize = 0;
+    pub const SALES_FILLED: usize = 1;
+    pub const SALES_REFUSED_LOCALLY: usize = 2;
+    pub const SALES_REJECTED: usize = 3;
+    pub const SALES_REFUSED_LINK_DOWN: usize = 4;
+    pub const DECISION_TIMEOUTS: usize = 5;
+    pub const READS: usize = 6;
+    pub const READS_STALE: usize = 7;
+    pub const REQUESTS_REFUSED: usize = 8;
+    pub const REQUESTS_BUSY: usize = 9;
+    pub const LINK_ACTIVE: usize = 10;
+    pub const LINK_LOSSES: usize = 11;
+}
+
+/// A bounded job channel: the node's end and the senders' end.
+pub fn job_channel(config: &StoreConfig) -> (SyncSender<Job>, Receiver<Job>) {
+    std::sync::mpsc::sync_channel(config.jobs_max.max(1))
+}
