@@ -3,51 +3,12 @@
 //!
 //! The gateway loop is the single writer of every one of them.
 
-use tally_runtime::counters::{Counter, CounterFile};
+use tally_runtime::counters::CounterFile;
 
-macro_rules! gateway_counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
-        /// Handles to the gateway's counters, one field per name in
-        /// [`GatewayCounters::NAMES`] (same order).
-        #[derive(Clone, Debug)]
-        pub struct GatewayCounters {
-            $( $(#[$doc])* pub $name: Counter, )*
-        }
-
-        impl GatewayCounters {
-            /// The counter names, in field order: register them in the
-            /// counter file in this order.
-            pub const NAMES: &'static [&'static str] = &[$( stringify!($name) ),*];
-
-            /// Handles to the counters at `first_index .. first_index +
-            /// NAMES.len()` of `file`, which must have been created with
-            /// [`Self::NAMES`] at that position.
-            ///
-            /// # Panics
-            ///
-            /// When the file has fewer counters or other names there (a bug
-            /// in how the file was made).
-            pub fn from_file(file: &CounterFile, first_index: usize) -> Self {
-                let names: Vec<&str> = file.names().collect();
-                let mut index = first_index;
-                $(
-                    assert_eq!(
-                        names.get(index).copied(),
-                        Some(stringify!($name)),
-                        "counter file position {index} is not the gateway counter {}",
-                        stringify!($name),
-                    );
-                    let $name = file.counter(index);
-                    index += 1;
-                )*
-                let _ = index;
-                GatewayCounters { $( $name, )* }
-            }
-        }
-    };
-}
-
-gateway_counters! {
+tally_runtime::counter_set! {
+    /// Handles to the gateway's counters, one field per name in
+    /// [`GatewayCounters::NAMES`] (same order).
+    pub struct GatewayCounters, prefix "";
     /// Gauge: sessions logged in now.
     sessions_active,
     /// Logins answered with Login Accepted.
@@ -143,7 +104,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "is not the gateway counter")]
+    #[should_panic(expected = "is not the counter")]
     fn a_misplaced_block_is_a_bug() {
         let file = CounterFile::in_memory(GatewayCounters::NAMES);
         GatewayCounters::from_file(&file, 1);

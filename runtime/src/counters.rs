@@ -693,6 +693,72 @@ fn text_from_zero_padded(bytes: &[u8]) -> Option<String> {
     is_printable_ascii(text).then(|| text.to_owned())
 }
 
+/// Declares a set of counter handles: a struct with one [`Counter`] field
+/// per name, its `NAMES` (the names in the counter file, `PREFIX` + field
+/// name, in field order) and `from_file`, which checks that the file holds
+/// exactly those names at the position given. The one way every tally loop
+/// keeps its counters.
+///
+/// ```
+/// tally_runtime::counter_set! {
+///     /// The example loop's counters.
+///     pub struct ExampleCounters, prefix "example.";
+///     /// Requests answered.
+///     answered,
+///     /// Gauge: clients now.
+///     clients,
+/// }
+/// let file = tally_runtime::counters::CounterFile::in_memory(ExampleCounters::NAMES);
+/// let counters = ExampleCounters::from_file(&file, 0);
+/// counters.answered.increment();
+/// assert_eq!(ExampleCounters::NAMES, &["example.answered", "example.clients"]);
+/// assert_eq!(file.counter_by_name("example.answered").unwrap().get(), 1);
+/// ```
+#[macro_export]
+macro_rules! counter_set {
+    (
+        $(#[$struct_doc:meta])*
+        $vis:vis struct $name:ident, prefix $prefix:literal;
+        $( $(#[$doc:meta])* $field:ident ),* $(,)?
+    ) => {
+        $(#[$struct_doc])*
+        #[derive(Clone, Debug)]
+        $vis struct $name {
+            $( $(#[$doc])* pub $field: $crate::counters::Counter, )*
+        }
+
+        impl $name {
+            /// The counter names, in field order: register them in the
+            /// counter file in this order.
+            pub const NAMES: &'static [&'static str] = &[$( concat!($prefix, stringify!($field)) ),*];
+
+            /// Handles to the counters at `first_index .. first_index +
+            /// NAMES.len()` of `file`.
+            ///
+            /// # Panics
+            ///
+            /// When the file holds other names there (a bug in how the file
+            /// was made).
+            pub fn from_file(file: &$crate::counters::CounterFile, first_index: usize) -> Self {
+                let names: Vec<&str> = file.names().collect();
+                let mut index = first_index;
+                $(
+                    let expected = concat!($prefix, stringify!($field));
+                    assert_eq!(
+                        names.get(index).copied(),
+                        Some(expected),
+                        "counter file position {index} is not the counter {expected}",
+                    );
+                    let $field = file.counter(index);
+                    index += 1;
+                )*
+                let _ = index;
+                $name { $( $field, )* }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,8 +84,12 @@ struct SequencerAgent {
     own_waker: Waker,
     /// `dedicated`: the gateway's thread, woken when acks are ready.
     gateway_waker: Option<Waker>,
-    /// Whether to end the session on close.
+    /// Whether to end the session on close, or roll over.
     control: Arc<Control>,
+    /// Rollover: the longest wait for the authority's `S(F)` after `S(E)`.
+    close_grace_ns: u64,
+    /// When this run saw the session closing (`S(E)` sequenced).
+    closing_since_ns: Option<u64>,
 }
 
 /// The sequencer as an agent of the runtime's runner. `do_work` stamps with
@@ -139,10 +143,11 @@ impl SequencerAgent {
     /// One duty cycle; on an idle one, reaps send completions and stores
     /// the journal counters and the liveness heartbeat.
     fn do_work(&mut self, now_ns: u64) -> io::Result<usize> {
-        let work = self
+        let mut work = self
             .core
             .poll(&mut self.inbound, &mut self.outcomes, now_ns)
             .map_err(|error| io::Error::other(journal_write_failed(&self.journal_path, error)))?;
+        work += self.rollover_step(now_ns)?;
         if work > 0 {
             self.replay_waker.wake();
         } else {
@@ -151,6 +156,52 @@ impl SequencerAgent {
                 .set(self.core.journal_mut().bytes_written());
             self.journal_fsyncs.set(self.core.journal_mut().fsyncs());
             self.counter_file.set_heartbeat(now_ns);
+        }
+        Ok(work)
+    }
+
+    /// The rollover's steps (README, "Daily session rollover"): when asked
+    /// ([`Control::end_requested`]), sequence `S(E)`; once the authority's
+    /// `S(F)` is sequenced, or `close_grace_ns` after `S(E)` without it, end
+    /// the session and tell the main thread ([`Control::session_ended`]).
+    /// Two relaxed loads per cycle otherwise.
+    fn rollover_step(&mut self, now_ns: u64) -> io::Result<usize> {
+        let fatal =
+            |path: &std::path::Path, error| io::Error::other(journal_write_failed(path, error));
+        if self.core.ended() {
+            return Ok(0);
+        }
+        let mut work = 0;
+        if !self.core.closing() && self.control.end_requested.load(Ordering::Relaxed) {
+            let seq = self
+                .core
+                .request_end(now_ns)
+                .map_err(|error| fatal(&self.journal_path, error))?;
+            tracing::info!(
+                seq,
+                "end of session requested: S(E) sequenced; waiting for the authority's S(F)"
+            );
+            work += 1;
+        }
+        if !self.core.closing() {
+            return Ok(work);
+        }
+        let since = *self.closing_since_ns.get_or_insert(now_ns);
+        let grace_over = now_ns.saturating_sub(since) >= self.close_grace_ns;
+        if self.core.authority_closed() || grace_over {
+            if !self.core.authority_closed() {
+                tracing::warn!(
+                    grace_ms = self.close_grace_ns / 1_000_000,
+                    "no S(F) from the authority within stream.close_grace_ms: ending the session \
+                     without it (the warehouse may hold decisions the stream lacks; see the README)"
+                );
+            }
+            self.core
+                .end_session(&mut self.outcomes, now_ns)
+                .map_err(|error| fatal(&self.journal_path, error))?;
+            tracing::info!(next_seq = self.core.next_seq(), "session ended");
+            self.control.session_ended.store(true, Ordering::Release);
+            work += 1;
         }
         Ok(work)
     }
@@ -192,8 +243,15 @@ impl SequencerAgent {
 pub struct Control {
     /// Stop every loop (SIGINT, SIGTERM).
     pub stop: AtomicBool,
-    /// End the session before stopping (SIGUSR1).
+    /// End the session before stopping.
     pub end_session: AtomicBool,
+    /// Roll over (SIGUSR1, `tally-ctl session end`): sequence `S(E)`, wait
+    /// for the authority's `S(F)` (bounded), end the session.
+    pub end_requested: AtomicBool,
+    /// Set by the sequencer loop once the session has ended after a
+    /// rollover request: the main thread stops this appliance and starts
+    /// the next session.
+    pub session_ended: AtomicBool,
 }
 
 /// The runner threads of a threading mode, by the short name their
@@ -269,6 +327,8 @@ impl Appliance {
             .map_err(|error| anyhow::anyhow!("gateway recovery: {error}"))?;
         let mut last_client_seq = vec![0u32; 1 << 16];
         let mut recovery_error: Option<anyhow::Error> = None;
+        // A restart in the middle of a rollover: the journal holds `S(E)`.
+        let mut closing = false;
         let (journal, recovery) = JournalWriter::open(
             &config.journal.dir,
             session,
@@ -284,6 +344,8 @@ impl Appliance {
                 let timestamp_ns = u64::from_be_bytes(message[7..15].try_into().unwrap());
                 last_client_seq[usize::from(origin)] = client_seq;
                 if origin == 0 {
+                    closing |= message[0] == tally_wire::SystemEvent::TYPE
+                        && message.get(15) == Some(&tally_wire::system_code::END_REQUESTED);
                     return;
                 }
                 let reject_reason = if message[0] == tally_wire::GatewayReject::TYPE {
@@ -403,6 +465,9 @@ impl Appliance {
             &last_seqs,
             core_counters,
         );
+        if closing {
+            core.resume_closing();
+        }
         let journal_path = core.journal_mut().path().to_path_buf();
         core.start(clock_ns())
             .map_err(|error| journal_write_failed(&journal_path, error))
@@ -443,6 +508,8 @@ impl Appliance {
             // Dedicated: the gateway's thread is woken when acks are ready.
             gateway_waker: (threading == Threading::Dedicated).then_some(gateway_waker),
             control: Arc::clone(&control),
+            close_grace_ns: config.stream.close_grace_ms.saturating_mul(1_000_000),
+            closing_since_ns: None,
         };
         let mut spawn = |label, thread_name, placement: LoopPlacement, agents, duty| {
             spawn_agents(&control, label, thread_name, placement, agents, duty)
@@ -494,6 +561,17 @@ impl Appliance {
             threads,
             recovery,
         })
+    }
+
+    /// The flags this appliance's loops read (shared with the caller).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Whether the session ended after a rollover request (the caller
+    /// stops this appliance and starts the next session).
+    pub fn session_ended(&self) -> bool {
+        self.control.session_ended.load(Ordering::Acquire)
     }
 
     /// Whether any loop has stopped (a failure, or after [`Self::request_stop`]).

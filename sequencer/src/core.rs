@@ -315,6 +315,11 @@ pub struct SequencerCore<J: Journal, P: Publisher> {
     last_send_ns: u64,
     counters: CoreCounters,
     ended: bool,
+    /// `S(E)` was sequenced: the session ends after the authority's next
+    /// `S` (its `S(F)`), or when the caller's grace runs out.
+    closing: bool,
+    /// The authority's `S` was sequenced while closing: end the session now.
+    authority_closed: bool,
 }
 
 impl<J: Journal, P: Publisher> SequencerCore<J, P> {
@@ -356,6 +361,8 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
             last_send_ns: 0,
             counters,
             ended: false,
+            closing: false,
+            authority_closed: false,
         }
     }
 
@@ -382,6 +389,42 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
     /// Whether the session has ended.
     pub fn ended(&self) -> bool {
         self.ended
+    }
+
+    /// Whether `S(E)` was sequenced (the session is closing).
+    pub fn closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Whether the authority has closed the session (its `S` sequenced after
+    /// `S(E)`): the caller ends the session now.
+    pub fn authority_closed(&self) -> bool {
+        self.authority_closed
+    }
+
+    /// Starts a rollover: sequences the appliance's `S(E)` (end of session
+    /// requested) and publishes it. From then on, the first `S` message from
+    /// a client (origin ≠ 0: the gateway lets only the authority send `S`)
+    /// sets [`Self::authority_closed`], and nothing after it is taken in
+    /// this session. The core reads the type byte and the origin only, as
+    /// ever, never a body. Returns its sequence number (0 when the session
+    /// already ended or was already closing).
+    pub fn request_end(&mut self, now_ns: u64) -> Result<u64, WriteError> {
+        if self.ended || self.closing {
+            return Ok(0);
+        }
+        let seq = self.sequence_system_event(system_code::END_REQUESTED, now_ns)?;
+        self.flush(now_ns)?;
+        self.journal.submit(now_ns)?;
+        self.submit();
+        self.closing = true;
+        Ok(seq)
+    }
+
+    /// Marks a session recovered from a journal holding `S(E)` as closing
+    /// (a restart in the middle of a rollover).
+    pub fn resume_closing(&mut self) {
+        self.closing = true;
     }
 
     /// Packets and outcomes waiting for the journal (or for ring room).
@@ -417,7 +460,7 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         outcomes: &mut rtrb::Producer<Outcome>,
         now_ns: u64,
     ) -> Result<usize, WriteError> {
-        if self.ended {
+        if self.ended || self.authority_closed {
             return Ok(0);
         }
         let durable = self.journal.poll_durable()?;
@@ -456,10 +499,17 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
             .read_chunk(take)
             .expect("read_chunk of at most slots() cannot fail");
         let (first, second) = chunk.as_slices();
+        let mut taken = 0;
         for message in first.iter().chain(second.iter()) {
             self.sequence_inbound(message, now_ns)?;
+            taken += 1;
+            if self.authority_closed {
+                // Nothing after the authority's close in this session.
+                break;
+            }
         }
-        chunk.commit_all();
+        chunk.commit(taken);
+        let take = taken;
         self.flush(now_ns)?;
         self.journal.submit(now_ns)?;
         self.counters.batches.increment();
@@ -620,6 +670,9 @@ impl<J: Journal, P: Publisher> SequencerCore<J, P> {
         }
         let seq = self.append(inbound.message(), now_ns)?;
         self.last_client_seq[usize::from(origin)] = inbound.client_seq;
+        if self.closing && origin != 0 && inbound.message().first() == Some(&SystemEvent::TYPE) {
+            self.authority_closed = true;
+        }
         let kind = if inbound.reject_reason == 0 {
             OutcomeKind::Accepted
         } else {

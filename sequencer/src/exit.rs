@@ -6,7 +6,7 @@
 //! would only hide the cause. Those statuses stop the unit and wait for a
 //! person; every other failure is restarted.
 
-/// Stopped cleanly (SIGINT, SIGTERM, or the session ended with SIGUSR1).
+/// Stopped cleanly (SIGINT, SIGTERM; SIGUSR1 rolls over and keeps running).
 pub const OK: i32 = 0;
 /// Any other failure (a bug, a lost socket): systemd restarts the appliance,
 /// which recovers from its journal.
@@ -22,8 +22,8 @@ pub const JOURNAL_DAMAGED: i32 = 65;
 /// last successful write was acknowledged or published. Not restarted: free
 /// space or fix the disk, then start the unit again.
 pub const JOURNAL_WRITE_FAILED: i32 = 74;
-/// The configuration is invalid, or names a session that has already ended.
-/// Not restarted.
+/// The configuration is invalid, or an ended session of the chain has no
+/// successor name (README, "Daily session rollover"). Not restarted.
 pub const CONFIG: i32 = 78;
 
 /// A journal write or sync failed on the sequencer thread. Carried inside the

@@ -12,3 +12,4 @@ pub mod journal;
 pub mod publisher;
 pub mod replay;
 pub mod retransmit;
+pub mod rollover;

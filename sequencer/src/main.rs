@@ -14,6 +14,8 @@ use tally_runtime::notify::Notifier;
 use tally_sequencer::appliance::{Appliance, Control};
 use tally_sequencer::exit;
 use tally_sequencer::journal::{JournalError, RecoveryOptions};
+use tally_sequencer::rollover;
+use tally_wire::mold::Session;
 
 /// The tally sequencer appliance: SoupBinTCP order entry, one sequencer that
 /// numbers every message, a MoldUDP64 multicast stream, a write-ahead journal,
@@ -21,14 +23,16 @@ use tally_sequencer::journal::{JournalError, RecoveryOptions};
 ///
 /// Signals: SIGINT or SIGTERM stop the appliance (the current batch is
 /// finished, the journal synced and closed; the session stays open and a
-/// restart continues it). SIGUSR1 ends the session (the end-of-session event
-/// and packet are sent) and then stops.
+/// restart continues it). SIGUSR1 rolls over: the session ends (`S(E)`, the
+/// warehouse's `S(F)`, `S(C)` and the end-of-session packet) and its
+/// successor starts in the same process (README, "Daily session
+/// rollover").
 ///
 /// Exit statuses: 0 stopped cleanly; 1 any other failure (systemd restarts
 /// it); 2 bad command line; 65 the journal or its checkpoint is damaged
 /// (inspect with `tally-journal verify`); 74 a journal write or sync failed
-/// (disk full, I/O error); 78 the configuration is invalid or names a
-/// session that has ended. systemd does not restart on 65, 74 and 78.
+/// (disk full, I/O error); 78 the configuration is invalid or an ended
+/// session has no successor name. systemd does not restart on 65, 74 and 78.
 #[derive(Parser, Debug)]
 #[command(name = "tally-sequencer", version, about, long_about)]
 struct Cli {
@@ -207,18 +211,101 @@ fn run(path: &std::path::Path, recovery_options: &RecoveryOptions) -> anyhow::Re
              damage and the sequence numbers after the cut handed out again"
         );
     }
-    let appliance = Appliance::start(&config, Arc::new(Control::default()), recovery_options)?;
-    tracing::info!(
-        session = %config.stream.session,
-        gateway = %config.gateway.listen,
-        stream = %format!("{}:{}", config.stream.group, config.stream.port),
-        retransmit = %config.retransmit.listen,
-        replay = %config.replay.listen,
-        next_seq = appliance.recovery.next_seq,
-        "tally-sequencer running"
-    );
+    let signals = Signals {
+        stop: stop_signal,
+        end: end_signal,
+    };
+    let root = config.session()?;
+    let mut session = rollover::current_session(&config.journal.dir, &root);
+    loop {
+        let (appliance, run_config) = start_session(&config, &mut session, recovery_options)?;
+        let rolled = supervise(&appliance, &run_config, &notifier, &signals);
+        if !rolled {
+            notify(notifier.stopping());
+            appliance.request_stop(false);
+            appliance.stop()?;
+            tracing::info!(session = %session, "tally-sequencer stopped");
+            return Ok(());
+        }
+        appliance.stop()?;
+        let ended = session;
+        session = successor(&ended)?;
+        let deleted = rollover::prune_ended(
+            &config.journal.dir,
+            &root,
+            &session,
+            config.journal.keep_ended_sessions,
+        );
+        tracing::info!(ended = %ended, next = %session, deleted = ?deleted, "rollover: starting the next session");
+    }
+}
+
+/// The flags the signal handlers set.
+struct Signals {
+    /// SIGINT, SIGTERM: stop.
+    stop: Arc<AtomicBool>,
+    /// SIGUSR1: roll over.
+    end: Arc<AtomicBool>,
+}
+
+/// The session after `ended`, or an error saying why there is none.
+fn successor(ended: &Session) -> anyhow::Result<Session> {
+    ended.successor().ok_or_else(|| {
+        ConfigInvalid(format!(
+            "session {ended:?} has no successor (its final number cannot grow within 10 \
+             characters): configure a new stream.session"
+        ))
+        .into()
+    })
+}
+
+/// Starts the appliance on `session`, moving on to the successor while the
+/// session has ended (at most [`Session::CHAIN_LENGTH_MAX`] steps).
+fn start_session(
+    config: &ApplianceConfig,
+    session: &mut Session,
+    recovery_options: &RecoveryOptions,
+) -> anyhow::Result<(Appliance, ApplianceConfig)> {
+    for _ in 0..Session::CHAIN_LENGTH_MAX {
+        let mut run_config = config.clone();
+        run_config.stream.session = session.as_str().to_string();
+        match Appliance::start(&run_config, Arc::new(Control::default()), recovery_options) {
+            Ok(appliance) => {
+                tracing::info!(
+                    session = %session,
+                    gateway = %config.gateway.listen,
+                    stream = %format!("{}:{}", config.stream.group, config.stream.port),
+                    retransmit = %config.retransmit.listen,
+                    replay = %config.replay.listen,
+                    next_seq = appliance.recovery.next_seq,
+                    "tally-sequencer running"
+                );
+                return Ok((appliance, run_config));
+            }
+            Err(error) if error.is::<exit::SessionEnded>() => {
+                tracing::info!(session = %session, "session has ended; starting its successor");
+                *session = successor(session)?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    anyhow::bail!(
+        "no session of the chain after {} could be started",
+        config.stream.session
+    )
+}
+
+/// Runs `appliance` until a stop signal (returns false) or the end of its
+/// session after a rollover request (returns true), keeping systemd's
+/// status and watchdog.
+fn supervise(
+    appliance: &Appliance,
+    config: &ApplianceConfig,
+    notifier: &Notifier,
+    signals: &Signals,
+) -> bool {
     // Start returned: every socket is bound and every loop runs.
-    let mut health = Health::new(&config);
+    let mut health = Health::new(config);
     notify(notifier.ready());
     notify(notifier.status(&health.status_line()));
     let status_interval = Duration::from_secs(1);
@@ -228,11 +315,18 @@ fn run(path: &std::path::Path, recovery_options: &RecoveryOptions) -> anyhow::Re
     let mut next_status = Instant::now() + status_interval;
     let mut next_watchdog = Instant::now();
     loop {
-        if stop_signal.load(Ordering::Acquire)
-            || end_signal.load(Ordering::Acquire)
-            || appliance.any_stopped()
-        {
-            break;
+        if signals.stop.load(Ordering::Acquire) || appliance.any_stopped() {
+            return false;
+        }
+        if signals.end.swap(false, Ordering::AcqRel) {
+            tracing::info!("rollover requested (SIGUSR1)");
+            appliance
+                .control()
+                .end_requested
+                .store(true, Ordering::Release);
+        }
+        if appliance.session_ended() {
+            return true;
         }
         let now = Instant::now();
         if now >= next_status {
@@ -240,7 +334,7 @@ fn run(path: &std::path::Path, recovery_options: &RecoveryOptions) -> anyhow::Re
             next_status = now + status_interval;
         }
         if let Some(interval) = watchdog_interval.filter(|_| now >= next_watchdog) {
-            match health.stalled_loop(&appliance) {
+            match health.stalled_loop(appliance) {
                 None => notify(notifier.watchdog()),
                 Some(what) => {
                     tracing::warn!(what, "loop not making progress; withholding WATCHDOG=1");
@@ -251,12 +345,6 @@ fn run(path: &std::path::Path, recovery_options: &RecoveryOptions) -> anyhow::Re
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    notify(notifier.stopping());
-    let end_session = end_signal.load(Ordering::Acquire);
-    appliance.request_stop(end_session);
-    appliance.stop()?;
-    tracing::info!(end_session, "tally-sequencer stopped");
-    Ok(())
 }
 
 /// Reports a failed notification and carries on: systemd's bookkeeping must

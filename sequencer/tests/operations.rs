@@ -101,9 +101,16 @@ fn a_bad_configuration_is_refused_with_the_key_named() {
 }
 
 #[test]
-fn sigterm_keeps_the_session_open_and_sigusr1_ends_it() {
+fn sigterm_keeps_the_session_open_and_sigusr1_rolls_it_over() {
     let dir = tempfile::tempdir().unwrap();
-    let setup = TestSetup::new(41, dir.path());
+    // No warehouse answers S(E) here: the session ends after the grace.
+    let setup = TestSetup::with(41, dir.path(), |text| {
+        text.replacen(
+            "heartbeat_interval_ms = 200",
+            "heartbeat_interval_ms = 200\nclose_grace_ms = 300",
+            1,
+        )
+    });
     let mut stream = StreamReader::join(&setup);
 
     let appliance = Appliance::start(&setup);
@@ -116,27 +123,55 @@ fn sigterm_keeps_the_session_open_and_sigusr1_ends_it() {
     assert!(stream.read_until(LONG, |s| s.next_seq > 2));
     assert!(!stream.ended, "a plain stop is not an end of session");
 
-    // Restart continues the session; SIGUSR1 ends it.
+    // Restart continues the session; SIGUSR1 rolls it over: S(E), then
+    // (no authority to answer with S(F)) S(C) and the end-of-session packet
+    // once close_grace_ms is over, and the next session starts in the same
+    // process.
     let appliance = Appliance::start(&setup);
-    let status = appliance.stop_with(libc::SIGUSR1);
-    assert!(status.success(), "{status}");
+    appliance.signal(libc::SIGUSR1);
     assert!(
         stream.read_until(LONG, |s| s.ended),
         "end-of-session packet sent"
     );
-    let (seq, last) = stream.messages.last().unwrap();
-    assert_eq!(*seq, 3);
-    assert_eq!(&last[..1], b"S");
-    assert_eq!(last[15], b'C', "S(C) end of session");
+    let codes: Vec<(u64, u8, u8)> = stream
+        .messages
+        .iter()
+        .skip(2)
+        .map(|(seq, message)| (*seq, message[0], message[15]))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![(3, b'S', b'E'), (4, b'S', b'C')],
+        "S(E), then S(C)"
+    );
+    let next = setup.dir.join("journal/T42.journal");
+    let deadline = std::time::Instant::now() + LONG;
+    while !next.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next session T42 started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = appliance.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}");
 
-    // An ended session is not restarted: a new session name is needed.
-    let output = sequencer()
-        .arg("--config")
-        .arg(&setup.config_path)
+    // Started again with the same configuration (naming T41, which has
+    // ended), the appliance continues the newest session of the chain.
+    let appliance = Appliance::start(&setup);
+    let mut pos = SoupClient::connect(setup.gateway);
+    pos.login_ok("pos1", POS_PASSWORD);
+    drop(appliance);
+    let ended = setup.dir.join("journal/T41.journal");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally-journal"))
+        .arg("verify")
+        .arg(&ended)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("has ended"));
+    assert!(
+        output.status.success(),
+        "the ended session's journal is kept and verifies"
+    );
 }
 
 #[test]

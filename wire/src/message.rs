@@ -671,6 +671,15 @@ pub mod system_code {
     pub const END_OF_SESSION: u8 = b'C';
     /// The authority (warehouse) is online; its snapshot broadcast is complete.
     pub const AUTHORITY_ONLINE: u8 = b'W';
+    /// An addition to DESIGN.md: the appliance was asked to end the session
+    /// (rollover). Every command sequenced before it is decided; none after
+    /// it is (written by the appliance, origin 0).
+    pub const END_REQUESTED: u8 = b'E';
+    /// An addition to DESIGN.md: the authority has decided everything
+    /// before `E` and decides nothing more in this session (written by the
+    /// warehouse, its last event of the session). The appliance ends the
+    /// session right after it.
+    pub const AUTHORITY_CLOSED: u8 = b'F';
 }
 
 /// Why a string cannot fill a space-padded ASCII field.

@@ -60,6 +60,91 @@ impl Session {
     pub fn is_blank(&self) -> bool {
         *self == Self::BLANK
     }
+
+    /// The session that follows this one at a rollover (an addition to
+    /// DESIGN.md; every application and the appliance apply the same rule,
+    /// so no name travels on the wire): the number the name ends with, plus
+    /// one, its width kept (`D20261122` → `D20261123`, `DAY0099` →
+    /// `DAY0100`, `DAY9` → `DAY10`); a name without a final number gets `1`
+    /// appended (`DEMO` → `DEMO1`). `None` when the result would not fit in
+    /// 10 bytes, or for a blank name.
+    pub fn successor(&self) -> Option<Session> {
+        let name = crate::message::trim_ascii(&self.0);
+        if name.is_empty() {
+            return None;
+        }
+        let digits = name.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let (prefix, number) = name.split_at(name.len() - digits);
+        let mut next = [b' '; 10];
+        next[..prefix.len()].copy_from_slice(prefix);
+        let mut len = prefix.len();
+        if number.is_empty() {
+            *next.get_mut(len)? = b'1';
+            return Some(Session(next));
+        }
+        // Decimal increment with carry, right to left.
+        let mut incremented = number.to_vec();
+        let mut carry = true;
+        for digit in incremented.iter_mut().rev() {
+            if !carry {
+                break;
+            }
+            if *digit == b'9' {
+                *digit = b'0';
+            } else {
+                *digit += 1;
+                carry = false;
+            }
+        }
+        if carry {
+            *next.get_mut(len)? = b'1';
+            len += 1;
+        }
+        let end = len + incremented.len();
+        next.get_mut(len..end)?.copy_from_slice(&incremented);
+        Some(Session(next))
+    }
+
+    /// Where `self` stands in the chain of [`Session::successor`]s that
+    /// starts at `root`: 0 for `root` itself, n for its n-th successor;
+    /// `None` when it is not in that chain (or lies more than
+    /// [`Session::CHAIN_LENGTH_MAX`] steps along it).
+    pub fn chain_position(&self, root: &Session) -> Option<u64> {
+        fn number(session: &Session) -> Option<(&[u8], u64)> {
+            let name = crate::message::trim_ascii(&session.0);
+            let digits = name.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+            let (prefix, number) = name.split_at(name.len() - digits);
+            let number = core::str::from_utf8(number).ok()?;
+            // A name without a number stands just before 1.
+            Some((
+                prefix,
+                if number.is_empty() {
+                    0
+                } else {
+                    number.parse().ok()?
+                },
+            ))
+        }
+        let (root_prefix, root_number) = number(root)?;
+        let (prefix, own_number) = number(self)?;
+        if prefix != root_prefix {
+            return None;
+        }
+        let steps = own_number.checked_sub(root_number)?;
+        if steps > Self::CHAIN_LENGTH_MAX {
+            return None;
+        }
+        // Widths and leading zeros: walk to be exact (cheap, and bounded).
+        let mut at = *root;
+        for _ in 0..steps {
+            at = at.successor()?;
+        }
+        (at == *self).then_some(steps)
+    }
+
+    /// The longest chain of sessions [`Session::chain_position`] follows
+    /// (about 270 years of daily sessions).
+    pub const CHAIN_LENGTH_MAX: u64 = 100_000;
 }
 
 impl FromStr for Session {
@@ -563,5 +648,44 @@ impl ReRequest {
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         IntoBytes::as_bytes(self)
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::Session;
+
+    fn s(name: &str) -> Session {
+        Session::from_str(name).unwrap()
+    }
+
+    #[test]
+    fn successor_increments_the_final_number_keeping_its_width() {
+        let next = |name: &str| s(name).successor().map(|next| next.as_str().to_string());
+        assert_eq!(next("D20261122").as_deref(), Some("D20261123"));
+        assert_eq!(next("DAY0099").as_deref(), Some("DAY0100"));
+        assert_eq!(next("DAY9").as_deref(), Some("DAY10"));
+        assert_eq!(next("DEMO").as_deref(), Some("DEMO1"));
+        assert_eq!(next("7").as_deref(), Some("8"));
+        assert_eq!(next("ABCDEFGHIJ"), None, "no room to append");
+        assert_eq!(next("ABCDEFGHI9"), None, "no room for the carry");
+        assert_eq!(next("ABCDEFGH19").as_deref(), Some("ABCDEFGH20"));
+        assert_eq!(Session::BLANK.successor(), None);
+    }
+
+    #[test]
+    fn chain_position_counts_successors_and_refuses_strangers() {
+        assert_eq!(s("DEMO").chain_position(&s("DEMO")), Some(0));
+        assert_eq!(s("DEMO3").chain_position(&s("DEMO")), Some(3));
+        assert_eq!(s("DAY10").chain_position(&s("DAY8")), Some(2));
+        assert_eq!(s("D20261201").chain_position(&s("D20261122")), Some(79));
+        assert_eq!(
+            s("DAY7").chain_position(&s("DAY8")),
+            None,
+            "before the root"
+        );
+        assert_eq!(s("OTHER1").chain_position(&s("DEMO")), None);
+        assert_eq!(s("DAY02").chain_position(&s("DAY1")), None, "width differs");
+        assert_eq!(s("DEMO").chain_position(&s("DEMO1")), None);
     }
 }

@@ -64,18 +64,23 @@ impl ConnectArgs {
     }
 
     /// A stream consumer for this appliance, reading the replay feed as
-    /// (`default_user`, `default_password`) unless told otherwise.
+    /// (`default_user`, `default_password`) unless told otherwise. It joins
+    /// the appliance's current session (blank session: the replay feed's or
+    /// the first packet's), which after rollovers is a later one than the
+    /// configured `[stream] session` ([`crate::follow`]).
     pub fn consumer(
         &self,
         appliance: &ApplianceConfig,
         default_user: &str,
         default_password: &str,
     ) -> anyhow::Result<ConsumerConfig> {
-        Ok(ConsumerConfig::for_appliance(
+        let mut config = ConsumerConfig::for_appliance(
             appliance,
             self.user_or(default_user),
             &self.password_or(default_password)?,
-        ))
+        );
+        config.session = tally_wire::mold::Session::BLANK;
+        Ok(config)
     }
 
     /// An order-entry client for this appliance.

@@ -29,17 +29,18 @@ const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
 #[derive(Args, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CredentialArgs {
     /// Username to log in with (environment: TALLY_USER).
-    #[arg(long, value_name = "NAME", env = "TALLY_USER")]
+    #[arg(long, value_name = "NAME", env = "TALLY_USER", global = true)]
     pub user: Option<String>,
     /// File whose first line is the password (environment:
     /// TALLY_PASSWORD_FILE, or the password itself in TALLY_PASSWORD).
-    #[arg(long, value_name = "FILE", env = "TALLY_PASSWORD_FILE")]
+    #[arg(long, value_name = "FILE", env = "TALLY_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
     /// The password itself, from the environment only (a command line is
     /// visible to every user of the host).
     #[arg(
         long = "password-from-env-only",
         env = "TALLY_PASSWORD",
+        global = true,
         hide = true,
         hide_env_values = true
     )]

@@ -6,6 +6,7 @@
 //! - [`consumer`]: the stream consumer (MoldUDP64 multicast, gap fill from the
 //!   retransmit server, catch-up from the replay feed); every message once, in
 //!   order.
+//! - [`follow`]: following the stream from one session to the next.
 //! - [`client`]: the order-entry client (SoupBinTCP to the gateway, exactly
 //!   once numbering, acks).
 //! - [`replica`]: the inventory state rebuilt from the stream, and
@@ -22,7 +23,13 @@ pub mod client;
 pub mod command;
 pub mod consumer;
 pub mod credentials;
+pub mod follow;
 pub mod metrics;
 pub mod replica;
 pub mod snapshot;
 pub mod text;
+
+/// The configuration crate, for applications that depend on this one only.
+pub use tally_config;
+/// The wire crate, for applications that depend on this one only.
+pub use tally_wire;

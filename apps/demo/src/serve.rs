@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tally_client::consumer::ConsumerConfig;
 use tally_client::replica::ReplicaLimits;
 use tally_config::ApplianceConfig;
-use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig, MonitorHandle};
+use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig, MonitorHandle, WritesConfig};
 
 use crate::{demo_client, ApplianceSpec, RunningAppliance, RunningWarehouse, DEMO_CLIENTS};
 
@@ -116,9 +116,10 @@ pub fn serve(options: &ServeOptions) -> anyhow::Result<Served> {
         spec.toml()
     );
     // A fresh session each run: the journal directory is the demo's own.
-    if spec.journal_dir.exists() {
-        std::fs::remove_dir_all(&spec.journal_dir)
-            .with_context(|| format!("removing {}", spec.journal_dir.display()))?;
+    for old in [spec.journal_dir.clone(), dir.join("http-state")] {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
     }
     std::fs::write(&config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;
@@ -137,6 +138,7 @@ pub fn serve(options: &ServeOptions) -> anyhow::Result<Served> {
     monitor_config.consumer.start_seq = 1;
     monitor_config.limits = limits;
     monitor_config.auth = HttpAuthConfig::from_appliance(&config).map_err(anyhow::Error::msg)?;
+    monitor_config.writes = Some(WritesConfig::new(config.clone(), dir.join("http-state")));
     let monitor = Monitor::start(monitor_config)
         .with_context(|| format!("starting the HTTP service on {http}"))?;
     let ready = monitor.wait_until(Duration::from_secs(30), |model, now_ns| {

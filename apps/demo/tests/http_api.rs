@@ -44,7 +44,7 @@ fn serve(id: u8) -> Served {
         .arg("--dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -52,8 +52,10 @@ fn serve(id: u8) -> Served {
     // The first line comes once the stack is ready (or never: the child
     // exits and the read ends).
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let summary: Value = serde_json::from_str(&line)
-        .unwrap_or_else(|error| panic!("first line {line:?} is not JSON: {error}"));
+    let summary: Value = serde_json::from_str(&line).unwrap_or_else(|error| {
+        let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+        panic!("first line {line:?} is not JSON: {error}; stderr: {stderr}")
+    });
     let http: SocketAddr = summary["http"]
         .as_str()
         .unwrap()
@@ -69,14 +71,11 @@ fn serve(id: u8) -> Served {
 }
 
 fn get(served: &Served, user: &str, path: &str) -> Reply {
-    let password = served.summary["credentials"]
-        .as_object()
-        .unwrap()
-        .values()
-        .find(|c| c["user"] == user)
-        .map(|c| c["password"].as_str().unwrap().to_string())
-        .unwrap_or_else(|| "wrong".to_string());
-    let auth = basic(user, &password);
+    let password = tally_demo::DEMO_CLIENTS
+        .iter()
+        .find(|c| c.username == user)
+        .map_or("wrong", |c| c.password);
+    let auth = basic(user, password);
     request(
         served.http,
         "GET",
@@ -196,8 +195,18 @@ fn serve_json_reads_openapi_and_dashboard() {
         "/v1/transfers/{id}",
         "/v1/events",
         "/v1/openapi.json",
+        "/v1/orders",
+        "/v1/holds",
+        "/v1/holds/{id}/confirm",
+        "/v1/holds/{id}/release",
+        "/v1/transfers",
+        "/v1/recounts",
+        "/v1/adjustments",
     ] {
         assert!(paths.contains_key(route), "openapi.json lacks {route}");
+    }
+    for method in ["get", "patch", "delete"] {
+        assert!(paths["/v1/orders/{id}"][method].is_object(), "{method}");
     }
     for (path, item) in paths {
         for (method, operation) in item.as_object().unwrap() {
@@ -319,7 +328,7 @@ fn hostile_requests_get_bounded_answers() {
         TIMEOUT,
     );
     match reply {
-        Ok(reply) => assert!(matches!(reply.status, 413 | 405), "{}", reply.status),
+        Ok(reply) => assert_eq!(reply.status, 413),
         // The server may close before reading the whole body.
         Err(error) => assert!(
             matches!(
@@ -329,6 +338,21 @@ fn hostile_requests_get_bounded_answers() {
             "{error}"
         ),
     }
+    // A write body over 1 KiB (within the 16 KiB read limit): 413.
+    let padded = format!(r#"{{"sku":"{}","qty":1}}"#, "X".repeat(2048));
+    let reply = request(
+        served.http,
+        "POST",
+        "/v1/orders",
+        &[
+            ("Authorization", &basic("pos1", "pos1pass")),
+            ("Idempotency-Key", "big"),
+        ],
+        Some(padded.as_bytes()),
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 413, "{}", reply.body);
     // A malformed Authorization header: 401, not a crash.
     for value in ["Basic", "Basic !!!!", "Bearer x", &"A".repeat(4000)] {
         let reply = request(
@@ -377,4 +401,534 @@ fn hostile_requests_get_bounded_answers() {
     )
     .unwrap();
     assert_eq!(reply.status, 200);
+}
+
+/// POST/PATCH/DELETE `path` as `user` with `key` and `body`.
+fn write(
+    http: SocketAddr,
+    user: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Reply {
+    let password = match user {
+        "read1" => "readpass".to_string(),
+        _ => format!("{user}pass"),
+    };
+    let auth = basic(user, &password);
+    let mut headers = vec![
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    if let Some(key) = key {
+        headers.push(("Idempotency-Key", key));
+    }
+    request(http, method, path, &headers, Some(body.as_bytes()), TIMEOUT).unwrap()
+}
+
+fn available(served_http: SocketAddr, sku: &str, location: &str) -> u64 {
+    let auth = basic("read1", "readpass");
+    let reply = request(
+        served_http,
+        "GET",
+        &format!("/v1/skus/{sku}?location={location}"),
+        &[("Authorization", &auth)],
+        None,
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["locations"][0]["available"].as_u64().unwrap()
+}
+
+/// Waits until the read side shows `want` available.
+fn wait_available(http: SocketAddr, sku: &str, location: &str, want: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    while available(http, sku, location) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{sku}@{location} never reached {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_write_accepted_and_rejected() {
+    let served = serve(54);
+    let http = served.http;
+    let order = r#"{"sku":"TSHIRT-WHT-M","qty":2,"location":"STORE-DOWNTOWN","id":10}"#;
+    let placed = write(http, "pos1", "POST", "/v1/orders", Some("o-10"), order);
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    assert_eq!(placed.header("location"), Some("/v1/orders/1-10"));
+    let body = placed.json();
+    assert_eq!(body["outcome"], "accepted");
+    assert_eq!(body["effect"], "filled");
+    assert!(body["seq"].as_u64().unwrap() > body["cmd_seq"].as_u64().unwrap());
+    assert_eq!(body["cells"][0]["available"], 14);
+    wait_available(http, "TSHIRT-WHT-M", "STORE-DOWNTOWN", 14);
+    let read = get(&served, "read1", "/v1/orders/1-10");
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(read.json()["qty"], 2);
+
+    let cases: &[(&str, &str, &str, &str, &str, u16)] = &[
+        (
+            "pos1",
+            "PATCH",
+            "/v1/orders/10",
+            "m-10",
+            r#"{"qty":1}"#,
+            200,
+        ),
+        ("pos1", "DELETE", "/v1/orders/10", "x-10", "", 200),
+        ("pos1", "DELETE", "/v1/orders/10", "x-10b", "", 404),
+        (
+            "pos1",
+            "POST",
+            "/v1/orders",
+            "o-big",
+            r#"{"sku":"TSHIRT-WHT-M","qty":100000,"location":"STORE-DOWNTOWN"}"#,
+            409,
+        ),
+        (
+            "pos1",
+            "POST",
+            "/v1/orders",
+            "o-unknown",
+            r#"{"sku":"NO-SUCH","qty":1}"#,
+            404,
+        ),
+        (
+            "pos1",
+            "POST",
+            "/v1/orders",
+            "o-where",
+            r#"{"sku":"TSHIRT-WHT-M","qty":1,"location":"MARS"}"#,
+            404,
+        ),
+        (
+            "pos1",
+            "POST",
+            "/v1/orders",
+            "o-zero",
+            r#"{"sku":"TSHIRT-WHT-M","qty":0}"#,
+            422,
+        ),
+        ("pos1", "POST", "/v1/orders", "o-json", r#"{"sku":"#, 422),
+        (
+            "pos1",
+            "POST",
+            "/v1/orders",
+            "o-field",
+            r#"{"sku":"TSHIRT-WHT-M","qty":1,"price":3}"#,
+            422,
+        ),
+        (
+            "pos1",
+            "POST",
+            "/v1/holds",
+            "h-1",
+            r#"{"sku":"TSHIRT-WHT-M","qty":1,"location":"STORE-DOWNTOWN","ttl_ms":60000,"id":20}"#,
+            201,
+        ),
+        ("pos1", "POST", "/v1/holds/20/confirm", "h-1c", "", 200),
+        ("pos1", "POST", "/v1/holds/20/release", "h-1r", "", 404),
+        (
+            "pos1",
+            "POST",
+            "/v1/holds",
+            "h-2",
+            r#"{"sku":"TSHIRT-WHT-M","qty":1,"location":"STORE-DOWNTOWN","ttl_ms":60000,"id":21}"#,
+            201,
+        ),
+        ("pos1", "POST", "/v1/holds/21/release", "h-2r", "", 200),
+        ("pos1", "POST", "/v1/holds/2-21/release", "h-2x", "", 403),
+        (
+            "ops1",
+            "POST",
+            "/v1/transfers",
+            "t-1",
+            r#"{"sku":"TSHIRT-WHT-M","qty":3,"from":"DC-NORTH","to":"STORE-AIRPORT","id":30}"#,
+            201,
+        ),
+        (
+            "ops1",
+            "POST",
+            "/v1/transfers",
+            "t-2",
+            r#"{"sku":"TSHIRT-WHT-M","qty":9999,"from":"DC-NORTH","to":"STORE-AIRPORT","id":31}"#,
+            409,
+        ),
+        (
+            "pos1",
+            "POST",
+            "/v1/transfers",
+            "t-3",
+            r#"{"sku":"TSHIRT-WHT-M","qty":1,"from":"DC-NORTH","to":"STORE-AIRPORT"}"#,
+            403,
+        ),
+        (
+            "ops1",
+            "POST",
+            "/v1/recounts",
+            "r-1",
+            r#"{"sku":"TSHIRT-WHT-M","location":"DC-NORTH","on_hand":100,"expected_version":1}"#,
+            409,
+        ),
+        (
+            "ops1",
+            "POST",
+            "/v1/adjustments",
+            "a-1",
+            r#"{"sku":"TSHIRT-WHT-M","location":"DC-NORTH","qty":5,"reason":"restock"}"#,
+            201,
+        ),
+        (
+            "ops1",
+            "POST",
+            "/v1/adjustments",
+            "a-2",
+            r#"{"sku":"TSHIRT-WHT-M","location":"DC-NORTH","qty":5,"reason":"gift"}"#,
+            422,
+        ),
+        (
+            "read1",
+            "POST",
+            "/v1/orders",
+            "o-reader",
+            r#"{"sku":"TSHIRT-WHT-M","qty":1}"#,
+            403,
+        ),
+        (
+            "pos1",
+            "POST",
+            "/v1/orders",
+            "",
+            r#"{"sku":"TSHIRT-WHT-M","qty":1}"#,
+            422,
+        ),
+    ];
+    for &(user, method, path, key, body, status) in cases {
+        // An empty key: one with a space instead (invalid: 422).
+        let key = if key.is_empty() { "has space" } else { key };
+        let reply = write(http, user, method, path, Some(key), body);
+        assert_eq!(
+            reply.status, status,
+            "{user} {method} {path} {body}: {}",
+            reply.body
+        );
+        assert!(reply.json().is_object());
+    }
+    // A recount with the version the read side shows: accepted.
+    let cell = get(&served, "read1", "/v1/skus/TSHIRT-WHT-M?location=DC-NORTH").json();
+    let version = cell["locations"][0]["version"].as_u64().unwrap();
+    let recount = format!(
+        r#"{{"sku":"TSHIRT-WHT-M","location":"DC-NORTH","on_hand":100,"expected_version":{version}}}"#
+    );
+    let reply = write(http, "ops1", "POST", "/v1/recounts", Some("r-2"), &recount);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    wait_available(http, "TSHIRT-WHT-M", "DC-NORTH", 100);
+    assert_eq!(get(&served, "read1", "/v1/transfers/2-30").status, 200);
+    // No key: 400; the same key with another body: 422.
+    assert_eq!(
+        write(http, "pos1", "POST", "/v1/orders", None, order).status,
+        400
+    );
+    let other = r#"{"sku":"TSHIRT-WHT-M","qty":3,"location":"STORE-DOWNTOWN","id":10}"#;
+    assert_eq!(
+        write(http, "pos1", "POST", "/v1/orders", Some("o-10"), other).status,
+        422
+    );
+}
+
+#[test]
+fn twenty_clients_on_one_sku_never_oversell() {
+    let served = serve(56);
+    let http = served.http;
+    // STORE-AIRPORT holds 5 of TSHIRT-WHT-M in the sample inventory.
+    let start = available(http, "TSHIRT-WHT-M", "STORE-AIRPORT");
+    assert!(start > 0);
+    // Each user's password is verified once (argon2, rate-limited per
+    // address: 20 first requests at once would meet the 429 throttle),
+    // then remembered.
+    for user in ["pos1", "pos2", "pos3", "pos4"] {
+        assert_eq!(
+            get(&served, user, "/v1/skus").status,
+            403,
+            "{user} verified"
+        );
+    }
+    let threads: Vec<_> = (0..20)
+        .map(|client| {
+            std::thread::spawn(move || {
+                let user = format!("pos{}", client % 4 + 1);
+                let mut sold = 0u64;
+                for attempt in 0..5 {
+                    let key = format!("c{client}-{attempt}");
+                    let reply = write(
+                        http,
+                        &user,
+                        "POST",
+                        "/v1/orders",
+                        Some(&key),
+                        r#"{"sku":"TSHIRT-WHT-M","qty":1,"location":"STORE-AIRPORT"}"#,
+                    );
+                    match reply.status {
+                        201 => sold += 1,
+                        409 => assert_eq!(reply.json()["reason"], "I", "{}", reply.body),
+                        other => panic!("{other}: {}", reply.body),
+                    }
+                }
+                sold
+            })
+        })
+        .collect();
+    let sold: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(sold, start, "every unit sold once, none twice");
+    wait_available(http, "TSHIRT-WHT-M", "STORE-AIRPORT", 0);
+    let health = get(&served, "read1", "/health").json();
+    assert_eq!(health["oversold"], 0);
+}
+
+#[test]
+fn the_same_key_changes_stock_once_also_across_a_restart() {
+    let stack = Stack::new(57);
+    let _appliance = stack.spec.start().unwrap();
+    let _warehouse = stack.warehouse();
+    let http = stack.http;
+    let start_monitor = || stack.monitor(&[]);
+    let order = r#"{"sku":"TSHIRT-WHT-M","qty":2,"location":"DC-NORTH"}"#;
+    let monitor = start_monitor();
+    let before = available(http, "TSHIRT-WHT-M", "DC-NORTH");
+    let first = write(http, "pos1", "POST", "/v1/orders", Some("once"), order);
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = write(http, "pos1", "POST", "/v1/orders", Some("once"), order);
+    assert_eq!(
+        (again.status, again.body.as_str()),
+        (201, first.body.as_str())
+    );
+    drop(monitor); // killed: a crash, not a clean stop
+    let _monitor = start_monitor();
+    let after_restart = write(http, "pos1", "POST", "/v1/orders", Some("once"), order);
+    assert_eq!(
+        (after_restart.status, after_restart.body.as_str()),
+        (201, first.body.as_str())
+    );
+    assert_eq!(after_restart.header("location"), first.header("location"));
+    // A new key sells again: the stock moved by exactly two orders.
+    let second = write(http, "pos1", "POST", "/v1/orders", Some("twice"), order);
+    assert_eq!(second.status, 201, "{}", second.body);
+    wait_available(http, "TSHIRT-WHT-M", "DC-NORTH", before - 4);
+    let other = r#"{"sku":"TSHIRT-WHT-M","qty":1,"location":"DC-NORTH"}"#;
+    assert_eq!(
+        write(http, "pos1", "POST", "/v1/orders", Some("once"), other).status,
+        422
+    );
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An appliance, the warehouse and `tally-monitor` with writes on, for the
+/// tests that stop parts of the stack.
+struct Stack {
+    dir: tempfile::TempDir,
+    spec: tally_demo::ApplianceSpec,
+    http: SocketAddr,
+}
+
+impl Stack {
+    fn new(id: u8) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = tally_demo::ApplianceSpec::for_test(100, id, dir.path().join("journal"));
+        std::fs::write(dir.path().join("tally.toml"), spec.toml()).unwrap();
+        let http = SocketAddr::from(([127, 0, 0, 1], spec.port_base + 4));
+        Stack { dir, spec, http }
+    }
+
+    fn warehouse(&self) -> tally_demo::RunningWarehouse {
+        let inventory = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/inventory.csv");
+        let limits = tally_client::replica::ReplicaLimits::from_config(&self.spec.config().limits);
+        tally_demo::RunningWarehouse::start(&self.spec, std::path::Path::new(inventory), limits)
+    }
+
+    /// `tally-monitor` with `flags`, once `/health` answers.
+    fn monitor(&self, flags: &[&str]) -> ChildGuard {
+        let child = Command::new(tally_demo::bin("tally-monitor"))
+            .arg("--config")
+            .arg(self.dir.path().join("tally.toml"))
+            .args([
+                "--listen",
+                &self.http.to_string(),
+                "--user",
+                "read1",
+                "--password",
+                "readpass",
+            ])
+            .arg("--state-dir")
+            .arg(self.dir.path().join("http-state"))
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let guard = ChildGuard(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while request(self.http, "GET", "/ready", &[], None, TIMEOUT)
+            .map(|r| r.status)
+            .ok()
+            != Some(200)
+        {
+            assert!(Instant::now() < deadline, "tally-monitor never ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        guard
+    }
+}
+
+#[test]
+fn no_decision_in_time_is_202_and_an_unreachable_appliance_503() {
+    let stack = Stack::new(59);
+    let appliance = stack.spec.start().unwrap();
+    let warehouse = stack.warehouse();
+    let _monitor = stack.monitor(&["--decision-timeout-ms", "500"]);
+    let order = r#"{"sku":"TSHIRT-WHT-M","qty":1,"location":"DC-NORTH","id":5}"#;
+    assert_eq!(
+        write(
+            stack.http,
+            "pos1",
+            "POST",
+            "/v1/orders",
+            Some("warm"),
+            r#"{"sku":"TSHIRT-WHT-M","qty":1}"#
+        )
+        .status,
+        201
+    );
+    // Nobody decides: 202 with where to look, again on a retry.
+    warehouse.stop().unwrap();
+    let pending = write(
+        stack.http,
+        "pos1",
+        "POST",
+        "/v1/orders",
+        Some("late"),
+        order,
+    );
+    assert_eq!(pending.status, 202, "{}", pending.body);
+    assert_eq!(pending.header("location"), Some("/v1/orders/1-5"));
+    let retry = write(
+        stack.http,
+        "pos1",
+        "POST",
+        "/v1/orders",
+        Some("late"),
+        order,
+    );
+    assert_eq!(retry.status, 202, "{}", retry.body);
+    // The warehouse comes back and decides it: the retry gets the decision.
+    let _warehouse = stack.warehouse();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let decided = loop {
+        let reply = write(
+            stack.http,
+            "pos1",
+            "POST",
+            "/v1/orders",
+            Some("late"),
+            order,
+        );
+        if reply.status != 202 {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "never decided");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(decided.status, 201, "{}", decided.body);
+    // The appliance stops: a user without a session gets 503 + Retry-After.
+    appliance.stop().unwrap();
+    let refused = write(
+        stack.http,
+        "pos2",
+        "POST",
+        "/v1/orders",
+        Some("down"),
+        order,
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+}
+
+#[test]
+fn events_too_old_to_replay_are_410() {
+    let stack = Stack::new(60);
+    let _appliance = stack.spec.start().unwrap();
+    let _warehouse = stack.warehouse();
+    // 16 events held: the session-start broadcast (120 levels) overflows it.
+    let _monitor = stack.monitor(&["--events-max", "16"]);
+    let auth = basic("read1", "readpass");
+    let gone = request(
+        stack.http,
+        "GET",
+        "/v1/events?after=0",
+        &[("Authorization", &auth)],
+        None,
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(gone.status, 410, "{}", gone.body);
+    let oldest = gone.json()["oldest_resumable"].as_u64().unwrap();
+    assert!(oldest > 100, "{oldest}");
+    let id = oldest.to_string();
+    let mut stream = EventStream::open(
+        stack.http,
+        "/v1/events",
+        &[("Authorization", &auth), ("Last-Event-ID", &id)],
+    )
+    .unwrap()
+    .expect("resumable from the oldest held");
+    let event = stream.next(Instant::now() + TIMEOUT).expect("an event");
+    assert!(!event.event.is_empty());
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let stack = Stack::new(61);
+    let _appliance = stack.spec.start().unwrap();
+    let _warehouse = stack.warehouse();
+    let _monitor = stack.monitor(&["--connections-per-source-max", "4"]);
+    // Four idle connections from this address: the limit.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(stack.http).unwrap())
+        .collect();
+    // Let the listener accept them all before the fifth arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(stack.http).unwrap();
+    fifth.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = fifth.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = fifth.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "the fifth was served: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // One closes: the address is served again.
+    drop(idle);
+    let deadline = Instant::now() + TIMEOUT;
+    while request(stack.http, "GET", "/health", &[], None, TIMEOUT)
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

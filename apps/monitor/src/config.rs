@@ -70,7 +70,7 @@ impl Default for IndexLimits {
 
 /// Everything [`Monitor::start`] needs; [`MonitorConfig::new`] fills in
 /// defaults.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct MonitorConfig {
     /// HTTP listen address (port 0: any free port, see
     /// [`MonitorHandle::local_addr`]).
@@ -98,6 +98,9 @@ pub struct MonitorConfig {
     pub auth: HttpAuthConfig,
     /// Bounds of the HTTP side.
     pub http: HttpLimits,
+    /// The `/v1` writes, when enabled (they need the appliance's
+    /// configuration and a state directory for idempotency keys).
+    pub writes: Option<crate::WritesConfig>,
 }
 
 /// Bounds of the HTTP side: what one client can make the service hold.
@@ -106,6 +109,9 @@ pub struct HttpLimits {
     /// Open connections; the listener stops accepting at this many (the
     /// kernel's backlog queues the rest).
     pub connections_max: usize,
+    /// Open connections from one address; one more is closed at accept, so
+    /// one source cannot hold every slot.
+    pub connections_per_source_max: usize,
     /// Largest request body read; a larger one is refused with 413.
     pub body_bytes_max: usize,
     /// Open `/v1/events` streams; one more is refused with 503.
@@ -116,9 +122,10 @@ pub struct HttpLimits {
 }
 
 impl HttpLimits {
-    /// 1 024 connections, 16 KiB bodies, 256 event streams, low stock at 5.
+    /// 1 024 connections (256 from one address), 16 KiB bodies, 256 event streams, low stock at 5.
     pub const DEFAULT: HttpLimits = HttpLimits {
         connections_max: 1024,
+        connections_per_source_max: 256,
         body_bytes_max: 16 * 1024,
         sse_clients_max: 256,
         low_stock_at: 5,
@@ -147,6 +154,7 @@ impl MonitorConfig {
             staging_messages: 16_384,
             auth: HttpAuthConfig::deny_all(),
             http: HttpLimits::DEFAULT,
+            writes: None,
         }
     }
 
@@ -170,11 +178,12 @@ impl MonitorConfig {
         self.auth.validate().map_err(invalid)?;
         let http = &self.http;
         if !(1..=1 << 20).contains(&http.connections_max)
+            || !(1..=http.connections_max).contains(&http.connections_per_source_max)
             || !(1024..=1 << 24).contains(&http.body_bytes_max)
             || !(1..=1 << 16).contains(&http.sse_clients_max)
         {
             return Err(invalid(
-                "http limits: connections_max 1..=2^20, body_bytes_max 1 KiB..=16 MiB, \
+                "http limits: connections_max 1..=2^20, connections_per_source_max 1..=connections_max, body_bytes_max 1 KiB..=16 MiB, \
                  sse_clients_max 1..=65536"
                     .into(),
             ));

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tally_wire::{delta_reason, hold_outcome, Message};
+use tally_wire::{delta_reason, hold_outcome, HoldEnded, HoldPlaced, Message, Order, Reserve};
 
 use crate::config::*;
 use crate::tables::*;
@@ -261,24 +261,7 @@ impl Indexes {
         let origin = message.header().origin.get();
         let timestamp_ns = message.header().timestamp_ns.get();
         match *message {
-            Message::Order(m) => {
-                let slot = self.order_slot((origin, m.order_id.get()));
-                let meta = &mut self.order_meta[slot as usize];
-                if meta.order_seq == 0 {
-                    *meta = OrderMeta {
-                        order_seq: seq,
-                        order_timestamp_ns: timestamp_ns,
-                        requested_location: m.location.get(),
-                        location: m.location.get(),
-                        sku: m.sku.get(),
-                        qty: m.qty.get(),
-                        remaining: 0,
-                        status: OrderStatus::Pending,
-                        reject_reason: 0,
-                    };
-                }
-                self.push_order(slot, seq, message);
-            }
+            Message::Order(m) => self.on_order(seq, timestamp_ns, origin, m, message),
             Message::ModifyOrder(m) => {
                 let slot = self.order_slot((origin, m.order_id.get()));
                 self.push_order(slot, seq, message);
@@ -287,26 +270,7 @@ impl Indexes {
                 let slot = self.order_slot((origin, m.order_id.get()));
                 self.push_order(slot, seq, message);
             }
-            Message::Reserve(m) => {
-                let slot = self.hold_slot((origin, m.hold_id.get()));
-                let meta = &mut self.hold_meta[slot as usize];
-                if meta.reserve_seq == 0 {
-                    *meta = HoldMeta {
-                        reserve_seq: seq,
-                        reserve_timestamp_ns: timestamp_ns,
-                        location: m.location.get(),
-                        sku: m.sku.get(),
-                        qty: m.qty.get(),
-                        ttl_ms: m.ttl_ms.get(),
-                        expires_at_ns: 0,
-                        status: HoldStatus::Pending,
-                        reject_reason: 0,
-                        ended_seq: 0,
-                    };
-                    self.hold_by_reserve.insert(seq, slot);
-                }
-                self.push_hold(slot, seq, message);
-            }
+            Message::Reserve(m) => self.on_reserve(seq, timestamp_ns, origin, m, message),
             Message::ConfirmHold(m) => {
                 let slot = self.hold_slot((origin, m.hold_id.get()));
                 self.push_hold(slot, seq, message);
@@ -332,40 +296,95 @@ impl Indexes {
             }
             Message::HoldPlaced(m) => {
                 self.cell_event(seq, message, m.location.get(), m.sku.get(), replica);
-                let key = m.cmd_seq.get();
-                if key & CARRIED_HOLD_BIT != 0 {
-                    self.counters.carried_holds += 1;
-                } else if let Some(&slot) = self.hold_by_reserve.get(&key) {
-                    let meta = &mut self.hold_meta[slot as usize];
-                    meta.status = HoldStatus::Open;
-                    meta.expires_at_ns = m.expires_at_ns.get();
-                    meta.location = m.location.get();
-                    meta.sku = m.sku.get();
-                    meta.qty = m.qty.get();
-                    self.push_hold(slot, seq, message);
-                } else {
-                    self.counters.outcomes_unattributed += 1;
-                }
+                self.on_hold_placed(seq, m, message);
             }
             Message::HoldEnded(m) => {
                 self.cell_event(seq, message, m.location.get(), m.sku.get(), replica);
-                let key = m.cmd_seq.get();
-                if let Some(&slot) = self.hold_by_reserve.get(&key) {
-                    let meta = &mut self.hold_meta[slot as usize];
-                    meta.status = match m.outcome {
-                        hold_outcome::CONFIRMED => HoldStatus::Confirmed,
-                        hold_outcome::RELEASED => HoldStatus::Released,
-                        hold_outcome::EXPIRED => HoldStatus::Expired,
-                        _ => meta.status,
-                    };
-                    meta.ended_seq = seq;
-                    self.push_hold(slot, seq, message);
-                } else if key & CARRIED_HOLD_BIT == 0 {
-                    self.counters.outcomes_unattributed += 1;
-                }
+                self.on_hold_ended(seq, m, message);
             }
             Message::CommandRejected(m) => self.outcome(seq, message, m.cmd_seq.get(), replica),
             _ => {} // directory, system events, gateway rejects, T/Q/P commands
+        }
+    }
+
+    fn on_order(&mut self, seq: u64, timestamp_ns: u64, origin: u16, m: &Order, message: &Message) {
+        let slot = self.order_slot((origin, m.order_id.get()));
+        let meta = &mut self.order_meta[slot as usize];
+        if meta.order_seq == 0 {
+            *meta = OrderMeta {
+                order_seq: seq,
+                order_timestamp_ns: timestamp_ns,
+                requested_location: m.location.get(),
+                location: m.location.get(),
+                sku: m.sku.get(),
+                qty: m.qty.get(),
+                remaining: 0,
+                status: OrderStatus::Pending,
+                reject_reason: 0,
+            };
+        }
+        self.push_order(slot, seq, message);
+    }
+
+    fn on_reserve(
+        &mut self,
+        seq: u64,
+        timestamp_ns: u64,
+        origin: u16,
+        m: &Reserve,
+        message: &Message,
+    ) {
+        let slot = self.hold_slot((origin, m.hold_id.get()));
+        let meta = &mut self.hold_meta[slot as usize];
+        if meta.reserve_seq == 0 {
+            *meta = HoldMeta {
+                reserve_seq: seq,
+                reserve_timestamp_ns: timestamp_ns,
+                location: m.location.get(),
+                sku: m.sku.get(),
+                qty: m.qty.get(),
+                ttl_ms: m.ttl_ms.get(),
+                expires_at_ns: 0,
+                status: HoldStatus::Pending,
+                reject_reason: 0,
+                ended_seq: 0,
+            };
+            self.hold_by_reserve.insert(seq, slot);
+        }
+        self.push_hold(slot, seq, message);
+    }
+
+    fn on_hold_placed(&mut self, seq: u64, m: &HoldPlaced, message: &Message) {
+        let key = m.cmd_seq.get();
+        if key & CARRIED_HOLD_BIT != 0 {
+            self.counters.carried_holds += 1;
+        } else if let Some(&slot) = self.hold_by_reserve.get(&key) {
+            let meta = &mut self.hold_meta[slot as usize];
+            meta.status = HoldStatus::Open;
+            meta.expires_at_ns = m.expires_at_ns.get();
+            meta.location = m.location.get();
+            meta.sku = m.sku.get();
+            meta.qty = m.qty.get();
+            self.push_hold(slot, seq, message);
+        } else {
+            self.counters.outcomes_unattributed += 1;
+        }
+    }
+
+    fn on_hold_ended(&mut self, seq: u64, m: &HoldEnded, message: &Message) {
+        let key = m.cmd_seq.get();
+        if let Some(&slot) = self.hold_by_reserve.get(&key) {
+            let meta = &mut self.hold_meta[slot as usize];
+            meta.status = match m.outcome {
+                hold_outcome::CONFIRMED => HoldStatus::Confirmed,
+                hold_outcome::RELEASED => HoldStatus::Released,
+                hold_outcome::EXPIRED => HoldStatus::Expired,
+                _ => meta.status,
+            };
+            meta.ended_seq = seq;
+            self.push_hold(slot, seq, message);
+        } else if key & CARRIED_HOLD_BIT == 0 {
+            self.counters.outcomes_unattributed += 1;
         }
     }
 

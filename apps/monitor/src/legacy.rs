@@ -369,6 +369,22 @@ impl ReadModel {
         }
     }
 
+    /// The directory position a page starts at: after `after`, or 0.
+    pub(crate) fn directory_start(&self, params: &[(String, String)]) -> Result<u32, ApiError> {
+        let sku_count = self.replica.sku_count();
+        let Some(text) = param(params, "after") else {
+            return Ok(0);
+        };
+        let after = parse_number::<u32>(text, "after (a directory position)")?;
+        if after >= sku_count {
+            return Err(ApiError::bad_request(format!(
+                "after {after} is not a position of the SKU directory (0..{sku_count}): \
+                 pass the \"next\" of the previous page"
+            )));
+        }
+        Ok(after + 1)
+    }
+
     /// `GET /depleted[?scope=all|any][&after=POSITION][&limit=N]` (see the
     /// module docs): one page, in directory order, from the SKU after
     /// directory position `after` (from the first without it).
@@ -385,19 +401,7 @@ impl ReadModel {
         };
         let limit = page_limit(&params)?;
         let sku_count = self.replica.sku_count();
-        let start = match param(&params, "after") {
-            None => 0,
-            Some(text) => {
-                let after = parse_number::<u32>(text, "after (a directory position)")?;
-                if after >= sku_count {
-                    return Err(ApiError::bad_request(format!(
-                        "after {after} is not a position of the SKU directory (0..{sku_count}): \
-                         pass the \"next\" of the previous page"
-                    )));
-                }
-                after + 1
-            }
-        };
+        let start = self.directory_start(&params)?;
         let mut skus = Vec::new();
         let mut count = 0u64;
         let mut last_listed = None;

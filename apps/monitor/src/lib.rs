@@ -130,6 +130,7 @@ mod auth;
 mod config;
 mod eventlog;
 mod events;
+mod idempotency;
 mod indexes;
 mod legacy;
 mod listener;
@@ -137,9 +138,11 @@ mod metrics;
 mod model;
 mod routes;
 mod server;
+mod session;
 mod tables;
 mod v1;
 mod views;
+mod writes;
 
 pub use answer::Reply;
 pub use auth::{base64_encode, basic_authorization, HttpAuthConfig};
@@ -151,6 +154,7 @@ pub use legacy::{
 pub use metrics::HttpCounters;
 pub use model::{Freshness, Liveness, ReadModel};
 pub use server::{Monitor, MonitorHandle, MonitorStatus};
+pub use writes::WritesConfig;
 
 #[cfg(test)]
 mod tests;

@@ -7,10 +7,11 @@
 //! listener stops accepting until one closes; the kernel's backlog holds
 //! the rest, so a connection flood costs a bounded amount of memory.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,13 +25,51 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) struct BoundedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    sources: Arc<Sources>,
+}
+
+/// Open connections by source address.
+struct Sources {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    per_source_max: usize,
+}
+
+impl Sources {
+    /// Counts one more connection from `ip`, unless it has the most.
+    fn admit(&self, ip: IpAddr) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.per_source_max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
 }
 
 impl BoundedListener {
-    pub(crate) fn new(inner: TcpListener, connections_max: usize) -> BoundedListener {
+    pub(crate) fn new(
+        inner: TcpListener,
+        connections_max: usize,
+        per_source_max: usize,
+    ) -> BoundedListener {
         BoundedListener {
             inner,
             permits: Arc::new(Semaphore::new(connections_max)),
+            sources: Arc::new(Sources {
+                open: Mutex::new(HashMap::new()),
+                per_source_max,
+            }),
         }
     }
 }
@@ -47,10 +86,17 @@ impl Listener for BoundedListener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, peer)) => {
+                    if !self.sources.admit(peer.ip()) {
+                        tracing::debug!(%peer, "HTTP connection refused: too many from its address");
+                        drop(stream); // closed; the permit stays for the next
+                        continue;
+                    }
                     // Best effort: a socket that refuses it still works.
                     let _ = stream.set_nodelay(true);
                     let connection = Connection {
                         stream,
+                        source: peer.ip(),
+                        sources: Arc::clone(&self.sources),
                         _permit: permit,
                     };
                     return (connection, peer);
@@ -81,10 +127,19 @@ fn per_connection(error: &io::Error) -> bool {
     )
 }
 
-/// An accepted connection; its permit returns when it closes.
+/// An accepted connection; its permit and its source's count return when
+/// it closes.
 pub(crate) struct Connection {
     stream: TcpStream,
+    source: IpAddr,
+    sources: Arc<Sources>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.sources.release(self.source);
+    }
 }
 
 impl AsyncRead for Connection {

@@ -8,9 +8,16 @@ impl ReadModel {
     pub(crate) fn metrics(&self, now_ns: u64, fresh: Freshness, http: &HttpCounters) -> String {
         let mut out = String::with_capacity(8192);
         let mut m = Metrics { out: &mut out };
-        let stats = &self.live.consumer;
-        let counters = self.replica.counters();
-        let index = &self.indexes.counters;
+        self.metrics_freshness(&mut m, now_ns, fresh);
+        self.metrics_stream(&mut m);
+        self.metrics_replica(&mut m);
+        self.metrics_indexes(&mut m);
+        metrics_http(&mut m, http);
+        out
+    }
+
+    /// seq, lag, stale, readiness, silence, authority, oversold.
+    fn metrics_freshness(&self, m: &mut Metrics<'_>, now_ns: u64, fresh: Freshness) {
         m.gauge(
             "tally_monitor_seq",
             "Stream sequence number the monitor's replica reflects.",
@@ -59,6 +66,12 @@ impl ReadModel {
             "Events that would have made on_hand or reserved negative: must be 0.",
             self.replica.oversold(),
         );
+    }
+
+    /// The consumer's counters.
+    fn metrics_stream(&self, m: &mut Metrics<'_>) {
+        let stats = &self.live.consumer;
+        let counters = self.replica.counters();
         m.counter(
             "tally_monitor_messages_applied_total",
             "Stream messages applied to the replica.",
@@ -125,6 +138,11 @@ impl ReadModel {
             "Stream messages that did not decode (skipped).",
             stats.undecodable_messages,
         );
+    }
+
+    /// The replica's counters and sizes.
+    fn metrics_replica(&self, m: &mut Metrics<'_>) {
+        let counters = self.replica.counters();
         m.family(
             "tally_monitor_replica_total",
             "counter",
@@ -168,6 +186,11 @@ impl ReadModel {
             "Open holds.",
             self.replica.hold_count(),
         );
+    }
+
+    /// The indexes, memory and the event ring.
+    fn metrics_indexes(&self, m: &mut Metrics<'_>) {
+        let index = &self.indexes.counters;
         m.family(
             "tally_monitor_index_total",
             "counter",
@@ -220,19 +243,22 @@ impl ReadModel {
             "Decisions and notifications recorded for /v1/events.",
             self.events.recorded(),
         );
-        m.family(
+    }
+}
+
+/// Answers by status code.
+fn metrics_http(m: &mut Metrics<'_>, http: &HttpCounters) {
+    m.family(
+        "tally_monitor_http_requests_total",
+        "counter",
+        "HTTP requests answered, by status code.",
+    );
+    for (code, value) in http.by_code() {
+        m.sample(
             "tally_monitor_http_requests_total",
-            "counter",
-            "HTTP requests answered, by status code.",
+            &format!("code=\"{code}\""),
+            value,
         );
-        for (code, value) in http.by_code() {
-            m.sample(
-                "tally_monitor_http_requests_total",
-                &format!("code=\"{code}\""),
-                value,
-            );
-        }
-        out
     }
 }
 

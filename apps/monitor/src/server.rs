@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tally_client::consumer::{monotonic_ns, ConsumerStats, StreamConsumer};
+use tally_client::follow::SessionFollower;
 
 use crate::auth::HttpAuth;
 use crate::config::MonitorConfig;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) event_streams: std::sync::atomic::AtomicUsize,
     /// Limits of the HTTP side.
     pub(crate) limits: crate::config::HttpLimits,
+    /// The write side (`/v1` commands), when configured.
+    pub(crate) writes: Option<crate::writes::Writes>,
 }
 
 impl Shared {
@@ -115,6 +118,10 @@ impl Monitor {
             .thread_name("monitor-http")
             .enable_all()
             .build()?;
+        let writes = match &config.writes {
+            Some(writes) => Some(crate::writes::Writes::open(writes)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             model: RwLock::new(ReadModel::new(
                 config.limits,
@@ -130,20 +137,39 @@ impl Monitor {
             stop: AtomicBool::new(false),
             event_streams: std::sync::atomic::AtomicUsize::new(0),
             limits: config.http,
+            writes,
         });
         shared.write().set_low_stock_at(config.http.low_stock_at);
         let stream_shared = Arc::clone(&shared);
-        let staging = config.staging_messages;
-        let interval = config.publish_interval;
+        // At a rollover the next session's broadcast rebuilds the model
+        // from nothing (the stream numbers from 1 again).
+        let (limits, indexes, low_stock_at) =
+            (config.limits, config.indexes, config.http.low_stock_at);
+        let (stale_timeout_ns, ready_lag_max) =
+            (config.consumer.stale_timeout_ns, config.ready_lag_max);
+        let stream = StreamThread {
+            follower: SessionFollower::new(config.consumer.clone()),
+            fresh_model: Box::new(move || {
+                let mut model = ReadModel::new(limits, indexes, stale_timeout_ns, ready_lag_max);
+                model.set_low_stock_at(low_stock_at);
+                model
+            }),
+            staging_messages: config.staging_messages,
+            publish_interval: config.publish_interval,
+        };
         let stream_thread = thread::Builder::new()
             .name("monitor-stream".into())
-            .spawn(move || run_stream(consumer, &stream_shared, staging, interval))?;
+            .spawn(move || run_stream(consumer, &stream_shared, stream))?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = {
             let _entered = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
-        let listener = BoundedListener::new(listener, config.http.connections_max);
+        let listener = BoundedListener::new(
+            listener,
+            config.http.connections_max,
+            config.http.connections_per_source_max,
+        );
         let app = crate::routes::router(Arc::clone(&shared))
             .into_make_service_with_connect_info::<crate::listener::Peer>();
         runtime.spawn(async move {
@@ -273,6 +299,9 @@ impl MonitorHandle {
             .take()
             .map(JoinHandle::join)
             .is_some_and(|joined| joined.is_err());
+        if let Some(writes) = &self.shared.writes {
+            writes.stop();
+        }
         // Long-lived answers (SSE) end here: the runtime drops every task.
         runtime.shutdown_timeout(Duration::from_millis(500));
         if panicked {
@@ -292,12 +321,23 @@ impl Drop for MonitorHandle {
 
 /// The stream thread: stage a batch without the lock, apply it under the
 /// write lock (once per batch), publish.
-fn run_stream(
-    mut consumer: StreamConsumer,
-    shared: &Shared,
+/// What the stream thread needs besides the consumer.
+struct StreamThread {
+    /// Moves the consumer to the next session at a rollover.
+    follower: SessionFollower,
+    /// An empty model for a new session.
+    fresh_model: Box<dyn Fn() -> ReadModel + Send>,
     staging_messages: usize,
     publish_interval: Duration,
-) {
+}
+
+fn run_stream(mut consumer: StreamConsumer, shared: &Shared, stream: StreamThread) {
+    let StreamThread {
+        follower,
+        fresh_model,
+        staging_messages,
+        publish_interval,
+    } = stream;
     let mut staged: Vec<StoredMessage> = Vec::with_capacity(staging_messages);
     let mut growths = 0u64;
     loop {
@@ -328,6 +368,20 @@ fn run_stream(
         shared.notify_published();
         if stopping || result.is_err() {
             return;
+        }
+        match follower.follow(&mut consumer) {
+            Ok(None) => {}
+            Ok(Some(session)) => {
+                let mut fresh = fresh_model();
+                fresh.refresh_liveness(&consumer);
+                *shared.write() = fresh;
+                tracing::info!(%session, "monitor following the next session");
+            }
+            Err(error) => {
+                tracing::error!(%error, "monitor cannot follow the next session");
+                shared.write().set_failed(error.to_string());
+                return;
+            }
         }
     }
 }

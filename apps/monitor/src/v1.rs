@@ -16,10 +16,15 @@ use crate::views::parse_public_id;
 
 /// The `/v1` routes.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new()
+    crate::writes::routes()
         .route("/v1/skus", get(skus))
         .route("/v1/skus/{sku}", get(sku))
-        .route("/v1/orders/{id}", get(order))
+        .route(
+            "/v1/orders/{id}",
+            get(order)
+                .patch(crate::writes::change_order)
+                .delete(crate::writes::change_order),
+        )
         .route("/v1/holds/{id}", get(hold))
         .route("/v1/transfers/{id}", get(transfer))
 }
@@ -60,17 +65,30 @@ async fn sku(
     })
 }
 
+/// A read of one order, hold or transfer by public id (`ORIGIN-ID`, or
+/// `ID` for the caller's own).
+fn by_public_id(
+    shared: &Shared,
+    caller: Caller,
+    id: &str,
+    view: impl FnOnce(&crate::model::ReadModel, u16, u64) -> Result<Value, ApiError>,
+) -> Response {
+    let origin = origin(shared, caller);
+    answer(shared, |model| {
+        let (origin, own_id) = parse_public_id(id, origin)?;
+        let mut body = view(model, origin, own_id)?;
+        body["id"] = crate::views::public_id(origin, own_id).into();
+        Ok(body)
+    })
+}
+
 async fn order(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let origin = origin(&shared, caller);
-    answer(&shared, |model| {
-        let (origin, order_id) = parse_public_id(&id, origin)?;
-        let mut body = model.order_json(origin, order_id)?;
-        body["id"] = crate::views::public_id(origin, order_id).into();
-        Ok(body)
+    by_public_id(&shared, caller, &id, |model, origin, id| {
+        model.order_json(origin, id)
     })
 }
 
@@ -79,12 +97,8 @@ async fn hold(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let origin = origin(&shared, caller);
-    answer(&shared, |model| {
-        let (origin, hold_id) = parse_public_id(&id, origin)?;
-        let mut body = model.hold_json(origin, hold_id)?;
-        body["id"] = crate::views::public_id(origin, hold_id).into();
-        Ok(body)
+    by_public_id(&shared, caller, &id, |model, origin, id| {
+        model.hold_json(origin, id)
     })
 }
 
@@ -93,9 +107,7 @@ async fn transfer(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let origin = origin(&shared, caller);
-    answer(&shared, |model| {
-        let (origin, transfer_id) = parse_public_id(&id, origin)?;
-        model.v1_transfer(origin, transfer_id)
+    by_public_id(&shared, caller, &id, |model, origin, id| {
+        model.v1_transfer(origin, id)
     })
 }

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use tally_client::replica::id_kind;
 use tally_wire::Message;
 
-use crate::answer::{page_limit, param, parse_number, parse_query, ApiError};
+use crate::answer::{page_limit, parse_number, parse_query, ApiError};
 use crate::model::ReadModel;
 
 /// Public ids of orders, holds and transfers: `ORIGIN-ID` (the client id
@@ -46,19 +46,7 @@ impl ReadModel {
         let params = parse_query(query, &["after", "limit"])?;
         let limit = page_limit(&params)?;
         let count = self.replica.sku_count();
-        let start = match param(&params, "after") {
-            None => 0,
-            Some(text) => {
-                let after = parse_number::<u32>(text, "after (a directory position)")?;
-                if after >= count {
-                    return Err(ApiError::bad_request(format!(
-                        "after {after} is not a position of the SKU directory (0..{count}): \
-                         pass the \"next\" of the previous page"
-                    )));
-                }
-                after + 1
-            }
-        };
+        let start = self.directory_start(&params)?;
         let end = start.saturating_add(limit as u32).min(count);
         let skus: Vec<Value> = (start..end)
             .map(|position| self.sku_summary(position))

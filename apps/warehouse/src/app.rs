@@ -40,11 +40,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tally_wire::MAX_MESSAGE_SIZE;
 
-use crate::decide::{CatchUp, CatchUpError, EventSink, SessionStart, Warehouse, WarehouseConfig};
+use crate::decide::{CatchUp, CatchUpError, EventSink, SessionStart, Warehouse};
 use tally_client::client::{ClientConfig, ClientEvent, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, ConsumerConfig, StreamConsumer};
 use tally_client::replica::ReplicaLimits;
-use tally_client::snapshot;
 
 /// How the warehouse application is set up.
 #[derive(Clone, Debug)]
@@ -167,7 +166,15 @@ pub struct WarehouseApp {
     snapshot_wanted: bool,
     next_expiry_check: Instant,
     stats: WarehouseAppStats,
+    /// The seq of the appliance's `S(E)` once seen: the session is closing.
+    closing_at: Option<u64>,
+    /// `S(F)` was handed to the outbox: nothing more is decided.
+    closed: bool,
+    /// The state was carried over from the previous session's end.
+    carried: bool,
 }
+
+mod rollover;
 
 impl WarehouseApp {
     /// Logs in, restores or starts the state, catches up with the stream,
@@ -187,39 +194,18 @@ impl WarehouseApp {
         config: WarehouseAppConfig,
         pacing: Option<BroadcastPacing>,
     ) -> anyhow::Result<WarehouseApp> {
-        let client = OrderEntryClient::connect(config.client.clone(), Duration::from_secs(10))
-            .map_err(|error| {
+        // A blank session logs in to the appliance's current one (the
+        // configured session may have ended and rolled over since).
+        let mut client_config = config.client.clone();
+        client_config.session = tally_wire::mold::Session::BLANK;
+        let client =
+            OrderEntryClient::connect(client_config, Duration::from_secs(10)).map_err(|error| {
                 anyhow::anyhow!("logging in as {}: {error}", config.client.username)
             })?;
-        let first_client_seq = client.next_client_seq();
-        let engine_config = WarehouseConfig {
-            own_origin: config.own_origin,
-            limits: config.limits,
-        };
-        let session = *config.consumer.session.as_bytes();
-        let mut start_seq = 1;
-        let mut engine = None;
-        if let Some(path) = config.snapshot.as_ref().filter(|path| path.exists()) {
-            let info = snapshot::read_info(path)
-                .with_context(|| format!("reading the snapshot {}", path.display()))?;
-            if info.session == session {
-                let (restored, info) = Warehouse::restore(path, engine_config)
-                    .with_context(|| format!("restoring the snapshot {}", path.display()))?;
-                tracing::info!(path = %path.display(), seq = info.seq, "warehouse restored from its snapshot");
-                start_seq = info.seq + 1;
-                engine = Some(restored);
-            } else {
-                tracing::warn!(path = %path.display(), "snapshot is of another session; starting from the stream");
-            }
-        }
-        let mut engine = engine.unwrap_or_else(|| {
-            let mut engine = Warehouse::new(engine_config);
-            engine.pause_decisions();
-            engine
-        });
-        engine.begin_run(first_client_seq);
-
+        let session = *client.session().as_bytes();
+        let (engine, start_seq, carried) = rollover::initial_state(&config, &session, &client)?;
         let mut consumer_config = config.consumer.clone();
+        consumer_config.session = client.session();
         consumer_config.start_seq = start_seq;
         let consumer = StreamConsumer::new(&consumer_config).context("joining the stream")?;
         let mut app = WarehouseApp {
@@ -237,8 +223,21 @@ impl WarehouseApp {
             pacing,
             snapshot_wanted: false,
             stats: WarehouseAppStats::default(),
+            closing_at: None,
+            closed: false,
+            carried,
         };
-        app.catch_up()?;
+        if let Err(error) = app.catch_up() {
+            if !error.is::<rollover::CarriedStateSuperseded>() {
+                return Err(error);
+            }
+            // This session already had its broadcast: the stream alone
+            // holds the whole state; rebuild from it.
+            tracing::info!(
+                "the session already holds a session-start broadcast; rebuilding from the stream"
+            );
+            app.rebuild_from_stream()?;
+        }
         Ok(app)
     }
 
@@ -266,8 +265,13 @@ impl WarehouseApp {
             }
             self.wait_stream(Duration::from_millis(20))?;
         }
+        if self.carried && self.engine.replica().authority_online_seq() != 0 {
+            return Err(rollover::CarriedStateSuperseded.into());
+        }
         if self.engine.replica().authority_online_seq() == 0 {
-            if let Some(path) = &self.config.inventory {
+            let empty = self.engine.replica().sku_count() == 0
+                && self.engine.replica().location_count() == 0;
+            if let Some(path) = self.config.inventory.as_ref().filter(|_| empty) {
                 let loading = Instant::now();
                 let summary = self
                     .engine
@@ -403,6 +407,13 @@ impl WarehouseApp {
         let now_ns = monotonic_ns();
         let mut work = self.poll_stream(now_ns)?;
         work += self.poll_client(now_ns);
+        if self.closing_at.is_some() && !self.closed {
+            work += self.close_session()?;
+        }
+        if self.consumer.is_ended() {
+            self.follow_next_session()?;
+            return Ok(work + 1);
+        }
         if let Some(limit) = self.engine.limit_met() {
             // Its state no longer holds what the stream carried: stop
             // rather than decide on it.
@@ -426,7 +437,7 @@ impl WarehouseApp {
             self.stats.holds_expired += expired as u64;
             work += expired;
         }
-        if let Some(at) = self.next_snapshot {
+        if let Some(at) = self.next_snapshot.filter(|_| self.closing_at.is_none()) {
             if now >= at && !self.snapshot_wanted {
                 self.engine.pause_decisions();
                 self.snapshot_wanted = true;
@@ -511,8 +522,9 @@ impl WarehouseApp {
         }
         let engine = &mut self.engine;
         let outbox = &mut self.outbox;
+        let closing_at = &mut self.closing_at;
         self.consumer.poll(now_ns, |seq, message| {
-            engine.on_stream(seq, &message, outbox);
+            rollover::deliver(engine, outbox, closing_at, seq, &message);
         })
     }
 
@@ -524,8 +536,9 @@ impl WarehouseApp {
         }
         let engine = &mut self.engine;
         let outbox = &mut self.outbox;
+        let closing_at = &mut self.closing_at;
         self.consumer.wait(timeout, |seq, message| {
-            engine.on_stream(seq, &message, outbox);
+            rollover::deliver(engine, outbox, closing_at, seq, &message);
         })
     }
 

@@ -448,6 +448,9 @@ impl std::error::Error for InventoryError {
 
 /// `app` word 0 of a warehouse snapshot: "WAREHOUS".
 const SNAPSHOT_TAG: u64 = u64::from_be_bytes(*b"WAREHOUS");
+/// The snapshot's fourth application word when it holds the state at the
+/// end of its session ([`Warehouse::save_snapshot_ended`]); 0 otherwise.
+pub const SNAPSHOT_ENDED: u64 = u64::from_be_bytes(*b"ENDED\0\0\0");
 
 /// The authority. See the module docs.
 #[derive(Clone)]
@@ -549,6 +552,45 @@ impl Warehouse {
             0,
         ];
         snapshot::save(path, &self.replica, session, app)
+    }
+
+    /// [`Self::save_snapshot`] of the state at the end of its session
+    /// (after `S(C)`, nothing in flight): marked so a warehouse starting in
+    /// the next session carries it over ([`SNAPSHOT_ENDED`]).
+    pub fn save_snapshot_ended(
+        &self,
+        path: &Path,
+        session: &[u8; 10],
+    ) -> Result<u64, SnapshotError> {
+        let in_flight = self.in_flight();
+        if in_flight != 0 {
+            return Err(SnapshotError::NotQuiescent { in_flight });
+        }
+        let app = [
+            SNAPSHOT_TAG,
+            u64::from(self.own_origin),
+            u64::from(self.own_last_seen),
+            SNAPSHOT_ENDED,
+        ];
+        snapshot::save(path, &self.replica, session, app)
+    }
+
+    /// Closes the session for a rollover (after the appliance's `S(E)`):
+    /// publishes `S(F)`, the authority's last event of the session, and
+    /// decides nothing more (commands sequenced after `S(E)` are not
+    /// decided in this session). Call it once every command before `S(E)`
+    /// is decided (not deferring).
+    pub fn close_session<S: EventSink>(&mut self, out: &mut S) {
+        assert!(
+            !self.deferring,
+            "close_session with commands still deferred"
+        );
+        self.emit(
+            SystemEvent::new(system_code::AUTHORITY_CLOSED),
+            Resolve::Nothing,
+            out,
+        );
+        self.pause_decisions();
     }
 
     /// Starts this run's numbering: the first event it emits gets
@@ -725,6 +767,7 @@ impl Warehouse {
     pub fn start_new_session(&mut self) {
         assert_eq!(self.in_flight(), 0, "a new session with events in flight");
         self.replica.last_seq = 0;
+        self.replica.authority_online_seq = 0;
         self.replica.clear_pending();
         self.replica.clear_ids();
         self.deferring = false;

@@ -87,6 +87,10 @@ pub struct StreamConfig {
     /// Heartbeat after this long without traffic.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// Rollover: after `S(E)`, how long to wait for the authority's `S(F)`
+    /// before ending the session without it.
+    #[serde(default = "default_close_grace_ms")]
+    pub close_grace_ms: u64,
 }
 
 /// `[gateway]`: SoupBinTCP order entry.
@@ -322,6 +326,11 @@ pub struct JournalConfig {
     /// are ignored (counted); the replay feed still serves them.
     #[serde(default = "default_retention_messages")]
     pub retention_messages: u64,
+    /// Ended sessions whose journal pair is kept at a rollover (the
+    /// newest ones of the session chain); older pairs are deleted.
+    /// 0 keeps them all.
+    #[serde(default)]
+    pub keep_ended_sessions: u32,
 }
 
 /// `[loops.*]`: placement and idle strategy of each loop.
@@ -511,6 +520,10 @@ pub(super) fn default_fsync() -> String {
 pub(super) fn default_fsync_interval_ms() -> u64 {
     10
 }
-pub(super) fn default_retention_messages() -> u64 {
+pub(super) fn default_close_grace_ms() -> u64 {
+    10_000
+}
+
+fn default_retention_messages() -> u64 {
     100_000_000
 }

@@ -71,7 +71,6 @@ use tally_config::gateway::ClientEntry;
 use tally_gateway::auth::{AuthRequest, AuthThread, Authenticator};
 use tally_gateway::soup_server::{classify, format_text, HeartbeatPolicy, Login, Stage, Step};
 use tally_runtime::agent::Agent;
-use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::net::{ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
 use tally_runtime::wake::Waker;
 use tally_wire::mold::Session;
@@ -187,68 +186,31 @@ impl ReplayOptions {
     }
 }
 
-/// The replay loop's counters in the shared counter file.
-#[derive(Clone, Debug)]
-pub struct ReplayCounters {
+tally_runtime::counter_set! {
+    /// The replay loop's counters in the shared counter file.
+    pub struct ReplayCounters, prefix "replay.";
     /// Clients logged in and being served now (a gauge).
-    pub clients_active: Counter,
-    pub logins_accepted: Counter,
+    clients_active,
+    logins_accepted,
     /// Logins rejected, `A` or `S`.
-    pub logins_rejected: Counter,
+    logins_rejected,
     /// Sequenced Data packets sent.
-    pub messages_sent: Counter,
+    messages_sent,
     /// Clients cut off for a send buffer full past the stall timeout.
-    pub slow_clients_cut: Counter,
-    pub protocol_errors: Counter,
-    pub heartbeats_sent: Counter,
+    slow_clients_cut,
+    protocol_errors,
+    heartbeats_sent,
     /// Connections closed for sending no login within the deadline.
-    pub login_timeouts: Counter,
+    login_timeouts,
     /// Logins refused: the username already holds its most sessions.
-    pub logins_over_limit: Counter,
+    logins_over_limit,
     /// Sessions closed because a journal record failed its check.
-    pub corrupt_records: Counter,
+    corrupt_records,
     /// Connections refused at accept: every slot taken.
-    pub connections_refused: Counter,
+    connections_refused,
     /// Connections closed at accept: their address already holds its most
     /// connections that have not logged in.
-    pub login_source_refused: Counter,
-}
-
-impl ReplayCounters {
-    /// Names, in field order, for the counter file.
-    pub const NAMES: &'static [&'static str] = &[
-        "replay.clients_active",
-        "replay.logins_accepted",
-        "replay.logins_rejected",
-        "replay.messages_sent",
-        "replay.slow_clients_cut",
-        "replay.protocol_errors",
-        "replay.heartbeats_sent",
-        "replay.login_timeouts",
-        "replay.logins_over_limit",
-        "replay.corrupt_records",
-        "replay.connections_refused",
-        "replay.login_source_refused",
-    ];
-
-    /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
-    pub fn from_file(file: &CounterFile, first: usize) -> Self {
-        let c = |i: usize| file.counter(first + i);
-        ReplayCounters {
-            clients_active: c(0),
-            logins_accepted: c(1),
-            logins_rejected: c(2),
-            messages_sent: c(3),
-            slow_clients_cut: c(4),
-            protocol_errors: c(5),
-            heartbeats_sent: c(6),
-            login_timeouts: c(7),
-            logins_over_limit: c(8),
-            corrupt_records: c(9),
-            connections_refused: c(10),
-            login_source_refused: c(11),
-        }
-    }
+    login_source_refused,
 }
 
 /// The heartbeat settings a login negotiates against.

@@ -7,6 +7,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Instant;
 use tally_config::gateway::{hash_password, Role};
 use tally_runtime::agent::run_agents;
+use tally_runtime::counters::CounterFile;
 use tally_runtime::idle::IdleStrategy;
 use tally_wire::soup::{FrameDecoder, ServerPacket};
 

@@ -50,7 +50,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_runtime::agent::Agent;
-use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::net::UdpSocketRing;
 use tally_wire::mold::{MoldHeader, PacketBuilder, ReRequest, Session};
 
@@ -154,79 +153,38 @@ pub fn index_capacity_for(retention_messages: u64) -> usize {
     (bytes / INDEX_STRIDE_BYTES + 1024).min(INDEX_ENTRIES_MAX) as usize
 }
 
-/// The retransmit loop's counters in the shared counter file.
-#[derive(Clone, Debug)]
-pub struct RetransmitCounters {
+tally_runtime::counter_set! {
+    /// The retransmit loop's counters in the shared counter file.
+    pub struct RetransmitCounters, prefix "retransmit.";
     /// Requests answered with a packet.
-    pub requests_served: Counter,
+    requests_served,
     /// Messages in those packets.
-    pub messages_resent: Counter,
+    messages_resent,
     /// Datagrams that are not exactly 20 bytes.
-    pub ignored_malformed: Counter,
+    ignored_malformed,
     /// Requests for another session.
-    pub ignored_session: Counter,
+    ignored_session,
     /// Requests whose first message does not exist yet.
-    pub ignored_future: Counter,
+    ignored_future,
     /// Requests older than retention (or than the reader's index).
-    pub ignored_retention: Counter,
+    ignored_retention,
     /// Requests over the requester's rate (or the server's queue).
-    pub ignored_rate_limited: Counter,
+    ignored_rate_limited,
     /// Requests for 0 messages.
-    pub ignored_zero_count: Counter,
+    ignored_zero_count,
     /// Datagrams from a source outside the allow-list.
-    pub ignored_not_allowed: Counter,
+    ignored_not_allowed,
     /// Requests whose source's reply byte budget could not hold a reply.
-    pub ignored_source_budget: Counter,
+    ignored_source_budget,
     /// Requests the server's reply byte budget could not hold.
-    pub ignored_global_budget: Counter,
+    ignored_global_budget,
     /// Requests unanswered because a journal record in their range failed
     /// its check.
-    pub ignored_corrupt: Counter,
+    ignored_corrupt,
     /// Distinct damaged journal records found (each logged once).
-    pub corrupt_records: Counter,
+    corrupt_records,
     /// Bytes of reply datagrams sent (MoldUDP64 header included).
-    pub reply_bytes: Counter,
-}
-
-impl RetransmitCounters {
-    /// Names, in field order, for the counter file.
-    pub const NAMES: &'static [&'static str] = &[
-        "retransmit.requests_served",
-        "retransmit.messages_resent",
-        "retransmit.ignored_malformed",
-        "retransmit.ignored_session",
-        "retransmit.ignored_future",
-        "retransmit.ignored_retention",
-        "retransmit.ignored_rate_limited",
-        "retransmit.ignored_zero_count",
-        "retransmit.ignored_not_allowed",
-        "retransmit.ignored_source_budget",
-        "retransmit.ignored_global_budget",
-        "retransmit.ignored_corrupt",
-        "retransmit.corrupt_records",
-        "retransmit.reply_bytes",
-    ];
-
-    /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
-    pub fn from_file(file: &CounterFile, first: usize) -> Self {
-        let c = |i: usize| file.counter(first + i);
-        RetransmitCounters {
-            requests_served: c(0),
-            messages_resent: c(1),
-            ignored_malformed: c(2),
-            ignored_session: c(3),
-            ignored_future: c(4),
-            ignored_retention: c(5),
-            ignored_rate_limited: c(6),
-            ignored_zero_count: c(7),
-            ignored_not_allowed: c(8),
-            ignored_source_budget: c(9),
-            ignored_global_budget: c(10),
-            ignored_corrupt: c(11),
-            corrupt_records: c(12),
-            reply_bytes: c(13),
-        }
-    }
+    reply_bytes,
 }
 
 /// A request that passed the checks that need no journal.

@@ -4,6 +4,7 @@ use std::net::UdpSocket;
 use std::thread;
 use std::time::Instant;
 use tally_runtime::alloc_count::counting;
+use tally_runtime::counters::CounterFile;
 use tally_runtime::net::Ipv4Network;
 use tally_wire::mold::MoldPacket;
 

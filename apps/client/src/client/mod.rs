@@ -132,6 +132,7 @@ impl OrderEntryClient {
             debug_text: [0; DEBUG_TEXT_BYTES_MAX],
             debug_len: 0,
             stats: ClientStats::default(),
+            accepted_session: Session::BLANK,
         };
         let decoder = FrameDecoder::with_buffer_bytes(
             FRAME_BYTES_MAX,
@@ -143,6 +144,13 @@ impl OrderEntryClient {
             decoder,
             state,
         })
+    }
+
+    /// The session the gateway accepted the login into (blank until the
+    /// first Login Accepted): the appliance's current one when the
+    /// configured session is blank.
+    pub fn session(&self) -> Session {
+        self.state.accepted_session
     }
 
     /// Connects and logs in, waiting up to `timeout` for Login Accepted

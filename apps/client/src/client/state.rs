@@ -44,6 +44,8 @@ pub(super) struct State {
     pub(super) debug_text: [u8; DEBUG_TEXT_BYTES_MAX],
     pub(super) debug_len: usize,
     pub(super) stats: ClientStats,
+    /// The session of the last Login Accepted.
+    pub(super) accepted_session: Session,
 }
 
 impl State {
@@ -66,7 +68,8 @@ impl State {
             return;
         };
         match packet {
-            ServerPacket::LoginAccepted { next_seq, .. } => {
+            ServerPacket::LoginAccepted { session, next_seq } => {
+                self.accepted_session = session;
                 if self.link != Link::LoggingIn {
                     self.stats.protocol_errors += 1;
                     self.broken = true;

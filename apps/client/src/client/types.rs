@@ -199,58 +199,37 @@ pub struct ClientStats {
     pub protocol_errors: u64,
 }
 
-/// A client's counters in a process's shared-memory counter file, for
-/// `tally-stat`: register [`ClientCounters::NAMES`], then
-/// [`publish`](Self::publish) from the client's thread now and then.
-#[derive(Clone, Debug)]
-pub struct ClientCounters {
-    pub(super) counters: Vec<tally_runtime::counters::Counter>,
+tally_runtime::counter_set! {
+    /// A client's counters in a process's shared-memory counter file, for
+    /// `tally-stat`: register [`ClientCounters::NAMES`], then
+    /// [`publish`](Self::publish) from the client's thread now and then.
+    pub struct ClientCounters, prefix "client.";
+    /// Gauge: 1 while logged in.
+    sessions_active,
+    commands,
+    acks_accepted,
+    acks_rejected,
+    acks_unavailable,
+    resent,
+    connects,
+    disconnects,
+    heartbeats_sent,
+    send_full,
 }
 
 impl ClientCounters {
-    /// Counter names, in the order [`publish`](Self::publish) writes them.
-    /// `client.sessions_active` (1 while logged in) is a gauge.
-    pub const NAMES: &'static [&'static str] = &[
-        "client.sessions_active",
-        "client.commands",
-        "client.acks_accepted",
-        "client.acks_rejected",
-        "client.acks_unavailable",
-        "client.resent",
-        "client.connects",
-        "client.disconnects",
-        "client.heartbeats_sent",
-        "client.send_full",
-    ];
-
-    /// Handles to `NAMES` at `first_index..` of `file`.
-    ///
-    /// # Panics
-    /// When the file holds other names there (a bug in how it was made).
-    pub fn from_file(file: &tally_runtime::counters::CounterFile, first_index: usize) -> Self {
-        ClientCounters {
-            counters: file.counters_at(first_index, Self::NAMES),
-        }
-    }
-
     /// Writes the client's counters.
     pub fn publish(&self, client: &OrderEntryClient) {
         let stats = client.stats();
-        let values = [
-            u64::from(client.is_ready()),
-            stats.commands,
-            stats.acks_accepted,
-            stats.acks_rejected,
-            stats.acks_unavailable,
-            stats.resent,
-            stats.connects,
-            stats.disconnects,
-            stats.heartbeats_sent,
-            stats.send_full,
-        ];
-        const _: () = assert!(ClientCounters::NAMES.len() == 10);
-        for (counter, value) in self.counters.iter().zip(values) {
-            counter.set(value);
-        }
+        self.sessions_active.set(u64::from(client.is_ready()));
+        self.commands.set(stats.commands);
+        self.acks_accepted.set(stats.acks_accepted);
+        self.acks_rejected.set(stats.acks_rejected);
+        self.acks_unavailable.set(stats.acks_unavailable);
+        self.resent.set(stats.resent);
+        self.connects.set(stats.connects);
+        self.disconnects.set(stats.disconnects);
+        self.heartbeats_sent.set(stats.heartbeats_sent);
+        self.send_full.set(stats.send_full);
     }
 }

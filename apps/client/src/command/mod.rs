@@ -56,6 +56,7 @@
 
 mod decision;
 mod request;
+mod stream;
 mod track;
 
 use std::fmt;
@@ -63,7 +64,10 @@ use std::io;
 use std::time::{Duration, Instant};
 
 pub use decision::{reject_words, CellAfter, Decision, Effect, RejectedBy, Rejection, Verdict};
-pub use request::{check_role, printable, AdjustReason, Ref, Request, ResolveError, Spec, QTY_MAX};
+pub use request::{
+    check_role, printable, AdjustReason, Ref, Request, ResolveError, Spec, DEFAULT_TTL_MS, QTY_MAX,
+};
+pub use stream::StreamReplica;
 
 use tally_config::ApplianceConfig;
 
@@ -213,14 +217,12 @@ impl From<io::Error> for CommandError {
 /// The command client. See the module documentation.
 pub struct CommandClient {
     client: OrderEntryClient,
-    consumer: StreamConsumer,
-    replica: Replica,
+    stream: StreamReplica,
     tracker: Tracker,
     identity: Identity,
     window: usize,
     /// The client_seq of the first command of this process (0 = none yet).
     first_client_seq: u32,
-    replay_addr: std::net::SocketAddr,
 }
 
 impl CommandClient {
@@ -228,55 +230,26 @@ impl CommandClient {
     /// until it has caught up (everything the stream had when it started).
     pub fn connect(config: CommandConfig) -> Result<CommandClient, CommandError> {
         let client = login(&config)?;
-        let consumer = StreamConsumer::new(&config.consumer)?;
         let window = config.client.window;
         let mut commands = CommandClient {
             client,
-            consumer,
-            replica: Replica::new(config.limits),
+            stream: StreamReplica::new(&config.consumer, config.limits)?,
             tracker: Tracker::new(window, config.identity.client_id),
             identity: config.identity,
             window,
             first_client_seq: 0,
-            replay_addr: config.consumer.replay,
         };
-        commands.catch_up(config.connect_timeout)?;
-        Ok(commands)
-    }
-
-    fn catch_up(&mut self, timeout: Duration) -> Result<(), CommandError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.poll(|_| {})?;
-            let consumer = &self.consumer;
-            if consumer.newest_seq() > 0
-                && consumer.delivered_seq() >= consumer.newest_seq()
-                && !consumer.is_recovering()
-            {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let detail = format!(
-                    "delivered {} of {} in {timeout:?} (is the replay feed at {} reachable?)",
-                    consumer.delivered_seq(),
-                    consumer.newest_seq(),
-                    self.replay_addr,
-                );
-                return Err(if consumer.delivered_seq() == 0 {
-                    CommandError::Unreachable(detail)
-                } else {
-                    CommandError::CatchUp(detail)
-                });
-            }
-            self.wait(Duration::from_millis(20), |_| {})?;
+        let deadline = Instant::now() + config.connect_timeout;
+        while !commands
+            .stream
+            .caught_up(config.connect_timeout, deadline)?
+        {
+            commands.wait(Duration::from_millis(20), |_| {})?;
         }
-        if let Some(limit) = self.replica.limit_met() {
-            return Err(CommandError::LimitMet(limit));
-        }
-        if self.replica.authority_online_seq() == 0 {
+        if commands.replica().authority_online_seq() == 0 {
             return Err(CommandError::WarehouseOffline);
         }
-        Ok(())
+        Ok(commands)
     }
 
     /// One bounded round: the client's acks, then the stream's messages;
@@ -293,9 +266,8 @@ impl CommandClient {
         if let Some(error) = closed {
             return Err(CommandError::Client(error));
         }
-        let replica = &mut self.replica;
-        work += self.consumer.poll(now_ns, |seq, message| {
-            tracker.on_stream(replica, seq, &message, &mut on_decision)
+        work += self.stream.poll(now_ns, |replica, seq, message| {
+            tracker.on_stream(replica, seq, message, &mut on_decision)
         })?;
         Ok(work)
     }
@@ -313,10 +285,9 @@ impl CommandClient {
         // Decisions arrive on the stream: block there, briefly, so acks and
         // heartbeats of the client are served too.
         let tracker = &mut self.tracker;
-        let replica = &mut self.replica;
         let slice = timeout.min(Duration::from_millis(5));
-        let work = self.consumer.wait(slice, |seq, message| {
-            tracker.on_stream(replica, seq, &message, &mut on_decision)
+        let work = self.stream.wait(slice, |replica, seq, message| {
+            tracker.on_stream(replica, seq, message, &mut on_decision)
         })?;
         Ok(work + self.poll(&mut on_decision)?)
     }
@@ -325,7 +296,7 @@ impl CommandClient {
     /// user's role.
     pub fn resolve(&self, spec: &Spec) -> Result<Request, CommandError> {
         check_role(self.identity.role, spec.msg_type()).map_err(CommandError::NotPermitted)?;
-        Ok(spec.resolve(&self.replica)?)
+        Ok(spec.resolve(self.stream.replica())?)
     }
 
     /// Whether another command can be submitted now (the window of
@@ -443,11 +414,11 @@ impl CommandClient {
     /// The replica (directory, cells, holds, orders) as of the stream's
     /// [`Replica::last_seq`].
     pub fn replica(&self) -> &Replica {
-        &self.replica
+        self.stream.replica()
     }
 
     pub fn consumer(&self) -> &StreamConsumer {
-        &self.consumer
+        self.stream.consumer()
     }
 
     pub fn client(&self) -> &OrderEntryClient {
@@ -463,35 +434,6 @@ impl CommandClient {
     /// the commands sent since).
     pub fn next_client_seq(&self) -> u32 {
         self.client.next_client_seq()
-    }
-
-    /// Polls for `period`, handing every stream message to `on_message`
-    /// after the replica applied it (for `watch`), and decisions to
-    /// `on_decision`.
-    pub fn follow(
-        &mut self,
-        period: Duration,
-        mut on_message: impl FnMut(&Replica, u64, &tally_wire::Message),
-    ) -> Result<(), CommandError> {
-        let deadline = Instant::now() + period;
-        let tracker = &mut self.tracker;
-        let replica = &mut self.replica;
-        while Instant::now() < deadline {
-            let _ = self.client.poll(monotonic_ns(), |_| {});
-            if let Some(error) = self.client.closed() {
-                return Err(CommandError::Client(error));
-            }
-            self.consumer.wait(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50)),
-                |seq, message| {
-                    tracker.on_stream(replica, seq, &message, &mut |_| {});
-                    on_message(replica, seq, &message);
-                },
-            )?;
-        }
-        Ok(())
     }
 
     /// Logs out of the gateway.

@@ -153,7 +153,7 @@ impl fmt::Display for ResolveError {
             ResolveError::UnknownLocation(location) => write!(f, "unknown location {location:?}"),
             ResolveError::BadName(name) => write!(
                 f,
-                "{name:?} is not a SKU or location: 1 to 16 printable ASCII characters"
+                "\"{name}\" is not a SKU or location: 1 to 16 printable ASCII characters"
             ),
             ResolveError::BadQuantity(qty) => {
                 write!(f, "quantity {qty} is out of range (1 to 2147483647)")
@@ -170,7 +170,9 @@ impl std::error::Error for ResolveError {}
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Spec {
+    /// `id` 0 (or absent in JSON): the tool assigns one.
     Order {
+        #[serde(default)]
         id: u64,
         sku: Ref,
         qty: u64,
@@ -184,10 +186,12 @@ pub enum Spec {
         id: u64,
     },
     Hold {
+        #[serde(default)]
         id: u64,
         sku: Ref,
         qty: u64,
         location: Ref,
+        #[serde(default = "default_ttl_ms")]
         ttl_ms: u32,
     },
     Confirm {
@@ -197,6 +201,7 @@ pub enum Spec {
         id: u64,
     },
     Transfer {
+        #[serde(default)]
         id: u64,
         sku: Ref,
         qty: u64,
@@ -207,6 +212,7 @@ pub enum Spec {
         sku: Ref,
         location: Ref,
         on_hand: u64,
+        #[serde(default)]
         expected_version: u64,
     },
     Adjust {
@@ -215,6 +221,13 @@ pub enum Spec {
         qty: u64,
         reason: AdjustReason,
     },
+}
+
+/// A hold's time to live when none is given: 15 minutes.
+pub const DEFAULT_TTL_MS: u32 = 15 * 60 * 1000;
+
+fn default_ttl_ms() -> u32 {
+    DEFAULT_TTL_MS
 }
 
 /// The largest quantity a command carries (the warehouse refuses more).
@@ -302,6 +315,30 @@ impl Spec {
                 reason: *reason,
             },
         })
+    }
+
+    /// The client id the command names or creates (`None` for recount and
+    /// adjust, which have none).
+    pub fn id_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            Spec::Order { id, .. }
+            | Spec::Modify { id, .. }
+            | Spec::Cancel { id }
+            | Spec::Hold { id, .. }
+            | Spec::Confirm { id }
+            | Spec::Release { id }
+            | Spec::Transfer { id, .. } => Some(id),
+            Spec::Recount { .. } | Spec::Adjust { .. } => None,
+        }
+    }
+
+    /// Whether the command creates its id (order, hold, transfer), so a
+    /// tool may choose it.
+    pub fn creates_id(&self) -> bool {
+        matches!(
+            self,
+            Spec::Order { .. } | Spec::Hold { .. } | Spec::Transfer { .. }
+        )
     }
 
     /// The wire type of the command this becomes.

@@ -81,73 +81,55 @@ impl ConsumerStats {
     }
 }
 
-/// A consumer's counters in a process's shared-memory counter file, for
-/// `tally-stat`: register [`ConsumerCounters::NAMES`] when creating the
-/// file, then [`publish`](Self::publish) from the consumer's thread now and
-/// then (every poll is fine: a few relaxed stores).
-#[derive(Clone, Debug)]
-pub struct ConsumerCounters {
-    pub(super) counters: Vec<tally_runtime::counters::Counter>,
+tally_runtime::counter_set! {
+    /// A consumer's counters in a process's shared-memory counter file, for
+    /// `tally-stat`: register [`ConsumerCounters::NAMES`] when creating the
+    /// file, then [`publish`](Self::publish) from the consumer's thread now and
+    /// then (every poll is fine: a few relaxed stores).
+    pub struct ConsumerCounters, prefix "consumer.";
+    /// Gauge: the next sequence number to deliver.
+    next_seq,
+    /// Gauge: messages seen on the stream but not delivered yet.
+    lag,
+    datagrams,
+    heartbeats,
+    messages_delivered,
+    gaps_detected,
+    re_requests_sent,
+    re_request_timeouts,
+    recovered_by_retransmit,
+    recovered_by_replay,
+    duplicates_discarded,
+    reorder_overflows,
+    replay_recoveries,
+    replay_switchbacks,
+    stale_transitions,
+    datagrams_dropped_by_loss_filter,
+    kernel_drops,
 }
 
 impl ConsumerCounters {
-    /// Counter names, in the order [`publish`](Self::publish) writes them.
-    /// `consumer.next_seq` and `consumer.lag` are gauges.
-    pub const NAMES: &'static [&'static str] = &[
-        "consumer.next_seq",
-        "consumer.lag",
-        "consumer.datagrams",
-        "consumer.heartbeats",
-        "consumer.messages_delivered",
-        "consumer.gaps_detected",
-        "consumer.re_requests_sent",
-        "consumer.re_request_timeouts",
-        "consumer.recovered_by_retransmit",
-        "consumer.recovered_by_replay",
-        "consumer.duplicates_discarded",
-        "consumer.reorder_overflows",
-        "consumer.replay_recoveries",
-        "consumer.replay_switchbacks",
-        "consumer.stale_transitions",
-        "consumer.datagrams_dropped_by_loss_filter",
-        "consumer.kernel_drops",
-    ];
-
-    /// Handles to `NAMES` at `first_index..` of `file`.
-    ///
-    /// # Panics
-    /// When the file holds other names there (a bug in how it was made).
-    pub fn from_file(file: &tally_runtime::counters::CounterFile, first_index: usize) -> Self {
-        ConsumerCounters {
-            counters: file.counters_at(first_index, Self::NAMES),
-        }
-    }
-
     /// Writes the consumer's position and counters.
     pub fn publish(&self, consumer: &StreamConsumer) {
         let stats = consumer.stats();
-        let values = [
-            consumer.next_seq(),
-            consumer.lag(),
-            stats.datagrams,
-            stats.heartbeats,
-            stats.messages_delivered,
-            stats.gaps_detected,
-            stats.re_requests_sent,
-            stats.re_request_timeouts,
-            stats.recovered_by_retransmit,
-            stats.recovered_by_replay,
-            stats.duplicates_discarded,
-            stats.reorder_overflows,
-            stats.replay_recoveries(),
-            stats.replay_switchbacks,
-            stats.stale_transitions,
-            stats.datagrams_dropped_by_loss_filter,
-            stats.kernel_drops,
-        ];
-        const _: () = assert!(ConsumerCounters::NAMES.len() == 17);
-        for (counter, value) in self.counters.iter().zip(values) {
-            counter.set(value);
-        }
+        self.next_seq.set(consumer.next_seq());
+        self.lag.set(consumer.lag());
+        self.datagrams.set(stats.datagrams);
+        self.heartbeats.set(stats.heartbeats);
+        self.messages_delivered.set(stats.messages_delivered);
+        self.gaps_detected.set(stats.gaps_detected);
+        self.re_requests_sent.set(stats.re_requests_sent);
+        self.re_request_timeouts.set(stats.re_request_timeouts);
+        self.recovered_by_retransmit
+            .set(stats.recovered_by_retransmit);
+        self.recovered_by_replay.set(stats.recovered_by_replay);
+        self.duplicates_discarded.set(stats.duplicates_discarded);
+        self.reorder_overflows.set(stats.reorder_overflows);
+        self.replay_recoveries.set(stats.replay_recoveries());
+        self.replay_switchbacks.set(stats.replay_switchbacks);
+        self.stale_transitions.set(stats.stale_transitions);
+        self.datagrams_dropped_by_loss_filter
+            .set(stats.datagrams_dropped_by_loss_filter);
+        self.kernel_drops.set(stats.kernel_drops);
     }
 }

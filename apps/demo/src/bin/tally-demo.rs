@@ -721,17 +721,15 @@ fn print_serve_help(summary: &serde_json::Value) {
             .unwrap_or_default()
             .to_string()
     };
-    let (pos, pos_password, pos_file) = (
-        user("pos", "user"),
-        user("pos", "password"),
-        user("pos", "password_file"),
-    );
+    // curl as pos2, tally-ctl as pos1: a user writes through one process
+    // at a time (the gateway keeps one session per user).
+    let (pos, pos_file) = (user("pos", "user"), user("pos", "password_file"));
     let (reader, reader_password) = (user("reader", "user"), user("reader", "password"));
     println!(
         "tally-demo: serving until Ctrl-C, configuration {config}\n\
          \n  dashboard   {http}/   (log in as {reader} / {reader_password})\n\
          \n  # one order over HTTP (201 with the decision):\n\
-         \n  curl -u {pos}:{pos_password} -H 'Idempotency-Key: order-1' -H 'Content-Type: application/json' \\\n\
+         \n  curl -u pos2:pos2pass -H 'Idempotency-Key: order-1' -H 'Content-Type: application/json' \\\n\
          \x20      -d '{{\"sku\":\"TSHIRT-WHT-M\",\"qty\":1,\"location\":\"STORE-DOWNTOWN\"}}' {http}/v1/orders\n\
          \n  curl -u {reader}:{reader_password} {http}/v1/skus/TSHIRT-WHT-M\n\
          \n  curl -N -u {reader}:{reader_password} {http}/v1/events\n\

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use tally_client::cli::{ConnectArgs, LimitsArgs};
-use tally_monitor::{HttpAuthConfig, IndexLimits, Monitor, MonitorConfig};
+use tally_monitor::{HttpAuthConfig, IndexLimits, Monitor, MonitorConfig, WritesConfig};
 use tally_runtime::notify::Notifier;
 
 /// The monitor: a replica of the stream served over HTTP/JSON. It rebuilds
@@ -77,6 +77,25 @@ struct Cli {
     /// Hold timelines kept (most recently active).
     #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.holds_max)]
     hold_timelines: u32,
+    /// Decisions and notifications /v1/events can replay (the newest); a
+    /// Last-Event-ID older than they reach is answered 410.
+    #[arg(long, value_name = "N", default_value_t = IndexLimits::DEFAULT.events_max)]
+    events_max: u32,
+    /// Enables the /v1 writes (orders, holds, transfers, recounts,
+    /// adjustments): the idempotency keys are kept here (fsync'd). Each
+    /// writing user gets its own gateway session, logged in with the
+    /// password of its HTTP Basic credentials.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
+    /// How long a write waits for the warehouse's decision before it is
+    /// answered 202 with a Location to poll.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    decision_timeout_ms: u64,
+    /// Open HTTP connections at most, and from one address.
+    #[arg(long, value_name = "N", default_value_t = tally_monitor::HttpLimits::DEFAULT.connections_max)]
+    connections_max: usize,
+    #[arg(long, value_name = "N", default_value_t = tally_monitor::HttpLimits::DEFAULT.connections_per_source_max)]
+    connections_per_source_max: usize,
     #[command(flatten)]
     limits: LimitsArgs,
 }
@@ -108,6 +127,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         history_cells_max: cli.history_cells,
         orders_max: cli.order_timelines,
         holds_max: cli.hold_timelines,
+        events_max: cli.events_max,
         ..IndexLimits::DEFAULT
     };
     config
@@ -117,6 +137,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     config.auth = HttpAuthConfig::from_appliance(&appliance)
         .map_err(|error| anyhow::anyhow!("[http] in {}: {error}", cli.connect.config.display()))?;
     config.http_workers = cli.workers;
+    config.http.connections_max = cli.connections_max;
+    config.http.connections_per_source_max = cli.connections_per_source_max;
+    if let Some(dir) = &cli.state_dir {
+        let mut writes = WritesConfig::new(appliance.clone(), dir.clone());
+        writes.decision_timeout = Duration::from_millis(cli.decision_timeout_ms);
+        config.writes = Some(writes);
+    }
     config.ready_lag_max = cli.ready_lag_max;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -8,14 +8,17 @@ use std::time::Duration;
 use clap::Parser;
 use tally_client::cli::ConnectArgs;
 use tally_client::consumer::{monotonic_ns, StreamConsumer};
+use tally_client::follow::SessionFollower;
 use tally_client::text;
 
 /// Prints every stream message as one line:
 /// `seq type origin/client_seq time field=value…` (or one JSON object per
 /// line with --json). Joins the multicast stream; with --from it first
 /// replays history from the replay feed, then follows live without a gap.
-/// Missed packets are recovered through re-requests. Stops at the end of the
-/// session, after --count messages, or on Ctrl-C.
+/// Missed packets are recovered through re-requests. At the end of a
+/// session it follows the next one (the stream numbers from 1 again; with
+/// --one-session it stops there instead). Stops after --count messages, or
+/// on Ctrl-C.
 #[derive(Parser, Debug)]
 #[command(name = "tally-tap", version, about, long_about)]
 struct Cli {
@@ -31,6 +34,9 @@ struct Cli {
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
+    /// Stop at the end of the session instead of following the next one.
+    #[arg(long)]
+    one_session: bool,
 }
 
 fn main() {
@@ -46,6 +52,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let appliance = cli.connect.appliance()?;
     let mut config = cli.connect.consumer(&appliance, "read1", "readpass")?;
     config.start_seq = cli.from.unwrap_or(0);
+    // The appliance's current session (the configured one may have rolled
+    // over since): the first packet's, or the replay feed's.
+    config.session = tally_wire::mold::Session::BLANK;
+    let follower = SessionFollower::new(config.clone());
     let mut consumer = StreamConsumer::new(&config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -59,7 +69,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         limit: cli.count.unwrap_or(u64::MAX),
         error: None,
     };
-    while !stop.load(Ordering::Acquire) && !printer.done() && !consumer.is_ended() {
+    while !stop.load(Ordering::Acquire) && !printer.done() {
+        if consumer.is_ended() {
+            if cli.one_session {
+                break;
+            }
+            follower.follow(&mut consumer)?;
+        }
         let work = consumer.poll(monotonic_ns(), |seq, message| printer.print(seq, &message))?;
         if work == 0 {
             printer.out.flush()?;
