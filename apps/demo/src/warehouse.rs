@@ -14,6 +14,27 @@ use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 
 use crate::{demo_client, ApplianceSpec};
 
+/// The warehouse of `spec`'s appliance as tests run it: logged in as `wh`,
+/// reading the stream as `read1`, starting a session from `inventory`, no
+/// snapshot, holds expired every 5 ms, 60 s to catch up.
+pub fn app_config(
+    spec: &ApplianceSpec,
+    limits: ReplicaLimits,
+    inventory: &Path,
+) -> WarehouseAppConfig {
+    WarehouseAppConfig {
+        consumer: spec.consumer_config(),
+        client: spec.client_config("wh"),
+        own_origin: demo_client("wh").client_id,
+        limits,
+        inventory: Some(inventory.to_path_buf()),
+        snapshot: None,
+        snapshot_interval: Duration::ZERO,
+        expiry_check_interval: Duration::from_millis(5),
+        catch_up_timeout: Duration::from_secs(60),
+    }
+}
+
 /// The warehouse deciding on its own thread.
 pub struct RunningWarehouse {
     stop: Arc<AtomicBool>,

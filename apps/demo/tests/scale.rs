@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use tally_client::client::OrderEntryClient;
 use tally_client::consumer::{ConsumerConfig, StreamConsumer};
 use tally_client::replica::{LocationSet, Replica, ReplicaLimits};
-use tally_demo::{demo_client, send_all, ApplianceSpec};
+use tally_demo::{send_all, ApplianceSpec};
 use tally_pos::{Pos, PosConfig, PosError};
+use tally_demo::warehouse::app_config;
 use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 use tally_warehouse::decide::{EventBuf, EventSink, Warehouse, WarehouseConfig};
 use tally_wire::Order;
@@ -78,24 +79,6 @@ fn store_limits() -> ReplicaLimits {
         cells_max: 2 * SKUS,
         orders_max: 1024,
         ..sparse_limits()
-    }
-}
-
-fn warehouse_config(
-    spec: &ApplianceSpec,
-    limits: ReplicaLimits,
-    inventory: &Path,
-) -> WarehouseAppConfig {
-    WarehouseAppConfig {
-        consumer: spec.consumer_config(),
-        client: spec.client_config("wh"),
-        own_origin: demo_client("wh").client_id,
-        limits,
-        inventory: Some(inventory.to_path_buf()),
-        snapshot: None,
-        snapshot_interval: Duration::ZERO,
-        expiry_check_interval: Duration::from_millis(5),
-        catch_up_timeout: LONG,
     }
 }
 
@@ -161,7 +144,8 @@ fn a_broadcast_larger_than_every_buffer_completes_and_every_digest_agrees() {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let warehouse = {
-        let config = warehouse_config(&spec, sparse_limits(), &inventory);
+        let mut config = app_config(&spec, sparse_limits(), &inventory);
+        config.catch_up_timeout = LONG;
         let stop = Arc::clone(&stop);
         thread::Builder::new()
             .name("warehouse".into())
@@ -315,7 +299,10 @@ fn a_warehouse_whose_limits_are_too_small_says_which_and_stops() {
             "cells_max = 500",
         ),
     ] {
-        let error = match WarehouseApp::start(warehouse_config(&spec, limits, &inventory)) {
+        let error = match WarehouseApp::start(WarehouseAppConfig {
+            catch_up_timeout: LONG,
+            ..app_config(&spec, limits, &inventory)
+        }) {
             Ok(_) => panic!("a warehouse with {limits:?} started"),
             Err(error) => format!("{error:#}"),
         };
