@@ -3,6 +3,8 @@
 #[allow(unused_imports)]
 use super::*;
 
+use tally_sequencer::journal::ScanSummary;
+
 pub(super) struct DumpOptions {
     pub(super) from: u64,
     pub(super) to: u64,
@@ -20,10 +22,7 @@ pub(super) fn dump(path: &Path, options: &DumpOptions, progress: bool) -> io::Re
     }
     let file = std::fs::File::open(path).map_err(|error| with_path(error, "opening", path))?;
     let file_bytes = file.metadata()?.len();
-    let mut header = vec![0u8; (file_bytes as usize).min(FILE_HEADER_BYTES)];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|error| with_path(error, "reading", path))?;
-    if let Err(reason) = check_file_header(&header) {
+    if let Err(reason) = read_file_header(&file, file_bytes, path)? {
         eprintln!(
             "tally-journal: {}: not a usable journal: {reason}",
             path.display()
@@ -31,85 +30,112 @@ pub(super) fn dump(path: &Path, options: &DumpOptions, progress: bool) -> io::Re
         return Ok(DAMAGED);
     }
     let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let mut write_error: Option<io::Error> = None;
-    let mut line = String::with_capacity(512);
+    let mut lines = Lines {
+        out: io::BufWriter::new(stdout.lock()),
+        line: String::with_capacity(512),
+        write_error: None,
+        options,
+    };
     let mut progress = Progress::new(progress, path, file_bytes);
     let summary = scan(
         &file,
         file_bytes,
-        |record| {
-            let info = record.info;
-            if info.first_seq > options.to {
-                return ControlFlow::Break(());
-            }
-            let is_end = info.count == COUNT_END_OF_SESSION;
-            if !is_end && info.end_seq() <= options.from {
-                return ControlFlow::Continue(());
-            }
-            line.clear();
-            if options.records || is_end {
-                record_line(&mut line, record, options.json);
-                if let Err(error) = writeln!(out, "{line}") {
-                    write_error = Some(error);
-                    return ControlFlow::Break(());
-                }
-                return ControlFlow::Continue(());
-            }
-            let mut seq = info.first_seq;
-            let mut at = 0usize;
-            let payload = record.payload;
-            while at < payload.len() {
-                let len = usize::from(u16::from_be_bytes([payload[at], payload[at + 1]]));
-                let message = &payload[at + 2..at + 2 + len];
-                at += 2 + len;
-                if seq >= options.from && seq <= options.to {
-                    line.clear();
-                    message_line(&mut line, seq, info.offset, message, options.json);
-                    if let Err(error) = writeln!(out, "{line}") {
-                        write_error = Some(error);
-                        return ControlFlow::Break(());
-                    }
-                }
-                seq += 1;
-            }
-            ControlFlow::Continue(())
-        },
+        |record| lines.record(record),
         |offset| progress.at(offset),
     )
     .map_err(|error| with_path(error, "reading", path))?;
-    if let Some(error) = write_error {
+    if let Some(error) = lines.write_error.take() {
         if error.kind() == io::ErrorKind::BrokenPipe {
             return Ok(INTACT);
         }
         return Err(error);
     }
-    if let Err(error) = out.flush() {
+    if let Err(error) = lines.out.flush() {
         if error.kind() != io::ErrorKind::BrokenPipe {
             return Err(error);
         }
     }
-    if let Some(damage) = &summary.damage {
-        if summary.next_seq <= options.to {
-            eprintln!(
-                "tally-journal: {}: stopped at damage at byte {} ({}); last good sequence \
-                 number {}; {}",
-                path.display(),
-                damage.offset,
-                damage.reason,
-                summary.next_seq - 1,
-                match &damage.after {
-                    None => "a torn tail (nothing intact after it)".to_string(),
-                    Some(after) => format!(
-                        "intact records follow (first at byte {}, sequence {}): run verify",
-                        after.offset, after.first_seq
-                    ),
-                }
-            );
-            return Ok(DAMAGED);
+    Ok(report_damage(path, &summary, options))
+}
+
+/// Writes the lines of the records and messages within `--from..=--to`.
+struct Lines<'a, W: Write> {
+    out: W,
+    line: String,
+    /// The first write error (a closed pipe ends the dump quietly).
+    write_error: Option<io::Error>,
+    options: &'a DumpOptions,
+}
+
+impl<W: Write> Lines<'_, W> {
+    /// One record: its own line (`--records`, or the end of session), or a
+    /// line per message in range.
+    fn record(&mut self, record: &tally_sequencer::journal::ScannedRecord<'_>) -> ControlFlow<()> {
+        let info = record.info;
+        if info.first_seq > self.options.to {
+            return ControlFlow::Break(());
+        }
+        let is_end = info.count == COUNT_END_OF_SESSION;
+        if !is_end && info.end_seq() <= self.options.from {
+            return ControlFlow::Continue(());
+        }
+        if self.options.records || is_end {
+            self.line.clear();
+            record_line(&mut self.line, record, self.options.json);
+            return self.write_line();
+        }
+        let mut seq = info.first_seq;
+        let mut at = 0usize;
+        let payload = record.payload;
+        while at < payload.len() {
+            let len = usize::from(u16::from_be_bytes([payload[at], payload[at + 1]]));
+            let message = &payload[at + 2..at + 2 + len];
+            at += 2 + len;
+            if seq >= self.options.from && seq <= self.options.to {
+                self.line.clear();
+                message_line(&mut self.line, seq, info.offset, message, self.options.json);
+                self.write_line()?;
+            }
+            seq += 1;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn write_line(&mut self) -> ControlFlow<()> {
+        match writeln!(self.out, "{}", self.line) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(error) => {
+                self.write_error = Some(error);
+                ControlFlow::Break(())
+            }
         }
     }
-    Ok(INTACT)
+}
+
+/// Says where the dump stopped at damage before `--to`; the exit status.
+fn report_damage(path: &Path, summary: &ScanSummary, options: &DumpOptions) -> u8 {
+    let Some(damage) = &summary.damage else {
+        return INTACT;
+    };
+    if summary.next_seq > options.to {
+        return INTACT;
+    }
+    eprintln!(
+        "tally-journal: {}: stopped at damage at byte {} ({}); last good sequence \
+         number {}; {}",
+        path.display(),
+        damage.offset,
+        damage.reason,
+        summary.next_seq - 1,
+        match &damage.after {
+            None => "a torn tail (nothing intact after it)".to_string(),
+            Some(after) => format!(
+                "intact records follow (first at byte {}, sequence {}): run verify",
+                after.offset, after.first_seq
+            ),
+        }
+    );
+    DAMAGED
 }
 
 pub(super) fn record_line(

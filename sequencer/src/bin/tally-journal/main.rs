@@ -239,3 +239,18 @@ fn read_checkpoint(path: &Path) -> io::Result<CheckpointState> {
         Some(Ok(checkpoint)) => CheckpointState::Present(checkpoint),
     })
 }
+
+/// Reads and checks the journal's file header: `Err(reason)` when the file
+/// is not a usable journal.
+fn read_file_header(
+    file: &std::fs::File,
+    file_bytes: u64,
+    path: &Path,
+) -> io::Result<Result<(), String>> {
+    let mut header = vec![0u8; (file_bytes as usize).min(FILE_HEADER_BYTES)];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|error| with_path(error, "reading", path))?;
+    Ok(check_file_header(&header)
+        .map(|_| ())
+        .map_err(|reason| reason.to_string()))
+}

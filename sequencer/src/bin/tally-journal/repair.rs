@@ -67,10 +67,7 @@ fn open_journal(path: &Path) -> io::Result<Result<(std::fs::File, u64), Stop>> {
         .open(path)
         .map_err(|error| with_path(error, "opening", path))?;
     let file_bytes = file.metadata()?.len();
-    let mut header = vec![0u8; (file_bytes as usize).min(FILE_HEADER_BYTES)];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|error| with_path(error, "reading", path))?;
-    if let Err(reason) = check_file_header(&header) {
+    if let Err(reason) = read_file_header(&file, file_bytes, path)? {
         eprintln!(
             "tally-journal: {}: not a usable journal ({reason}); repair only cuts records \
              and will not touch it",
