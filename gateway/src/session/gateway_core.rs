@@ -40,27 +40,8 @@ impl GatewayCore {
         }
         let slots = config.connection_slots();
         let decoder_bytes = config.receive_backlog_bytes();
-        let clients: Vec<ClientState> = config
-            .clients
-            .iter()
-            .map(|entry| ClientState {
-                client_id: entry.client_id,
-                role: entry.role,
-                username: tally_wire::pad_ascii(&entry.username)
-                    .expect("validated usernames fit the login field"),
-                last_forwarded: 0,
-                last_sequenced: 0,
-                in_flight: 0,
-                history_first: 0,
-                live: None,
-            })
-            .collect();
-        let mut client_ids: Vec<(u16, u16)> = clients
-            .iter()
-            .enumerate()
-            .map(|(index, client)| (client.client_id, index as u16))
-            .collect();
-        client_ids.sort_unstable();
+        let clients: Vec<ClientState> = config.clients.iter().map(ClientState::new).collect();
+        let client_ids = client_ids(&clients);
         let history_capacity = config.ack_history_per_client;
         let rate_interval_ns = (1_000_000_000 / u64::from(config.rate_limit_per_sec)).max(1);
         let mut core = GatewayCore {
@@ -94,25 +75,7 @@ impl GatewayCore {
                 rate_interval_ns,
                 rate_tolerance_ns: rate_interval_ns * u64::from(config.rate_burst - 1),
                 history_capacity,
-                connections: (0..slots)
-                    .map(|_| Connection {
-                        state: SlotState::Free,
-                        ticket: 0,
-                        client: None,
-                        requested_session: Session::BLANK,
-                        requested_seq: 0,
-                        peer: None,
-                        in_login_pool: false,
-                        accepted_ns: 0,
-                        peer_timeout_ns: config.peer_timeout_ns,
-                        last_received_ns: 0,
-                        last_sent_ns: 0,
-                        rate_tat_ns: 0,
-                        queued: false,
-                        blocked: false,
-                        evicting: false,
-                    })
-                    .collect(),
+                connections: (0..slots).map(|_| Connection::free(config)).collect(),
                 // Lowest slot first.
                 free: (0..slots as u32).rev().collect(),
                 pending: VecDeque::with_capacity(slots),
@@ -577,6 +540,57 @@ impl GatewayCore {
                     return handled;
                 }
             }
+        }
+    }
+}
+
+impl ClientState {
+    /// A configured client before any recovery: nothing forwarded yet.
+    fn new(entry: &tally_config::gateway::ClientEntry) -> Self {
+        ClientState {
+            client_id: entry.client_id,
+            role: entry.role,
+            username: tally_wire::pad_ascii(&entry.username)
+                .expect("validated usernames fit the login field"),
+            last_forwarded: 0,
+            last_sequenced: 0,
+            in_flight: 0,
+            history_first: 0,
+            live: None,
+        }
+    }
+}
+
+/// (client id, index into `clients`), sorted by id for binary search.
+fn client_ids(clients: &[ClientState]) -> Vec<(u16, u16)> {
+    let mut ids: Vec<(u16, u16)> = clients
+        .iter()
+        .enumerate()
+        .map(|(index, client)| (client.client_id, index as u16))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+impl Connection {
+    /// A free connection slot.
+    fn free(config: &GatewayConfig) -> Self {
+        Connection {
+            state: SlotState::Free,
+            ticket: 0,
+            client: None,
+            requested_session: Session::BLANK,
+            requested_seq: 0,
+            peer: None,
+            in_login_pool: false,
+            accepted_ns: 0,
+            peer_timeout_ns: config.peer_timeout_ns,
+            last_received_ns: 0,
+            last_sent_ns: 0,
+            rate_tat_ns: 0,
+            queued: false,
+            blocked: false,
+            evicting: false,
         }
     }
 }
