@@ -433,11 +433,24 @@ impl<A: Authenticator> Feed<A> {
             slot.last_send_ns = now_ns;
             self.counters.messages_sent.add(sent as u64);
         }
-        // Stall tracking: the window opens when the send buffer limits what
-        // this poll sends, and closes once the client has drained half a
-        // buffer since (or a poll is not limited by it). A client that
-        // cannot drain half its buffer within the stall timeout is cut: it
-        // reads slower than `send_buffer_bytes / 2` per `stall_timeout`.
+        self.track_stall(io, index, buffer_full, frames_bytes, now_ns);
+        Ok(sent)
+    }
+
+    /// Stall tracking: the window opens when the send buffer limits what
+    /// a poll sends, and closes once the client has drained half a buffer
+    /// since (or a poll is not limited by it). A client that cannot drain
+    /// half its buffer within the stall timeout is cut: it reads slower than
+    /// `send_buffer_bytes / 2` per `stall_timeout`.
+    fn track_stall(
+        &mut self,
+        io: &mut TcpServerHandle,
+        index: usize,
+        buffer_full: bool,
+        frames_bytes: usize,
+        now_ns: u64,
+    ) {
+        let slot = &mut self.slots[index];
         if !buffer_full {
             slot.stall = None;
         } else {
@@ -465,7 +478,6 @@ impl<A: Authenticator> Feed<A> {
                 self.close_slow(io, index);
             }
         }
-        Ok(sent)
     }
 
     pub(super) fn reject_login(&mut self, io: &mut TcpServerHandle, index: usize, reason: u8) {
