@@ -558,3 +558,84 @@ fn the_interactive_till_works_through_a_pseudo_terminal() {
     };
     assert!(status.success(), "{status}: {}", pty.seen);
 }
+
+// ---------------------------------------------------------------------------
+// Observability: every long-running process has a counter file, tally-stat
+// sees them all, the warehouse and the store node export metrics.
+
+#[test]
+fn tally_stat_sees_the_appliance_the_warehouse_and_the_store_node() {
+    let id = 155;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ApplianceSpec::for_test(BLOCK, id, dir.path());
+    let _appliance = spec.start().unwrap();
+    let config = write_config(&spec, dir.path());
+    let inventory = dir.path().join("inventory.csv");
+    std::fs::write(&inventory, SHOP).unwrap();
+    let wh = demo_client("wh");
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], 19_000 + 4 * u16::from(id) + 1));
+    let warehouse = Command::new(tally_demo::bin("tally-warehouse"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--user",
+            wh.username,
+            "--password",
+            wh.password,
+            "--inventory",
+        ])
+        .arg(&inventory)
+        .arg("--snapshot")
+        .arg(dir.path().join("wh.snapshot"))
+        .arg("--counters")
+        .arg(dir.path().join("warehouse.counters"))
+        .args(["--metrics", &metrics_addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _warehouse = ChildGuard(warehouse);
+    let _store = start_store(&config, dir.path(), id);
+    let addr = http_port(id);
+    wait_linked(addr);
+    let (status, _) = http(addr, "POST", "/v1/orders", Some(r#"{"sku":"MUG","qty":1}"#));
+    assert_eq!(status, 201);
+
+    // The warehouse's metrics show its decision (published once a second).
+    let deadline = Instant::now() + LONG;
+    loop {
+        let text = http_raw(metrics_addr, "GET", "/metrics", b"", None);
+        if text.contains("tally_warehouse_decided{process=\"tally-warehouse\"} 1") {
+            assert!(text.contains("# TYPE tally_consumer_messages_delivered counter"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "warehouse metrics: {text}");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // tally-stat finds and names all three, running.
+    let output = Command::new(tally_demo::bin("tally-stat"))
+        .args(["--once", "--json", "--interval", "0.5"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let processes: Vec<(String, String)> = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let name = row["process"].as_str().unwrap_or("").to_string();
+            (name, row["state"].as_str().unwrap_or("").to_string())
+        })
+        .collect();
+    for name in ["tally-sequencer", "tally-warehouse", "tally-pos STORE-A"] {
+        assert!(
+            processes
+                .iter()
+                .any(|(n, state)| n == name && state == "running"),
+            "{name} running in {processes:?}"
+        );
+    }
+}

@@ -455,12 +455,29 @@ impl WarehouseApp {
 
     /// Runs until `stop` is set, then saves a final snapshot.
     pub fn run(&mut self, stop: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+        self.run_with(stop, |_| {})
+    }
+
+    /// [`run`](Self::run), calling `every_second` about once a second
+    /// (counters, systemd status) and once more before the shutdown.
+    pub fn run_with(
+        &mut self,
+        stop: &std::sync::atomic::AtomicBool,
+        mut every_second: impl FnMut(&WarehouseApp),
+    ) -> anyhow::Result<()> {
+        let mut next_second = std::time::Instant::now();
         while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if std::time::Instant::now() >= next_second {
+                every_second(self);
+                next_second = std::time::Instant::now() + Duration::from_secs(1);
+            }
             if self.poll()? == 0 {
                 self.wait_stream(Duration::from_millis(1))?;
             }
         }
-        self.shutdown()
+        let result = self.shutdown();
+        every_second(self);
+        result
     }
 
     /// Stops deciding, waits (bounded) for its events to come back, and
@@ -574,6 +591,11 @@ impl WarehouseApp {
     /// The decision engine (its replica is the authoritative state).
     pub fn engine(&self) -> &Warehouse {
         &self.engine
+    }
+
+    /// The order-entry client.
+    pub fn client(&self) -> &OrderEntryClient {
+        &self.client
     }
 
     /// The stream consumer.

@@ -5,4 +5,5 @@
 //! - [`app`]: the process around them: the stream consumer feeding the
 //!   decisions, the order-entry client announcing the outcomes, snapshots.
 pub mod app;
+pub mod counters;
 pub mod decide;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tally_client::cli::{ConnectArgs, LimitsArgs};
+use tally_client::metrics::{serve as serve_metrics, MetricSet};
 use tally_warehouse::app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
+use tally_warehouse::counters::WarehouseCounterFile;
 
 /// The warehouse: the one application that decides. It follows the stream,
 /// decides every order, modify, cancel, reservation, confirmation, release,
@@ -44,6 +46,15 @@ struct Cli {
     /// oversold units and the decision counters.
     #[arg(long)]
     json: bool,
+    /// Counter file for tally-stat (default:
+    /// $RUNTIME_DIRECTORY/tally-warehouse.counters when systemd sets it,
+    /// else none).
+    #[arg(long, value_name = "FILE")]
+    counters: Option<PathBuf>,
+    /// Serve the counters as Prometheus metrics on GET /metrics at this
+    /// address (e.g. 127.0.0.1:9101).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn main() {
@@ -98,7 +109,28 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "deciding from seq {}",
         app.consumer().delivered_seq()
     ));
-    app.run(&stop)?;
+    let counters_path = cli.counters.clone().or_else(|| {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join("tally-warehouse.counters"))
+    });
+    let counters = WarehouseCounterFile::create(counters_path.as_deref(), "tally-warehouse")
+        .context("creating the counter file")?;
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    let metrics = match cli.metrics {
+        Some(listen) => {
+            let set = MetricSet::of(counters.file(), "tally-warehouse");
+            let (addr, thread) = serve_metrics(listen, set, Arc::clone(&metrics_stop))?;
+            tracing::info!(%addr, "serving metrics on /metrics");
+            Some(thread)
+        }
+        None => None,
+    };
+    let result = app.run_with(&stop, |app| counters.publish(app));
+    metrics_stop.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(thread) = metrics {
+        let _ = thread.join();
+    }
+    result?;
     let _ = notifier.stopping();
     let engine = app.engine();
     let counters = engine.counters();
