@@ -42,7 +42,7 @@ impl Role {
     #[inline]
     pub fn permits(self, msg_type: u8) -> bool {
         const POS: &[u8] = b"OMXVCK";
-        const OPS: &[u8] = b"TQP";
+        const OPS: &[u8] = b"TQPN";
         const EVENTS: &[u8] = b"RLIDHEJS";
         match self {
             Role::Pos => POS.contains(&msg_type),
@@ -627,7 +627,7 @@ fn parse_argon2_hash(password_hash: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    const ALL_TYPES: &[u8] = b"OMXVCKTQPRLIDHEJSj";
+    const ALL_TYPES: &[u8] = b"OMXVCKTQPNRLIDHEJSj";
 
     fn permitted(role: Role) -> Vec<u8> {
         (0..=255u8).filter(|&t| role.permits(t)).collect()
@@ -638,10 +638,10 @@ mod tests {
         let mut pos = b"OMXVCK".to_vec();
         pos.sort_unstable();
         assert_eq!(permitted(Role::Pos), pos);
-        let mut ops = b"TQP".to_vec();
+        let mut ops = b"TQPN".to_vec();
         ops.sort_unstable();
         assert_eq!(permitted(Role::Ops), ops);
-        let mut authority = b"OMXVCKTQPRLIDHEJS".to_vec();
+        let mut authority = b"OMXVCKTQPNRLIDHEJS".to_vec();
         authority.sort_unstable();
         assert_eq!(permitted(Role::Authority), authority);
         assert!(permitted(Role::Reader).is_empty());

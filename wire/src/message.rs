@@ -440,6 +440,22 @@ messages! {
 
     // ---- Events ---------------------------------------------------------
 
+    /// `N` add to a directory (an addition to DESIGN.md, role `ops`): a new
+    /// SKU or location while trading. The warehouse decides it and answers
+    /// with the directory event every replica applies (`R` or `L`), or
+    /// `J`. 36 bytes.
+    DirectoryAdd = b'N', 36 {
+        /// Which directory: [`directory_kind`] `R` (SKU) or `L` (location).
+        /// Offset 15.
+        kind: u8 => u8,
+        /// The id to give it; 0 = the warehouse picks the lowest free one.
+        /// A location id must fit in 16 bits. Offset 16.
+        id: U32 => u32,
+        /// Symbol or name, ASCII right-padded with spaces ([`pad_ascii`]).
+        /// Offset 20.
+        name: [u8; 16] => [u8; 16],
+    }
+
     /// `R` SKU directory entry. 35 bytes.
     SkuDirectory = b'R', 35 {
         /// SKU id. Offset 15.
@@ -578,12 +594,12 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Whether `msg_type` is a command type: `O M X V C K T Q P`.
+/// Whether `msg_type` is a command type: `O M X V C K T Q P N`.
 #[inline]
 pub fn is_command(msg_type: u8) -> bool {
     matches!(
         msg_type,
-        b'O' | b'M' | b'X' | b'V' | b'C' | b'K' | b'T' | b'Q' | b'P'
+        b'O' | b'M' | b'X' | b'V' | b'C' | b'K' | b'T' | b'Q' | b'P' | b'N'
     )
 }
 
@@ -651,6 +667,14 @@ pub mod reject_reason {
     /// Over the session's rate limit (gateway only). An addition to
     /// DESIGN.md's list: excess input is answered, never silently dropped.
     pub const RATE_LIMITED: u8 = b'R';
+}
+
+/// `kind` of [`DirectoryAdd`].
+pub mod directory_kind {
+    /// A SKU (answered with `R`).
+    pub const SKU: u8 = b'R';
+    /// A location (answered with `L`).
+    pub const LOCATION: u8 = b'L';
 }
 
 /// `outcome` of [`HoldEnded`].
@@ -750,7 +774,7 @@ mod tests {
 
     #[test]
     fn sizes_match_design() {
-        let table: [(u8, usize); 18] = [
+        let table: [(u8, usize); 19] = [
             (b'O', 33),
             (b'M', 27),
             (b'X', 23),
@@ -769,6 +793,8 @@ mod tests {
             (b'J', 24),
             (b'S', 16),
             (b'j', 16),
+            // Ours (docs/protocol.md, "Additions").
+            (b'N', 36),
         ];
         for (msg_type, size) in table {
             assert_eq!(

@@ -9,7 +9,7 @@ use tally_wire::soup::{self, ClientPacket, FrameDecoder, ServerPacket, SoupError
 use tally_wire::*;
 
 /// Every type byte DESIGN.md §3 defines.
-const TYPES: &[u8] = b"OMXVCKTQPRLIDHEJSj";
+const TYPES: &[u8] = b"OMXVCKTQPNRLIDHEJSj";
 
 fn known_type() -> impl Strategy<Value = u8> {
     prop::sample::select(TYPES)

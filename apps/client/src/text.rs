@@ -90,6 +90,11 @@ pub fn for_each_field(message: &Message, mut field: impl FnMut(&'static str, Val
             field("delta", Signed(m.delta.get().into()));
             field("reason", Code(m.reason));
         }
+        Message::DirectoryAdd(m) => {
+            field("kind", Code(m.kind));
+            field("id", Unsigned(m.id.get().into()));
+            field("name", Text(m.name));
+        }
         Message::SkuDirectory(m) => {
             field("sku", Unsigned(m.sku.get().into()));
             field("symbol", Text(m.symbol));

@@ -20,7 +20,9 @@ use tally_client::replica::{Replica, ReplicaLimits};
 use tally_demo::{bin, demo_client, ApplianceSpec};
 use tally_warehouse::app::{WarehouseApp, WarehouseAppConfig};
 use tally_wire::mold::Session;
-use tally_wire::{system_code, Message, Order};
+use tally_wire::{
+    delta_reason, directory_kind, pad_ascii, system_code, Adjust, DirectoryAdd, Message, Order,
+};
 
 /// Kills the child on drop (pass or fail).
 struct ChildGuard(Child);
@@ -212,13 +214,19 @@ fn a_day_of_three_sessions_rolls_over_under_load_and_keeps_the_stock() {
         // replica is in the new session with it, and all agree.
         wait_until_agreed(&mut warehouse, &mut replicas, session);
         assert_eq!(warehouse.consumer().session(), session);
+        if day_part == 0 {
+            add_a_sku_and_sell_it(&spec, session, &mut warehouse, &mut replicas, &mut pos);
+        }
     }
     wait_until_agreed(&mut warehouse, &mut replicas, session);
 
     assert_eq!(session_ends, 2);
     assert!(orders_sent > 100, "under load: {orders_sent} orders");
     let stock = warehouse.engine().replica();
-    let opening: [((u16, u32), i64); 3] = [((1, 1), 400), ((1, 2), 400), ((2, 1), 300)];
+    // SKU 3 (SCARF) was added in the second session, stocked with 50 and
+    // sold from: carried into the third by the broadcast like the others.
+    let opening: [((u16, u32), i64); 4] =
+        [((1, 1), 400), ((1, 2), 400), ((2, 1), 300), ((1, 3), 0)];
     for replica in &replicas {
         assert_eq!(replica.sessions.len(), 2, "{:?}", replica.sessions);
         let mut decided = 0;
@@ -235,11 +243,8 @@ fn a_day_of_three_sessions_rolls_over_under_load_and_keeps_the_stock() {
             assert_eq!(own.on_hand, cell.on_hand);
         }
         assert!(decided < 0, "some orders were filled");
-        assert_eq!(
-            replica.deltas.len(),
-            3,
-            "no delta on a cell outside the file"
-        );
+        assert_eq!(replica.deltas.len(), 4, "no delta on another cell");
+        assert_eq!(replica.replica.sku_by_symbol("SCARF"), Some(3));
     }
     // The ended sessions' journals are kept and readable.
     for name in [first, first.successor().unwrap()] {
@@ -255,6 +260,66 @@ fn a_day_of_three_sessions_rolls_over_under_load_and_keeps_the_stock() {
             journal.display(),
             String::from_utf8_lossy(&output.stdout)
         );
+    }
+}
+
+/// Mid-session, `ops1` adds the SKU SCARF (the warehouse picks id 3) and
+/// restocks 50 at STORE-A; the till sells 3 of it at once; every replica
+/// sees each step.
+fn add_a_sku_and_sell_it(
+    spec: &ApplianceSpec,
+    session: Session,
+    warehouse: &mut WarehouseApp,
+    replicas: &mut [FollowingReplica],
+    pos: &mut OrderEntryClient,
+) {
+    let mut ops_config = spec.client_config("ops1");
+    ops_config.session = session;
+    let mut ops = OrderEntryClient::connect(ops_config, Duration::from_secs(10)).unwrap();
+    let scarf = pad_ascii::<16>("SCARF").unwrap();
+    ops.send(DirectoryAdd::new(directory_kind::SKU, 0, scarf).as_bytes())
+        .unwrap();
+    pump_until(warehouse, replicas, &mut [&mut ops], |r| {
+        r.sku_by_symbol("SCARF") == Some(3)
+    });
+    ops.send(Adjust::new(1, 3, 50, delta_reason::ADJUST).as_bytes())
+        .unwrap();
+    pump_until(warehouse, replicas, &mut [&mut ops], |r| {
+        r.cell(1, 3).is_some_and(|cell| cell.on_hand == 50)
+    });
+    pos.send(Order::new(1_000_000, 1, 3, 3).as_bytes()).unwrap();
+    pump_until(warehouse, replicas, &mut [&mut ops, pos], |r| {
+        r.cell(1, 3).is_some_and(|cell| cell.on_hand == 47)
+    });
+}
+
+/// Polls the warehouse and the replicas until `done` holds for every
+/// replica (the test's deadline: 20 s).
+fn pump_until(
+    warehouse: &mut WarehouseApp,
+    replicas: &mut [FollowingReplica],
+    clients: &mut [&mut OrderEntryClient],
+    done: impl Fn(&Replica) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !replicas.iter().all(|replica| done(&replica.replica)) {
+        assert!(
+            Instant::now() < deadline,
+            "not seen by every replica in 20 s: warehouse {:?}, replicas at {:?}",
+            warehouse.stats(),
+            replicas
+                .iter()
+                .map(|r| (r.consumer.delivered_seq(), r.replica.sku_count()))
+                .collect::<Vec<_>>()
+        );
+        warehouse.poll().expect("the warehouse decides");
+        for replica in replicas.iter_mut() {
+            replica.poll();
+        }
+        for client in clients.iter_mut() {
+            client.poll(monotonic_ns(), |_| {});
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -66,6 +66,8 @@
 //! A new session on a running warehouse (the stream numbers from 1 again):
 //! [`Warehouse::start_new_session`], `begin_run(1)`, `session_start_events`.
 
+mod directory;
+
 use core::fmt;
 use std::io::BufRead;
 use std::path::Path;
@@ -1176,6 +1178,7 @@ impl Warehouse {
             Message::Transfer(m) => self.decide_transfer(cmd_seq, m, out),
             Message::Recount(m) => self.decide_recount(cmd_seq, m, out),
             Message::Adjust(m) => self.decide_adjust(cmd_seq, m, out),
+            Message::DirectoryAdd(m) => self.decide_directory_add(cmd_seq, m, out),
             _ => unreachable!("only commands are decided"),
         };
         assert_eq!(

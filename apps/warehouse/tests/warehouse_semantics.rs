@@ -16,9 +16,10 @@ use tally_warehouse::decide::{
     CatchUp, CatchUpError, EventBuf, InventoryErrorKind, Warehouse, WarehouseConfig,
 };
 use tally_wire::{
-    delta_reason, header_mut, hold_outcome, reject_reason, system_code, Adjust, CancelOrder,
-    CommandRejected, ConfirmHold, HoldEnded, HoldPlaced, InventoryLevel, Message, ModifyOrder,
-    OnHandDelta, Order, Recount, ReleaseHold, Reserve, SystemEvent, Transfer, WireMessage,
+    delta_reason, directory_kind, header_mut, hold_outcome, pad_ascii, reject_reason, system_code,
+    Adjust, CancelOrder, CommandRejected, ConfirmHold, DirectoryAdd, HoldEnded, HoldPlaced,
+    InventoryLevel, LocationDirectory, Message, ModifyOrder, OnHandDelta, Order, Recount,
+    ReleaseHold, Reserve, SkuDirectory, SystemEvent, Transfer, WireMessage,
 };
 
 // ---------------------------------------------------------------------------
@@ -814,6 +815,77 @@ fn adjust_restocks_returns_and_shrinks_but_never_below_zero() {
     let (seq, events) = sim.send(OPS, Adjust::new(0, HAT, 1, delta_reason::ADJUST));
     expect_reject(&events, seq, reject_reason::UNKNOWN_LOCATION);
     assert_eq!(sim.cell(B, HAT).on_hand, 10);
+    sim.assert_consistent();
+}
+
+#[test]
+fn a_sku_and_a_location_added_while_trading_can_be_stocked_and_ordered_at_once() {
+    let mut sim = Sim::new();
+    let name = |text: &str| pad_ascii::<16>(text).unwrap();
+    // A new SKU, id chosen by the warehouse: the lowest above every id in use.
+    let (seq, events) = sim.send(
+        OPS,
+        DirectoryAdd::new(directory_kind::SKU, 0, name("SCARF")),
+    );
+    assert_eq!(events.len(), 1, "one outcome");
+    let r: SkuDirectory = parse(&events[0]);
+    assert_eq!((r.sku.get(), r.symbol), (4, name("SCARF")));
+    assert_eq!(sim.replica.sku_by_symbol("SCARF"), Some(4));
+    assert_eq!(
+        sim.replica.oldest_unresolved(),
+        None,
+        "the R answered the N at {seq}"
+    );
+    // Stocked and sold at once.
+    sim.send(OPS, Adjust::new(A, 4, 5, delta_reason::ADJUST));
+    let (seq, events) = sim.send(POS, Order::new(1, A, 4, 2));
+    expect_delta(&events[0], A, 4, -2, delta_reason::ORDER, seq);
+    // A new location with the id asked for.
+    let (_, events) = sim.send(
+        OPS,
+        DirectoryAdd::new(directory_kind::LOCATION, 9, name("KIOSK")),
+    );
+    let l: LocationDirectory = parse(&events[0]);
+    assert_eq!((l.location.get(), l.name), (9, name("KIOSK")));
+    let (seq, events) = sim.send(OPS, Transfer::new(1, A, 9, 4, 1));
+    expect_delta(&events[0], A, 4, -1, delta_reason::TRANSFER, seq);
+    assert_eq!(sim.cell(9, 4).on_hand, 1);
+    // Refusals: a name or id already there, a blank name, an unknown kind,
+    // a location id over 16 bits.
+    for (command, reason) in [
+        (
+            DirectoryAdd::new(directory_kind::SKU, 0, name("MUG")),
+            reject_reason::DUPLICATE_ID,
+        ),
+        (
+            DirectoryAdd::new(directory_kind::SKU, 4, name("BAG")),
+            reject_reason::DUPLICATE_ID,
+        ),
+        (
+            DirectoryAdd::new(directory_kind::LOCATION, 0, name("KIOSK")),
+            reject_reason::DUPLICATE_ID,
+        ),
+        (
+            DirectoryAdd::new(directory_kind::SKU, 0, name("")),
+            reject_reason::INVALID_QUANTITY,
+        ),
+        (
+            DirectoryAdd::new(b'X', 0, name("BAG")),
+            reject_reason::INVALID_QUANTITY,
+        ),
+        (
+            DirectoryAdd::new(directory_kind::LOCATION, 70_000, name("FAR")),
+            reject_reason::INVALID_QUANTITY,
+        ),
+    ] {
+        let (seq, events) = sim.send(OPS, command);
+        expect_reject(&events, seq, reason);
+    }
+    assert_eq!(
+        sim.replica.oldest_unresolved(),
+        None,
+        "every N answered once"
+    );
     sim.assert_consistent();
 }
 

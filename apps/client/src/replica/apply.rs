@@ -108,11 +108,13 @@ impl Replica {
             }
             Message::SkuDirectory(m) => {
                 self.on_sku_directory(m);
-                None
+                let id = m.sku.get();
+                self.resolve_directory_add(resolve, directory_kind::SKU, id, &m.symbol)
             }
             Message::LocationDirectory(m) => {
                 self.on_location_directory(m);
-                None
+                let id = u32::from(m.location.get());
+                self.resolve_directory_add(resolve, directory_kind::LOCATION, id, &m.name)
             }
             Message::SystemEvent(m) => {
                 if m.code == system_code::AUTHORITY_ONLINE && stamp & PROVISIONAL_VERSION_BIT == 0 {
@@ -163,6 +165,33 @@ impl Replica {
             }
         }
         true
+    }
+
+    /// The `N` (directory add) an `R` or `L` answers: the oldest command
+    /// still waiting, when it is an `N` of that kind and name (the
+    /// session-start broadcast's directory events answer nothing).
+    fn resolve_directory_add(
+        &mut self,
+        resolve: Resolve,
+        kind: u8,
+        id: u32,
+        name: &[u8; 16],
+    ) -> Option<u64> {
+        match resolve {
+            Resolve::Command(seq) => self.resolve(seq).then_some(seq),
+            Resolve::Nothing => None,
+            Resolve::Stream => {
+                let oldest = self.oldest_unresolved()?;
+                let Some(Message::DirectoryAdd(n)) =
+                    self.pending_slot(oldest).map(PendingSlot::message)
+                else {
+                    return None;
+                };
+                let matches =
+                    n.kind == kind && n.name == *name && (n.id.get() == 0 || n.id.get() == id);
+                (matches && self.resolve(oldest)).then_some(oldest)
+            }
+        }
     }
 
     pub(super) fn on_sku_directory(&mut self, m: &SkuDirectory) {

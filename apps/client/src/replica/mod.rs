@@ -65,8 +65,8 @@ use core::mem::size_of;
 
 use tally_runtime::rand::mix64;
 use tally_wire::{
-    delta_reason, hold_outcome, pad_ascii, system_code, trim_ascii, HoldEnded, HoldPlaced,
-    InventoryLevel, LocationDirectory, Message, OnHandDelta, Reserve, SkuDirectory,
+    delta_reason, directory_kind, hold_outcome, pad_ascii, system_code, trim_ascii, HoldEnded,
+    HoldPlaced, InventoryLevel, LocationDirectory, Message, OnHandDelta, Reserve, SkuDirectory,
 };
 
 /// Set in a hold key (`cmd_seq` of an `H`/`E`) for holds carried over from an
