@@ -31,5 +31,8 @@ pub mod text;
 
 /// The configuration crate, for applications that depend on this one only.
 pub use tally_config;
+/// The runtime crate (counter files, clocks), for applications that depend
+/// on this one only.
+pub use tally_runtime;
 /// The wire crate, for applications that depend on this one only.
 pub use tally_wire;

@@ -16,6 +16,7 @@ mod exit;
 mod ops;
 mod output;
 mod query;
+mod session;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,9 @@ enum Command {
     Watch(query::WatchArgs),
     /// Run a CSV or JSON-lines file of commands, resumable exactly once.
     Batch(batch::BatchArgs),
+    /// The session: `session end` rolls over to the next one.
+    #[command(subcommand)]
+    Session(session::SessionCommand),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::Stock(args) => query::stock(&args, &cli.global),
         Command::Watch(args) => query::watch(&args, &cli.global),
         Command::Batch(args) => batch::run(&args, &cli.global),
+        Command::Session(command) => session::run(&command, &cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status),

@@ -158,6 +158,7 @@ fn a_day_of_three_sessions_rolls_over_under_load_and_keeps_the_stock() {
     let mut session = first;
     let mut pos = pos_client(&spec, session);
     let mut orders_sent = 0u64;
+    let mut ctl: Option<ChildGuard> = None;
     let mut session_ends = 0;
 
     for day_part in 0..3 {
@@ -193,8 +194,22 @@ fn a_day_of_three_sessions_rolls_over_under_load_and_keeps_the_stock() {
                 });
             }
             if !rollover_sent && Instant::now() >= rollover_at {
-                // SAFETY: kill(2) on our own child, not yet waited for.
-                assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+                if day_part == 0 {
+                    // SAFETY: kill(2) on our own child, not yet waited for.
+                    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+                } else {
+                    // The runbook's one command, run while trading goes on.
+                    ctl = Some(ChildGuard(
+                        Command::new(bin("tally-ctl"))
+                            .arg("--config")
+                            .arg(&config_path)
+                            .args(["session", "end"])
+                            .stdout(Stdio::piped())
+                            .stderr(Stdio::piped())
+                            .spawn()
+                            .expect("start tally-ctl"),
+                    ));
+                }
                 rollover_sent = true;
             }
             warehouse.poll().expect("the warehouse decides");
@@ -208,6 +223,26 @@ fn a_day_of_three_sessions_rolls_over_under_load_and_keeps_the_stock() {
         }
         session_ends += 1;
         session = session.successor().unwrap();
+        if let Some(mut ctl) = ctl.take() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ctl.0.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "tally-ctl session end returned");
+                warehouse.poll().expect("the warehouse decides");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let child = std::mem::replace(&mut ctl.0, Command::new("true").spawn().unwrap());
+            let output = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert_eq!(
+                stdout.trim_end(),
+                format!("rolled over: session {session} running (sequencer pid {pid})")
+            );
+        }
         // The till follows the next session too (numbering from 1 again).
         pos = pos_client(&spec, session);
         // Wait until the warehouse broadcast the carried state, every
