@@ -25,13 +25,66 @@ fn run_demo(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).expect("one JSON object")
 }
 
+/// As [`run_demo`], while `tally-stat` watches: every process of the demo
+/// (the appliance, the warehouse, the four tills) shows as running.
+fn run_demo_watched_by_tally_stat(args: &[&str]) -> serde_json::Value {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let journal = std::path::Path::new(root).join("target/tally-demo/journal");
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-demo"))
+        .current_dir(root)
+        .args(["--json", "--monitor", "127.0.0.1:0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tally-demo");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seen: Vec<String> = loop {
+        let stat = Command::new(tally_demo::bin("tally-stat"))
+            .args(["--once", "--json", "--interval", "0"])
+            .arg(&journal)
+            .output()
+            .expect("run tally-stat");
+        let report: serde_json::Value =
+            serde_json::from_slice(&stat.stdout).unwrap_or(serde_json::Value::Null);
+        let seen: Vec<String> = report["processes"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter(|row| row["state"] == "running")
+                    .filter_map(|row| row["process"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let running = |prefix: &str| seen.iter().filter(|n| n.starts_with(prefix)).count();
+        if running("tally-sequencer") == 1
+            && running("tally-warehouse") == 1
+            && running("tally-pos ") == 4
+        {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tally-stat shows every process of the demo running: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let output = child.wait_with_output().expect("tally-demo ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tally-demo failed: {stdout} (tally-stat saw {seen:?})"
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
 /// One test for both runs: the demo uses the example configuration's fixed
 /// ports and journal directory, so two demos must not overlap.
 #[test]
 fn the_demo_passes_its_own_verification() {
     // No loss injected: every gap filled by re-request is one the kernel
     // dropped and counted (on loopback nothing else loses a datagram).
-    let quiet = run_demo(&["--seconds", "4"]);
+    let quiet = run_demo_watched_by_tally_stat(&["--seconds", "6"]);
     assert_eq!(quiet["replicas_consistent"], true, "{quiet}");
     if quiet["kernel_drops"] == 0 {
         assert_eq!(quiet["gaps_filled"], 0, "gaps with no kernel drop: {quiet}");

@@ -18,10 +18,11 @@ use tally_demo::load::{LoadConfig, LoadGenerator};
 use tally_demo::serve::ServeOptions;
 use tally_demo::DEMO_CLIENTS;
 use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig};
-use tally_pos::{rtt_histogram, Pos, PosConfig, PosStats};
+use tally_pos::{rtt_histogram, Pos, PosConfig, PosCounterFile, PosStats};
 use tally_runtime::counters::CounterReader;
 use tally_sequencer::appliance::{Appliance, Control};
 use tally_warehouse::app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
+use tally_warehouse::counters::WarehouseCounterFile;
 use tally_wire::{delta_reason, Adjust, Message, Transfer};
 
 /// Runs the whole of tally on this machine for a while, then checks it:
@@ -247,6 +248,7 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
     let pacing = BroadcastPacing::for_appliance(&config);
     let warehouse_thread: JoinHandle<anyhow::Result<WarehouseApp>> = {
         let stop = Arc::clone(&stop_warehouse);
+        let warehouse_counters = journal_dir.join("tally-warehouse.counters");
         std::thread::Builder::new()
             .name("demo-warehouse".into())
             .spawn(move || {
@@ -259,7 +261,12 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                 };
                 let replica = app.engine().replica();
                 let _ = ready_tx.send(Ok((replica.locations().count(), replica.skus().count())));
-                app.run(&stop)?;
+                // Its counters where tally-stat looks (./target/tally-demo).
+                let counters = WarehouseCounterFile::create(
+                    Some(&warehouse_counters),
+                    "tally-warehouse (demo)",
+                )?;
+                app.run_with(&stop, |app| counters.publish(app))?;
                 Ok(app)
             })?
     };
@@ -314,6 +321,10 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
         pos_config.drain_timeout = Duration::from_secs(20);
         let stop = Arc::clone(&stop_tills);
         let views = Arc::clone(&views);
+        let counters = PosCounterFile::create(
+            &journal_dir.join(format!("tally-pos-{user}.counters")),
+            &format!("tally-pos {user} (demo)"),
+        )?;
         till_threads.push(
             std::thread::Builder::new()
                 .name(format!("demo-{user}"))
@@ -337,8 +348,10 @@ fn run(cli: &Cli) -> anyhow::Result<bool> {
                             if let Ok(mut views) = views.lock() {
                                 views[index] = view;
                             }
+                            counters.publish(pos);
                         })
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    counters.publish(&pos);
                     anyhow::Ok((pos, drained))
                 })?,
         );
