@@ -281,6 +281,12 @@ fn a_wrong_password_is_rejected_and_the_client_stops() {
     config.password = "wrong".to_string();
     let error = OrderEntryClient::connect(config, LONG).err();
     assert_eq!(error, Some(ClientError::LoginRejected(b'A')));
+    // In words, with what to do.
+    let text = ClientError::LoginRejected(b'A').to_string();
+    assert!(
+        text.contains("username or password is wrong") && text.contains("check --user"),
+        "{text}"
+    );
     // Nobody listening: the first connection never succeeds.
     let mut config = spec.client_config("pos1");
     config.gateway.set_port(spec.port_base + 4);
