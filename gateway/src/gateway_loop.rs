@@ -328,6 +328,7 @@ impl<A: Authenticator> GatewayLoop<A> {
     /// `deliver_outcomes` submits them with the acks of the same cycle.
     pub fn submit_after_outcomes(&mut self, enabled: bool) {
         self.submit_after_outcomes = enabled;
+        self.server.submit_after_poll(!enabled);
     }
 
     /// Hands the sequencer's outcomes waiting on the ring to their sessions
