@@ -86,9 +86,7 @@ impl RecentWindow {
         // `new`), zeroed and lives as long as `self`; AtomicU64 has the size
         // and alignment of u64 and every bit pattern is valid, and the bytes
         // are only ever accessed through these atomics.
-        unsafe {
-            std::slice::from_raw_parts(self.region.as_ptr().cast::<AtomicU64>(), self.words)
-        }
+        unsafe { std::slice::from_raw_parts(self.region.as_ptr().cast::<AtomicU64>(), self.words) }
     }
 
     /// Writer only (one thread): copies `parts`, which are the journal's
