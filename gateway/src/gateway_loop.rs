@@ -86,6 +86,11 @@ pub struct GatewayLoop<A: Authenticator = AuthThread> {
     sequencer_waker: Option<Waker>,
     /// Wakes this loop (watched by the server's ring) when acks arrive.
     own_waker: Option<Waker>,
+    /// Whether [`GatewayLoop::poll`] leaves its submission to
+    /// [`GatewayLoop::deliver_outcomes`] (a thread that runs the sequencer
+    /// between the two: one `io_uring_enter` per cycle carries the receives
+    /// re-armed and the acks).
+    submit_after_outcomes: bool,
     /// When the next hostile-client report may be logged.
     next_report_ns: u64,
     /// The counts at the last report.
@@ -133,6 +138,7 @@ impl<A: Authenticator> GatewayLoop<A> {
             recv_buffer_bytes: config.recv_buffer_bytes,
             sequencer_waker: None,
             own_waker: None,
+            submit_after_outcomes: false,
             next_report_ns: 0,
             reported: HostileCounts::default(),
         })
@@ -194,6 +200,7 @@ impl<A: Authenticator> GatewayLoop<A> {
             recv_buffer_bytes,
             sequencer_waker,
             own_waker: _,
+            submit_after_outcomes,
             next_report_ns,
             reported,
         } = self;
@@ -304,12 +311,57 @@ impl<A: Authenticator> GatewayLoop<A> {
             *next_report_ns = now_ns.saturating_add(REPORT_INTERVAL_NS);
             report_hostile_clients(core.counters(), reported);
         }
-        let _ = server.submit();
+        if !*submit_after_outcomes {
+            let _ = server.submit();
+        }
         if work > 0 {
             if let Some(waker) = sequencer_waker {
                 waker.wake();
             }
         }
+        work
+    }
+
+    /// For a thread that runs the sequencer on this loop's thread, between
+    /// [`GatewayLoop::poll`] and [`GatewayLoop::deliver_outcomes`]: `poll`
+    /// then queues its operations without submitting them, and
+    /// `deliver_outcomes` submits them with the acks of the same cycle.
+    pub fn submit_after_outcomes(&mut self, enabled: bool) {
+        self.submit_after_outcomes = enabled;
+        self.server.submit_after_poll(!enabled);
+    }
+
+    /// Hands the sequencer's outcomes waiting on the ring to their sessions
+    /// (acks, at most [`OUTCOMES_PER_POLL`]) and submits every queued
+    /// operation; returns the outcomes handled. A shared thread calls it
+    /// right after the sequencer's cycle, so an order's ack leaves in the
+    /// cycle that received the order.
+    pub fn deliver_outcomes(&mut self, now_ns: u64) -> usize {
+        let GatewayLoop {
+            server,
+            core,
+            to_sequencer,
+            from_sequencer,
+            auth,
+            slot_conns,
+            ..
+        } = self;
+        let mut io = LoopIo {
+            handle: server.handle(),
+            slot_conns,
+            to_sequencer,
+            auth,
+        };
+        let mut work = 0;
+        while work < OUTCOMES_PER_POLL {
+            let Ok(outcome) = from_sequencer.pop() else {
+                break;
+            };
+            core.on_outcome(&mut io, outcome, now_ns);
+            work += 1;
+        }
+        // An io_uring submit error is counted in the server's stats.
+        let _ = server.submit();
         work
     }
 

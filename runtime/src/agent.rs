@@ -127,13 +127,13 @@ pub fn run_agents(
                 }
             }
         }
+        let cycle_end = start.elapsed().as_nanos() as u64;
         if let Some(counters) = counters {
-            let cycle_end = start.elapsed().as_nanos() as u64;
             counters.record(cycle_end - cycle_start, work);
         }
         let mut parked = Ok(());
         let (first, _) = agents.split_first_mut().expect("not empty");
-        idler.idle_with(work, |timeout| parked = first.park(timeout));
+        idler.idle_at(work, cycle_end, |timeout| parked = first.park(timeout));
         if let Err(error) = parked {
             result = Err(error);
             break;
@@ -209,6 +209,7 @@ mod tests {
         max_yields: 1,
         min_park_ns: 1,
         max_park_ns: 1,
+        busy_window_ns: 0,
     };
 
     #[test]

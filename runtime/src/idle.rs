@@ -10,9 +10,15 @@
 //!   other runnable threads on the same core run, still burns the core when
 //!   nothing else wants it.
 //! - [`IdleStrategy::BackOff`]: spin up to `max_spins` times, then yield up to
-//!   `max_yields` times, then park for `min_park_ns`, doubling on every further
-//!   idle cycle up to `max_park_ns`. Any cycle with work starts over. This is
-//!   the one for a shared laptop core or a low-rate loop.
+//!   `max_yields` times, and go on yielding until `busy_window_ns` has passed
+//!   since the last cycle that did work; then park for `min_park_ns`, doubling
+//!   on every further idle cycle up to `max_park_ns`. Any cycle with work
+//!   starts over. This is the one for a shared laptop core or a low-rate loop:
+//!   a request that follows the last one within the window (a till waiting
+//!   for its ack and sending the next order) is picked up by a loop that is
+//!   still polling, without a wake-up (on a small VM, waking a parked thread
+//!   costs tens of microseconds), while a loop that saw nothing for longer
+//!   parks and costs nothing.
 //!
 //! A loop that owns an io_uring should not sleep in `park_timeout`: it should
 //! wait in `io_uring_enter` so that a completion wakes it at once. For that,
@@ -26,7 +32,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How a loop waits when a cycle did no work. Build an [`Idler`] from it with
 /// [`IdleStrategy::idler`].
@@ -46,21 +52,34 @@ pub enum IdleStrategy {
         min_park_ns: u64,
         /// Cap on the park duration, nanoseconds (at least `min_park_ns`).
         max_park_ns: u64,
+        /// After a cycle with work, keep yielding (never park) until this
+        /// long has passed since it, nanoseconds; 0 = only the counts.
+        busy_window_ns: u64,
     },
 }
 
 impl IdleStrategy {
-    /// Back-off with 100 spins, 10 yields, then parks from 1 µs doubling to
-    /// 10 ms. Every appliance loop parks in its own io_uring or eventfd, so
-    /// a completion or a wake-up ends the park at once: the cap bounds only
-    /// how late timers (heartbeats, deadlines) run and how often an idle
-    /// loop wakes for nothing (100 times a second: an idle appliance costs
-    /// well under 1 % of a core).
+    /// Back-off with 100 spins, 10 yields, more yields until 200 µs have
+    /// passed since the last work, then parks from 1 µs doubling to 10 ms.
+    ///
+    /// The window: a till that waits for its ack sends its next order some
+    /// 10–40 µs after the ack left (its own wake-up and send on loopback);
+    /// a loop still yielding then finds it in its next cycle, where a parked
+    /// one needed a wake-up through the scheduler (measured on the 2-core
+    /// VM: request/response round trips at a fraction of the rate, p50
+    /// doubled). 200 µs covers several such gaps, and a loop that saw no
+    /// work for that long parks: an idle appliance wakes at most once per
+    /// `max_park_ns` per loop. Every appliance loop parks in its own
+    /// io_uring or eventfd, so a completion or a wake-up ends the park at
+    /// once: the cap bounds only how late timers (heartbeats, deadlines) run
+    /// and how often an idle loop wakes for nothing (100 times a second: an
+    /// idle appliance costs well under 1 % of a core).
     pub const DEFAULT_BACK_OFF: IdleStrategy = IdleStrategy::BackOff {
         max_spins: 100,
         max_yields: 10,
         min_park_ns: 1_000,
         max_park_ns: 10_000_000,
+        busy_window_ns: 200_000,
     };
 
     /// The names [`FromStr`] accepts and [`fmt::Display`] writes.
@@ -91,6 +110,8 @@ impl IdleStrategy {
             spins: 0,
             yields: 0,
             park_ns: self.min_park_ns(),
+            origin: Instant::now(),
+            last_work_ns: 0,
         }
     }
 
@@ -103,7 +124,7 @@ impl IdleStrategy {
 }
 
 /// Writes `busy-spin`, `yield`, `back-off` (the default back-off), or
-/// `back-off(max_spins=…,max_yields=…,min_park_ns=…,max_park_ns=…)` for other
+/// `back-off(max_spins=…,max_yields=…,min_park_ns=…,max_park_ns=…,busy_window_ns=…)` for other
 /// parameters; [`FromStr`] reads every one of these back.
 impl fmt::Display for IdleStrategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,10 +139,12 @@ impl fmt::Display for IdleStrategy {
                 max_yields,
                 min_park_ns,
                 max_park_ns,
+                busy_window_ns,
             } => write!(
                 f,
                 "back-off(max_spins={max_spins},max_yields={max_yields},\
-                 min_park_ns={min_park_ns},max_park_ns={max_park_ns})"
+                 min_park_ns={min_park_ns},max_park_ns={max_park_ns},\
+                 busy_window_ns={busy_window_ns})"
             ),
         }
     }
@@ -139,7 +162,8 @@ impl fmt::Display for ParseIdleStrategyError {
         write!(
             f,
             "invalid idle strategy {:?}: {}; expected one of busy-spin, yield, back-off \
-             (or back-off(max_spins=N,max_yields=N,min_park_ns=N,max_park_ns=N))",
+             (or back-off(max_spins=N,max_yields=N,min_park_ns=N,max_park_ns=N,\
+             busy_window_ns=N))",
             self.input, self.reason
         )
     }
@@ -149,7 +173,8 @@ impl std::error::Error for ParseIdleStrategyError {}
 
 /// Parses `busy-spin`, `yield`, `back-off` (the default parameters) or
 /// `back-off(key=value,…)` where the keys are `max_spins`, `max_yields`,
-/// `min_park_ns`, `max_park_ns`; a key left out keeps its default.
+/// `min_park_ns`, `max_park_ns`, `busy_window_ns`; a key left out keeps its
+/// default.
 impl FromStr for IdleStrategy {
     type Err = ParseIdleStrategyError;
 
@@ -174,6 +199,7 @@ impl FromStr for IdleStrategy {
             mut max_yields,
             mut min_park_ns,
             mut max_park_ns,
+            mut busy_window_ns,
         } = IdleStrategy::DEFAULT_BACK_OFF
         else {
             unreachable!("DEFAULT_BACK_OFF is a BackOff");
@@ -202,6 +228,11 @@ impl FromStr for IdleStrategy {
                         .parse()
                         .map_err(|_| error("max_park_ns is not a u64"))?
                 }
+                "busy_window_ns" => {
+                    busy_window_ns = value
+                        .parse()
+                        .map_err(|_| error("busy_window_ns is not a u64"))?
+                }
                 _ => return Err(error("unknown back-off parameter")),
             }
         }
@@ -216,6 +247,7 @@ impl FromStr for IdleStrategy {
             max_yields,
             min_park_ns,
             max_park_ns,
+            busy_window_ns,
         })
     }
 }
@@ -244,6 +276,11 @@ pub struct Idler {
     yields: u32,
     /// Duration of the next park (BackOff only), nanoseconds.
     park_ns: u64,
+    /// The clock [`Idler::idle_with`] reads (callers of [`Idler::idle_at`]
+    /// pass their own).
+    origin: Instant,
+    /// When the last cycle with work ended, on the caller's clock.
+    last_work_ns: u64,
 }
 
 /// The action one idle cycle takes; computed by [`Idler::step`], then done.
@@ -272,13 +309,25 @@ impl Idler {
     /// a closure that waits in `submit_and_wait` with that timeout, so a
     /// completion ends the wait early. `park` is not called in the spin or
     /// yield phases, nor for `BusySpin`/`Yield`.
+    ///
+    /// Reads the monotonic clock for the busy window; a runner that reads
+    /// it anyway calls [`Idler::idle_at`] instead.
     #[inline]
     pub fn idle_with(&mut self, work_count: usize, park: impl FnOnce(Duration)) {
+        let now_ns = self.origin.elapsed().as_nanos() as u64;
+        self.idle_at(work_count, now_ns, park);
+    }
+
+    /// Like [`Idler::idle_with`], with the time of the cycle given: `now_ns`
+    /// on any monotonic clock, the same one on every call.
+    #[inline]
+    pub fn idle_at(&mut self, work_count: usize, now_ns: u64, park: impl FnOnce(Duration)) {
         if work_count > 0 {
             self.reset();
+            self.last_work_ns = now_ns;
             return;
         }
-        match self.step() {
+        match self.step(now_ns) {
             Action::Spin => core::hint::spin_loop(),
             Action::Yield => std::thread::yield_now(),
             Action::Park(duration) => park(duration),
@@ -298,6 +347,7 @@ impl Idler {
     /// How long the next idle cycle would park, in nanoseconds; `0` when it
     /// would spin or yield instead. A loop that waits on its own io_uring
     /// can use this as the `io_uring_enter` timeout.
+    /// (Not counting the busy window, which needs the time.)
     #[inline]
     pub fn park_ns(&self) -> u64 {
         match self.strategy {
@@ -318,7 +368,7 @@ impl Idler {
 
     /// Advances the state machine by one idle cycle and says what to do.
     #[inline]
-    fn step(&mut self) -> Action {
+    fn step(&mut self, now_ns: u64) -> Action {
         match self.strategy {
             IdleStrategy::BusySpin => {
                 self.state = IdleState::Spinning;
@@ -332,14 +382,18 @@ impl Idler {
                 max_spins,
                 max_yields,
                 max_park_ns,
+                busy_window_ns,
                 ..
             } => {
                 if self.spins < max_spins {
                     self.spins += 1;
                     self.state = IdleState::Spinning;
                     Action::Spin
-                } else if self.yields < max_yields {
-                    self.yields += 1;
+                } else if self.yields < max_yields
+                    || (self.state != IdleState::Parking
+                        && now_ns.saturating_sub(self.last_work_ns) < busy_window_ns)
+                {
+                    self.yields = self.yields.saturating_add(1);
                     self.state = IdleState::Yielding;
                     Action::Yield
                 } else {
@@ -364,6 +418,26 @@ mod tests {
             max_yields: yields,
             min_park_ns: min_ns,
             max_park_ns: max_ns,
+            busy_window_ns: 0,
+        }
+    }
+
+    fn with_window(strategy: IdleStrategy, window_ns: u64) -> IdleStrategy {
+        match strategy {
+            IdleStrategy::BackOff {
+                max_spins,
+                max_yields,
+                min_park_ns,
+                max_park_ns,
+                ..
+            } => IdleStrategy::BackOff {
+                max_spins,
+                max_yields,
+                min_park_ns,
+                max_park_ns,
+                busy_window_ns: window_ns,
+            },
+            other => other,
         }
     }
 
@@ -411,6 +485,38 @@ mod tests {
         idler.reset();
         assert_eq!(idler.state(), IdleState::NotIdle);
         assert_eq!(cycle(&mut idler), (IdleState::Spinning, None));
+    }
+
+    /// Runs one idle cycle at `now_ns` and returns what it did.
+    fn cycle_at(idler: &mut Idler, now_ns: u64) -> (IdleState, Option<u64>) {
+        let mut parked = None;
+        idler.idle_at(0, now_ns, |d| parked = Some(d.as_nanos() as u64));
+        (idler.state(), parked)
+    }
+
+    #[test]
+    fn back_off_keeps_yielding_within_the_busy_window_after_work() {
+        let mut idler = with_window(back_off(1, 1, 10, 40), 1_000).idler();
+        idler.idle_at(3, 5_000, |_| panic!("work never parks"));
+        assert_eq!(cycle_at(&mut idler, 5_010), (IdleState::Spinning, None));
+        // The counts are spent, but the last work was under 1 µs ago.
+        for now_ns in [5_020, 5_100, 5_500, 5_999] {
+            assert_eq!(cycle_at(&mut idler, now_ns), (IdleState::Yielding, None));
+        }
+        // The window has passed: park, doubling as before.
+        assert_eq!(cycle_at(&mut idler, 6_000), (IdleState::Parking, Some(10)));
+        assert_eq!(cycle_at(&mut idler, 6_100), (IdleState::Parking, Some(20)));
+        // Once parked, it stays parked until work comes, whatever the clock.
+        idler.reset();
+        assert_eq!(cycle_at(&mut idler, 6_200), (IdleState::Spinning, None));
+        assert_eq!(cycle_at(&mut idler, 6_300), (IdleState::Yielding, None));
+        assert_eq!(cycle_at(&mut idler, 6_400), (IdleState::Parking, Some(10)));
+        // Work restarts the window.
+        idler.idle_at(1, 10_000, |_| panic!("work never parks"));
+        assert_eq!(cycle_at(&mut idler, 10_001), (IdleState::Spinning, None));
+        assert_eq!(cycle_at(&mut idler, 10_500), (IdleState::Yielding, None));
+        assert_eq!(cycle_at(&mut idler, 10_999), (IdleState::Yielding, None));
+        assert_eq!(cycle_at(&mut idler, 11_000), (IdleState::Parking, Some(10)));
     }
 
     #[test]
@@ -473,7 +579,11 @@ mod tests {
         }
         assert_eq!(
             "back-off(max_spins=1, max_park_ns=2000000)".parse(),
-            Ok(back_off(1, 10, 1_000, 2_000_000))
+            Ok(with_window(back_off(1, 10, 1_000, 2_000_000), 200_000))
+        );
+        assert_eq!(
+            "back-off(busy_window_ns=0)".parse(),
+            Ok(back_off(100, 10, 1_000, 10_000_000))
         );
     }
 

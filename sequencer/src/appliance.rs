@@ -117,6 +117,45 @@ impl Agent for SequencerAgent {
     }
 }
 
+/// The `shared` thread's agent: the gateway and the sequencer in one duty
+/// cycle, ordered so that an order received in a cycle is sequenced and
+/// acknowledged in it: the gateway's cycle (receive, frame, forward), the
+/// sequencer's (journal, publish, outcomes), then the gateway hands the
+/// outcomes to their sessions and submits the receives it re-armed and the
+/// acks together (one `io_uring_enter`). It parks in the gateway's ring,
+/// which TCP completions, the journal's group commits and acks wake.
+struct OrdersAgent {
+    gateway: GatewayLoop,
+    sequencer: SequencerAgent,
+}
+
+impl OrdersAgent {
+    fn new(mut gateway: GatewayLoop, sequencer: SequencerAgent) -> OrdersAgent {
+        gateway.submit_after_outcomes(true);
+        OrdersAgent { gateway, sequencer }
+    }
+}
+
+impl Agent for OrdersAgent {
+    fn do_work(&mut self, now_ns: u64) -> io::Result<usize> {
+        let received = self.gateway.poll(now_ns);
+        let sequenced = Agent::do_work(&mut self.sequencer, now_ns)?;
+        let delivered = self.gateway.deliver_outcomes(now_ns);
+        Ok(received + sequenced + delivered)
+    }
+
+    fn park(&mut self, timeout: Duration) -> io::Result<()> {
+        self.gateway.park(timeout);
+        Ok(())
+    }
+
+    fn on_close(&mut self) -> io::Result<()> {
+        let gateway = Agent::on_close(&mut self.gateway);
+        let sequencer = self.sequencer.on_close();
+        gateway.and(sequencer)
+    }
+}
+
 /// Spawns one runner thread for `agents` (the first one parks), with its
 /// duty-cycle counters.
 fn spawn_agents(
@@ -516,13 +555,11 @@ impl Appliance {
                 .map(|handle| threads.push((label, handle)))
         };
         match threading {
-            // The gateway first: the shared thread parks in its ring, which
-            // TCP completions, the journal's group commits and acks wake.
             Threading::Shared => spawn(
                 "gateway+sequencer",
                 "tally-orders",
                 config.placement("sequencer")?,
-                vec![Box::new(gateway), Box::new(sequencer)],
+                vec![Box::new(OrdersAgent::new(gateway, sequencer))],
                 orders_duty,
             )?,
             Threading::Dedicated => {

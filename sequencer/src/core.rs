@@ -870,11 +870,14 @@ mod tests {
 
     /// Records packets. With `slots`, at most that many may be in flight
     /// (sent, not yet completed); the test completes them with `complete`.
+    /// `wait_for_room` (the one call through which the core could wait for
+    /// the publisher) is counted, and completes everything.
     #[derive(Default)]
     struct RecordingPublisher {
         packets: Vec<Vec<u8>>,
         slots: Option<usize>,
         in_flight: usize,
+        waits: usize,
     }
 
     impl RecordingPublisher {
@@ -890,6 +893,12 @@ mod tests {
             }
             self.in_flight += 1;
             self.packets.push(packet.to_vec());
+            Ok(())
+        }
+
+        fn wait_for_room(&mut self, _timeout: std::time::Duration) -> io::Result<()> {
+            self.waits += 1;
+            self.complete();
             Ok(())
         }
     }
@@ -1221,6 +1230,7 @@ mod tests {
         let (mut outcomes, mut from_core) = rtrb::RingBuffer::new(1 << 17);
         let mut client_seq = 0u32;
         let mut acked = Vec::new();
+        let mut rounds_input_left = 0usize;
         // Far more than four slots' worth, while the "kernel" completes
         // sends only every tenth cycle. Every poll returns at once.
         for round in 0..2_000u64 {
@@ -1228,12 +1238,11 @@ mod tests {
                 client_seq += 1;
                 to_core.push(order(1, client_seq)).unwrap();
             }
-            let started = std::time::Instant::now();
             core.poll(&mut inbound, &mut outcomes, round).unwrap();
-            assert!(
-                started.elapsed() < std::time::Duration::from_millis(500),
-                "a poll never waits for the publisher"
-            );
+            // Not timed: the only way the core can wait for the publisher
+            // is `wait_for_room` (shutdown and end of session only).
+            assert_eq!(core.publisher_mut().waits, 0, "a poll never waits");
+            rounds_input_left += usize::from(!inbound.is_empty());
             if round % 10 == 9 {
                 core.publisher_mut().complete();
             }
@@ -1247,6 +1256,12 @@ mod tests {
         let counters = CoreCounters::from_file(&file, 0);
         assert!(counters.publisher_full.get() > 0, "the slots were full");
         assert!(counters.packets_held.get() > 0);
+        // Pushing back: while the slots were full the core left input in
+        // the ring (bounded holding, no unbounded buffering).
+        assert!(
+            rounds_input_left > 0,
+            "the core stopped taking input while it could not publish"
+        );
         // Drain the rest.
         for round in 0..100_000u64 {
             core.publisher_mut().complete();

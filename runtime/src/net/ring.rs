@@ -129,10 +129,26 @@ impl Ring {
             .max(sq_entries * 2)
             .clamp(16, 65536)
             .next_power_of_two();
+        // Cooperative task work (Linux 5.19): a completion that needs work
+        // in this thread's context (a TCP receive a peer's send made ready)
+        // no longer interrupts the thread with an inter-processor interrupt
+        // while it runs; the work runs at its next system call, and the
+        // TASKRUN flag tells `submit` to make one. A parked (sleeping) owner
+        // is still woken at once. On a small VM, where each IPI is a VM exit,
+        // this is a large share of a request/response round trip. Older
+        // kernels refuse the flags: the ring is then built without them.
         let uring = IoUring::builder()
             .setup_cqsize(cq_entries)
             .setup_clamp()
-            .build(sq_entries)?;
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(sq_entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(cq_entries)
+                    .setup_clamp()
+                    .build(sq_entries)
+            })?;
         if !uring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,

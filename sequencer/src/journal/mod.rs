@@ -41,6 +41,7 @@ mod checkpoint;
 mod format;
 mod reader;
 mod recover;
+mod window;
 mod writer;
 
 pub use checkpoint::{
@@ -52,6 +53,7 @@ pub use format::{
 };
 pub use reader::{Cursor, JournalReader, INDEX_STRIDE_BYTES};
 pub use recover::{scan, Damage, IntactAfter, ReadAt, RecoveryOptions, ScanSummary, ScannedRecord};
+pub use window::{RecentWindow, RECENT_WINDOW_BYTES};
 pub use writer::{JournalWriter, WriteError, CHECKPOINT_INTERVAL_NS};
 
 use std::fs::File;
@@ -207,6 +209,11 @@ pub struct JournalProgress {
     next_seq: AtomicU64,
     /// The session has ended (end-of-session record written).
     ended: AtomicBool,
+    /// The newest journal bytes in memory, which readers try before the
+    /// file (none when it could not be mapped).
+    window: Option<RecentWindow>,
+    /// Readers ignore the window ([`JournalProgress::bypass_window`]).
+    window_bypassed: AtomicBool,
 }
 
 impl JournalProgress {
@@ -223,6 +230,22 @@ impl JournalProgress {
     /// Whether the session has ended.
     pub fn ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+    }
+
+    /// The window of recent journal bytes, if the writer has one (and it
+    /// is not bypassed).
+    pub fn window(&self) -> Option<&RecentWindow> {
+        if self.window_bypassed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.window.as_ref()
+    }
+
+    /// From now on readers read every record from the file, as written on
+    /// disk (tests that damage the file under a live writer; the window
+    /// holds what was written, so it would serve the undamaged bytes).
+    pub fn bypass_window(&self) {
+        self.window_bypassed.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn publish(&self, end_offset: u64, next_seq: u64) {

@@ -1,4 +1,7 @@
 //! The reading side of the journal, for the retransmit and replay threads.
+//! Recent records come from the writer's window in memory
+//! ([`super::RecentWindow`]); older ones, or all of them when there is no
+//! window, from the file in batched `pread`s.
 
 use std::fs::File;
 use std::io;
@@ -48,6 +51,8 @@ pub struct JournalReader {
     chunk_len: usize,
     /// `pread` calls made (tests and counters: reads are batched).
     preads: u64,
+    /// Read-ahead fills served from the journal's window of recent bytes.
+    window_reads: u64,
 }
 
 /// Journal bytes one `pread` fetches ahead.
@@ -81,6 +86,7 @@ impl JournalReader {
             chunk_offset: 0,
             chunk_len: 0,
             preads: 0,
+            window_reads: 0,
         })
     }
 
@@ -230,6 +236,12 @@ impl JournalReader {
         self.preads
     }
 
+    /// Read-ahead fills served from the journal's window of recent bytes
+    /// instead of a `pread`.
+    pub fn window_reads(&self) -> u64 {
+        self.window_reads
+    }
+
     /// The record at `offset` (below `end`), its payload checked: CRC32C,
     /// blocks that tile the payload and match the count.
     fn checked_record(&mut self, offset: u64, end: u64) -> io::Result<(RecordInfo, &[u8])> {
@@ -281,8 +293,16 @@ impl JournalReader {
         }
         let want = (end - offset).min(self.chunk.len() as u64) as usize;
         assert!(want >= len, "a record fits the read-ahead buffer");
-        self.file.read_exact_at(&mut self.chunk[..want], offset)?;
-        self.preads += 1;
+        let from_window = self
+            .progress
+            .window()
+            .is_some_and(|window| window.read(offset, &mut self.chunk[..want]));
+        if from_window {
+            self.window_reads += 1;
+        } else {
+            self.file.read_exact_at(&mut self.chunk[..want], offset)?;
+            self.preads += 1;
+        }
         self.chunk_offset = offset;
         self.chunk_len = want;
         Ok(0)
@@ -357,10 +377,59 @@ mod tests {
     }
 
     #[test]
+    fn recent_records_come_from_the_window_older_ones_from_the_file() {
+        let (dir, writer) = journal(100);
+        let path = writer.path().to_path_buf();
+        drop(writer);
+        // Reopened: the window starts at the end; the first 1 000 messages
+        // are only in the file.
+        let (mut writer, _) = JournalWriter::open(
+            dir.path(),
+            Session::from_str("READ01").unwrap(),
+            FsyncPolicy::None,
+            &RecoveryOptions::default(),
+            |_, _| {},
+        )
+        .unwrap();
+        assert!(writer.progress().window().is_some());
+        let mut reader = JournalReader::open(&path, writer.progress(), 64).unwrap();
+        let mut cursor = reader.start();
+        assert_eq!(reader.read(&mut cursor, 2_000, |_, _| true).unwrap(), 1_000);
+        assert!(reader.preads() > 0);
+        assert_eq!(reader.window_reads(), 0);
+        while reader.follow(1_000).unwrap() > 0 {}
+        // Appended since: followed and read from memory, one record at a
+        // time (as the stream grows), no pread.
+        let preads = reader.preads();
+        for record in 100..150u64 {
+            writer
+                .append(1 + record * 10, 10, &blocks(record), 0)
+                .unwrap();
+            assert_eq!(reader.follow(16).unwrap(), 1);
+            let mut seen = Vec::new();
+            let n = reader
+                .read(&mut cursor, 100, |seq, message| {
+                    seen.push((seq, message.to_vec()));
+                    true
+                })
+                .unwrap();
+            assert_eq!(n, 10);
+            assert_eq!(seen[0].0, 1 + record * 10);
+            assert_eq!(
+                seen[0].1,
+                format!("message {record} 0 {}", "y".repeat(30)).into_bytes()
+            );
+        }
+        assert_eq!(reader.preads(), preads, "no pread for recent records");
+        assert!(reader.window_reads() >= 50);
+    }
+
+    #[test]
     fn a_damaged_record_is_refused_not_served() {
         let (dir, writer) = journal(20);
         let path = writer.path().to_path_buf();
         let progress = writer.progress();
+        progress.bypass_window();
         drop(writer);
         // Flip one payload byte of record 7 (messages 71..=80).
         let mut bytes = std::fs::read(&path).unwrap();

@@ -161,7 +161,24 @@ impl JournalWriter {
                 last_sync_ns: super::now_ns(),
             },
         };
-        let progress = Arc::new(JournalProgress::default());
+        let window = match super::RecentWindow::new(super::RECENT_WINDOW_BYTES, end_offset) {
+            Ok(window) => {
+                tracing::info!(
+                    bytes = window.capacity_bytes(),
+                    pages = %window.page_kind(),
+                    "journal window: retransmit and replay read recent records from memory"
+                );
+                Some(window)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no journal window; retransmit and replay read the file");
+                None
+            }
+        };
+        let progress = Arc::new(JournalProgress {
+            window,
+            ..JournalProgress::default()
+        });
         progress.publish(end_offset, recovery.next_seq);
         progress.ended.store(recovery.ended, Ordering::Release);
         Ok((
@@ -392,6 +409,10 @@ impl JournalWriter {
         next_seq: u64,
     ) -> Result<(), WriteError> {
         let total = RECORD_HEADER_BYTES + blocks.len();
+        // Into the window before anything publishes the record's end.
+        if let Some(window) = self.progress.window() {
+            window.write(self.end_offset, &[header, blocks]);
+        }
         match &mut self.mode {
             Mode::GroupCommit(group) => {
                 group

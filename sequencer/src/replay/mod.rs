@@ -347,9 +347,14 @@ impl<A: Authenticator> ReplayLoop<A> {
         };
         // Following the journal counts as work (it keeps the loop from
         // parking while the stream flows). Counting it only while clients
-        // stream was tried and measured: the demo's tills then saw order
-        // round trips of seconds in most runs (p99 0.8–4 s against 3 ms), so
-        // it stays work until why is understood.
+        // stream was tried and measured twice: the demo's tills then saw
+        // order round trips of seconds (p99 0.8–4 s against 3 ms), then,
+        // with the busy-window idler, p99 6.5–7.9 ms against 0.66–0.85 ms.
+        // The likely reason: this loop, yielding while the stream flows,
+        // keeps a vCPU from halting, so the applications' parked receive
+        // loops wake fast. Reading from the journal's window costs no
+        // system call, so what it still costs is the yields (BENCHMARKS.md,
+        // issue 11, second pass).
         let mut work = followed;
         let feed = &mut self.feed;
         work += self

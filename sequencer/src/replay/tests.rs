@@ -101,6 +101,9 @@ impl Fixture {
         )
         .unwrap();
         append(&mut writer, messages);
+        // The window holds the bytes as written: a test that edits the
+        // file reads the file.
+        writer.progress().bypass_window();
         edit(writer.path());
         let file = CounterFile::in_memory(ReplayCounters::NAMES);
         let counters = ReplayCounters::from_file(&file, 0);

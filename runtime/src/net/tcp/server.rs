@@ -40,6 +40,9 @@ pub struct TcpServer {
     /// Another thread's way to end this server's [`TcpServer::wait`] early.
     pub(super) waker: Option<crate::wake::Waker>,
     pub(super) waker_armed: bool,
+    /// Whether [`TcpServer::poll`] submits what it queued before it
+    /// returns (see [`TcpServer::submit_after_poll`]).
+    pub(super) submit_after_poll: bool,
 }
 
 impl TcpServer {
@@ -101,6 +104,7 @@ impl TcpServer {
             accept_armed: false,
             waker: None,
             waker_armed: false,
+            submit_after_poll: true,
         };
         server.arm_accept()?;
         server.handle.ring.submit()?;
@@ -195,8 +199,20 @@ impl TcpServer {
                 self.handle.count_submit_error(&e);
             }
         }
-        self.handle.ring.submit()?;
+        if self.submit_after_poll {
+            self.handle.ring.submit()?;
+        }
         Ok(events)
+    }
+
+    /// With `false`, [`TcpServer::poll`] leaves what it queued (receives
+    /// re-armed, sends its callback made) for the caller's next
+    /// [`TcpServer::submit`] or [`TcpServer::wait`]: a loop that answers
+    /// what it received later in the same cycle then submits the receives
+    /// and the answers with one `io_uring_enter`. The caller must submit
+    /// before it waits for anything else. Default `true`.
+    pub fn submit_after_poll(&mut self, enabled: bool) {
+        self.submit_after_poll = enabled;
     }
 
     pub(super) fn dispatch(
