@@ -1,8 +1,6 @@
 //! One subcommand per command: each becomes a [`Spec`], is sent once, and
 //! its decision printed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use clap::{Args, Subcommand};
 use tally_client::command::{AdjustReason, Ref, Spec, DEFAULT_TTL_MS};
 
@@ -92,10 +90,7 @@ pub struct OrderArgs {
 /// (unique per user, since one process per user sends at a time; below
 /// 2^53, so JSON readers keep it exact).
 pub fn clock_id() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
+    (tally_runtime::clock::wall_ns() / 1_000).max(1)
 }
 
 impl Op {

@@ -88,9 +88,7 @@ pub(crate) struct Writes {
 impl Writes {
     pub(crate) fn open(config: &WritesConfig) -> std::io::Result<Writes> {
         let store = IdempotencyStore::open(&config.state_dir, config.keys_max)?;
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let start = tally_runtime::clock::wall_ns() / 1_000;
         Ok(Writes {
             config: config.clone(),
             store: Arc::new(Mutex::new(store)),

@@ -2,8 +2,6 @@
 //! commands awaiting their outcome, our open orders and holds, and how an
 //! event on the stream or an ack resolves one of our commands.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hdrhistogram::Histogram;
 use tally_client::client::{ClientError, ClientEvent, OrderEntryClient};
 use tally_client::consumer::monotonic_ns;
@@ -92,12 +90,9 @@ pub(crate) struct Core {
     pub(crate) error: Option<PosError>,
 }
 
-/// Nanoseconds since the Unix epoch (the clock hold expiry is stamped in).
-pub(crate) fn wall_clock_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+/// Nanoseconds since the Unix epoch (the clock hold expiry is stamped in):
+/// the runtime's one wall clock.
+pub(crate) use tally_runtime::clock::wall_ns as wall_clock_ns;
 
 impl Core {
     /// Whether another command may be sent now.
