@@ -1,0 +1,376 @@
+//! The load run (`tally-demo` without `--serve`), step by step: pick the
+//! demo users, start afresh, start the appliance, the warehouse, the HTTP
+//! service, the tills, the back office and the tap; report progress until
+//! `--seconds` have passed; stop; let every replica catch up; verify.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tally_client::client::ClientConfig;
+use tally_client::consumer::ConsumerConfig;
+use tally_client::replica::ReplicaLimits;
+use tally_config::ApplianceConfig;
+use tally_demo::DEMO_CLIENTS;
+use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig, MonitorHandle};
+use tally_pos::Pos;
+use tally_runtime::counters::CounterReader;
+use tally_sequencer::appliance::{Appliance, Control};
+use tally_warehouse::app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
+use tally_warehouse::counters::WarehouseCounterFile;
+
+use crate::back_office::back_office;
+use crate::tap::Tap;
+use crate::tills::{report_progress, start_tills, TillThread, TillView};
+use crate::verify::{Finish, Verification};
+use crate::{say, Cli};
+
+/// A configured client with a demo password.
+pub(crate) struct User {
+    pub(crate) name: String,
+    pub(crate) password: String,
+    pub(crate) client_id: u16,
+}
+
+/// The users the run logs in as.
+struct Users {
+    /// The first `--pos` points of sale.
+    tills: Vec<User>,
+    warehouse: User,
+    ops: User,
+    reader: User,
+}
+
+/// Runs the demo with load; whether the verification passed.
+pub(crate) fn run(cli: &Cli) -> anyhow::Result<bool> {
+    if !(0.0..=50.0).contains(&cli.loss) {
+        bail!("--loss must be a percentage between 0 and 50");
+    }
+    if cli.pos == 0 {
+        bail!("--pos must be at least 1");
+    }
+    let config = ApplianceConfig::load(&cli.config).map_err(anyhow::Error::msg)?;
+    let users = Users::of(cli, &config)?;
+    let snapshot = start_afresh(cli, &config)?;
+
+    let appliance = Appliance::start(&config, Arc::new(Control::default()), &Default::default())
+        .context("starting the appliance")?;
+    let counters =
+        CounterReader::open(&config.counters_path()).context("opening the appliance's counters")?;
+
+    // One place for limits: the configuration's [limits] sizes the
+    // warehouse's state and every replica's (tills, monitor, tap).
+    let limits = ReplicaLimits::from_config(&config.limits);
+    limits
+        .validate()
+        .map_err(|error| anyhow::anyhow!("[limits] in {}: {error}", cli.config.display()))?;
+
+    let warehouse = WarehouseThread::start(cli, &config, &users, limits, snapshot)?;
+    let monitor = start_monitor(cli, &config, &users.reader, limits)?;
+
+    // The tills, the back office and the tap until --seconds have passed.
+    let stop_tills = Arc::new(AtomicBool::new(false));
+    let until = Instant::now() + Duration::from_secs(cli.seconds);
+    let views = Arc::new(Mutex::new(vec![TillView::default(); users.tills.len()]));
+    let till_threads = start_tills(
+        cli,
+        &config,
+        &users.tills,
+        &config.journal.dir,
+        until,
+        &stop_tills,
+        &views,
+    )?;
+    let ops_thread = start_back_office(&config, &users.ops, &warehouse, until, &stop_tills)?;
+    let mut tap = Tap::new(reader_consumer(&config, &users.reader), limits)?;
+    report_progress(cli, &mut tap, &views, until)?;
+
+    // Stop: tills drain their outcomes, back office stops, the warehouse
+    // stops deciding once its events are all back and saves its snapshot.
+    say(
+        cli,
+        "tally-demo: stopping the tills and waiting for every outcome",
+    );
+    let ops_sent = ops_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("back-office thread panicked"))??;
+    let mut tills_done = join_tills(till_threads)?;
+    let warehouse = warehouse.stop()?;
+    let final_seq = next_seq(&counters) - 1;
+
+    catch_up(&mut tap, &mut tills_done, final_seq)?;
+    monitor.wait_for_seq(final_seq, Duration::from_secs(30));
+    let (monitor_seq, monitor_digest) = monitor.digest();
+    let monitor_oversold = monitor.read(|model| model.replica().oversold());
+    monitor.stop()?;
+    appliance.stop()?;
+
+    let finish = Finish {
+        final_seq,
+        warehouse: &warehouse,
+        tap: &tap,
+        monitor: (monitor_seq, monitor_digest, monitor_oversold),
+        tills: &users.tills,
+        tills_done: &tills_done,
+        ops_sent,
+    };
+    Ok(Verification::of(&finish).report(cli, &finish))
+}
+
+impl Users {
+    /// The demo logs in with the demo passwords of the example
+    /// configuration: `--pos` tills, the authority, an ops user, a reader.
+    fn of(cli: &Cli, config: &ApplianceConfig) -> anyhow::Result<Users> {
+        let password_of = |username: &str| {
+            DEMO_CLIENTS
+                .iter()
+                .find(|client| client.username == username)
+                .map(|client| client.password.to_string())
+        };
+        let users_of = |role: &'static str| {
+            config
+                .clients
+                .iter()
+                .filter(move |client| client.role == role)
+                .filter_map(move |client| {
+                    Some(User {
+                        name: client.username.clone(),
+                        password: password_of(&client.username)?,
+                        client_id: client.client_id,
+                    })
+                })
+        };
+        let tills: Vec<User> = users_of("pos").take(cli.pos).collect();
+        if tills.len() < cli.pos {
+            bail!(
+                "--pos {} but {} configures only {} pos clients with demo passwords",
+                cli.pos,
+                cli.config.display(),
+                tills.len()
+            );
+        }
+        let user_of = |role: &'static str| {
+            users_of(role).next().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} configures no {role} client whose demo password tally-demo knows",
+                    cli.config.display()
+                )
+            })
+        };
+        Ok(Users {
+            tills,
+            warehouse: user_of("authority")?,
+            ops: user_of("ops")?,
+            reader: user_of("reader")?,
+        })
+    }
+}
+
+/// A fresh session every run: the demo owns its journal directory. Removes
+/// the session's journal, its checkpoint and the warehouse's snapshot, says
+/// what runs; where the warehouse's snapshot goes.
+fn start_afresh(cli: &Cli, config: &ApplianceConfig) -> anyhow::Result<PathBuf> {
+    let journal_dir = &config.journal.dir;
+    let session = config.session()?;
+    let journal = tally_sequencer::journal::journal_path(journal_dir, session);
+    let snapshot = journal_dir.join("warehouse.snapshot");
+    // The journal's checkpoint goes with it (a checkpoint without its
+    // journal is refused at start).
+    let checkpoint = tally_sequencer::journal::checkpoint_path(journal_dir, session);
+    for path in [&journal, &checkpoint, &snapshot] {
+        if path.exists() {
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    say(cli, &format!(
+        "tally-demo: session {} on loopback (gateway {}, stream {}:{}), {} tills at {}/s each for {} s, loss {}%",
+        session.as_str(),
+        config.gateway.listen,
+        config.stream.group,
+        config.stream.port,
+        cli.pos,
+        cli.rate,
+        cli.seconds,
+        cli.loss
+    ));
+    Ok(snapshot)
+}
+
+/// The appliance's next sequence number, from its counters.
+fn next_seq(counters: &CounterReader) -> u64 {
+    counters
+        .read()
+        .find(|(name, _)| *name == "sequencer.next_seq")
+        .map(|(_, value)| value)
+        .unwrap_or(1)
+}
+
+/// A stream consumer that logs in as the reader.
+fn reader_consumer(config: &ApplianceConfig, reader: &User) -> ConsumerConfig {
+    ConsumerConfig::for_appliance(config, &reader.name, &reader.password)
+}
+
+/// The warehouse on its own thread, with its directory's size.
+struct WarehouseThread {
+    thread: JoinHandle<anyhow::Result<WarehouseApp>>,
+    stop: Arc<AtomicBool>,
+    locations: usize,
+    skus: usize,
+}
+
+impl WarehouseThread {
+    /// The warehouse first: the tills wait for its session-start broadcast.
+    /// Returns once it is online.
+    fn start(
+        cli: &Cli,
+        config: &ApplianceConfig,
+        users: &Users,
+        limits: ReplicaLimits,
+        snapshot: PathBuf,
+    ) -> anyhow::Result<WarehouseThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let warehouse_config = WarehouseAppConfig {
+            consumer: reader_consumer(config, &users.reader),
+            client: ClientConfig::for_appliance(
+                config,
+                &users.warehouse.name,
+                &users.warehouse.password,
+            ),
+            own_origin: users.warehouse.client_id,
+            limits,
+            inventory: Some(cli.inventory.clone()),
+            snapshot: Some(snapshot),
+            snapshot_interval: Duration::from_secs(5),
+            expiry_check_interval: Duration::from_millis(50),
+            catch_up_timeout: Duration::from_secs(30),
+        };
+        // The session-start broadcast stays within the gateway's rate limit.
+        let pacing = BroadcastPacing::for_appliance(config);
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let warehouse_counters = config.journal.dir.join("tally-warehouse.counters");
+            std::thread::Builder::new()
+                .name("demo-warehouse".into())
+                .spawn(move || {
+                    let mut app = match WarehouseApp::start_paced(warehouse_config, Some(pacing)) {
+                        Ok(app) => app,
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(format!("{error:#}")));
+                            return Err(error);
+                        }
+                    };
+                    let replica = app.engine().replica();
+                    let _ =
+                        ready_tx.send(Ok((replica.locations().count(), replica.skus().count())));
+                    run_warehouse(&mut app, &warehouse_counters, &stop)?;
+                    Ok(app)
+                })?
+        };
+        let (locations, skus) = match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(sizes)) => sizes,
+            Ok(Err(error)) => bail!("the warehouse did not start: {error}"),
+            Err(_) => bail!("the warehouse did not start within 60 s"),
+        };
+        say(
+            cli,
+            &format!("tally-demo: warehouse online with {locations} locations x {skus} SKUs"),
+        );
+        Ok(WarehouseThread {
+            thread,
+            stop,
+            locations,
+            skus,
+        })
+    }
+
+    /// Stops the warehouse (it finishes deciding what is back) and joins it.
+    fn stop(self) -> anyhow::Result<WarehouseApp> {
+        self.stop.store(true, Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("warehouse thread panicked"))?
+    }
+}
+
+/// The warehouse's loop until `stop`, its counters where tally-stat looks
+/// (./target/tally-demo).
+fn run_warehouse(
+    app: &mut WarehouseApp,
+    counters_path: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let counters = WarehouseCounterFile::create(Some(counters_path), "tally-warehouse (demo)")?;
+    app.run_with(stop, |app| counters.publish(app))?;
+    Ok(())
+}
+
+/// The read side: HTTP/JSON on --monitor.
+fn start_monitor(
+    cli: &Cli,
+    config: &ApplianceConfig,
+    reader: &User,
+    limits: ReplicaLimits,
+) -> anyhow::Result<MonitorHandle> {
+    let mut monitor_config = MonitorConfig::new(cli.monitor, reader_consumer(config, reader));
+    monitor_config.consumer.start_seq = 1;
+    monitor_config.limits = limits;
+    // Readers of the configuration's [[clients]] (e.g. read1 / readpass) read
+    // over HTTP Basic; /health and /ready need nothing.
+    monitor_config.auth = HttpAuthConfig::from_appliance(config).map_err(anyhow::Error::msg)?;
+    let monitor = Monitor::start(monitor_config)
+        .with_context(|| format!("starting the monitor on {}", cli.monitor))?;
+    say(
+        cli,
+        &format!(
+            "tally-demo: monitor on http://{0}/health (try curl -u read1:readpass http://{0}/availability/<SYMBOL>, /depleted, /metrics)",
+            monitor.local_addr()
+        ),
+    );
+    Ok(monitor)
+}
+
+/// Back office: transfers between locations and restocks, a few a second.
+fn start_back_office(
+    config: &ApplianceConfig,
+    ops: &User,
+    warehouse: &WarehouseThread,
+    until: Instant,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>> {
+    let stop = Arc::clone(stop);
+    let client_config = ClientConfig::for_appliance(config, &ops.name, &ops.password);
+    let (locations, skus) = (warehouse.locations as u16, warehouse.skus as u32);
+    Ok(std::thread::Builder::new()
+        .name("demo-ops".into())
+        .spawn(move || back_office(client_config, locations, skus, until, &stop))?)
+}
+
+/// Each till once it drained: the till and whether every command got its
+/// outcome.
+fn join_tills(till_threads: Vec<TillThread>) -> anyhow::Result<Vec<(Pos, bool)>> {
+    let mut tills_done = Vec::new();
+    for handle in till_threads {
+        let (pos, drained) = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a till thread panicked"))??;
+        tills_done.push((pos, drained));
+    }
+    Ok(tills_done)
+}
+
+/// The tap and every till apply up to the final seq.
+fn catch_up(tap: &mut Tap, tills_done: &mut [(Pos, bool)], final_seq: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tap.replica.last_seq() < final_seq && Instant::now() < deadline {
+        tap.poll_for(Duration::from_millis(20))?;
+    }
+    for (pos, _) in tills_done {
+        pos.catch_up(final_seq, Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
