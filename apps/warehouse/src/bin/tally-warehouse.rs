@@ -109,6 +109,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "deciding from seq {}",
         app.consumer().delivered_seq()
     ));
+    run_counted(cli, &mut app, &stop)?;
+    let _ = notifier.stopping();
+    report_stopped(cli, &app);
+    Ok(())
+}
+
+/// Runs `app` until `stop`, publishing its counters (and serving them on
+/// --metrics) as it goes.
+fn run_counted(cli: &Cli, app: &mut WarehouseApp, stop: &AtomicBool) -> anyhow::Result<()> {
     let counters_path = cli.counters.clone().or_else(|| {
         std::env::var_os("RUNTIME_DIRECTORY")
             .map(|dir| PathBuf::from(dir).join("tally-warehouse.counters"))
@@ -125,13 +134,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let result = app.run_with(&stop, |app| counters.publish(app));
+    let result = app.run_with(stop, |app| counters.publish(app));
     metrics_stop.store(true, std::sync::atomic::Ordering::Release);
     if let Some(thread) = metrics {
         let _ = thread.join();
     }
-    result?;
-    let _ = notifier.stopping();
+    result
+}
+
+/// Logs the final state (and prints it with --json).
+fn report_stopped(cli: &Cli, app: &WarehouseApp) {
     let engine = app.engine();
     let counters = engine.counters();
     let seq = engine.replica().last_seq();
@@ -156,5 +168,4 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         });
         println!("{summary}");
     }
-    Ok(())
 }
