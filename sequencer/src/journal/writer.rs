@@ -133,48 +133,15 @@ impl JournalWriter {
             next_seq: recovery.next_seq,
             end_offset,
         };
-        let mode = match policy {
-            FsyncPolicy::Batch => {
-                let side = checkpoint_file
-                    .file()
-                    .try_clone()
-                    .map_err(io_error(format!(
-                        "opening checkpoint {}",
-                        checkpoint_at.display()
-                    )))?;
-                let group = GroupCommitFile::new(
-                    file,
-                    side,
-                    Position {
-                        offset: end_offset,
-                        tag: recovery.next_seq,
-                    },
-                    GroupCommitConfig::default(),
-                    checkpoint_record,
-                )
-                .map_err(io_error("setting up the journal's io_uring"))?;
-                Mode::GroupCommit(Box::new(group))
-            }
-            FsyncPolicy::None | FsyncPolicy::Interval { .. } => Mode::Direct {
-                file,
-                unsynced: false,
-                last_sync_ns: super::now_ns(),
-            },
-        };
-        let window = match super::RecentWindow::new(super::RECENT_WINDOW_BYTES, end_offset) {
-            Ok(window) => {
-                tracing::info!(
-                    bytes = window.capacity_bytes(),
-                    pages = %window.page_kind(),
-                    "journal window: retransmit and replay read recent records from memory"
-                );
-                Some(window)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "no journal window; retransmit and replay read the file");
-                None
-            }
-        };
+        let mode = write_mode(
+            file,
+            policy,
+            &checkpoint_file,
+            &checkpoint_at,
+            end_offset,
+            recovery.next_seq,
+        )?;
+        let window = recent_window(end_offset);
         let progress = Arc::new(JournalProgress {
             window,
             ..JournalProgress::default()
@@ -433,6 +400,65 @@ impl JournalWriter {
         self.end_offset += total as u64;
         self.bytes_written += total as u64;
         Ok(())
+    }
+}
+
+/// How the journal writes: one io_uring group commit with the checkpoint
+/// beside it (`FsyncPolicy::Batch`), or plain writes with their own syncs.
+fn write_mode(
+    file: File,
+    policy: FsyncPolicy,
+    checkpoint_file: &CheckpointFile,
+    checkpoint_at: &Path,
+    end_offset: u64,
+    next_seq: u64,
+) -> Result<Mode, JournalError> {
+    Ok(match policy {
+        FsyncPolicy::Batch => {
+            let side = checkpoint_file
+                .file()
+                .try_clone()
+                .map_err(io_error(format!(
+                    "opening checkpoint {}",
+                    checkpoint_at.display()
+                )))?;
+            let group = GroupCommitFile::new(
+                file,
+                side,
+                Position {
+                    offset: end_offset,
+                    tag: next_seq,
+                },
+                GroupCommitConfig::default(),
+                checkpoint_record,
+            )
+            .map_err(io_error("setting up the journal's io_uring"))?;
+            Mode::GroupCommit(Box::new(group))
+        }
+        FsyncPolicy::None | FsyncPolicy::Interval { .. } => Mode::Direct {
+            file,
+            unsynced: false,
+            last_sync_ns: super::now_ns(),
+        },
+    })
+}
+
+/// The in-memory window of recent records retransmit and replay read, or
+/// none (logged) when it cannot be set up: they read the file then.
+fn recent_window(end_offset: u64) -> Option<super::RecentWindow> {
+    match super::RecentWindow::new(super::RECENT_WINDOW_BYTES, end_offset) {
+        Ok(window) => {
+            tracing::info!(
+                bytes = window.capacity_bytes(),
+                pages = %window.page_kind(),
+                "journal window: retransmit and replay read recent records from memory"
+            );
+            Some(window)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no journal window; retransmit and replay read the file");
+            None
+        }
     }
 }
 
