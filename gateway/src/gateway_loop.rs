@@ -206,25 +206,15 @@ impl<A: Authenticator> GatewayLoop<A> {
         } = self;
 
         // Acks first: they free ring space and release waiting logins.
-        {
-            let mut io = LoopIo {
-                handle: server.handle(),
-                slot_conns,
-                to_sequencer,
-                auth,
-            };
-            while work < OUTCOMES_PER_POLL {
-                let Ok(outcome) = from_sequencer.pop() else {
-                    break;
-                };
-                core.on_outcome(&mut io, outcome, now_ns);
-                work += 1;
-            }
-            while let Some(result) = io.auth.poll_result() {
-                core.on_auth_result(&mut io, result, now_ns);
-                work += 1;
-            }
-        }
+        work += take_outcomes(
+            core,
+            from_sequencer,
+            server,
+            slot_conns,
+            to_sequencer,
+            auth,
+            now_ns,
+        );
 
         // Resume connections whose frames waited (ring full, login just
         // completed), and run the timers.
@@ -238,23 +228,7 @@ impl<A: Authenticator> GatewayLoop<A> {
             work += core.service(&mut io, now_ns);
         }
 
-        // Back-pressure, per connection: a connection whose waiting frames
-        // leave less than one receive of room (the ring to the sequencer is
-        // full, or its client has too many unread acks) gets no further
-        // receive; its bytes stay in the kernel and TCP flow control slows
-        // that client alone. Resume those that have room again.
-        for (index, paused) in paused_slots.iter_mut().enumerate() {
-            if *paused {
-                let slot = SlotId::from_index(index);
-                if core.receive_room(slot) >= *recv_buffer_bytes {
-                    if let Some(conn) = slot_conns[index] {
-                        server.handle().resume_recv(conn);
-                    }
-                    *paused = false;
-                    work += 1;
-                }
-            }
-        }
+        work += resume_paused(server, core, slot_conns, paused_slots, *recv_buffer_bytes);
 
         let polled = server.poll(|handle, event| {
             let mut io = LoopIo {
@@ -263,46 +237,15 @@ impl<A: Authenticator> GatewayLoop<A> {
                 to_sequencer,
                 auth,
             };
-            match event {
-                TcpEvent::Accepted { conn, peer } => {
-                    match core.on_accept_from(Some(peer.ip()), now_ns) {
-                        Ok(slot) => {
-                            io.slot_conns[slot.index()] = Some(conn);
-                            conn_slots[conn.index()] = Some(slot);
-                        }
-                        // Say why, then close (the server keeps
-                        // REFUSAL_CONNECTIONS spare for this). The connection
-                        // has no slot: its data and close are ignored.
-                        Err(refusal) => {
-                            let mut frame = [0u8; 128];
-                            let len = soup::write_debug(&mut frame, refusal.text().as_bytes())
-                                .expect("refusal texts fit 128 bytes");
-                            let _ = io.handle.send(conn, &frame[..len]);
-                            io.handle.close(conn);
-                        }
-                    }
-                }
-                TcpEvent::Data { conn, bytes } => {
-                    if let Some(slot) = slot_of(conn_slots, io.slot_conns, conn) {
-                        let taken = core.on_data(&mut io, slot, bytes, now_ns);
-                        if taken < bytes.len() {
-                            core.on_receive_overflow(&mut io, slot, now_ns);
-                        } else if core.receive_room(slot) < *recv_buffer_bytes {
-                            io.handle.pause_recv(conn);
-                            paused_slots[slot.index()] = true;
-                        }
-                    }
-                }
-                TcpEvent::Closed { conn, .. } => {
-                    if let Some(slot) = slot_of(conn_slots, io.slot_conns, conn) {
-                        core.on_closed(slot);
-                        io.slot_conns[slot.index()] = None;
-                        conn_slots[conn.index()] = None;
-                        paused_slots[slot.index()] = false;
-                    }
-                }
-                TcpEvent::Rejected { .. } => core.counters().sessions_refused.increment(),
-            }
+            on_tcp_event(
+                core,
+                &mut io,
+                conn_slots,
+                paused_slots,
+                *recv_buffer_bytes,
+                event,
+                now_ns,
+            );
         });
         // An io_uring submit error is counted in the server's stats; the
         // loop keeps serving what it can.
@@ -352,14 +295,7 @@ impl<A: Authenticator> GatewayLoop<A> {
             to_sequencer,
             auth,
         };
-        let mut work = 0;
-        while work < OUTCOMES_PER_POLL {
-            let Ok(outcome) = from_sequencer.pop() else {
-                break;
-            };
-            core.on_outcome(&mut io, outcome, now_ns);
-            work += 1;
-        }
+        let work = pop_outcomes(core, from_sequencer, &mut io, now_ns);
         // An io_uring submit error is counted in the server's stats.
         let _ = server.submit();
         work
@@ -436,6 +372,133 @@ fn report_hostile_clients(counters: &GatewayCounters, reported: &mut HostileCoun
         unnumbered_rejects = now.unnumbered_rejects - last.unnumbered_rejects,
         "gateway: refused or throttled clients since the last report (see the gateway counters)"
     );
+}
+
+/// Hands at most [`OUTCOMES_PER_POLL`] of the sequencer's outcomes to
+/// their sessions; returns how many.
+#[inline]
+fn pop_outcomes<A: Authenticator>(
+    core: &mut GatewayCore,
+    from_sequencer: &mut rtrb::Consumer<Outcome>,
+    io: &mut LoopIo<'_, A>,
+    now_ns: u64,
+) -> usize {
+    let mut work = 0;
+    while work < OUTCOMES_PER_POLL {
+        let Ok(outcome) = from_sequencer.pop() else {
+            break;
+        };
+        core.on_outcome(io, outcome, now_ns);
+        work += 1;
+    }
+    work
+}
+
+/// Hands the sequencer's outcomes (at most [`OUTCOMES_PER_POLL`]) and the
+/// password-check verdicts to the sessions; returns how many.
+fn take_outcomes<A: Authenticator>(
+    core: &mut GatewayCore,
+    from_sequencer: &mut rtrb::Consumer<Outcome>,
+    server: &mut TcpServer,
+    slot_conns: &mut [Option<ConnId>],
+    to_sequencer: &mut rtrb::Producer<Inbound>,
+    auth: &mut A,
+    now_ns: u64,
+) -> usize {
+    let mut io = LoopIo {
+        handle: server.handle(),
+        slot_conns,
+        to_sequencer,
+        auth,
+    };
+    let mut work = pop_outcomes(core, from_sequencer, &mut io, now_ns);
+    while let Some(result) = io.auth.poll_result() {
+        core.on_auth_result(&mut io, result, now_ns);
+        work += 1;
+    }
+    work
+}
+
+/// Back-pressure, per connection: a connection whose waiting frames leave
+/// less than one receive of room (the ring to the sequencer is full, or its
+/// client has too many unread acks) gets no further receive; its bytes stay
+/// in the kernel and TCP flow control slows that client alone. Resumes
+/// those that have room again; returns how many.
+fn resume_paused(
+    server: &mut TcpServer,
+    core: &GatewayCore,
+    slot_conns: &[Option<ConnId>],
+    paused_slots: &mut [bool],
+    recv_buffer_bytes: usize,
+) -> usize {
+    let mut resumed = 0;
+    for (index, paused) in paused_slots.iter_mut().enumerate() {
+        if *paused {
+            let slot = SlotId::from_index(index);
+            if core.receive_room(slot) >= recv_buffer_bytes {
+                if let Some(conn) = slot_conns[index] {
+                    server.handle().resume_recv(conn);
+                }
+                *paused = false;
+                resumed += 1;
+            }
+        }
+    }
+    resumed
+}
+
+/// One event of the TCP server: an accepted connection gets a core slot
+/// (or a refusal in words), data goes to its session (pausing the
+/// connection's receives when its room runs out), a close frees the slot.
+fn on_tcp_event<A: Authenticator>(
+    core: &mut GatewayCore,
+    io: &mut LoopIo<'_, A>,
+    conn_slots: &mut [Option<SlotId>],
+    paused_slots: &mut [bool],
+    recv_buffer_bytes: usize,
+    event: TcpEvent<'_>,
+    now_ns: u64,
+) {
+    match event {
+        TcpEvent::Accepted { conn, peer } => {
+            match core.on_accept_from(Some(peer.ip()), now_ns) {
+                Ok(slot) => {
+                    io.slot_conns[slot.index()] = Some(conn);
+                    conn_slots[conn.index()] = Some(slot);
+                }
+                // Say why, then close (the server keeps
+                // REFUSAL_CONNECTIONS spare for this). The connection
+                // has no slot: its data and close are ignored.
+                Err(refusal) => {
+                    let mut frame = [0u8; 128];
+                    let len = soup::write_debug(&mut frame, refusal.text().as_bytes())
+                        .expect("refusal texts fit 128 bytes");
+                    let _ = io.handle.send(conn, &frame[..len]);
+                    io.handle.close(conn);
+                }
+            }
+        }
+        TcpEvent::Data { conn, bytes } => {
+            if let Some(slot) = slot_of(conn_slots, io.slot_conns, conn) {
+                let taken = core.on_data(io, slot, bytes, now_ns);
+                if taken < bytes.len() {
+                    core.on_receive_overflow(io, slot, now_ns);
+                } else if core.receive_room(slot) < recv_buffer_bytes {
+                    io.handle.pause_recv(conn);
+                    paused_slots[slot.index()] = true;
+                }
+            }
+        }
+        TcpEvent::Closed { conn, .. } => {
+            if let Some(slot) = slot_of(conn_slots, io.slot_conns, conn) {
+                core.on_closed(slot);
+                io.slot_conns[slot.index()] = None;
+                conn_slots[conn.index()] = None;
+                paused_slots[slot.index()] = false;
+            }
+        }
+        TcpEvent::Rejected { .. } => core.counters().sessions_refused.increment(),
+    }
 }
 
 /// The core slot of `conn`, if it is the connection that slot serves.

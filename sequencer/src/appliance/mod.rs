@@ -14,23 +14,23 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use tally_gateway::auth::AuthThread;
 use tally_gateway::counters::GatewayCounters;
 use tally_gateway::gateway_loop::GatewayLoop;
 use tally_gateway::link::{Inbound, Outcome};
-use tally_gateway::session::{AckRecord, GatewayCore, RecoveryError};
 use tally_runtime::agent::{run_agents, Agent, DutyCycleCounters};
 use tally_runtime::counters::{Counter, CounterFile};
 use tally_runtime::thread::spawn_loop;
 use tally_runtime::wake::Waker;
 
-use crate::core::{CoreConfig, CoreCounters, SequencerCore};
+use crate::core::{CoreCounters, SequencerCore};
 use crate::exit::JournalWriteFailed;
 use crate::journal::{JournalWriter, Recovery, WriteError};
 use crate::publisher::MulticastPublisher;
-use crate::replay::{ReplayCounters, ReplayLoop};
-use crate::retransmit::{RetransmitCounters, RetransmitLoop};
-use tally_config::{ApplianceConfig, LoopPlacement, Threading};
+use crate::replay::ReplayCounters;
+use crate::retransmit::RetransmitCounters;
+use tally_config::{LoopPlacement, Threading};
+
+mod start;
 
 /// Wall-clock nanoseconds since the Unix epoch: the stream's timestamps.
 pub use tally_runtime::clock::wall_ns as clock_ns;
@@ -325,281 +325,18 @@ fn counter_names(threading: Threading) -> Vec<String> {
     names
 }
 
+/// A runner thread, by the label its errors carry.
+type RunnerThread = (&'static str, JoinHandle<io::Result<()>>);
+
 /// A started appliance: its threads and how to stop them.
 pub struct Appliance {
     control: Arc<Control>,
-    threads: Vec<(&'static str, JoinHandle<io::Result<()>>)>,
+    threads: Vec<RunnerThread>,
     /// What journal recovery found.
     pub recovery: Recovery,
 }
 
 impl Appliance {
-    /// Opens, recovers, binds and starts every loop. `recovery_options`
-    /// come from the operator (`--accept-journal-loss`); the default refuses
-    /// a damaged journal with a [`crate::journal::JournalError`] in the
-    /// error chain.
-    pub fn start(
-        config: &ApplianceConfig,
-        control: Arc<Control>,
-        recovery_options: &crate::journal::RecoveryOptions,
-    ) -> anyhow::Result<Appliance> {
-        let session = config.session()?;
-        let gateway_config = config.gateway_config();
-
-        let counters_path = config.counters_path();
-        if let Some(parent) = counters_path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let (threading, threading_auto) = config.threading()?;
-        let names = counter_names(threading);
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let counters = CounterFile::create(&counters_path, "tally-sequencer", &names)
-            .with_context(|| format!("creating counter file {}", counters_path.display()))?;
-        let index_of = |name: &str| names.iter().position(|n| *n == name).expect("known name");
-
-        // Journal recovery rebuilds the gateway's per-client numbering and
-        // ack history, and the core's per-origin last client_seq.
-        let gateway_counters =
-            GatewayCounters::from_file(&counters, index_of(GatewayCounters::NAMES[0]));
-        let mut gateway_core = GatewayCore::new(&gateway_config, gateway_counters, &[])
-            .map_err(|error| anyhow::anyhow!("gateway recovery: {error}"))?;
-        let mut last_client_seq = vec![0u32; 1 << 16];
-        let mut recovery_error: Option<anyhow::Error> = None;
-        // A restart in the middle of a rollover: the journal holds `S(E)`.
-        let mut closing = false;
-        let (journal, recovery) = JournalWriter::open(
-            &config.journal.dir,
-            session,
-            config.fsync_policy()?,
-            recovery_options,
-            |seq, message| {
-                if recovery_error.is_some() || message.len() < tally_wire::Header::SIZE {
-                    return;
-                }
-                let origin = u16::from_be_bytes([message[1], message[2]]);
-                let client_seq =
-                    u32::from_be_bytes([message[3], message[4], message[5], message[6]]);
-                let timestamp_ns = u64::from_be_bytes(message[7..15].try_into().unwrap());
-                last_client_seq[usize::from(origin)] = client_seq;
-                if origin == 0 {
-                    closing |= message[0] == tally_wire::SystemEvent::TYPE
-                        && message.get(15) == Some(&tally_wire::system_code::END_REQUESTED);
-                    return;
-                }
-                let reject_reason = if message[0] == tally_wire::GatewayReject::TYPE {
-                    message.get(15).copied().unwrap_or(0)
-                } else {
-                    0
-                };
-                let record = AckRecord {
-                    stream_seq: seq,
-                    timestamp_ns,
-                    reject_reason,
-                };
-                match gateway_core.recover_ack(origin, client_seq, record) {
-                    Ok(()) | Err(RecoveryError::UnknownClient(_)) => {}
-                    Err(error) => {
-                        recovery_error = Some(anyhow::anyhow!("journal message {seq}: {error}"))
-                    }
-                }
-            },
-        )?;
-        if let Some(error) = recovery_error {
-            return Err(error);
-        }
-        if recovery.ended {
-            return Err(crate::exit::SessionEnded {
-                session: session.as_str().to_string(),
-                journal: journal.path().to_path_buf(),
-            }
-            .into());
-        }
-        tracing::info!(
-            journal = %journal.path().display(),
-            next_seq = recovery.next_seq,
-            messages = recovery.messages,
-            cut_bytes = recovery.cut_bytes,
-            created = recovery.created,
-            "journal open"
-        );
-        counters
-            .counter(index_of("journal.records_recovered"))
-            .set(recovery.records);
-        counters
-            .counter(index_of("journal.torn_bytes_cut"))
-            .set(recovery.cut_bytes);
-        let last_seqs: Vec<(u16, u32)> = last_client_seq
-            .iter()
-            .enumerate()
-            .filter(|(_, &seq)| seq != 0)
-            .map(|(origin, &seq)| (origin as u16, seq))
-            .collect();
-
-        // Rings between the gateway and the sequencer.
-        let (to_sequencer, inbound) =
-            rtrb::RingBuffer::<Inbound>::new(config.gateway.ring_messages);
-        let (outcomes, from_sequencer) =
-            rtrb::RingBuffer::<Outcome>::new(config.gateway.ring_messages);
-
-        // Bind everything before any loop runs.
-        let publisher =
-            MulticastPublisher::new(&config.multicast(), config.stream.payload_bytes_max)
-                .context("opening the multicast publisher")?;
-        let auth = AuthThread::spawn(&gateway_config.clients, gateway_config.auth_queue_depth)
-            .context("starting the gateway's password-check thread")?;
-        let mut gateway = GatewayLoop::new(
-            &gateway_config,
-            gateway_core,
-            to_sequencer,
-            from_sequencer,
-            auth,
-        )
-        .with_context(|| format!("binding gateway.listen {}", gateway_config.listen))?;
-        // Each side wakes the other when it hands over work and the other
-        // is parked, so a lone command never waits for a park to time out.
-        let gateway_waker = gateway.waker().context("creating the gateway's waker")?;
-        let sequencer_waker = Waker::new().context("creating the sequencer's waker")?;
-        tracing::info!(
-            threading = threading.name(),
-            chosen_by = if threading_auto {
-                "the CPU count (loops.threading = \"auto\")"
-            } else {
-                "loops.threading"
-            },
-            cpus = tally_runtime::thread::available_cores().len(),
-            "threading mode"
-        );
-        if threading == Threading::Dedicated {
-            gateway.wake_sequencer_with(sequencer_waker.clone());
-        }
-        let retransmit_counters =
-            RetransmitCounters::from_file(&counters, index_of(RetransmitCounters::NAMES[0]));
-        let retransmit = RetransmitLoop::new(
-            config,
-            journal.path(),
-            journal.progress(),
-            retransmit_counters,
-        )
-        .with_context(|| format!("binding retransmit.listen {}", config.retransmit.listen))?;
-        let replay_counters =
-            ReplayCounters::from_file(&counters, index_of(ReplayCounters::NAMES[0]));
-        let mut replay =
-            ReplayLoop::new(config, journal.path(), journal.progress(), replay_counters)
-                .with_context(|| format!("binding replay.listen {}", config.replay.listen))?;
-        let replay_waker = replay.waker().context("creating the replay feed's waker")?;
-
-        let core_config = CoreConfig {
-            session,
-            payload_limit_bytes: config.stream.payload_bytes_max,
-            heartbeat_interval_ns: config.stream.heartbeat_interval_ms * 1_000_000,
-            batch_messages_max: 4096,
-        };
-        let core_counters = CoreCounters::from_file(&counters, index_of(CoreCounters::NAMES[0]));
-        let mut core = SequencerCore::new(
-            core_config,
-            journal,
-            publisher,
-            recovery.next_seq,
-            &last_seqs,
-            core_counters,
-        );
-        if closing {
-            core.resume_closing();
-        }
-        let journal_path = core.journal_mut().path().to_path_buf();
-        core.start(clock_ns())
-            .map_err(|error| journal_write_failed(&journal_path, error))
-            .context("starting the session")?;
-        // A group commit's completion wakes the parked sequencer loop.
-        core.journal_mut()
-            .register_eventfd(match threading {
-                Threading::Dedicated => sequencer_waker.fd(),
-                // The shared thread parks in the gateway's ring.
-                Threading::Shared => gateway_waker.fd(),
-            })
-            .context("registering the sequencer's waker with the journal's io_uring")?;
-
-        let mut threads = Vec::new();
-        let duty_counters = |runner: &str| {
-            let first = names
-                .iter()
-                .position(|name| *name == DutyCycleCounters::names(runner)[0])
-                .expect("the runner's counters are in the file");
-            DutyCycleCounters::from_file(&counters, first)
-        };
-        let (orders_duty, gateway_duty) = match threading {
-            Threading::Shared => (duty_counters("orders"), None),
-            Threading::Dedicated => (duty_counters("sequencer"), Some(duty_counters("gateway"))),
-        };
-        let retransmit_duty = duty_counters("retransmit");
-        let replay_duty = duty_counters("replay");
-        let sequencer = SequencerAgent {
-            core,
-            inbound,
-            outcomes,
-            journal_path,
-            journal_bytes: counters.counter(index_of("journal.bytes")),
-            journal_fsyncs: counters.counter(index_of("journal.fsyncs")),
-            counter_file: counters,
-            replay_waker,
-            own_waker: sequencer_waker,
-            // Dedicated: the gateway's thread is woken when acks are ready.
-            gateway_waker: (threading == Threading::Dedicated).then_some(gateway_waker),
-            control: Arc::clone(&control),
-            close_grace_ns: config.stream.close_grace_ms.saturating_mul(1_000_000),
-            closing_since_ns: None,
-        };
-        let mut spawn = |label, thread_name, placement: LoopPlacement, agents, duty| {
-            spawn_agents(&control, label, thread_name, placement, agents, duty)
-                .map(|handle| threads.push((label, handle)))
-        };
-        match threading {
-            Threading::Shared => spawn(
-                "gateway+sequencer",
-                "tally-orders",
-                config.placement("sequencer")?,
-                vec![Box::new(OrdersAgent::new(gateway, sequencer))],
-                orders_duty,
-            )?,
-            Threading::Dedicated => {
-                spawn(
-                    "sequencer",
-                    "tally-sequencer",
-                    config.placement("sequencer")?,
-                    vec![Box::new(sequencer)],
-                    orders_duty,
-                )?;
-                spawn(
-                    "gateway",
-                    "tally-gateway",
-                    config.placement("gateway")?,
-                    vec![Box::new(gateway)],
-                    gateway_duty.expect("dedicated mode has gateway counters"),
-                )?;
-            }
-        }
-        spawn(
-            "retransmit",
-            "tally-retransmit",
-            config.placement("retransmit")?,
-            vec![Box::new(retransmit)],
-            retransmit_duty,
-        )?;
-        spawn(
-            "replay",
-            "tally-replay",
-            config.placement("replay")?,
-            vec![Box::new(replay)],
-            replay_duty,
-        )?;
-        Ok(Appliance {
-            control,
-            threads,
-            recovery,
-        })
-    }
-
     /// The flags this appliance's loops read (shared with the caller).
     pub fn control(&self) -> &Arc<Control> {
         &self.control
