@@ -359,6 +359,58 @@ fn one_run(
     let appliance = Appliance::start(&config, Arc::new(Control::default()), &Default::default())
         .context("starting the appliance")?;
     let snapshot = run_dir.join("warehouse.snapshot");
+    let Reports {
+        seq,
+        online,
+        full,
+        node,
+        stopped,
+    } = run_processes(config_path, csv, &snapshot)?;
+    let (snapshot_load_ms, decisions_per_sec) = restore_and_decide(args, sizes, &snapshot, limits)?;
+    appliance.stop().context("stopping the appliance")?;
+    Ok(serde_json::json!({
+        "skus": sizes.skus,
+        "locations": sizes.locations,
+        "fill_percent": sizes.fill_percent,
+        "cells": cells,
+        "limits": format!("{limits:?}"),
+        "stream_seq": seq,
+        "csv_load_ms": online["load_ms"],
+        "broadcast_events": online["broadcast_events"],
+        "broadcast_handed_ms": online["broadcast_handed_ms"],
+        "broadcast_until_sw_ms": online["broadcast_until_sw_ms"],
+        "warehouse_start_ms": online["start_ms"],
+        "warehouse_rss_mib": online["rss_mib"],
+        "warehouse_hwm_mib": online["hwm_mib"],
+        "full_replica_ready_ms": full["ready_ms"],
+        "full_replica_rss_mib": full["rss_mib"],
+        "full_replica_hwm_mib": full["hwm_mib"],
+        "store_node_ready_ms": node["ready_ms"],
+        "store_node_rss_mib": node["rss_mib"],
+        "store_node_hwm_mib": node["hwm_mib"],
+        "store_node_cells": node["cells"],
+        "snapshot_save_ms": stopped["snapshot_save_ms"],
+        "snapshot_bytes": stopped["snapshot_bytes"],
+        "snapshot_load_ms": snapshot_load_ms,
+        "decisions_per_sec": decisions_per_sec,
+        "digests_agree": true,
+    }))
+}
+
+/// What the child processes reported: the warehouse once online and once
+/// stopped, a full replica and a store node at the warehouse's seq.
+struct Reports {
+    seq: u64,
+    online: serde_json::Value,
+    full: serde_json::Value,
+    node: serde_json::Value,
+    stopped: serde_json::Value,
+}
+
+/// Starts the warehouse (keeping store 1's digest too) from `csv`, then a
+/// full replica and a store node up to its seq; stops the warehouse (it
+/// saves `snapshot`). Fails unless the digests agree.
+fn run_processes(config_path: &Path, csv: &Path, snapshot: &Path) -> anyhow::Result<Reports> {
     let store: u16 = 1;
     let path = |p: &Path| p.display().to_string();
     let mut warehouse = ChildProcess::spawn(&[
@@ -368,7 +420,7 @@ fn one_run(
         "--inventory".into(),
         path(csv),
         "--snapshot".into(),
-        path(&snapshot),
+        path(snapshot),
         "--store".into(),
         store.to_string(),
     ])?;
@@ -405,14 +457,29 @@ fn one_run(
         node["digest"],
         online["store_digest"]
     );
+    Ok(Reports {
+        seq,
+        online,
+        full,
+        node,
+        stopped,
+    })
+}
 
-    // Snapshot load, then decisions at this size.
+/// Snapshot load, then decisions at this size: the load's ms and the
+/// decisions per second.
+fn restore_and_decide(
+    args: &RunArgs,
+    sizes: &Sizes,
+    snapshot: &Path,
+    limits: ReplicaLimits,
+) -> anyhow::Result<(u64, f64)> {
     let engine_config = WarehouseConfig {
         own_origin: WH_ORIGIN,
         limits,
     };
     let loading = Instant::now();
-    let (mut engine, info) = Warehouse::restore(&snapshot, engine_config)
+    let (mut engine, info) = Warehouse::restore(snapshot, engine_config)
         .map_err(|e| anyhow::anyhow!("restoring {}: {e}", snapshot.display()))?;
     let snapshot_load_ms = loading.elapsed().as_millis() as u64;
     let mut buf = EventBuf::new();
@@ -421,35 +488,7 @@ fn one_run(
         other => bail!("the restored warehouse did not go live: {other:?}"),
     }
     let decisions_per_sec = decide(&mut engine, info.seq + 1, sizes, args.orders);
-    drop(engine);
-    appliance.stop().context("stopping the appliance")?;
-    Ok(serde_json::json!({
-        "skus": sizes.skus,
-        "locations": sizes.locations,
-        "fill_percent": sizes.fill_percent,
-        "cells": cells,
-        "limits": format!("{limits:?}"),
-        "stream_seq": seq,
-        "csv_load_ms": online["load_ms"],
-        "broadcast_events": online["broadcast_events"],
-        "broadcast_handed_ms": online["broadcast_handed_ms"],
-        "broadcast_until_sw_ms": online["broadcast_until_sw_ms"],
-        "warehouse_start_ms": online["start_ms"],
-        "warehouse_rss_mib": online["rss_mib"],
-        "warehouse_hwm_mib": online["hwm_mib"],
-        "full_replica_ready_ms": full["ready_ms"],
-        "full_replica_rss_mib": full["rss_mib"],
-        "full_replica_hwm_mib": full["hwm_mib"],
-        "store_node_ready_ms": node["ready_ms"],
-        "store_node_rss_mib": node["rss_mib"],
-        "store_node_hwm_mib": node["hwm_mib"],
-        "store_node_cells": node["cells"],
-        "snapshot_save_ms": stopped["snapshot_save_ms"],
-        "snapshot_bytes": stopped["snapshot_bytes"],
-        "snapshot_load_ms": snapshot_load_ms,
-        "decisions_per_sec": decisions_per_sec,
-        "digests_agree": true,
-    }))
+    Ok((snapshot_load_ms, decisions_per_sec))
 }
 
 /// Decides `orders` orders at random (location, SKU) — both ids present, so
