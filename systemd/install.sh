@@ -185,15 +185,18 @@ env_text() { # service
     case $1 in
         warehouse)
             printf '# Arguments after --config, split on spaces (tally-warehouse --help).\n'
-            printf 'TALLY_WAREHOUSE_ARGS=--user wh --password-file %s/warehouse.password --snapshot %s/warehouse/warehouse.snapshot --inventory %s/inventory.csv\n' \
-                "$config_dir" "$state_dir" "$config_dir"
+            printf '# The login: the user here, the password in %s/warehouse.password (the unit sets TALLY_PASSWORD_FILE).\nTALLY_USER=wh\n' "$config_dir"
+            printf 'TALLY_WAREHOUSE_ARGS=--snapshot %s/warehouse/warehouse.snapshot --inventory %s/inventory.csv\n' \
+                "$state_dir" "$config_dir"
             ;;
         monitor)
+            printf '# The login it reads with: the user here, the password in %s/monitor.password (the unit sets TALLY_PASSWORD_FILE).\nTALLY_USER=read1\n' "$config_dir"
             printf '# Arguments after --config, split on spaces (tally-monitor --help).\nTALLY_MONITOR_ARGS=\n'
             ;;
         pos)
             printf '# Arguments after --config for every till, split on spaces (tally-pos --help);\n'
-            printf '# /etc/tally/pos-LOCATION.env sets its own (login, password file, --listen;\n'
+            printf '# /etc/tally/pos-LOCATION.env sets its own: TALLY_USER (a user of role pos) and\n'
+            printf '# TALLY_POS_ARGS=--listen ADDR; the password is %s/pos-LOCATION.password;\n' "$config_dir"
             printf '# the location is the instance name: tally-pos@LOCATION).\nTALLY_POS_ARGS=\n'
             ;;
     esac
@@ -216,7 +219,7 @@ if [ -f "$repo/apps/data/inventory.csv" ]; then
         owned root:tally "$destdir$config_dir/inventory.csv"
     fi
 fi
-echo "(passwords: write each application's login password, one line, to $config_dir/SERVICE.password, root:tally 0640)"
+echo "(passwords: write each application's login password, one line, to $config_dir/warehouse.password, monitor.password and pos-LOCATION.password, root:tally 0640; the user is TALLY_USER in SERVICE.env)"
 
 echo "== systemd"
 if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then

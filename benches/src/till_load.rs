@@ -22,6 +22,9 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use tally_client::cli::ConnectArgs;
+use tally_client::client::ClientConfig;
+use tally_client::consumer::ConsumerConfig;
+use tally_client::credentials::Credentials;
 use tally_demo::load::{LoadConfig, LoadGenerator, Mix};
 use tally_pos::{Idle, Pos, PosConfig, PosCounterFile, PosStats, RttSummary};
 use tally_runtime::notify::Notifier;
@@ -93,12 +96,10 @@ pub fn run(cli: &TillLoad<'_>) -> anyhow::Result<()> {
     if !(0.0..=100.0).contains(&args.loss) {
         anyhow::bail!("--loss must be a percentage, 0 to 100");
     }
-    let user = cli
-        .connect
-        .user
-        .clone()
-        .context("--user NAME is required (a `pos` client of the configuration)")?;
-    let (config, seed) = till_config(cli, &user)?;
+    // No default credentials: --user and a password (file or environment).
+    let credentials = cli.connect.credentials()?;
+    let user = credentials.username.clone();
+    let (config, seed) = till_config(cli, &credentials)?;
     let mut load = LoadConfig::new(seed);
     load.rate_per_sec = cli.rate_per_sec;
     load.mix = args.mix.unwrap_or_default();
@@ -193,20 +194,18 @@ fn report_second(
 }
 
 /// The till's configuration from the command line, and the seed.
-fn till_config(cli: &TillLoad<'_>, user: &str) -> anyhow::Result<(PosConfig, u64)> {
+fn till_config(cli: &TillLoad<'_>, credentials: &Credentials) -> anyhow::Result<(PosConfig, u64)> {
     let args = cli.args;
     let appliance = cli.connect.appliance()?;
-    let password = cli.connect.password_or("")?;
-    if password.is_empty() {
-        anyhow::bail!("--password or --password-file is required");
-    }
+    let (user, password) = (&credentials.username, &credentials.password);
     let mut config = match args.origin {
         Some(origin) => {
-            let consumer = cli.connect.consumer(&appliance, user, &password)?;
-            let client = cli.connect.client(&appliance, user, &password)?;
+            let mut consumer = ConsumerConfig::for_appliance(&appliance, user, password);
+            consumer.session = tally_wire::mold::Session::BLANK;
+            let client = ClientConfig::for_appliance(&appliance, user, password);
             PosConfig::new(consumer, client, origin)
         }
-        None => PosConfig::for_appliance(&appliance, user, &password)?,
+        None => PosConfig::for_appliance(&appliance, user, password)?,
     };
     config.consumer.start_seq = 1;
     let seed = args.seed.unwrap_or(u64::from(config.origin));

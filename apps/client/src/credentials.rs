@@ -14,12 +14,16 @@
 //! can refuse a command the role may not send before it sends anything.
 
 use std::fmt;
-use std::io::Read as _;
+use std::io::{self, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use tally_config::gateway::Role;
 use tally_config::ApplianceConfig;
+use tally_wire::mold::Session;
+use tally_wire::soup::{self, FrameDecoder, ServerPacket};
 
 /// Longest password file read (a password is at most 10 bytes; the rest of
 /// the first line is refused, not silently cut).
@@ -162,6 +166,132 @@ impl Identity {
             role,
         })
     }
+}
+
+/// Why [`check_replay_login`] failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginCheckError {
+    /// The server answered Login Rejected: what it means, in words.
+    Refused(String),
+    /// No connection could be made in time (the last error's kind).
+    Unreachable(io::ErrorKind),
+    /// Connected, but no login answer in time (or the connection closed).
+    NoAnswer(String),
+}
+
+/// Largest frame read while waiting for the login answer.
+const LOGIN_CHECK_FRAME_BYTES_MAX: usize = 1024;
+/// Wait between connection attempts while the server is not listening yet.
+const LOGIN_CHECK_RETRY: Duration = Duration::from_millis(100);
+
+/// Logs in to the replay feed at `addr` as `credentials` (the current
+/// session, from seq 1) and out again at once: whether the appliance takes
+/// these credentials, before a tool starts reading. A refused connection is
+/// tried again until `timeout` (the appliance may be starting). Blocking; a
+/// start-up check, never on a hot path.
+pub fn check_replay_login(
+    addr: SocketAddr,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), LoginCheckError> {
+    let mut request = [0u8; 64];
+    let len = soup::write_login_request(
+        &mut request,
+        &credentials.username,
+        &credentials.password,
+        Session::BLANK,
+        1,
+    )
+    .map_err(|_| {
+        LoginCheckError::Refused(
+            "the username (1 to 6 characters) or password (1 to 10 printable ASCII) does not \
+             fit a login"
+                .into(),
+        )
+    })?;
+    let deadline = Instant::now() + timeout;
+    let mut stream = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
+            Ok(stream) => break stream,
+            Err(error) if Instant::now() + LOGIN_CHECK_RETRY >= deadline => {
+                return Err(LoginCheckError::Unreachable(error.kind()))
+            }
+            // Retried with a deadline: the server may not listen yet.
+            Err(_) => std::thread::sleep(LOGIN_CHECK_RETRY),
+        }
+    };
+    let no_answer = |error: io::Error| LoginCheckError::NoAnswer(error.to_string());
+    stream.write_all(&request[..len]).map_err(no_answer)?;
+    let answer = read_login_answer(&mut stream, deadline);
+    if answer.is_ok() {
+        let mut logout = [0u8; 8];
+        let len = soup::write_logout(&mut logout).expect("fits");
+        let _ = stream.write_all(&logout[..len]);
+    }
+    answer
+}
+
+/// Reads frames until Login Accepted (Ok) or Login Rejected, up to
+/// `deadline`; a debug packet's text is kept for the refusal.
+fn read_login_answer(stream: &mut TcpStream, deadline: Instant) -> Result<(), LoginCheckError> {
+    let mut decoder = FrameDecoder::new(LOGIN_CHECK_FRAME_BYTES_MAX);
+    let mut debug = String::new();
+    loop {
+        while let Some(frame) = decoder
+            .next_frame()
+            .map_err(|error| LoginCheckError::NoAnswer(format!("{error:?}")))?
+        {
+            match ServerPacket::parse(frame) {
+                Ok(ServerPacket::LoginAccepted { .. }) => return Ok(()),
+                Ok(ServerPacket::LoginRejected { reason }) => {
+                    return Err(LoginCheckError::Refused(login_refusal_words(
+                        reason, &debug,
+                    )))
+                }
+                Ok(ServerPacket::Debug(text)) => {
+                    debug = String::from_utf8_lossy(text).into_owned();
+                }
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LoginCheckError::NoAnswer("no login answer".into()));
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|error| LoginCheckError::NoAnswer(error.to_string()))?;
+        match stream.read(decoder.spare()) {
+            Ok(0) => {
+                return Err(LoginCheckError::NoAnswer(
+                    "the connection closed before the login was answered".into(),
+                ))
+            }
+            Ok(n) => decoder.commit(n),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(LoginCheckError::NoAnswer(error.to_string())),
+        }
+    }
+}
+
+/// A Login Rejected reason in words, with what to do.
+pub fn login_refusal_words(reason: u8, debug: &str) -> String {
+    let mut text = match reason {
+        b'A' => "not authorized (A): the username or password is wrong (or logins from here are \
+                 throttled after failures); check --user and the password (--password-file, \
+                 TALLY_PASSWORD_FILE or TALLY_PASSWORD) against the configuration's [[clients]]"
+            .to_string(),
+        b'S' => "session unavailable (S): the session asked for is not the one the appliance \
+                 runs (it ended, or has not started yet), or every session slot is taken; log \
+                 in with a blank session to get the current one"
+            .to_string(),
+        other => format!("reason {}", char::from(other)),
+    };
+    if !debug.is_empty() {
+        text.push_str(&format!(" (the server said: {debug})"));
+    }
+    text
 }
 
 #[cfg(test)]

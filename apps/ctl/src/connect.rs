@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use tally_client::command::{CommandClient, CommandConfig, CommandError, StreamReplica};
+use tally_client::cli::{check_replay, ToolError};
+use tally_client::command::{
+    check_role, CommandClient, CommandConfig, CommandError, StreamReplica,
+};
 use tally_client::consumer::ConsumerConfig;
 use tally_client::credentials::{CredentialArgs, Credentials, Identity};
 use tally_client::replica::ReplicaLimits;
@@ -53,6 +56,12 @@ impl Failure {
     }
 }
 
+impl From<ToolError> for Failure {
+    fn from(error: ToolError) -> Failure {
+        Failure::new(error.status, error.text)
+    }
+}
+
 impl From<CommandError> for Failure {
     fn from(error: CommandError) -> Failure {
         Failure::new(exit::of_error(&error), error.to_string())
@@ -88,12 +97,25 @@ impl Global {
         Ok(CommandClient::connect(config)?)
     }
 
-    /// What reading the stream takes (any role, `reader` too).
+    /// Whether the user's role may send `msg_type` (before connecting:
+    /// nothing is sent when it may not).
+    pub fn check_role(&self, msg_type: u8) -> Result<(), Failure> {
+        let appliance = self.appliance()?;
+        let credentials = self.credentials()?;
+        let identity =
+            Identity::of(&appliance, &credentials.username).map_err(CommandError::from)?;
+        check_role(identity.role, msg_type)
+            .map_err(|text| Failure::from(CommandError::NotPermitted(text)))
+    }
+
+    /// What reading the stream takes (any role, `reader` too); the replay
+    /// feed's login is checked first, so a wrong password says so at once.
     pub fn stream_config(&self) -> Result<(ConsumerConfig, ReplicaLimits, Identity), Failure> {
         let appliance = self.appliance()?;
         let credentials = self.credentials()?;
         let identity =
             Identity::of(&appliance, &credentials.username).map_err(CommandError::from)?;
+        check_replay(&appliance, &credentials, self.timeout())?;
         let consumer =
             ConsumerConfig::for_appliance(&appliance, &credentials.username, &credentials.password);
         Ok((

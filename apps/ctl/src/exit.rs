@@ -1,19 +1,18 @@
 //! tally-ctl's exit statuses: 0 accepted, one status per kind of rejection,
 //! and the statuses of things that are not decisions (errors, bad input, no
-//! decision in time). README "tally-ctl" lists them.
+//! decision in time). The statuses every tool shares (1, 2, 20, 21, 22,
+//! 130) are `tally_client::cli::exit`'s. README "Exit statuses" lists them.
 
 use tally_client::command::{CommandError, Decision, RejectedBy, ResolveError};
 use tally_client::credentials::CredentialsError;
 use tally_client::tally_wire::reject_reason;
 
+pub use tally_client::cli::exit::{
+    BAD_INPUT, ERROR, INTERRUPTED, LOGIN_REFUSED, REFUSED as GATEWAY_REFUSED, UNREACHABLE,
+};
+
 /// The command was accepted (a batch: every line accepted).
-pub const ACCEPTED: u8 = 0;
-/// An error that is not about the command: the appliance or the stream
-/// unreachable, a wrong password, a role that may not send the command, the
-/// user not in the configuration, a broken state file.
-pub const ERROR: u8 = 1;
-/// The command line or the batch file is not understood (clap uses 2 too).
-pub const BAD_INPUT: u8 = 2;
+pub const ACCEPTED: u8 = tally_client::cli::exit::OK;
 /// No decision within `--timeout-ms`: the command was taken and may still be
 /// decided (look with `tally-ctl order ID` or `watch`).
 pub const NO_DECISION: u8 = 3;
@@ -33,11 +32,6 @@ pub const DUPLICATE_ID: u8 = 14;
 pub const NO_SUCH: u8 = 15;
 /// Rejected: zero or invalid quantity (`Z`).
 pub const INVALID_QUANTITY: u8 = 16;
-/// Refused by the gateway (`j`: role, rate limit, malformed).
-pub const GATEWAY_REFUSED: u8 = 20;
-/// Interrupted (Ctrl-C or SIGTERM) before the end; a batch resumes when run
-/// again.
-pub const INTERRUPTED: u8 = 130;
 
 /// The status a decision exits with.
 pub fn of_decision(decision: &Decision) -> u8 {
@@ -65,8 +59,11 @@ pub fn of_error(error: &CommandError) -> u8 {
         CommandError::Resolve(ResolveError::UnknownSku(_)) => UNKNOWN_SKU,
         CommandError::Resolve(ResolveError::UnknownLocation(_)) => UNKNOWN_LOCATION,
         CommandError::Resolve(_) => BAD_INPUT,
-        CommandError::Credentials(CredentialsError::UnknownUser(_)) => ERROR,
+        CommandError::Credentials(CredentialsError::UnknownUser(_)) => LOGIN_REFUSED,
         CommandError::Credentials(_) => BAD_INPUT,
+        CommandError::LoginRefused { .. } => LOGIN_REFUSED,
+        CommandError::NotPermitted(_) => GATEWAY_REFUSED,
+        CommandError::Unreachable(_) => UNREACHABLE,
         CommandError::NoDecision { .. } => NO_DECISION,
         _ => ERROR,
     }

@@ -12,6 +12,7 @@
 
 mod batch;
 mod connect;
+mod directory;
 mod exit;
 mod ops;
 mod output;
@@ -47,6 +48,12 @@ enum Command {
     /// The session: `session end` rolls over to the next one.
     #[command(subcommand)]
     Session(session::SessionCommand),
+    /// The SKU directory: `sku add SYMBOL` (role ops).
+    #[command(subcommand)]
+    Sku(directory::SkuCommand),
+    /// The location directory: `location add NAME` (role ops).
+    #[command(subcommand)]
+    Location(directory::LocationCommand),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +64,8 @@ fn main() -> ExitCode {
         Command::Watch(args) => query::watch(&args, &cli.global),
         Command::Batch(args) => batch::run(&args, &cli.global),
         Command::Session(command) => session::run(&command, &cli.global),
+        Command::Sku(command) => directory::sku(command, &cli.global),
+        Command::Location(command) => directory::location(command, &cli.global),
     };
     match result {
         Ok(status) => ExitCode::from(status),

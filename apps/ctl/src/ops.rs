@@ -183,6 +183,7 @@ pub fn run(op: Op, global: &Global) -> Result<u8, Failure> {
         return query::show_order(id, *origin, global);
     }
     let spec = op.spec()?;
+    global.check_role(spec.msg_type())?;
     let mut client = global.command_client()?;
     let request = client.resolve(&spec)?;
     let decision = client.execute(&request, global.timeout())?;

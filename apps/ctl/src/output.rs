@@ -18,6 +18,7 @@ pub fn decision(decision: &Decision, json: bool, exit_status: u8) {
             Request::Transfer { transfer_id, .. } => {
                 println!("{decision} transfer_id={transfer_id}")
             }
+            Request::DirectoryAdd { name, .. } => println!("{decision} name={name}"),
             _ => println!("{decision}"),
         }
     }

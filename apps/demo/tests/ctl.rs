@@ -355,7 +355,7 @@ fn refusals_name_the_problem_and_exit_with_their_status() {
         .arg("--password-file")
         .arg(&password_file);
     let wrong = Run::from(wrong.output().unwrap());
-    wrong.expect(1, "");
+    wrong.expect(21, "");
     assert!(wrong.stderr.contains("login refused"), "{}", wrong.stderr);
     let json = stack
         .command(None, &["--json", "order", "MUG", "1"])
@@ -365,10 +365,10 @@ fn refusals_name_the_problem_and_exit_with_their_status() {
         .output()
         .unwrap();
     let json = Run::from(json);
-    assert_eq!(json.json()["exit_status"], 1);
+    assert_eq!(json.json()["exit_status"], 21);
 
     let reader = stack.ctl(Some("read1"), &args);
-    reader.expect(1, "");
+    reader.expect(20, "");
     assert!(reader.stderr.contains("role reader"), "{}", reader.stderr);
     let pos_transfer = stack.ctl(
         Some("pos1"),
@@ -376,7 +376,7 @@ fn refusals_name_the_problem_and_exit_with_their_status() {
             "transfer", "MUG", "1", "--from", "STORE-A", "--to", "STORE-B",
         ],
     );
-    pos_transfer.expect(1, "");
+    pos_transfer.expect(20, "");
     assert!(
         pos_transfer
             .stderr
@@ -391,7 +391,7 @@ fn refusals_name_the_problem_and_exit_with_their_status() {
         .output()
         .unwrap();
     let stranger = Run::from(stranger);
-    stranger.expect(1, "");
+    stranger.expect(21, "");
     assert!(
         stranger.stderr.contains("not a client"),
         "{}",
@@ -431,7 +431,7 @@ fn refusals_name_the_problem_and_exit_with_their_status() {
         .output()
         .unwrap();
     let unreachable = Run::from(unreachable);
-    unreachable.expect(1, "");
+    unreachable.expect(22, "");
     assert!(
         unreachable.stderr.contains("unreachable"),
         "{}",

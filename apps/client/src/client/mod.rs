@@ -64,6 +64,7 @@ use tally_wire::soup::{self, FrameDecoder, ServerPacket};
 use tally_wire::Header;
 
 use crate::consumer::monotonic_ns;
+use crate::credentials::login_refusal_words;
 
 mod state;
 #[cfg(test)]

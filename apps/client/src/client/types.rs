@@ -119,19 +119,12 @@ impl fmt::Display for ClientError {
             ClientError::InvalidMessage { len } => {
                 write!(f, "a {len}-byte message is not a stream message")
             }
-            ClientError::LoginRejected(b'A') => f.write_str(
-                "login rejected (A, not authorized): the username or password is wrong, the \
-                 user may not use the gateway (role reader), or logins from here are throttled \
-                 after failures; check --user and the password (file or TALLY_PASSWORD) \
-                 against the appliance's [[clients]]",
-            ),
-            ClientError::LoginRejected(b'S') => f.write_str(
-                "login rejected (S, session unavailable): the requested session is not the one \
-                 the appliance runs (it ended, or has not started yet), or every session slot \
-                 is taken; log in with a blank session to get the current one",
-            ),
             ClientError::LoginRejected(reason) => {
-                write!(f, "login rejected (reason {})", char::from(*reason))
+                write!(f, "login rejected: {}", login_refusal_words(*reason, ""))?;
+                if *reason == b'A' {
+                    f.write_str("; a user of role reader may not use the gateway at all")?;
+                }
+                Ok(())
             }
             ClientError::NumberingConflict {
                 appliance_next,

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use serde::Serialize;
-use tally_wire::{delta_reason, reject_reason, Message};
+use tally_wire::{delta_reason, directory_kind, reject_reason, Message};
 
 use super::request::Request;
 use crate::replica::Replica;
@@ -78,6 +78,9 @@ pub enum Effect {
     Recounted { on_hand: u32 },
     /// Stock adjusted (`D(A)` or `D(N)`).
     Adjusted { delta: i32 },
+    /// A SKU or location added to the directory, with the id it got (`R`
+    /// or `L`).
+    Added { id: u32 },
 }
 
 impl Effect {
@@ -93,6 +96,7 @@ impl Effect {
             Effect::Transferred { .. } => "transferred",
             Effect::Recounted { .. } => "recounted",
             Effect::Adjusted { .. } => "adjusted",
+            Effect::Added { .. } => "added",
         }
     }
 }
@@ -208,6 +212,7 @@ impl fmt::Display for Decision {
                         write!(f, " qty={qty}")?
                     }
                     Effect::Recounted { .. } => {}
+                    Effect::Added { id } => write!(f, " id={id}")?,
                 }
                 let both = cells[1].is_some();
                 for (cell, side) in cells.iter().flatten().zip(["from_", "to_"]) {
@@ -253,6 +258,18 @@ pub(super) fn effect_of(request: &Request, event: &Message) -> Option<Effect> {
         (Request::Adjust { .. }, Message::OnHandDelta(d)) if d.reason != delta_reason::TRANSFER => {
             Effect::Adjusted {
                 delta: d.delta.get(),
+            }
+        }
+        (Request::DirectoryAdd { kind, .. }, Message::SkuDirectory(r))
+            if kind == directory_kind::SKU =>
+        {
+            Effect::Added { id: r.sku.get() }
+        }
+        (Request::DirectoryAdd { kind, .. }, Message::LocationDirectory(l))
+            if kind == directory_kind::LOCATION =>
+        {
+            Effect::Added {
+                id: u32::from(l.location.get()),
             }
         }
         _ => return None,

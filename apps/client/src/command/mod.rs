@@ -65,7 +65,8 @@ use std::time::{Duration, Instant};
 
 pub use decision::{reject_words, CellAfter, Decision, Effect, RejectedBy, Rejection, Verdict};
 pub use request::{
-    check_role, printable, AdjustReason, Ref, Request, ResolveError, Spec, DEFAULT_TTL_MS, QTY_MAX,
+    check_role, printable, AdjustReason, Name, Ref, Request, ResolveError, Spec, DEFAULT_TTL_MS,
+    QTY_MAX,
 };
 pub use stream::StreamReplica;
 
@@ -156,17 +157,11 @@ impl fmt::Display for CommandError {
             CommandError::Credentials(error) => error.fmt(f),
             CommandError::NotPermitted(text) => f.write_str(text),
             CommandError::Resolve(error) => error.fmt(f),
-            CommandError::LoginRefused { reason, detail } => {
-                write!(
-                    f,
-                    "login refused by the gateway (reason {}): wrong user or password",
-                    char::from(*reason)
-                )?;
-                if !detail.is_empty() {
-                    write!(f, " ({detail})")?;
-                }
-                Ok(())
-            }
+            CommandError::LoginRefused { reason, detail } => write!(
+                f,
+                "login refused by the gateway: {}",
+                crate::credentials::login_refusal_words(*reason, detail)
+            ),
             CommandError::Unreachable(text) => write!(f, "appliance unreachable: {text}"),
             CommandError::Stream(error) => write!(f, "stream: {error}"),
             CommandError::CatchUp(text) => write!(f, "could not catch up with the stream: {text}"),

@@ -7,8 +7,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use tally_config::gateway::Role;
 use tally_wire::{
-    delta_reason, Adjust, CancelOrder, ConfirmHold, ModifyOrder, Order, Recount, ReleaseHold,
-    Reserve, Transfer,
+    delta_reason, directory_kind, Adjust, CancelOrder, ConfirmHold, DirectoryAdd, ModifyOrder,
+    Order, Recount, ReleaseHold, Reserve, Transfer,
 };
 
 use crate::replica::Replica;
@@ -221,6 +221,19 @@ pub enum Spec {
         qty: u64,
         reason: AdjustReason,
     },
+    /// A new SKU while trading (`N`, role ops): `id` 0 (or absent) lets
+    /// the warehouse pick the lowest free id.
+    AddSku {
+        symbol: String,
+        #[serde(default)]
+        id: u32,
+    },
+    /// A new location while trading (`N`, role ops).
+    AddLocation {
+        name: String,
+        #[serde(default)]
+        id: u16,
+    },
 }
 
 /// A hold's time to live when none is given: 15 minutes.
@@ -314,6 +327,16 @@ impl Spec {
                 qty: qty(*q)?,
                 reason: *reason,
             },
+            Spec::AddSku { symbol, id } => Request::DirectoryAdd {
+                kind: directory_kind::SKU,
+                id: *id,
+                name: Name::new(symbol)?,
+            },
+            Spec::AddLocation { name, id } => Request::DirectoryAdd {
+                kind: directory_kind::LOCATION,
+                id: u32::from(*id),
+                name: Name::new(name)?,
+            },
         })
     }
 
@@ -328,7 +351,10 @@ impl Spec {
             | Spec::Confirm { id }
             | Spec::Release { id }
             | Spec::Transfer { id, .. } => Some(id),
-            Spec::Recount { .. } | Spec::Adjust { .. } => None,
+            Spec::Recount { .. }
+            | Spec::Adjust { .. }
+            | Spec::AddSku { .. }
+            | Spec::AddLocation { .. } => None,
         }
     }
 
@@ -353,6 +379,7 @@ impl Spec {
             Spec::Transfer { .. } => Transfer::TYPE,
             Spec::Recount { .. } => Recount::TYPE,
             Spec::Adjust { .. } => Adjust::TYPE,
+            Spec::AddSku { .. } | Spec::AddLocation { .. } => DirectoryAdd::TYPE,
         }
     }
 }
@@ -407,6 +434,65 @@ pub enum Request {
         qty: u32,
         reason: AdjustReason,
     },
+    /// `N`: `kind` is [`directory_kind`]'s `R` (SKU) or `L` (location).
+    DirectoryAdd {
+        #[serde(serialize_with = "kind_name")]
+        kind: u8,
+        id: u32,
+        name: Name,
+    },
+}
+
+fn kind_name<S: serde::Serializer>(kind: &u8, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if *kind == directory_kind::SKU {
+        "sku"
+    } else {
+        "location"
+    })
+}
+
+/// A SKU symbol or location name as the directory holds it: 1 to 16
+/// printable ASCII characters without spaces, right-padded with spaces.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Name([u8; 16]);
+
+impl Name {
+    /// `text` as a directory name, or why it cannot be one.
+    pub fn new(text: &str) -> Result<Name, ResolveError> {
+        let fits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
+        match tally_wire::pad_ascii(text) {
+            Ok(bytes) if fits => Ok(Name(bytes)),
+            _ => Err(ResolveError::BadName(printable(text))),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0)
+            .unwrap_or("")
+            .trim_end_matches(' ')
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// A command's wire bytes (header zero: the client stamps it).
@@ -476,6 +562,9 @@ impl Request {
                 let (reason, delta) = reason.wire(qty);
                 Encoded::of(Adjust::new(location, sku, delta, reason).as_bytes())
             }
+            Request::DirectoryAdd { kind, id, name } => {
+                Encoded::of(DirectoryAdd::new(kind, id, *name.as_bytes()).as_bytes())
+            }
         }
     }
 
@@ -496,6 +585,8 @@ impl Request {
             Request::Transfer { .. } => "transfer",
             Request::Recount { .. } => "recount",
             Request::Adjust { .. } => "adjust",
+            Request::DirectoryAdd { kind, .. } if *kind == directory_kind::SKU => "sku add",
+            Request::DirectoryAdd { .. } => "location add",
         }
     }
 
@@ -519,12 +610,14 @@ pub fn check_role(role: Role, msg_type: u8) -> Result<(), String> {
         return Ok(());
     }
     let needed = if Role::Pos.permits(msg_type) {
-        "pos"
+        "role pos or authority may"
+    } else if Role::Ops.permits(msg_type) {
+        "role ops or authority may"
     } else {
-        "ops"
+        "only role authority may"
     };
     Err(format!(
-        "role {role} may not send {} commands (role {needed} or authority may)",
+        "role {role} may not send {} commands ({needed})",
         crate::text::type_name(msg_type)
     ))
 }

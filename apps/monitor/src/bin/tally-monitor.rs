@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use tally_client::cli::{ConnectArgs, LimitsArgs};
-use tally_monitor::{HttpAuthConfig, IndexLimits, Monitor, MonitorConfig, WritesConfig};
+use tally_client::cli::{ConnectArgs, LimitsArgs, Login, Need};
+use tally_client::tally_config::ApplianceConfig;
+use tally_monitor::{
+    HttpAuthConfig, IndexLimits, Monitor, MonitorConfig, MonitorHandle, WritesConfig,
+};
 use tally_runtime::notify::Notifier;
 
 /// The monitor: a replica of the stream served over HTTP/JSON. It rebuilds
@@ -100,26 +103,52 @@ struct Cli {
     limits: LimitsArgs,
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = run(&cli) {
-        eprintln!("tally-monitor: error: {error:#}");
-        std::process::exit(1);
-    }
+    tally_client::cli::finish("tally-monitor", run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     tally_client::cli::init_logging();
     let notifier = Notifier::from_env().context("the sd_notify environment")?;
     let appliance = cli.connect.appliance()?;
-    let mut config = MonitorConfig::new(
-        cli.listen,
-        cli.connect.consumer(&appliance, "read1", "readpass")?,
+    // Its own login reads the stream (any configured role may); checked
+    // before anything starts, so a wrong password stops it at once.
+    let login = cli.connect.login(&appliance, Need::Read)?;
+    let config = monitor_config(cli, &appliance, &login)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let monitor = Monitor::start(config).context("starting the monitor")?;
+    tracing::info!(listen = %monitor.local_addr(), "tally-monitor serving");
+    let failure = supervise(&monitor, &notifier, &stop);
+    notify(notifier.stopping());
+    let status = monitor.status();
+    monitor.stop().context("stopping the monitor")?;
+    tracing::info!(
+        seq = status.freshness.seq,
+        messages = status.messages,
+        oversold = status.oversold,
+        "tally-monitor stopped"
     );
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// The monitor's configuration from the command line and the appliance's.
+fn monitor_config(
+    cli: &Cli,
+    appliance: &ApplianceConfig,
+    login: &Login,
+) -> anyhow::Result<MonitorConfig> {
+    let mut config = MonitorConfig::new(cli.listen, login.consumer(appliance));
     config.consumer.start_seq = 1;
     // One place for limits: the configuration's [limits] (as the warehouse
     // and the tills read them); a flag overrides one for this process.
-    let limits = cli.limits.limits(&appliance, "replica")?;
+    let limits = cli.limits.limits(appliance, "replica")?;
     tracing::info!(?limits, "replica limits");
     config.limits = limits;
     config.indexes = IndexLimits {
@@ -134,7 +163,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .indexes
         .validate()
         .map_err(|error| anyhow::anyhow!("index limits: {error}"))?;
-    config.auth = HttpAuthConfig::from_appliance(&appliance)
+    config.auth = HttpAuthConfig::from_appliance(appliance)
         .map_err(|error| anyhow::anyhow!("[http] in {}: {error}", cli.connect.config.display()))?;
     config.http_workers = cli.workers;
     config.http.connections_max = cli.connections_max;
@@ -145,39 +174,36 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         config.writes = Some(writes);
     }
     config.ready_lag_max = cli.ready_lag_max;
+    Ok(config)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
-    let monitor = Monitor::start(config).context("starting the monitor")?;
-    tracing::info!(listen = %monitor.local_addr(), "tally-monitor serving");
-
-    // Supervision: READY=1 once caught up with the stream (or once it is
-    // known to be stale: nothing to catch up with, and the monitor says so
-    // on every answer), STATUS= every second, WATCHDOG=1 while the stream
-    // thread publishes.
+/// Supervision until `stop` or a failure (returned): READY=1 once caught
+/// up with the stream (or once it is known to be stale: nothing to catch up
+/// with, and the monitor says so on every answer), STATUS= every second,
+/// WATCHDOG=1 while the stream thread publishes.
+fn supervise(
+    monitor: &MonitorHandle,
+    notifier: &Notifier,
+    stop: &AtomicBool,
+) -> Option<anyhow::Error> {
     let watchdog = notifier.watchdog_interval().map(|interval| interval / 4);
     let mut notified_ready = false;
     let mut next_status = Instant::now();
     let mut last_batches = 0;
     let mut last_watchdog = Instant::now();
-    let mut failure = None;
     while !stop.load(Ordering::Acquire) {
         let status = monitor.status();
         if let Some(error) = status.failed {
-            failure = Some(anyhow::anyhow!("the stream consumer failed: {error}"));
-            break;
+            return Some(anyhow::anyhow!("the stream consumer failed: {error}"));
         }
         // A limit smaller than the stream needs: the replica holds less
         // than the stream, so its answers would be wrong. Say which, with
         // the numbers, and stop (as the warehouse and the tills do).
         if let Some(limit) = monitor.read(|model| model.replica().limit_met()) {
-            failure = Some(anyhow::anyhow!(
+            return Some(anyhow::anyhow!(
                 "limit met: {limit} (raise it in the configuration's [limits] section or \
                  with the --*-max flags)"
             ));
-            break;
         }
         if !notified_ready && (status.caught_up || status.freshness.stale) {
             notify(notifier.ready());
@@ -212,19 +238,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             stop.load(Ordering::Acquire) || model.liveness().failed.is_some()
         });
     }
-    notify(notifier.stopping());
-    let status = monitor.status();
-    monitor.stop().context("stopping the monitor")?;
-    tracing::info!(
-        seq = status.freshness.seq,
-        messages = status.messages,
-        oversold = status.oversold,
-        "tally-monitor stopped"
-    );
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+    None
 }
 
 /// sd_notify errors are logged, never fatal.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tally_client::cli::ConnectArgs;
+use tally_client::cli::{exit, ConnectArgs, Need, ToolError};
 use tally_client::metrics::MetricSet;
 use tally_pos::store::http::{HttpConfig, HttpFront};
 use tally_pos::store::{self, counter, StoreConfig, StoreNode, STORE_COUNTERS};
@@ -67,18 +67,19 @@ struct Cli {
     counters: Option<PathBuf>,
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = run(&cli) {
-        eprintln!("tally-pos: error: {error:#}");
-        std::process::exit(1);
-    }
+    tally_client::cli::finish("tally-pos", run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     tally_client::cli::init_logging();
     if cli.listen.is_none() && !cli.interactive {
-        anyhow::bail!("nothing to serve: give --listen ADDR, --interactive, or both");
+        return Err(ToolError::new(
+            exit::BAD_INPUT,
+            "nothing to serve: give --listen ADDR, --interactive, or both",
+        )
+        .into());
     }
     let config = store_config(cli)?;
     let process_name = format!("tally-pos {}", cli.location);
@@ -138,16 +139,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 /// The node's configuration from the command line.
 fn store_config(cli: &Cli) -> anyhow::Result<StoreConfig> {
     let appliance = cli.connect.appliance()?;
-    let user = cli
-        .connect
-        .user
-        .clone()
-        .context("--user NAME is required (a `pos` client of the configuration)")?;
-    let password = cli.connect.password_or("")?;
-    if password.is_empty() {
-        anyhow::bail!("--password-file FILE (or --password) is required");
-    }
-    let mut pos = PosConfig::for_appliance(&appliance, &user, &password)?;
+    // Checked before anything starts: a wrong password, a user whose role
+    // may not sell, or no appliance answering stops the node with its
+    // status instead of refusing every sale later.
+    let login = cli.connect.login(
+        &appliance,
+        Need::Send {
+            msg_type: tally_wire::Order::TYPE,
+            what: "place orders (a store node logs in as a user of role pos)",
+        },
+    )?;
+    let credentials = &login.credentials;
+    let mut pos =
+        PosConfig::for_appliance(&appliance, &credentials.username, &credentials.password)?;
     pos.consumer.start_seq = 1;
     let mut config = StoreConfig::new(pos, &cli.location);
     config.decision_timeout = Duration::from_millis(cli.decision_timeout_ms.max(1));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tally_client::cli::ConnectArgs;
+use tally_client::cli::{ConnectArgs, Need};
 use tally_client::consumer::{monotonic_ns, StreamConsumer};
 use tally_client::follow::SessionFollower;
 use tally_client::text;
@@ -39,22 +39,21 @@ struct Cli {
     one_session: bool,
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = run(&cli) {
-        eprintln!("tally-tap: error: {error:#}");
-        std::process::exit(1);
-    }
+    tally_client::cli::finish("tally-tap", run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     tally_client::cli::init_logging();
     let appliance = cli.connect.appliance()?;
-    let mut config = cli.connect.consumer(&appliance, "read1", "readpass")?;
-    config.start_seq = cli.from.unwrap_or(0);
+    // The stream is readable by anyone who hears it; the login is checked
+    // anyway, so a wrong password says so instead of tapping silently.
+    let login = cli.connect.login(&appliance, Need::Read)?;
     // The appliance's current session (the configured one may have rolled
     // over since): the first packet's, or the replay feed's.
-    config.session = tally_wire::mold::Session::BLANK;
+    let mut config = login.consumer(&appliance);
+    config.start_seq = cli.from.unwrap_or(0);
     let follower = SessionFollower::new(config.clone());
     let mut consumer = StreamConsumer::new(&config)?;
     let stop = Arc::new(AtomicBool::new(false));

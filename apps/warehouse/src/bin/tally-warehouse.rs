@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tally_client::cli::{ConnectArgs, LimitsArgs};
+use tally_client::cli::{ConnectArgs, LimitsArgs, Need};
 use tally_client::metrics::{serve as serve_metrics, MetricSet};
 use tally_warehouse::app::{BroadcastPacing, WarehouseApp, WarehouseAppConfig};
 use tally_warehouse::counters::WarehouseCounterFile;
@@ -57,31 +57,32 @@ struct Cli {
     metrics: Option<std::net::SocketAddr>,
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(error) = run(&cli) {
-        eprintln!("tally-warehouse: error: {error:#}");
-        std::process::exit(1);
-    }
+    tally_client::cli::finish("tally-warehouse", run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     tally_client::cli::init_logging();
     let appliance = cli.connect.appliance()?;
-    let user = cli.connect.user_or("wh");
-    let own_origin = appliance
-        .clients
-        .iter()
-        .find(|client| client.username == user)
-        .map(|client| client.client_id)
-        .ok_or_else(|| anyhow::anyhow!("no client {user:?} in {}", cli.connect.config.display()))?;
+    // One login, no default: the authority's (role authority), for the
+    // gateway and the replay feed; checked before anything starts.
+    let login = cli.connect.login(
+        &appliance,
+        Need::Send {
+            msg_type: tally_wire::SystemEvent::TYPE,
+            what: "put the warehouse's decisions on the stream (the warehouse logs in as a user \
+                   of role authority)",
+        },
+    )?;
+    let own_origin = login.identity.client_id;
     // One place for limits: the configuration's [limits]; a flag overrides
     // one for this process.
     let limits = cli.limits.limits(&appliance, "table")?;
     tracing::info!(?limits, "state limits");
     let config = WarehouseAppConfig {
-        consumer: cli.connect.consumer(&appliance, "read1", "readpass")?,
-        client: cli.connect.client(&appliance, "wh", "whpass")?,
+        consumer: login.consumer(&appliance),
+        client: login.client(&appliance),
         own_origin,
         limits,
         inventory: Some(cli.inventory.clone()),
