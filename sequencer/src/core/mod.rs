@@ -16,7 +16,6 @@
 use std::io;
 
 use tally_gateway::link::{Inbound, Outcome, OutcomeKind};
-use tally_runtime::counters::Counter;
 use tally_wire::mold::{self, MoldHeader, Session};
 use tally_wire::{header_mut, system_code, SystemEvent};
 
@@ -154,69 +153,39 @@ pub struct CoreConfig {
     pub batch_messages_max: usize,
 }
 
-/// The counters the core keeps.
-#[derive(Clone, Debug)]
-pub struct CoreCounters {
-    pub messages_sequenced: Counter,
-    pub packets_sent: Counter,
-    pub bytes_sent: Counter,
-    pub batches: Counter,
-    pub heartbeats_sent: Counter,
-    pub duplicates_dropped: Counter,
-    pub skipped_ahead: Counter,
-    pub gateway_rejects: Counter,
-    pub ack_ring_full: Counter,
-    pub send_errors: Counter,
-    pub next_seq: Counter,
+tally_runtime::counter_set! {
+    /// The counters the core keeps.
+    pub struct CoreCounters, prefix "sequencer.";
+    /// Messages given a sequence number.
+    messages_sequenced,
+    /// Stream packets handed to the publisher.
+    packets_sent,
+    /// Bytes of those packets.
+    bytes_sent,
+    /// Duty cycles that took commands from the gateway's ring.
+    batches,
+    /// Heartbeat packets sent while idle.
+    heartbeats_sent,
+    /// Commands whose client_seq was not above the origin's last (resends).
+    duplicates_dropped,
+    /// Commands whose client_seq skipped past the origin's next (refused).
+    skipped_ahead,
+    /// Gateway rejects sequenced (`j`).
+    gateway_rejects,
+    /// Times the ack ring to the gateway was full.
+    ack_ring_full,
+    /// Publisher send errors.
+    send_errors,
+    /// Gauge: the sequence number the next message gets.
+    next_seq,
     /// Polls that took nothing because packets and acknowledgements waiting
     /// for the journal's group commit filled what may be held.
-    pub durability_waits: Counter,
+    durability_waits,
     /// Packets held until their journal record was durable.
-    pub packets_held: Counter,
+    packets_held,
     /// Times a packet found every publisher send slot in flight and was
     /// held for a later cycle.
-    pub publisher_full: Counter,
-}
-
-impl CoreCounters {
-    /// Names, in field order, for the counter file.
-    pub const NAMES: &'static [&'static str] = &[
-        "sequencer.messages_sequenced",
-        "sequencer.packets_sent",
-        "sequencer.bytes_sent",
-        "sequencer.batches",
-        "sequencer.heartbeats_sent",
-        "sequencer.duplicates_dropped",
-        "sequencer.skipped_ahead",
-        "sequencer.gateway_rejects",
-        "sequencer.ack_ring_full",
-        "sequencer.send_errors",
-        "sequencer.next_seq",
-        "sequencer.durability_waits",
-        "sequencer.packets_held",
-        "sequencer.publisher_full",
-    ];
-
-    /// Counter handles from a file that holds [`Self::NAMES`] from `first`.
-    pub fn from_file(file: &tally_runtime::counters::CounterFile, first: usize) -> Self {
-        let c = |i: usize| file.counter(first + i);
-        CoreCounters {
-            messages_sequenced: c(0),
-            packets_sent: c(1),
-            bytes_sent: c(2),
-            batches: c(3),
-            heartbeats_sent: c(4),
-            duplicates_dropped: c(5),
-            skipped_ahead: c(6),
-            gateway_rejects: c(7),
-            ack_ring_full: c(8),
-            send_errors: c(9),
-            next_seq: c(10),
-            durability_waits: c(11),
-            packets_held: c(12),
-            publisher_full: c(13),
-        }
-    }
+    publisher_full,
 }
 
 /// Number of distinct origins (client ids are u16).
