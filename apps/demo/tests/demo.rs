@@ -126,4 +126,74 @@ fn the_demo_passes_its_own_verification() {
         summary["messages"], summary["final_seq"],
         "the tap saw every message once: {summary}"
     );
+
+    // The logins it used: the example configuration's demo passwords,
+    // written beside its journal, owner-only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let written =
+        std::path::Path::new(root).join("target/tally-demo/journal/tally-demo.credentials");
+    let text = std::fs::read_to_string(&written).expect("the demo's credentials file");
+    for login in [
+        "pos1 pos1pass",
+        "ops1 ops1pass",
+        "wh whpass",
+        "read1 readpass",
+    ] {
+        assert!(text.lines().any(|line| line == login), "{login}: {text}");
+    }
+    let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "owner-only: {mode:o}");
+}
+
+/// No hidden logins: the demo writes the passwords it uses where the user
+/// can read them (owner-only), and logs in with what its credentials file
+/// says: a file without an ops login stops it before anything starts.
+#[test]
+fn the_demo_logs_in_with_the_credentials_file_it_shows() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join("partial.credentials");
+    std::fs::write(
+        &partial,
+        "# no ops user\npos1 pos1pass\nwh whpass\nread1 readpass\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tally-demo"))
+        .current_dir(root)
+        .args(["--pos", "1", "--seconds", "1", "--monitor", "127.0.0.1:0"])
+        .arg("--credentials")
+        .arg(&partial)
+        .output()
+        .expect("run tally-demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "logging in with the users and passwords in {}",
+            partial.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("gives no password for a ops client"),
+        "{stderr}"
+    );
+
+    let bad = dir.path().join("bad.credentials");
+    std::fs::write(&bad, "pos1 pos1pass extra\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tally-demo"))
+        .current_dir(root)
+        .args(["--pos", "1", "--seconds", "1", "--monitor", "127.0.0.1:0"])
+        .arg("--credentials")
+        .arg(&bad)
+        .output()
+        .expect("run tally-demo");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("line 1: expected `USER PASSWORD`"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

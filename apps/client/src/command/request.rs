@@ -153,7 +153,8 @@ impl fmt::Display for ResolveError {
             ResolveError::UnknownLocation(location) => write!(f, "unknown location {location:?}"),
             ResolveError::BadName(name) => write!(
                 f,
-                "\"{name}\" is not a SKU or location: 1 to 16 printable ASCII characters"
+                "\"{name}\" is not a SKU or location: 1 to 16 printable ASCII characters (a \
+                 new one: no spaces)"
             ),
             ResolveError::BadQuantity(qty) => {
                 write!(f, "quantity {qty} is out of range (1 to 2147483647)")

@@ -92,6 +92,12 @@ struct Cli {
     /// the temporary directory].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// The logins the load run uses: one `USER PASSWORD` a line (`#`
+    /// comments), for the configuration's [[clients]] [default: the example
+    /// configuration's demo passwords, written to tally-demo.credentials in
+    /// its journal directory, whose path the demo prints].
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<PathBuf>,
 }
 
 fn main() {

@@ -121,14 +121,28 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<bool> {
 }
 
 impl Users {
-    /// The demo logs in with the demo passwords of the example
-    /// configuration: `--pos` tills, the authority, an ops user, a reader.
+    /// The users the run logs in as, from the credentials file
+    /// (`--credentials`, or the demo passwords written where the user sees
+    /// them): `--pos` tills, the authority, an ops user, a reader of the
+    /// configuration's [[clients]].
     fn of(cli: &Cli, config: &ApplianceConfig) -> anyhow::Result<Users> {
+        let path = match &cli.credentials {
+            Some(path) => path.clone(),
+            None => write_demo_credentials(config)?,
+        };
+        let passwords = read_credentials(&path)?;
+        say(
+            cli,
+            &format!(
+                "tally-demo: logging in with the users and passwords in {}",
+                path.display()
+            ),
+        );
         let password_of = |username: &str| {
-            DEMO_CLIENTS
+            passwords
                 .iter()
-                .find(|client| client.username == username)
-                .map(|client| client.password.to_string())
+                .find(|(user, _)| user == username)
+                .map(|(_, password)| password.clone())
         };
         let users_of = |role: &'static str| {
             config
@@ -146,16 +160,18 @@ impl Users {
         let tills: Vec<User> = users_of("pos").take(cli.pos).collect();
         if tills.len() < cli.pos {
             bail!(
-                "--pos {} but {} configures only {} pos clients with demo passwords",
+                "--pos {} but {} gives passwords for only {} pos clients of {}",
                 cli.pos,
-                cli.config.display(),
-                tills.len()
+                path.display(),
+                tills.len(),
+                cli.config.display()
             );
         }
         let user_of = |role: &'static str| {
             users_of(role).next().ok_or_else(|| {
                 anyhow::anyhow!(
-                    "{} configures no {role} client whose demo password tally-demo knows",
+                    "{} gives no password for a {role} client of {}",
+                    path.display(),
                     cli.config.display()
                 )
             })
@@ -167,6 +183,64 @@ impl Users {
             reader: user_of("reader")?,
         })
     }
+}
+
+/// Writes the demo passwords of the example configuration's clients to
+/// `tally-demo.credentials` in the journal directory (owner-only), so what
+/// the demo logs in with is in a file the user can read, not hidden in the
+/// binary. Returns its path.
+fn write_demo_credentials(config: &ApplianceConfig) -> anyhow::Result<PathBuf> {
+    let dir = &config.journal.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("tally-demo.credentials");
+    let mut text = String::from(
+        "# The logins tally-demo uses: USER PASSWORD, one a line. These are the demo\n\
+         # passwords of config/tally.toml's [[clients]]: change the hashes there (tally-sequencer\n\
+         # hash-password) and give your own file with --credentials before anything real.\n",
+    );
+    for client in &config.clients {
+        if let Some(demo) = DEMO_CLIENTS.iter().find(|c| c.username == client.username) {
+            text.push_str(&format!("{} {}\n", demo.username, demo.password));
+        }
+    }
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(path)
+}
+
+/// `USER PASSWORD` lines (blank lines and `#` comments skipped); at most
+/// 64 KiB, every other line refused with its number.
+fn read_credentials(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    const CREDENTIALS_BYTES_MAX: u64 = 64 * 1024;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("credentials file {}", path.display()))?
+        .len();
+    if size > CREDENTIALS_BYTES_MAX {
+        bail!(
+            "credentials file {}: {size} bytes, more than {CREDENTIALS_BYTES_MAX}",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("credentials file {}", path.display()))?;
+    let mut logins = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [user, password] => logins.push((user.to_string(), password.to_string())),
+            _ => bail!(
+                "credentials file {} line {}: expected `USER PASSWORD`",
+                path.display(),
+                index + 1
+            ),
+        }
+    }
+    Ok(logins)
 }
 
 /// A fresh session every run: the demo owns its journal directory. Removes
