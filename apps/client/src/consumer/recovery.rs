@@ -446,6 +446,29 @@ impl Core {
         now_ns: u64,
         socket: &mut UdpSocketRing,
     ) -> io::Result<usize> {
+        let (work, replaying) = self.retry_requests(now_ns, socket)?;
+        if replaying {
+            return Ok(work);
+        }
+        if self.overflow_max >= self.next_seq {
+            self.enter_replay(ReplayReason::Overflow, now_ns);
+            return Ok(work + 1);
+        }
+        if self.newest_seq < self.next_seq {
+            return Ok(work);
+        }
+        Ok(work + self.request_new_gaps(now_ns, socket)?)
+    }
+
+    /// Advances each re-request past what arrived, retires the answered,
+    /// asks again for the rest or after the timeout; switches to the replay
+    /// feed when one goes unanswered. The work done, and whether it
+    /// switched.
+    fn retry_requests(
+        &mut self,
+        now_ns: u64,
+        socket: &mut UdpSocketRing,
+    ) -> io::Result<(usize, bool)> {
         let mut work = 0;
         for index in 0..self.requests.len() {
             let mut request = self.requests[index];
@@ -469,7 +492,7 @@ impl Core {
             } else if now_ns.saturating_sub(request.sent_at_ns) >= self.re_request_timeout_ns {
                 if request.attempts >= self.re_request_retries {
                     self.enter_replay(ReplayReason::Unanswered, now_ns);
-                    return Ok(work + 1);
+                    return Ok((work + 1, true));
                 }
                 request.attempts += 1;
                 self.stats.re_request_timeouts += 1;
@@ -478,14 +501,14 @@ impl Core {
             }
             self.requests[index] = request;
         }
-        if self.overflow_max >= self.next_seq {
-            self.enter_replay(ReplayReason::Overflow, now_ns);
-            return Ok(work + 1);
-        }
-        if self.newest_seq < self.next_seq {
-            return Ok(work);
-        }
-        // New gaps: scan from the watermark to the newest number seen.
+        Ok((work, false))
+    }
+
+    /// New gaps: scans from the watermark to the newest number seen and
+    /// re-requests each (switching to the replay feed for one too large or
+    /// too old to re-request). The work done.
+    fn request_new_gaps(&mut self, now_ns: u64, socket: &mut UdpSocketRing) -> io::Result<usize> {
+        let mut work = 0;
         let limit = (self.newest_seq + 1).min(self.next_seq + self.capacity());
         let mut seq = self.watermark.max(self.next_seq);
         while seq < limit {

@@ -275,13 +275,26 @@ impl Replica {
     }
 
     pub(super) fn digest_where(&self, covers: impl Fn(u16) -> bool) -> u64 {
-        const CELL: u64 = 0x6365_6c6c;
-        const SKU: u64 = 0x736b_7500;
-        const LOCATION: u64 = 0x6c6f_6300;
-        const HOLD: u64 = 0x686f_6c64;
-        let entry = |tag: u64, words: &[u64]| -> u64 {
-            words.iter().fold(mix64(tag), |h, &w| mix64(h ^ w))
-        };
+        let (cells, cell_count) = self.digest_cells(&covers);
+        let (skus, locations) = self.digest_directories();
+        let (holds, hold_count) = self.digest_holds(&covers);
+        digest_entry(
+            0x74_616c_6c79,
+            &[
+                cells,
+                cell_count,
+                skus,
+                u64::from(self.sku_count),
+                locations,
+                u64::from(self.location_count),
+                holds,
+                hold_count,
+            ],
+        )
+    }
+
+    /// The sum of the covered known cells' entries, and how many there are.
+    fn digest_cells(&self, covers: &impl Fn(u16) -> bool) -> (u64, u64) {
         let (mut cells, mut cell_count) = (0u64, 0u64);
         for slot in 0..self.cells.slot_end(self.sku_count) {
             let c = &self.cells[slot];
@@ -298,42 +311,42 @@ impl Replica {
             }
             let sku = u64::from(self.sku_ids[s as usize]);
             let location = u64::from(location_id);
-            {
-                cells = cells.wrapping_add(entry(
-                    CELL,
-                    &[
-                        (sku << 16) | location,
-                        (u64::from(c.on_hand) << 32) | u64::from(c.reserved),
-                        c.version,
-                    ],
-                ));
-                cell_count += 1;
-            }
+            cells = cells.wrapping_add(digest_entry(
+                DIGEST_CELL,
+                &[
+                    (sku << 16) | location,
+                    (u64::from(c.on_hand) << 32) | u64::from(c.reserved),
+                    c.version,
+                ],
+            ));
+            cell_count += 1;
         }
+        (cells, cell_count)
+    }
+
+    /// The sums of the SKU directory's and the location directory's entries.
+    fn digest_directories(&self) -> (u64, u64) {
         let mut skus = 0u64;
         for s in 0..self.sku_count as usize {
-            let symbol = &self.sku_symbols[s];
-            skus = skus.wrapping_add(entry(
-                SKU,
-                &[
-                    u64::from(self.sku_ids[s]),
-                    u64::from_le_bytes(symbol[..8].try_into().expect("8 bytes")),
-                    u64::from_le_bytes(symbol[8..].try_into().expect("8 bytes")),
-                ],
+            let [low, high] = name_words(&self.sku_symbols[s]);
+            skus = skus.wrapping_add(digest_entry(
+                DIGEST_SKU,
+                &[u64::from(self.sku_ids[s]), low, high],
             ));
         }
         let mut locations = 0u64;
         for l in 0..usize::from(self.location_count) {
-            let name = &self.location_names[l];
-            locations = locations.wrapping_add(entry(
-                LOCATION,
-                &[
-                    u64::from(self.location_ids[l]),
-                    u64::from_le_bytes(name[..8].try_into().expect("8 bytes")),
-                    u64::from_le_bytes(name[8..].try_into().expect("8 bytes")),
-                ],
+            let [low, high] = name_words(&self.location_names[l]);
+            locations = locations.wrapping_add(digest_entry(
+                DIGEST_LOCATION,
+                &[u64::from(self.location_ids[l]), low, high],
             ));
         }
+        (skus, locations)
+    }
+
+    /// The sum of the covered open holds' entries, and how many there are.
+    fn digest_holds(&self, covers: &impl Fn(u16) -> bool) -> (u64, u64) {
         let (mut holds, mut hold_count) = (0u64, 0u64);
         for h in self
             .holds
@@ -341,8 +354,8 @@ impl Replica {
             .filter(|h| h.flags & HOLD_IN_USE != 0 && covers(h.location))
         {
             hold_count += 1;
-            holds = holds.wrapping_add(entry(
-                HOLD,
+            holds = holds.wrapping_add(digest_entry(
+                DIGEST_HOLD,
                 &[
                     h.cmd_seq,
                     (u64::from(h.location) << 32) | u64::from(h.sku),
@@ -351,18 +364,25 @@ impl Replica {
                 ],
             ));
         }
-        entry(
-            0x74_616c_6c79,
-            &[
-                cells,
-                cell_count,
-                skus,
-                u64::from(self.sku_count),
-                locations,
-                u64::from(self.location_count),
-                holds,
-                hold_count,
-            ],
-        )
+        (holds, hold_count)
     }
+}
+
+/// The digest's entry tags ("cell", "sku", "loc", "hold").
+const DIGEST_CELL: u64 = 0x6365_6c6c;
+const DIGEST_SKU: u64 = 0x736b_7500;
+const DIGEST_LOCATION: u64 = 0x6c6f_6300;
+const DIGEST_HOLD: u64 = 0x686f_6c64;
+
+/// One digest entry: `words` mixed in after `tag`.
+fn digest_entry(tag: u64, words: &[u64]) -> u64 {
+    words.iter().fold(mix64(tag), |h, &w| mix64(h ^ w))
+}
+
+/// A 16-byte name as two little-endian words.
+fn name_words(name: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_le_bytes(name[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(name[8..].try_into().expect("8 bytes")),
+    ]
 }

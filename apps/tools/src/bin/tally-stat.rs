@@ -427,6 +427,57 @@ struct Report {
     errors: Vec<(PathBuf, String)>,
 }
 
+/// Per column of [`COLUMNS`]: the value (gauges) or total, the rate per
+/// second, and whether the process has the column at all.
+fn summary_of(
+    names: &[&str],
+    values: &[u64],
+    rate: &impl Fn(usize) -> Option<f64>,
+) -> Vec<(u64, Option<f64>, bool)> {
+    COLUMNS
+        .iter()
+        .map(|column| {
+            let indexes = column_indexes(column, names);
+            if indexes.is_empty() {
+                return (0, None, false);
+            }
+            let total = indexes.iter().map(|&i| values[i]).sum();
+            let per_sec = if column.gauge {
+                None
+            } else {
+                indexes.iter().map(|&i| rate(i)).sum::<Option<f64>>()
+            };
+            (total, per_sec, true)
+        })
+        .collect()
+}
+
+/// The last sequence number the process assigned or applied: one below its
+/// `sequencer.next_seq` (or another `…next_seq`).
+fn seq_of(names: &[&str], values: &[u64]) -> Option<u64> {
+    names
+        .iter()
+        .position(|name| *name == "sequencer.next_seq")
+        .or_else(|| names.iter().position(|name| name.ends_with("next_seq")))
+        .map(|i| values[i].saturating_sub(1))
+}
+
+/// Every counter: name, value and (not for gauges) rate per second.
+fn counters_of(
+    names: &[&str],
+    values: &[u64],
+    rate: &impl Fn(usize) -> Option<f64>,
+) -> Vec<(String, u64, Option<f64>)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let per_sec = if is_gauge(name) { None } else { rate(i) };
+            ((*name).to_owned(), values[i], per_sec)
+        })
+        .collect()
+}
+
 impl Report {
     fn build(
         watched: &Watched,
@@ -459,35 +510,9 @@ impl Report {
             } else {
                 State::Running
             };
-            let summary = COLUMNS
-                .iter()
-                .map(|column| {
-                    let indexes = column_indexes(column, &names);
-                    if indexes.is_empty() {
-                        return (0, None, false);
-                    }
-                    let total = indexes.iter().map(|&i| values[i]).sum();
-                    let per_sec = if column.gauge {
-                        None
-                    } else {
-                        indexes.iter().map(|&i| rate(i)).sum::<Option<f64>>()
-                    };
-                    (total, per_sec, true)
-                })
-                .collect();
-            let seq = names
-                .iter()
-                .position(|name| *name == "sequencer.next_seq")
-                .or_else(|| names.iter().position(|name| name.ends_with("next_seq")))
-                .map(|i| values[i].saturating_sub(1));
-            let counters = names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| {
-                    let per_sec = if is_gauge(name) { None } else { rate(i) };
-                    ((*name).to_owned(), values[i], per_sec)
-                })
-                .collect();
+            let summary = summary_of(&names, values, &rate);
+            let seq = seq_of(&names, values);
+            let counters = counters_of(&names, values, &rate);
             rows.push(Row {
                 path: open.path.clone(),
                 process: reader.process_name().to_owned(),
