@@ -38,49 +38,8 @@ impl Core {
         let client = self.username_index(login.username);
         let peer = self.connections[slot.index()].peer;
         // Throttles first: a refused attempt costs no password check.
-        if let Err(throttled) = self.throttle.login_allowed(peer, client, now_ns) {
-            self.counters.logins_throttled.increment();
-            let (what, retry_in_ns) = match throttled {
-                Throttled::SourceBackoff { retry_in_ns } => {
-                    ("too many failed logins from your address", retry_in_ns)
-                }
-                Throttled::UsernameFailures { retry_in_ns } => {
-                    ("too many failed logins for this username", retry_in_ns)
-                }
-            };
-            return self.reject_login_saying(
-                io,
-                slot,
-                login_reject::NOT_AUTHORIZED,
-                now_ns,
-                format_args!(
-                    "login throttled: {what}; retry in {} ms",
-                    retry_in_ns.div_ceil(1_000_000)
-                ),
-            );
-        }
-        if let Some(source) = peer {
-            let checking = self
-                .connections
-                .iter()
-                .filter(|c| {
-                    c.peer == Some(source)
-                        && c.state == SlotState::Open(ConnectionState::Authenticating)
-                })
-                .take(self.auth_in_flight_per_source)
-                .count();
-            if checking >= self.auth_in_flight_per_source {
-                self.counters.logins_throttled.increment();
-                return self.reject_login_saying(
-                    io,
-                    slot,
-                    login_reject::NOT_AUTHORIZED,
-                    now_ns,
-                    format_args!(
-                        "login throttled: {checking} logins from your address are being checked"
-                    ),
-                );
-            }
+        if self.login_throttled(io, slot, peer, client, now_ns) {
+            return;
         }
         let policy = HeartbeatPolicy {
             peer_timeout_ns: self.peer_timeout_ns,
@@ -114,6 +73,65 @@ impl Core {
                 self.reject_login(io, slot, login_reject::NOT_AUTHORIZED, now_ns);
             }
         }
+    }
+
+    /// Refuses the login (and says why) when its source or username is
+    /// backing off, or too many logins from its source are being checked.
+    fn login_throttled(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        peer: Option<IpAddr>,
+        client: Option<u16>,
+        now_ns: u64,
+    ) -> bool {
+        if let Err(throttled) = self.throttle.login_allowed(peer, client, now_ns) {
+            self.counters.logins_throttled.increment();
+            let (what, retry_in_ns) = match throttled {
+                Throttled::SourceBackoff { retry_in_ns } => {
+                    ("too many failed logins from your address", retry_in_ns)
+                }
+                Throttled::UsernameFailures { retry_in_ns } => {
+                    ("too many failed logins for this username", retry_in_ns)
+                }
+            };
+            self.reject_login_saying(
+                io,
+                slot,
+                login_reject::NOT_AUTHORIZED,
+                now_ns,
+                format_args!(
+                    "login throttled: {what}; retry in {} ms",
+                    retry_in_ns.div_ceil(1_000_000)
+                ),
+            );
+            return true;
+        }
+        if let Some(source) = peer {
+            let checking = self
+                .connections
+                .iter()
+                .filter(|c| {
+                    c.peer == Some(source)
+                        && c.state == SlotState::Open(ConnectionState::Authenticating)
+                })
+                .take(self.auth_in_flight_per_source)
+                .count();
+            if checking >= self.auth_in_flight_per_source {
+                self.counters.logins_throttled.increment();
+                self.reject_login_saying(
+                    io,
+                    slot,
+                    login_reject::NOT_AUTHORIZED,
+                    now_ns,
+                    format_args!(
+                        "login throttled: {checking} logins from your address are being checked"
+                    ),
+                );
+                return true;
+            }
+        }
+        false
     }
 
     pub(super) fn on_auth_result(
@@ -261,12 +279,48 @@ impl Core {
                 .client
                 .expect("a logged-in connection has a client"),
         );
+        let Some(client_seq) = self.next_in_order(io, slot, client_index, message, now_ns) else {
+            return;
+        };
         let client = &self.clients[client_index];
-        let expected = u64::from(client.last_forwarded) + 1;
+        let client_id = client.client_id;
+        let reason = validate(message, client.role);
+        let within_rate = self.take_rate_token(slot, now_ns);
+        let reason = match reason {
+            0 if !within_rate => RATE_LIMITED,
+            reason => reason,
+        };
+        let inbound = self.inbound(client_id, client_seq, reason, message);
+        // drain() checked that the ring has room, and this loop is its only
+        // producer.
+        assert!(
+            io.forward(inbound).is_ok(),
+            "sequencer ring full after its capacity was checked"
+        );
+        let client = &mut self.clients[client_index];
+        client.last_forwarded = client_seq;
+        client.in_flight += 1;
+    }
+
+    /// `message`'s client_seq when it is the next one client `client_index`
+    /// owes. Otherwise none: a duplicate is dropped (counted), a message
+    /// without a whole header or numbered 0 is refused unnumbered, one that
+    /// skips ahead is a protocol error.
+    #[inline]
+    fn next_in_order(
+        &mut self,
+        io: &mut impl GatewayIo,
+        slot: SlotId,
+        client_index: usize,
+        message: &[u8],
+        now_ns: u64,
+    ) -> Option<u32> {
+        let last_forwarded = self.clients[client_index].last_forwarded;
+        let expected = u64::from(last_forwarded) + 1;
         // A message without a whole header has no usable client_seq: it
         // cannot be numbered, acked or recorded. Say so; consume nothing.
         if message.len() < Header::SIZE {
-            return self.reject_unnumbered(
+            self.reject_unnumbered(
                 io,
                 slot,
                 now_ns,
@@ -276,36 +330,40 @@ impl Core {
                     Header::SIZE
                 ),
             );
+            return None;
         }
         let client_seq = u32::from_be_bytes(message[3..7].try_into().expect("4 bytes"));
         if client_seq == 0 {
-            return self.reject_unnumbered(
+            self.reject_unnumbered(
                 io,
                 slot,
                 now_ns,
                 format_args!("client_seq 0 is not a message number; next client_seq {expected}"),
             );
+            return None;
         }
-        if client_seq <= client.last_forwarded {
+        if client_seq <= last_forwarded {
             self.counters.duplicates_dropped.increment();
-            return;
+            return None;
         }
         if u64::from(client_seq) > expected {
-            return self.protocol_error(
+            self.protocol_error(
                 io,
                 slot,
                 now_ns,
                 format_args!("client_seq {client_seq} skips ahead of the expected {expected}"),
             );
+            return None;
         }
-        let client_id = client.client_id;
-        let reason = validate(message, client.role);
-        let within_rate = self.take_rate_token(slot, now_ns);
-        let reason = match reason {
-            0 if !within_rate => RATE_LIMITED,
-            reason => reason,
-        };
-        let inbound = if reason == 0 {
+        Some(client_seq)
+    }
+
+    /// What goes to the sequencer for an in-order message: the message
+    /// stamped with its origin (the sequencer stamps the time), or, refused
+    /// for `reason`, a `j` in its place (counted).
+    #[inline]
+    fn inbound(&mut self, client_id: u16, client_seq: u32, reason: u8, message: &[u8]) -> Inbound {
+        if reason == 0 {
             let mut inbound = Inbound::new(client_id, client_seq, 0, message);
             let header = tally_wire::header_mut(inbound.message_mut())
                 .expect("a valid message holds a header");
@@ -321,16 +379,7 @@ impl Core {
                 .with_origin(client_id)
                 .with_client_seq(client_seq);
             Inbound::new(client_id, client_seq, reason, reject.as_bytes())
-        };
-        // drain() checked that the ring has room, and this loop is its only
-        // producer.
-        assert!(
-            io.forward(inbound).is_ok(),
-            "sequencer ring full after its capacity was checked"
-        );
-        let client = &mut self.clients[client_index];
-        client.last_forwarded = client_seq;
-        client.in_flight += 1;
+        }
     }
 
     /// Answers a `U` that has no usable client_seq with a debug packet

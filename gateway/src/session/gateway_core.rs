@@ -254,32 +254,7 @@ impl GatewayCore {
         }
         debug_assert!(core.evicting <= core.login_held);
         if core.login_held.saturating_sub(core.evicting) >= core.max_login_connections {
-            // Full: make room by evicting the oldest connection that has not
-            // sent a whole login request yet (idle, or dribbling one) and has
-            // had a fair share of its deadline, so that a fresh till is not
-            // kept out until the idlers time out. Young ones are never
-            // evicted: a client's login request follows its connect at once.
-            let min_age_ns = core.login_timeout_ns / 8;
-            let victim = core
-                .connections
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| {
-                    c.in_login_pool
-                        && !c.evicting
-                        && c.state == SlotState::Open(ConnectionState::AwaitingLogin)
-                        && now_ns.saturating_sub(c.accepted_ns) >= min_age_ns
-                })
-                .min_by_key(|(_, c)| c.accepted_ns)
-                .map(|(index, _)| index);
-            let Some(victim) = victim else {
-                core.counters.login_pool_refused.increment();
-                return Err(Refusal::LoginPoolFull);
-            };
-            core.connections[victim].evicting = true;
-            core.evicting += 1;
-            core.evictions.push(victim as u32);
-            core.counters.login_pool_evictions.increment();
+            core.evict_for_login(now_ns)?;
         }
         let index = core.free.pop().expect("checked above");
         let ticket = core.next_ticket;
@@ -592,5 +567,39 @@ impl Connection {
             blocked: false,
             evicting: false,
         }
+    }
+}
+
+impl Core {
+    /// The login pool is full: marks the oldest connection that has not
+    /// sent a whole login request yet for eviction, or refuses.
+    fn evict_for_login(&mut self, now_ns: u64) -> Result<(), Refusal> {
+        // Full: make room by evicting the oldest connection that has not
+        // sent a whole login request yet (idle, or dribbling one) and has
+        // had a fair share of its deadline, so that a fresh till is not
+        // kept out until the idlers time out. Young ones are never
+        // evicted: a client's login request follows its connect at once.
+        let min_age_ns = self.login_timeout_ns / 8;
+        let victim = self
+            .connections
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.in_login_pool
+                    && !c.evicting
+                    && c.state == SlotState::Open(ConnectionState::AwaitingLogin)
+                    && now_ns.saturating_sub(c.accepted_ns) >= min_age_ns
+            })
+            .min_by_key(|(_, c)| c.accepted_ns)
+            .map(|(index, _)| index);
+        let Some(victim) = victim else {
+            self.counters.login_pool_refused.increment();
+            return Err(Refusal::LoginPoolFull);
+        };
+        self.connections[victim].evicting = true;
+        self.evicting += 1;
+        self.evictions.push(victim as u32);
+        self.counters.login_pool_evictions.increment();
+        Ok(())
     }
 }
