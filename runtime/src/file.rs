@@ -19,6 +19,13 @@
 //! [`Region`] owned by this object and is reused only after the write that
 //! read it completed; on drop, operations in flight are cancelled and drained,
 //! and the buffers leaked if the kernel does not let go in time.
+//!
+//! [`replace_atomically`]: the one way to replace a small file (a snapshot,
+//! a checkpoint, a state file) so that a crash leaves the old or the new.
+
+mod replace;
+
+pub use replace::replace_atomically;
 
 use std::fs::File;
 use std::io;

@@ -13,6 +13,10 @@
 //! - [`counters`]: [`counters::CounterFile`], counters in a memory-mapped file
 //!   (layout in the module doc) that other threads and processes read with
 //!   [`counters::CounterReader`].
+//! - [`file`]: io_uring group commit for an append-only file, and
+//!   [`file::replace_atomically`] for small files replaced whole.
+//! - [`logging`]: [`logging::init_from_env`], the binaries' one logging
+//!   set-up (for `main` only: it reads `RUST_LOG`).
 //!
 //! Threading contract: each loop owns its ring, sockets and buffers and runs on
 //! one thread. Nothing here takes a lock on a hot path or reads the
@@ -26,6 +30,7 @@ pub mod clock;
 pub mod counters;
 pub mod file;
 pub mod idle;
+pub mod logging;
 pub mod loss;
 pub mod net;
 pub mod notify;

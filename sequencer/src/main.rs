@@ -183,14 +183,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run(path: &std::path::Path, recovery_options: &RecoveryOptions) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    tally_runtime::logging::init_from_env();
     // systemd's NOTIFY_SOCKET / WATCHDOG_USEC, read once here: library code
     // reads no environment. A no-op when not started by systemd.
     let notifier = Notifier::from_env().context("the sd_notify environment")?;

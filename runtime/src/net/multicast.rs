@@ -4,12 +4,12 @@
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{opcode, types};
 
 use super::dgram::{DatagramRecv, RecvStats};
-use super::ring::{kind, until_done, user_data, Cqe, Region, Ring, CQE_BATCH};
+use super::ring::{kind, until_delivered, until_done, user_data, Cqe, Region, Ring, CQE_BATCH};
 use super::{
     sock, MulticastConfig, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED,
     SEND_BUFFER_BYTES_WANTED,
@@ -477,18 +477,12 @@ impl MulticastReceiver {
         timeout: Duration,
         mut on_datagram: impl FnMut(&[u8]),
     ) -> io::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.poll(&mut on_datagram)?;
-            if n > 0 {
-                return Ok(n);
+        until_delivered(timeout, |wait| {
+            if let Some(wait) = wait {
+                self.ring.wait(wait)?;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(0);
-            }
-            self.ring.wait(deadline - now)?;
-        }
+            self.poll(&mut on_datagram)
+        })
     }
 
     pub fn stats(&self) -> RecvStats {

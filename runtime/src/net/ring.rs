@@ -76,6 +76,29 @@ pub(crate) fn until_done(
     }
 }
 
+/// Runs `cycle` until it delivers something (returns more than 0), or
+/// returns `Ok(0)` once `timeout` has passed. The first call gets `None`;
+/// later ones get the time left, for the caller to wait in its ring before it
+/// polls again. The shared deadline loop of the blocking `wait` methods.
+pub(crate) fn until_delivered(
+    timeout: Duration,
+    mut cycle: impl FnMut(Option<Duration>) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    let mut wait = None;
+    loop {
+        let n = cycle(wait)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(0);
+        }
+        wait = Some(deadline - now);
+    }
+}
+
 /// A completion, copied out of the completion queue so the queue is released
 /// before the owner dispatches it (dispatch needs `&mut` on the ring again).
 #[derive(Clone, Copy, Debug, Default)]

@@ -4,12 +4,14 @@
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::{opcode, types};
 
 use super::dgram::{DatagramRecv, RecvStats};
-use super::ring::{kind, until_done, user_data, zeroed, Cqe, HeapArray, Region, Ring, CQE_BATCH};
+use super::ring::{
+    kind, until_delivered, until_done, user_data, zeroed, Cqe, HeapArray, Region, Ring, CQE_BATCH,
+};
 use super::{sock, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED};
 
 /// Send-side counters of a [`UdpSocketRing`].
@@ -167,18 +169,12 @@ impl UdpSocketRing {
         timeout: Duration,
         mut on_datagram: impl FnMut(SocketAddrV4, &[u8]),
     ) -> io::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.poll_recv(&mut on_datagram)?;
-            if n > 0 {
-                return Ok(n);
+        until_delivered(timeout, |wait| {
+            if let Some(wait) = wait {
+                self.ring.wait(wait)?;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(0);
-            }
-            self.ring.wait(deadline - now)?;
-        }
+            self.poll_recv(&mut on_datagram)
+        })
     }
 
     /// Copies `bytes` into a free send slot and sends it to `to` (one

@@ -38,6 +38,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use tally_runtime::file::replace_atomically;
 use tally_wire::mold::Session;
 
 /// Bytes in the checkpoint file.
@@ -127,24 +128,7 @@ impl Checkpoint {
 /// Synchronous; for start-up and repair, not for the hot path (see
 /// [`CheckpointFile`]).
 pub fn store(path: &Path, checkpoint: &Checkpoint) -> io::Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temporary)?;
-        file.write_all(&checkpoint.encode())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temporary, path)?;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    replace_atomically(path, |file| file.write_all(&checkpoint.encode()))
 }
 
 /// An open checkpoint file, rewritten in place: one `pwrite` of 32 bytes at

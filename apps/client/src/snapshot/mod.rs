@@ -28,8 +28,9 @@
 use core::fmt;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use tally_runtime::file::replace_atomically;
 use tally_wire::{message_size, Message};
 
 use crate::replica::{
@@ -232,12 +233,6 @@ fn counters_from_words(w: &[u64; COUNTERS]) -> ReplicaCounters {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
 /// Writes `replica` (at its `last_seq`) to `path` atomically, with the
 /// stream `session` and four application words. Returns the bytes written.
 pub fn save(
@@ -246,33 +241,18 @@ pub fn save(
     session: &[u8; 10],
     app: [u64; 4],
 ) -> Result<u64, SnapshotError> {
-    let temp = temp_path(path);
-    let file = File::create(&temp)?;
-    let mut w = Writer {
-        out: BufWriter::with_capacity(1 << 20, file),
-        hash: Xxh64::new(),
-        bytes: 0,
-    };
-    write_body(&mut w, replica, session, app)?;
-    let checksum = w.hash.digest();
-    w.out.write_all(&checksum.to_le_bytes())?;
-    let bytes = w.bytes + 8;
-    let file = w
-        .out
-        .into_inner()
-        .map_err(|e| SnapshotError::Io(e.into_error()))?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temp, path)?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
+    replace_atomically(path, |file| {
+        let mut w = Writer {
+            out: BufWriter::with_capacity(1 << 20, file),
+            hash: Xxh64::new(),
+            bytes: 0,
         };
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(bytes)
+        write_body(&mut w, replica, session, app)?;
+        let checksum = w.hash.digest();
+        w.out.write_all(&checksum.to_le_bytes())?;
+        w.out.flush()?;
+        Ok(w.bytes + 8)
+    })
 }
 
 fn write_body<W: Write>(

@@ -254,18 +254,12 @@ impl TcpConn {
         timeout: Duration,
         mut on_bytes: impl FnMut(&[u8]),
     ) -> io::Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.poll_recv(&mut on_bytes)?;
-            if n > 0 {
-                return Ok(n);
+        until_delivered(timeout, |wait| {
+            if let Some(wait) = wait {
+                self.ring.wait(wait)?;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(0);
-            }
-            self.ring.wait(deadline - now)?;
-        }
+            self.poll_recv(&mut on_bytes)
+        })
     }
 
     /// Waits until the kernel has taken every queued byte. `TimedOut` after

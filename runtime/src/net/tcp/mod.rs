@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, types};
 
 use super::ring::{
-    kind, until_done, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH, GENERATION_MASK,
+    kind, until_delivered, until_done, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH,
+    GENERATION_MASK,
 };
 use super::{sock, DROP_DRAIN_TIMEOUT};
 
