@@ -3,11 +3,17 @@
 //! them (`depleted`, `low_stock`, `restocked`), in stream order, in a
 //! bounded ring written by the stream thread under the model's write lock.
 //!
-//! Resuming: SSE's `id` is the stream seq. Several events can share one seq
-//! (a decision and the depletion it caused); only the last of them carries
+//! Resuming: SSE's `id` is the event's place in the stream across
+//! sessions: the stream seq plus the last seq of every session before this
+//! one the service followed (in the first session, the seq itself), so ids
+//! keep growing through a rollover (where seqs start again at 1) and a
+//! `Last-Event-ID` from the previous session resumes with its remaining
+//! events, then the new session's. Several events can share one seq (a
+//! decision and the depletion it caused); only the last of them carries
 //! the `id`, so a client that resumes from its `Last-Event-ID` never misses
-//! the rest of a seq nor sees one twice. The ring covers every event from
-//! `covered_from` on: a resume from an older seq is answered 410.
+//! the rest of a seq nor sees one twice. The ring (kept across sessions)
+//! covers every event from `covered_from` on: a resume from an older id is
+//! answered 410.
 
 use std::collections::VecDeque;
 
@@ -19,8 +25,9 @@ use tally_wire::Message;
 /// One event as the SSE stream writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StreamEvent {
-    /// The stream seq it belongs to.
-    pub(crate) seq: u64,
+    /// Its SSE id: the stream seq it belongs to plus the session's base
+    /// (see the module docs); ids grow across sessions.
+    pub(crate) id: u64,
     /// SSE `event:` name: `decision`, `depleted`, `low_stock`, `restocked`.
     pub(crate) kind: &'static str,
     /// SSE `data:` (one line of JSON).
@@ -34,8 +41,11 @@ pub(crate) struct StreamEvent {
 pub(crate) struct EventLog {
     events: VecDeque<StreamEvent>,
     capacity: usize,
-    /// Every event of a seq ≥ this is in the ring (1: nothing dropped yet).
+    /// Every event of an id ≥ this is in the ring (1: nothing dropped yet).
     covered_from: u64,
+    /// Added to this session's seqs to make ids: the sum of the last seqs
+    /// of the sessions before (0 in the first one followed).
+    id_base: u64,
     /// Events ever recorded.
     recorded: u64,
 }
@@ -54,8 +64,21 @@ impl EventLog {
             events: VecDeque::with_capacity(capacity),
             capacity,
             covered_from: 1,
+            id_base: 0,
             recorded: 0,
         }
+    }
+
+    /// The SSE id of stream seq `seq` of the current session.
+    pub(crate) fn id_of(&self, seq: u64) -> u64 {
+        self.id_base + seq
+    }
+
+    /// The session whose last seq was `ended_last_seq` has ended; the next
+    /// one's ids follow on from its last (its seqs start at 1 again).
+    pub(crate) fn next_session(&mut self, ended_last_seq: u64) {
+        let newest = self.events.back().map_or(0, |event| event.id);
+        self.id_base = self.id_of(ended_last_seq).max(newest);
     }
 
     /// Events ever recorded.
@@ -72,7 +95,7 @@ impl EventLog {
     fn push(&mut self, event: StreamEvent) {
         if self.events.len() == self.capacity {
             if let Some(dropped) = self.events.pop_front() {
-                self.covered_from = self.covered_from.max(dropped.seq + 1);
+                self.covered_from = self.covered_from.max(dropped.id + 1);
             }
         }
         self.recorded += 1;
@@ -99,9 +122,10 @@ impl EventLog {
             }
         }
         let last = pending.len() - 1;
+        let id = self.id_of(seq);
         for (index, (kind, data)) in pending.into_iter().enumerate() {
             self.push(StreamEvent {
-                seq,
+                id,
                 kind,
                 data: data.to_string(),
                 last_of_seq: index == last,
@@ -109,15 +133,15 @@ impl EventLog {
         }
     }
 
-    /// Events after `after_seq` (at most `max`), or why they cannot be
+    /// Events after id `after_id` (at most `max`), or why they cannot be
     /// given: the ring no longer holds every event after it.
-    pub(crate) fn since(&self, after_seq: u64, max: usize) -> Result<Vec<StreamEvent>, TooOld> {
-        if after_seq.saturating_add(1) < self.covered_from {
+    pub(crate) fn since(&self, after_id: u64, max: usize) -> Result<Vec<StreamEvent>, TooOld> {
+        if after_id.saturating_add(1) < self.covered_from {
             return Err(TooOld {
                 oldest_resumable: self.covered_from - 1,
             });
         }
-        let start = self.events.partition_point(|e| e.seq <= after_seq);
+        let start = self.events.partition_point(|e| e.id <= after_id);
         Ok(self.events.range(start..).take(max).cloned().collect())
     }
 }
@@ -221,9 +245,9 @@ impl Touched {
 mod tests {
     use super::*;
 
-    fn event(seq: u64, last_of_seq: bool) -> StreamEvent {
+    fn event(id: u64, last_of_seq: bool) -> StreamEvent {
         StreamEvent {
-            seq,
+            id,
             kind: "decision",
             data: String::new(),
             last_of_seq,
@@ -253,5 +277,22 @@ mod tests {
         );
         assert_eq!(log.since(5, 1).unwrap(), vec![event(7, true)]);
         assert_eq!(log.recorded(), 4);
+    }
+
+    #[test]
+    fn ids_keep_growing_across_sessions() {
+        let mut log = EventLog::new(8);
+        assert_eq!(log.id_of(7), 7, "the first session: id = seq");
+        log.push(event(log.id_of(7), true));
+        log.next_session(9); // the session ended at seq 9
+        assert_eq!(log.id_of(1), 10);
+        log.push(event(log.id_of(3), true));
+        // A client of the old session resumes with the new one's events.
+        assert_eq!(log.since(7, 10).unwrap(), vec![event(12, true)]);
+        assert_eq!(log.since(0, 10).unwrap().len(), 2);
+        // A session that ended before the ring's newest id (never from a
+        // real stream) still cannot make ids go back.
+        log.next_session(1);
+        assert!(log.id_of(1) > 12);
     }
 }

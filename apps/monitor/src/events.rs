@@ -3,9 +3,11 @@
 //! `stats` event every second (seq, lag, stale, messages per second) for
 //! the dashboard.
 //!
-//! Where it starts: after the `Last-Event-ID` header (a stream seq), else
-//! after the `after` query parameter, else at the newest seq applied (only
-//! what happens from now on). A seq older than the ring can replay: 410.
+//! Where it starts: after the `Last-Event-ID` header (an event id: the
+//! stream seq in the first session, growing on across rollovers,
+//! [`crate::eventlog`]), else after the `after` query parameter (an id too),
+//! else at the newest seq applied (only what happens from now on). An id
+//! older than the ring can replay: 410.
 //! A client that reads slower than the ring turns over gets an `error`
 //! event and the stream ends (it resumes, or learns with a 410 that it
 //! cannot). At most `sse_clients_max` streams are open at once (503).
@@ -48,7 +50,7 @@ fn start_seq(shared: &Shared, headers: &HeaderMap, query: &EventsQuery) -> Resul
         let text = value.to_str().unwrap_or("");
         if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!(
-                "Last-Event-ID must be a stream sequence number, not {text:?}"
+                "Last-Event-ID must be an event id (a number), not {text:?}"
             ));
         }
         return text
@@ -57,7 +59,10 @@ fn start_seq(shared: &Shared, headers: &HeaderMap, query: &EventsQuery) -> Resul
     }
     Ok(match query.after {
         Some(after) => after,
-        None => shared.read().freshness(monotonic_ns()).seq,
+        None => {
+            let model = shared.read();
+            model.events().id_of(model.freshness(monotonic_ns()).seq)
+        }
     })
 }
 
@@ -175,7 +180,7 @@ impl Follow {
         match model.events().since(self.after, EVENTS_PER_READ_MAX) {
             Ok(events) => {
                 for event in events {
-                    self.after = self.after.max(event.seq);
+                    self.after = self.after.max(event.id);
                     self.queue.push_back(sse_event(event));
                 }
             }
@@ -229,7 +234,7 @@ impl Follow {
 fn sse_event(event: StreamEvent) -> Event {
     let sse = Event::default().event(event.kind).data(event.data);
     if event.last_of_seq {
-        sse.id(event.seq.to_string())
+        sse.id(event.id.to_string())
     } else {
         sse
     }

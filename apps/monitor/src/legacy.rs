@@ -410,39 +410,20 @@ impl ReadModel {
         let skus_end = start.saturating_add(DEPLETED_SCAN_SKUS_MAX as u32);
         while position < sku_count.min(skus_end) && cells_scanned < DEPLETED_SCAN_CELLS_MAX {
             let (sku, symbol) = self.replica.sku_at(position).expect("position < sku_count");
-            let (mut on_hand, mut reserved, mut available) = (0u64, 0u64, 0u64);
-            let mut out_at = Vec::new();
+            let mut totals = SkuTotals::default();
             self.replica.for_each_stocked_cell(sku, |location, cell| {
                 cells_scanned += 1;
-                on_hand += u64::from(cell.on_hand);
-                reserved += u64::from(cell.reserved);
-                available += u64::from(cell.available);
-                if cell.available == 0 {
-                    out_at.push(location);
-                }
+                totals.add(location, cell);
             });
             let listed = if everywhere {
-                available == 0
+                totals.available == 0
             } else {
-                !out_at.is_empty()
+                !totals.out_at.is_empty()
             };
             if listed {
                 count += 1;
                 if skus.len() < limit {
-                    out_at.sort_unstable();
-                    let locations: Vec<Value> = out_at
-                        .iter()
-                        .map(|&l| json!({ "location": l, "name": self.location_name(l) }))
-                        .collect();
-                    skus.push(json!({
-                        "sku": sku,
-                        "position": position,
-                        "symbol": String::from_utf8_lossy(symbol),
-                        "on_hand": on_hand,
-                        "reserved": reserved,
-                        "available": available,
-                        "out_at": locations,
-                    }));
+                    skus.push(self.depleted_entry(sku, position, symbol, totals));
                     last_listed = Some(position);
                 } else {
                     unlisted = true;
@@ -468,6 +449,25 @@ impl ReadModel {
             "next": next,
             "skus": skus,
         }))
+    }
+
+    /// One SKU of a `/depleted` page.
+    fn depleted_entry(&self, sku: u32, position: u32, symbol: &[u8], totals: SkuTotals) -> Value {
+        let mut out_at = totals.out_at;
+        out_at.sort_unstable();
+        let locations: Vec<Value> = out_at
+            .iter()
+            .map(|&l| json!({ "location": l, "name": self.location_name(l) }))
+            .collect();
+        json!({
+            "sku": sku,
+            "position": position,
+            "symbol": String::from_utf8_lossy(symbol),
+            "on_hand": totals.on_hand,
+            "reserved": totals.reserved,
+            "available": totals.available,
+            "out_at": locations,
+        })
     }
 
     /// `GET /digest[?locations=NAME_OR_ID,...]`: the replica's
@@ -574,6 +574,27 @@ impl ReadModel {
                 json!({ "ready": false, "reason": reason, "authority_online_seq": authority }),
                 fresh,
             ),
+        }
+    }
+}
+
+/// A SKU's stock summed over its stocked cells, and where none is
+/// available.
+#[derive(Default)]
+struct SkuTotals {
+    on_hand: u64,
+    reserved: u64,
+    available: u64,
+    out_at: Vec<u16>,
+}
+
+impl SkuTotals {
+    fn add(&mut self, location: u16, cell: tally_client::replica::Cell) {
+        self.on_hand += u64::from(cell.on_hand);
+        self.reserved += u64::from(cell.reserved);
+        self.available += u64::from(cell.available);
+        if cell.available == 0 {
+            self.out_at.push(location);
         }
     }
 }

@@ -232,6 +232,17 @@ impl ReadModel {
         &self.events
     }
 
+    /// The stream moved to the next session: this model becomes `fresh`
+    /// (an empty replica the new session's broadcast rebuilds), keeping
+    /// the recent events, whose ids go on growing (`/v1/events` clients
+    /// resume across the rollover).
+    pub fn start_next_session(&mut self, mut fresh: ReadModel) {
+        let ended_last_seq = self.replica.last_seq();
+        std::mem::swap(&mut fresh.events, &mut self.events);
+        fresh.events.next_session(ended_last_seq);
+        *self = fresh;
+    }
+
     pub(crate) fn set_staging_growths(&mut self, growths: u64) {
         self.indexes.counters.staging_growths = growths;
     }

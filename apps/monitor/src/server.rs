@@ -118,70 +118,13 @@ impl Monitor {
             .thread_name("monitor-http")
             .enable_all()
             .build()?;
-        let writes = match &config.writes {
-            Some(writes) => Some(crate::writes::Writes::open(writes)?),
-            None => None,
-        };
-        let shared = Arc::new(Shared {
-            model: RwLock::new(ReadModel::new(
-                config.limits,
-                config.indexes,
-                config.consumer.stale_timeout_ns,
-                config.ready_lag_max,
-            )),
-            published: Mutex::new(0),
-            published_changed: Condvar::new(),
-            published_watch: tokio::sync::watch::Sender::new(0),
-            http: HttpCounters::default(),
-            auth: HttpAuth::new(config.auth.clone()),
-            stop: AtomicBool::new(false),
-            event_streams: std::sync::atomic::AtomicUsize::new(0),
-            limits: config.http,
-            writes,
-        });
-        shared.write().set_low_stock_at(config.http.low_stock_at);
+        let shared = Arc::new(shared_state(&config)?);
         let stream_shared = Arc::clone(&shared);
-        // At a rollover the next session's broadcast rebuilds the model
-        // from nothing (the stream numbers from 1 again).
-        let (limits, indexes, low_stock_at) =
-            (config.limits, config.indexes, config.http.low_stock_at);
-        let (stale_timeout_ns, ready_lag_max) =
-            (config.consumer.stale_timeout_ns, config.ready_lag_max);
-        let stream = StreamThread {
-            follower: SessionFollower::new(config.consumer.clone()),
-            fresh_model: Box::new(move || {
-                let mut model = ReadModel::new(limits, indexes, stale_timeout_ns, ready_lag_max);
-                model.set_low_stock_at(low_stock_at);
-                model
-            }),
-            staging_messages: config.staging_messages,
-            publish_interval: config.publish_interval,
-        };
+        let stream = StreamThread::of(&config);
         let stream_thread = thread::Builder::new()
             .name("monitor-stream".into())
             .spawn(move || run_stream(consumer, &stream_shared, stream))?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let listener = {
-            let _entered = runtime.enter();
-            tokio::net::TcpListener::from_std(listener)?
-        };
-        let listener = BoundedListener::new(
-            listener,
-            config.http.connections_max,
-            config.http.connections_per_source_max,
-        );
-        let app = crate::routes::router(Arc::clone(&shared))
-            .into_make_service_with_connect_info::<crate::listener::Peer>();
-        runtime.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, "monitor HTTP server failed");
-            }
-        });
+        let stop_tx = serve_http(&runtime, listener, &config, &shared)?;
         tracing::info!(%local_addr, workers = config.http_workers, "monitor serving");
         Ok(MonitorHandle {
             local_addr,
@@ -191,6 +134,66 @@ impl Monitor {
             stream_thread: Some(stream_thread),
         })
     }
+}
+
+/// What the stream thread and the HTTP handlers share, empty.
+fn shared_state(config: &MonitorConfig) -> io::Result<Shared> {
+    let writes = match &config.writes {
+        Some(writes) => Some(crate::writes::Writes::open(writes)?),
+        None => None,
+    };
+    let mut model = ReadModel::new(
+        config.limits,
+        config.indexes,
+        config.consumer.stale_timeout_ns,
+        config.ready_lag_max,
+    );
+    model.set_low_stock_at(config.http.low_stock_at);
+    Ok(Shared {
+        model: RwLock::new(model),
+        published: Mutex::new(0),
+        published_changed: Condvar::new(),
+        published_watch: tokio::sync::watch::Sender::new(0),
+        http: HttpCounters::default(),
+        auth: HttpAuth::new(config.auth.clone()),
+        stop: AtomicBool::new(false),
+        event_streams: std::sync::atomic::AtomicUsize::new(0),
+        limits: config.http,
+        writes,
+    })
+}
+
+/// Serves the routes on `listener` in `runtime` until the returned sender
+/// is used (or dropped).
+fn serve_http(
+    runtime: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    config: &MonitorConfig,
+    shared: &Arc<Shared>,
+) -> io::Result<tokio::sync::oneshot::Sender<()>> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    let listener = BoundedListener::new(
+        listener,
+        config.http.connections_max,
+        config.http.connections_per_source_max,
+    );
+    let app = crate::routes::router(Arc::clone(shared))
+        .into_make_service_with_connect_info::<crate::listener::Peer>();
+    runtime.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "monitor HTTP server failed");
+        }
+    });
+    Ok(stop_tx)
 }
 
 /// The running monitor. Dropping it stops it.
@@ -331,6 +334,27 @@ struct StreamThread {
     publish_interval: Duration,
 }
 
+impl StreamThread {
+    fn of(config: &MonitorConfig) -> StreamThread {
+        // At a rollover the next session's broadcast rebuilds the model
+        // from nothing (the stream numbers from 1 again).
+        let (limits, indexes, low_stock_at) =
+            (config.limits, config.indexes, config.http.low_stock_at);
+        let (stale_timeout_ns, ready_lag_max) =
+            (config.consumer.stale_timeout_ns, config.ready_lag_max);
+        StreamThread {
+            follower: SessionFollower::new(config.consumer.clone()),
+            fresh_model: Box::new(move || {
+                let mut model = ReadModel::new(limits, indexes, stale_timeout_ns, ready_lag_max);
+                model.set_low_stock_at(low_stock_at);
+                model
+            }),
+            staging_messages: config.staging_messages,
+            publish_interval: config.publish_interval,
+        }
+    }
+}
+
 fn run_stream(mut consumer: StreamConsumer, shared: &Shared, stream: StreamThread) {
     let StreamThread {
         follower,
@@ -374,7 +398,7 @@ fn run_stream(mut consumer: StreamConsumer, shared: &Shared, stream: StreamThrea
             Ok(Some(session)) => {
                 let mut fresh = fresh_model();
                 fresh.refresh_liveness(&consumer);
-                *shared.write() = fresh;
+                shared.write().start_next_session(fresh);
                 tracing::info!(%session, "monitor following the next session");
             }
             Err(error) => {

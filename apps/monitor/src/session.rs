@@ -58,7 +58,16 @@ pub(crate) struct Job {
     pub(crate) reply: tokio::sync::oneshot::Sender<WriteAnswer>,
 }
 
-/// A session's thread: connect, then rounds until the channel closes.
+/// How long the session thread keeps trying to log in to the next session
+/// after a rollover (the appliance starts it within moments).
+const NEXT_SESSION_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the rest of an ended session's stream is read for decisions.
+const FINISH_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A session's thread: connect, then rounds until the channel closes. At
+/// a session rollover it reads the ended session to its end (answering
+/// what it decided), logs in to the next session and sends again what the
+/// ended one did not decide (it was not carried out), under the same keys.
 pub(crate) fn run(
     appliance: ApplianceConfig,
     credentials: Credentials,
@@ -70,7 +79,7 @@ pub(crate) fn run(
         Ok(config) => config,
         Err(error) => return refuse_all(&jobs, 503, &error.to_string()),
     };
-    let mut commands = match CommandClient::connect(config) {
+    let mut commands = match CommandClient::connect(config.clone()) {
         Ok(commands) => commands,
         Err(error) => return refuse_all(&jobs, unreachable_status(&error), &error.to_string()),
     };
@@ -83,10 +92,47 @@ pub(crate) fn run(
         match session.round(&mut commands, &jobs) {
             Ok(true) => {}
             Ok(false) => return,
+            Err(error) if error.is_session_end() => {
+                let resend = session.finish(&mut commands);
+                match next_session_client(&config) {
+                    Ok(next) => {
+                        tracing::info!(
+                            origin,
+                            resend = resend.len(),
+                            "HTTP write session follows the next session"
+                        );
+                        commands = next;
+                        if let Err(error) = session.submit(&mut commands, resend) {
+                            session.fail_all(&error.to_string());
+                        }
+                    }
+                    Err(error) => {
+                        session.answer_all(resend, &error.to_string());
+                        return refuse_all(&jobs, 503, &error.to_string());
+                    }
+                }
+            }
             Err(error) => {
                 tracing::warn!(%error, origin, "HTTP write session ended");
                 session.fail_all(&error.to_string());
                 return refuse_all(&jobs, 503, &error.to_string());
+            }
+        }
+    }
+}
+
+/// A client of the next session: logs in (blank session: the current one)
+/// again until it is up, within [`NEXT_SESSION_LOGIN_TIMEOUT`].
+fn next_session_client(config: &CommandConfig) -> Result<CommandClient, CommandError> {
+    let deadline = std::time::Instant::now() + NEXT_SESSION_LOGIN_TIMEOUT;
+    loop {
+        match CommandClient::connect(config.clone()) {
+            Ok(commands) => return Ok(commands),
+            Err(error) if std::time::Instant::now() >= deadline => return Err(error),
+            Err(error) => {
+                tracing::debug!(%error, "the next session is not up yet");
+                // Retried with a deadline: the appliance starts it shortly.
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
@@ -110,9 +156,12 @@ fn refuse_all(jobs: &Receiver<Job>, status: u16, message: &str) {
     }
 }
 
-/// A submitted job waiting for its decision.
+/// A submitted job waiting for its decision (with what it was, to send it
+/// again in the next session if the ended one did not decide it).
 struct Waiting {
     key: String,
+    request: String,
+    spec: Spec,
     location: String,
     creates: bool,
     reply: tokio::sync::oneshot::Sender<WriteAnswer>,
@@ -215,6 +264,8 @@ impl Session {
                 client_seq,
                 Waiting {
                     key: job.key,
+                    request: job.request,
+                    spec: job.spec,
                     location: job.location,
                     creates: job.creates,
                     reply: job.reply,
@@ -259,6 +310,39 @@ impl Session {
         }
         for (waiting, answer) in answers {
             let _ = waiting.reply.send(answer);
+        }
+    }
+
+    /// The session ended: reads the rest of it (answering what it
+    /// decided); returns the jobs it did not decide, to send again.
+    fn finish(&mut self, commands: &mut CommandClient) -> Vec<Job> {
+        let mut decided = Vec::new();
+        match commands.finish_session(FINISH_SESSION_TIMEOUT, |d| decided.push(d)) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                origin = self.origin,
+                "the ended session's stream did not reach its end in time"
+            ),
+            Err(error) => tracing::warn!(%error, origin = self.origin, "reading the ended session"),
+        }
+        self.answer(decided);
+        self.waiting
+            .drain()
+            .map(|(_, waiting)| Job {
+                key: waiting.key,
+                request: waiting.request,
+                spec: waiting.spec,
+                location: waiting.location,
+                creates: waiting.creates,
+                reply: waiting.reply,
+            })
+            .collect()
+    }
+
+    /// Answers `jobs` with 503 and `message`.
+    fn answer_all(&mut self, jobs: Vec<Job>, message: &str) {
+        for job in jobs {
+            let _ = job.reply.send(WriteAnswer::error(503, message.to_string()));
         }
     }
 

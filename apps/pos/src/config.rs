@@ -77,9 +77,14 @@ impl PosConfig {
             .find(|client| client.username == username)
             .map(|client| client.client_id)
             .ok_or_else(|| PosError::UnknownUser(username.to_string()))?;
+        // The appliance's current session (blank: the stream and Login
+        // Accepted name it), a later one than the configured `[stream]
+        // session` after rollovers; the till follows the next by itself.
         let mut consumer = ConsumerConfig::for_appliance(appliance, username, password);
         consumer.start_seq = 1;
-        let client = ClientConfig::for_appliance(appliance, username, password);
+        consumer.session = tally_wire::mold::Session::BLANK;
+        let mut client = ClientConfig::for_appliance(appliance, username, password);
+        client.session = tally_wire::mold::Session::BLANK;
         let mut config = PosConfig::new(consumer, client, origin);
         // The state's capacity comes from the configuration's [limits].
         config.limits = ReplicaLimits::from_config(&appliance.limits);

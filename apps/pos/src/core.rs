@@ -253,13 +253,43 @@ impl Core {
                 }
             }
             ClientEvent::AckUnavailable { .. } => self.stats.acks_unavailable += 1,
-            ClientEvent::Closed(error) => {
-                if error != ClientError::LoggedOut {
-                    self.error = Some(PosError::Client(error));
-                }
-            }
+            // The end of the session (a rollover) is followed, not an
+            // error: [`crate::Pos`] moves to the next one once the stream
+            // has delivered the whole ended session.
+            ClientEvent::Closed(ClientError::LoggedOut | ClientError::SessionEnded) => {}
+            ClientEvent::Closed(error) => self.error = Some(PosError::Client(error)),
             ClientEvent::LoggedIn { .. } | ClientEvent::Disconnected => {}
         }
+    }
+
+    /// The session ended and its stream was delivered to its end: every
+    /// command of ours still awaiting its outcome was not decided and never
+    /// will be (it is reported [`Outcome::NotDecided`]); the replica, the
+    /// numbering and our open orders and holds start afresh for the next
+    /// session (its broadcast rebuilds the replica). Returns how many were
+    /// not decided.
+    pub(crate) fn end_session(&mut self, on_outcome: &mut impl FnMut(&OutcomeReport)) -> usize {
+        let mut undecided = 0;
+        let mut client_seq = self.oldest;
+        while self.first_client_seq != 0 && client_seq != self.next_client_seq {
+            let slot = self.pending[(client_seq & self.mask) as usize];
+            if slot.state == SLOT_AWAITING && slot.client_seq == client_seq {
+                self.resolve(client_seq, 0, Outcome::NotDecided, on_outcome);
+                undecided += 1;
+            }
+            client_seq = client_seq.wrapping_add(1);
+        }
+        assert_eq!(self.in_flight, 0, "every pending command was reported");
+        self.replica.clear();
+        self.first_client_seq = 0;
+        self.oldest = 0;
+        self.next_client_seq = 0;
+        self.verify_seq = None;
+        self.origin_verified = false;
+        self.open_orders.clear();
+        self.open_holds.clear();
+        self.directory_version += 1;
+        undecided
     }
 
     /// Records the outcome of our command `client_seq` (once).
@@ -321,11 +351,11 @@ impl Core {
                 stats.gateway_rejects.add(reason);
             }
             Outcome::Filled { delta, .. } => stats.units_sold -= i64::from(delta),
-            Outcome::HoldPlaced { .. } | Outcome::HoldReleased => {}
+            Outcome::HoldPlaced { .. } | Outcome::HoldReleased | Outcome::NotDecided => {}
         }
         let accepted = !matches!(
             outcome,
-            Outcome::Rejected { .. } | Outcome::GatewayRejected { .. }
+            Outcome::Rejected { .. } | Outcome::GatewayRejected { .. } | Outcome::NotDecided
         );
         let no_such = outcome
             == Outcome::Rejected {

@@ -57,6 +57,9 @@ pub enum Outcome {
     Rejected { reason: u8 },
     /// `j`: the gateway refused it (role, rate limit…).
     GatewayRejected { reason: u8 },
+    /// The session ended before the warehouse decided it: it was not
+    /// carried out (docs/protocol.md, "Session rollover"); send it again.
+    NotDecided,
 }
 
 /// One of our commands and its outcome, as [`Pos::poll_with`] reports it.

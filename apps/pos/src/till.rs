@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tally_client::client::OrderEntryClient;
+use tally_client::client::{ClientConfig, OrderEntryClient};
 use tally_client::consumer::{monotonic_ns, RecoveryMode, StreamConsumer};
+use tally_client::follow::SessionFollower;
 use tally_client::replica::Replica;
 
 use crate::check::{Request, BUSY};
@@ -19,7 +20,11 @@ pub const PARK_NS_MAX: u64 = 5_000_000;
 /// The point of sale. See the crate documentation.
 pub struct Pos {
     consumer: StreamConsumer,
+    /// Moves the consumer to the next session at a rollover.
+    follower: SessionFollower,
     client: OrderEntryClient,
+    /// What a new client (for the next session) is made from.
+    client_config: ClientConfig,
     core: Core,
     idle: Idle,
     drain_timeout: Duration,
@@ -45,6 +50,7 @@ impl Pos {
             .validate()
             .map_err(|e| PosError::Config(e.0))?;
         let consumer = StreamConsumer::new(&config.consumer)?;
+        let follower = SessionFollower::new(config.consumer.clone());
         let client = OrderEntryClient::new(config.client.clone()).map_err(PosError::Client)?;
         let capacity = config.in_flight_max.next_power_of_two();
         let core = Core {
@@ -71,7 +77,9 @@ impl Pos {
         };
         Ok(Pos {
             consumer,
+            follower,
             client,
+            client_config: config.client,
             core,
             idle: config.idle,
             drain_timeout: config.drain_timeout,
@@ -101,7 +109,36 @@ impl Pos {
         if let Some(error) = core.error.take() {
             return Err(error);
         }
+        if self.consumer.is_ended() {
+            work += self.next_session(&mut on_outcome)?;
+        }
         Ok(work)
+    }
+
+    /// The session ended and the stream delivered all of it: follows the
+    /// next session by itself (a rollover needs no restart) — the stream
+    /// from its seq 1, whose broadcast rebuilds the replica, and a new
+    /// login to its gateway session. Commands the ended session did not
+    /// decide are reported [`Outcome::NotDecided`](crate::Outcome).
+    fn next_session(
+        &mut self,
+        on_outcome: &mut impl FnMut(&OutcomeReport),
+    ) -> Result<usize, PosError> {
+        let Some(session) = self.follower.follow(&mut self.consumer)? else {
+            return Ok(0);
+        };
+        let undecided = self.core.end_session(on_outcome);
+        let mut config = self.client_config.clone();
+        config.session = session;
+        self.client.logout();
+        self.client = OrderEntryClient::new(config).map_err(PosError::Client)?;
+        tracing::info!(
+            %session,
+            undecided,
+            "the session ended: following the next one (commands it did not decide were not \
+             carried out)"
+        );
+        Ok(1)
     }
 
     /// Logged in, the warehouse's directory (`S(W)`) seen, and the stream

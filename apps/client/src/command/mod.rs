@@ -105,10 +105,15 @@ impl CommandConfig {
                 credentials.username, identity.role
             )));
         }
-        let client =
+        // The appliance's current session (blank: Login Accepted names it),
+        // which after a rollover is a later one than the configured
+        // `[stream] session`.
+        let mut client =
             ClientConfig::for_appliance(appliance, &credentials.username, &credentials.password);
-        let consumer =
+        client.session = tally_wire::mold::Session::BLANK;
+        let mut consumer =
             ConsumerConfig::for_appliance(appliance, &credentials.username, &credentials.password);
+        consumer.session = tally_wire::mold::Session::BLANK;
         Ok(CommandConfig {
             consumer,
             client,
@@ -434,6 +439,40 @@ impl CommandClient {
     /// Logs out of the gateway.
     pub fn logout(&mut self) {
         self.client.logout();
+    }
+
+    /// After the session ended ([`CommandError::is_session_end`]): reads
+    /// the rest of the ended session's stream, up to `timeout`, so every
+    /// decision it holds reaches `on_decision`. Returns whether the end
+    /// was reached; the commands still undecided then were not carried
+    /// out, and never will be in that session (docs/protocol.md "Session
+    /// rollover"): send them again in the next one, with a new client.
+    pub fn finish_session(
+        &mut self,
+        timeout: Duration,
+        mut on_decision: impl FnMut(Decision),
+    ) -> Result<bool, CommandError> {
+        let deadline = Instant::now() + timeout;
+        let tracker = &mut self.tracker;
+        while !self.stream.consumer().is_ended() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.stream.wait(
+                left.min(Duration::from_millis(20)),
+                |replica, seq, message| tracker.on_stream(replica, seq, message, &mut on_decision),
+            )?;
+        }
+        Ok(true)
+    }
+}
+
+impl CommandError {
+    /// Whether this is the end of the session (a rollover): the next
+    /// session can be joined with a new [`CommandClient`].
+    pub fn is_session_end(&self) -> bool {
+        matches!(self, CommandError::Client(ClientError::SessionEnded))
     }
 }
 

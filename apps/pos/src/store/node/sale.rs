@@ -232,6 +232,13 @@ impl StoreNode {
                 let error = reason_words(reason).replace(' ', "_");
                 return refusal_with_stock(status_for(reason), &error, message, &line, fresh);
             }
+            Outcome::NotDecided => {
+                self.count(counter::SALES_REJECTED);
+                let message = "not sold: the session ended (a rollover) before the warehouse \
+                               decided it, so nothing was done; send it again"
+                    .to_string();
+                return refusal_with_stock(503, "not_decided", message, &line, fresh);
+            }
             _ => self.accepted(waiter, report, &symbol),
         };
         let message = format!("{message} — {}", line.sentence());
