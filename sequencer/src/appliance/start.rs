@@ -65,61 +65,35 @@ impl Appliance {
         let publisher =
             MulticastPublisher::new(&config.multicast(), config.stream.payload_bytes_max)
                 .context("opening the multicast publisher")?;
-        let auth = AuthThread::spawn(&gateway_config.clients, gateway_config.auth_queue_depth)
-            .context("starting the gateway's password-check thread")?;
-        let mut gateway = GatewayLoop::new(
+        let (gateway, gateway_waker, sequencer_waker) = bind_gateway(
             &gateway_config,
             gateway_core,
             to_sequencer,
             from_sequencer,
-            auth,
-        )
-        .with_context(|| format!("binding gateway.listen {}", gateway_config.listen))?;
-        // Each side wakes the other when it hands over work and the other
-        // is parked, so a lone command never waits for a park to time out.
-        let gateway_waker = gateway.waker().context("creating the gateway's waker")?;
-        let sequencer_waker = Waker::new().context("creating the sequencer's waker")?;
+            threading,
+        )?;
         log_threading(threading, threading_auto);
-        if threading == Threading::Dedicated {
-            gateway.wake_sequencer_with(sequencer_waker.clone());
-        }
         let (retransmit, replay, replay_waker) = bind_feeds(config, &journal, &counters)?;
 
-        // A group commit's completion wakes the parked sequencer loop; the
-        // shared thread parks in the gateway's ring.
-        let journal_wake_fd = match threading {
-            Threading::Dedicated => sequencer_waker.fd(),
-            Threading::Shared => gateway_waker.fd(),
-        };
-        let mut core = start_core(
+        let duty = RunnerDuty::new(&counters, threading);
+        let sequencer = build_sequencer(
             config,
-            CoreStart {
+            &control,
+            threading,
+            counters,
+            SequencerParts {
                 journal,
                 publisher,
                 next_seq: recovery.next_seq,
-                last_seqs: &last_seqs,
+                last_seqs,
                 closing,
-                journal_wake_fd,
+                inbound,
+                outcomes,
+                replay_waker,
+                gateway_waker,
+                sequencer_waker,
             },
-            &counters,
         )?;
-        let duty = RunnerDuty::new(&counters, threading);
-        let sequencer = SequencerAgent {
-            journal_path: core.journal_mut().path().to_path_buf(),
-            core,
-            inbound,
-            outcomes,
-            journal_bytes: counters.file.counter(counters.index_of("journal.bytes")),
-            journal_fsyncs: counters.file.counter(counters.index_of("journal.fsyncs")),
-            counter_file: counters.file,
-            replay_waker,
-            own_waker: sequencer_waker,
-            // Dedicated: the gateway's thread is woken when acks are ready.
-            gateway_waker: (threading == Threading::Dedicated).then_some(gateway_waker),
-            control: Arc::clone(&control),
-            close_grace_ns: config.stream.close_grace_ms.saturating_mul(1_000_000),
-            closing_since_ns: None,
-        };
         let threads = spawn_loops(
             config,
             &control,
@@ -305,26 +279,33 @@ fn log_threading(threading: Threading, threading_auto: bool) {
     );
 }
 
-/// What the sequencer core starts from.
-struct CoreStart<'a> {
+/// What the sequencer agent is built from.
+struct SequencerParts {
     journal: JournalWriter,
     publisher: MulticastPublisher,
     /// The first sequence number this run gives.
     next_seq: u64,
     /// Each origin's last client_seq (from the journal).
-    last_seqs: &'a [(u16, u32)],
+    last_seqs: Vec<(u16, u32)>,
     /// The journal holds `S(E)`: resume the rollover.
     closing: bool,
-    /// What the journal's group-commit completions signal.
-    journal_wake_fd: std::os::fd::RawFd,
+    /// The rings' sequencer ends.
+    inbound: rtrb::Consumer<Inbound>,
+    outcomes: rtrb::Producer<Outcome>,
+    replay_waker: Waker,
+    gateway_waker: Waker,
+    sequencer_waker: Waker,
 }
 
-/// Builds the sequencer core and sequences the session's start.
-fn start_core(
+/// Builds the sequencer core, sequences the session's start and wraps the
+/// core in its agent (which takes the counter file over).
+fn build_sequencer(
     config: &ApplianceConfig,
-    start: CoreStart<'_>,
-    counters: &ApplianceCounters,
-) -> anyhow::Result<SequencerCore<JournalWriter, MulticastPublisher>> {
+    control: &Arc<Control>,
+    threading: Threading,
+    counters: ApplianceCounters,
+    parts: SequencerParts,
+) -> anyhow::Result<SequencerAgent> {
     let core_config = CoreConfig {
         session: config.session()?,
         payload_limit_bytes: config.stream.payload_bytes_max,
@@ -335,23 +316,44 @@ fn start_core(
         CoreCounters::from_file(&counters.file, counters.index_of(CoreCounters::NAMES[0]));
     let mut core = SequencerCore::new(
         core_config,
-        start.journal,
-        start.publisher,
-        start.next_seq,
-        start.last_seqs,
+        parts.journal,
+        parts.publisher,
+        parts.next_seq,
+        &parts.last_seqs,
         core_counters,
     );
-    if start.closing {
+    if parts.closing {
         core.resume_closing();
     }
     let journal_path = core.journal_mut().path().to_path_buf();
     core.start(clock_ns())
         .map_err(|error| journal_write_failed(&journal_path, error))
         .context("starting the session")?;
+    // A group commit's completion wakes the parked sequencer loop; the
+    // shared thread parks in the gateway's ring.
+    let journal_wake_fd = match threading {
+        Threading::Dedicated => parts.sequencer_waker.fd(),
+        Threading::Shared => parts.gateway_waker.fd(),
+    };
     core.journal_mut()
-        .register_eventfd(start.journal_wake_fd)
+        .register_eventfd(journal_wake_fd)
         .context("registering the sequencer's waker with the journal's io_uring")?;
-    Ok(core)
+    Ok(SequencerAgent {
+        journal_path,
+        core,
+        inbound: parts.inbound,
+        outcomes: parts.outcomes,
+        journal_bytes: counters.file.counter(counters.index_of("journal.bytes")),
+        journal_fsyncs: counters.file.counter(counters.index_of("journal.fsyncs")),
+        counter_file: counters.file,
+        replay_waker: parts.replay_waker,
+        own_waker: parts.sequencer_waker,
+        // Dedicated: the gateway's thread is woken when acks are ready.
+        gateway_waker: (threading == Threading::Dedicated).then_some(parts.gateway_waker),
+        control: Arc::clone(control),
+        close_grace_ns: config.stream.close_grace_ms.saturating_mul(1_000_000),
+        closing_since_ns: None,
+    })
 }
 
 /// Every loop of the appliance, bound and ready to run.
@@ -494,4 +496,33 @@ impl RecoveryState<'_> {
             Err(error) => self.error = Some(anyhow::anyhow!("journal message {seq}: {error}")),
         }
     }
+}
+
+/// Binds the gateway's listener (with its password-check thread) and makes
+/// the wakers of the gateway and the sequencer: each side wakes the other
+/// when it hands over work and the other is parked, so a lone command never
+/// waits for a park to time out.
+fn bind_gateway(
+    gateway_config: &tally_config::gateway::GatewayConfig,
+    gateway_core: GatewayCore,
+    to_sequencer: rtrb::Producer<Inbound>,
+    from_sequencer: rtrb::Consumer<Outcome>,
+    threading: Threading,
+) -> anyhow::Result<(GatewayLoop<AuthThread>, Waker, Waker)> {
+    let auth = AuthThread::spawn(&gateway_config.clients, gateway_config.auth_queue_depth)
+        .context("starting the gateway's password-check thread")?;
+    let mut gateway = GatewayLoop::new(
+        gateway_config,
+        gateway_core,
+        to_sequencer,
+        from_sequencer,
+        auth,
+    )
+    .with_context(|| format!("binding gateway.listen {}", gateway_config.listen))?;
+    let gateway_waker = gateway.waker().context("creating the gateway's waker")?;
+    let sequencer_waker = Waker::new().context("creating the sequencer's waker")?;
+    if threading == Threading::Dedicated {
+        gateway.wake_sequencer_with(sequencer_waker.clone());
+    }
+    Ok((gateway, gateway_waker, sequencer_waker))
 }
