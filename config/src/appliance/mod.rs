@@ -6,7 +6,6 @@
 //! The documented example is `config/tally.toml` at the repository root.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use crate::gateway::{ClientEntry, GatewayConfig, Role};

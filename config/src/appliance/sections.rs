@@ -1,7 +1,12 @@
 //! The file's sections, one struct each, with their defaults.
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{bad, ConfigError};
+use crate::gateway::{GatewayConfig, Role};
 
 /// `[limits]`: table sizes of the inventory state (the warehouse's and every
 /// replica's), allocated once at start. The sequencer itself does not use

@@ -1,4 +1,5 @@
 use super::*;
+use std::net::Ipv4Addr;
 
 const HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$hmIkIn7P32nSp0oF7ibLSQqvtQ0iT4AdYnCsgEG1+Yo";

@@ -1,8 +1,9 @@
 //! Validation: every value checked once at load, section by section; the
 //! error names the first bad key.
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::SocketAddr;
+
+use super::{bad, ApplianceConfig, ConfigError, REPLY_BURST_BYTES_MAX};
 
 impl ApplianceConfig {
     /// Checks every value; the error names the first bad key.

@@ -1,7 +1,19 @@
 //! Core: frames in: login, commands, the unnumbered and the refused.
 
-#[allow(unused_imports)]
-use super::*;
+use std::fmt;
+use std::net::IpAddr;
+
+use tally_wire::soup::{self, login_reject};
+use tally_wire::{GatewayReject, Header};
+
+use super::state::ConnectionState;
+use super::validate::validate;
+use super::{Core, SlotId, SlotState, OUT_FRAME_BYTES_MAX, RATE_LIMITED, UNNUMBERED_REJECT_PREFIX};
+use crate::auth::{AuthRequest, AuthResult};
+use crate::link::Inbound;
+use crate::soup_server::{classify, HeartbeatPolicy, Login, Stage, Step};
+use crate::throttle::Throttled;
+use crate::GatewayIo;
 
 impl Core {
     // ---- frames ----------------------------------------------------------

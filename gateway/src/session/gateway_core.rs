@@ -1,7 +1,20 @@
 //! `GatewayCore`: the gateway's public face over the internal `Core`.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::IpAddr;
+
+use tally_config::gateway::GatewayConfig;
+use tally_wire::mold::Session;
+use tally_wire::soup::{self, FrameDecoder};
+
+use super::state::ConnectionState;
+use super::{ClientState, Connection, Core, SlotId, SlotState, FRAMES_PER_SLOT_PER_SERVICE};
+use crate::auth::AuthResult;
+use crate::counters::GatewayCounters;
+use crate::link::Outcome;
+use crate::throttle::Throttle;
+use crate::{AckRecord, ClientRecovery, GatewayIo, RecoveryError, Refusal};
 
 /// The gateway's session logic (see the module doc). One per gateway loop.
 pub struct GatewayCore {

@@ -55,21 +55,7 @@
 //! there to `next − 1`, oldest first (preceded by a debug line when the
 //! history no longer reaches back that far), then live acks.
 
-use std::collections::VecDeque;
-use std::fmt;
-use std::net::IpAddr;
-
-use tally_wire::ack::{Accepted, Rejected};
-use tally_wire::mold::Session;
-use tally_wire::soup::{self, login_reject, FrameDecoder};
-use tally_wire::{message_size, reject_reason, GatewayReject, Header};
-
-use crate::auth::{AuthRequest, AuthResult};
-use crate::counters::GatewayCounters;
-use crate::link::{Inbound, Outcome, OutcomeKind, INBOUND_MESSAGE_BYTES_MAX};
-use crate::soup_server::{classify, format_text, HeartbeatPolicy, Login, Stage, Step};
-use crate::throttle::{Throttle, Throttled};
-use tally_config::gateway::{GatewayConfig, Role};
+use tally_wire::soup;
 
 /// Reject reason the gateway adds to DESIGN.md's list: the message was over
 /// the session's rate limit (`j` with reason `R`). Answered, never dropped.

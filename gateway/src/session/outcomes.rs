@@ -1,7 +1,11 @@
 //! Core: outcomes back from the sequencer, and timers.
 
-#[allow(unused_imports)]
-use super::*;
+use tally_wire::soup;
+
+use super::state::ConnectionState;
+use super::{Core, SlotId, SlotState};
+use crate::link::{Outcome, OutcomeKind};
+use crate::{AckRecord, GatewayIo};
 
 impl Core {
     // ---- outcomes --------------------------------------------------------

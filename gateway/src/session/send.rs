@@ -1,7 +1,16 @@
 //! Core: lookups, sending (acks, Debug texts, back-pressure) and closing.
 
-#[allow(unused_imports)]
-use super::*;
+use std::fmt;
+
+use tally_wire::ack::{Accepted, Rejected};
+use tally_wire::soup::{self, DEBUG_TEXT_BYTES_MAX};
+
+use super::state::ConnectionState;
+use super::{
+    Core, SendError, SlotId, SlotState, ACK_FRAME_BYTES, DEBUG_FRAME_BYTES, OUT_FRAME_BYTES_MAX,
+};
+use crate::soup_server::format_text;
+use crate::{AckRecord, GatewayIo};
 
 impl Core {
     pub(super) fn client_index(&self, client_id: u16) -> Option<usize> {

@@ -1,7 +1,15 @@
 //! The connection table and the per-client state of the gateway core.
 
-#[allow(unused_imports)]
-use super::*;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+
+use tally_config::gateway::Role;
+use tally_wire::mold::Session;
+use tally_wire::soup;
+
+use crate::counters::GatewayCounters;
+use crate::throttle::Throttle;
+use crate::{AckRecord, SlotId};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

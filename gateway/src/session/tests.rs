@@ -4,11 +4,14 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::OnceLock;
 
+use tally_config::gateway::{GatewayConfig, Role};
 use tally_wire::ack::Ack;
-use tally_wire::soup::{self, ServerPacket};
-use tally_wire::{GatewayReject, Order, Recount, SkuDirectory};
+use tally_wire::mold::Session;
+use tally_wire::soup::{self, login_reject, ServerPacket};
+use tally_wire::{reject_reason, GatewayReject, Order, Recount, SkuDirectory};
 
 use super::*;
+use crate::{AuthRequest, AuthResult, GatewayCounters, Inbound, Outcome, OutcomeKind};
 use tally_config::gateway::{hash_password, ClientEntry};
 
 const MS: u64 = 1_000_000;

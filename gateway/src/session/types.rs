@@ -1,8 +1,10 @@
 //! What the gateway core exchanges with its caller: refusals, slot ids, the
 //! I/O it is driven through, ack records and recovery.
 
-#[allow(unused_imports)]
-use super::*;
+use std::fmt;
+
+use crate::auth::AuthRequest;
+use crate::link::Inbound;
 
 /// Why a connection was refused at accept. The loop sends [`Refusal::text`]
 /// in a debug packet, then closes the connection; each is counted.

@@ -1,7 +1,9 @@
 //! What a client with a role may submit.
 
-#[allow(unused_imports)]
-use super::*;
+use tally_config::gateway::Role;
+use tally_wire::{message_size, reject_reason, Header};
+
+use crate::link::INBOUND_MESSAGE_BYTES_MAX;
 
 /// The `j` reason for a stream message a client with `role` submits, or 0
 /// when it is valid: unknown type `T`, wrong length `W`, not permitted `P`.

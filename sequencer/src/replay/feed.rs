@@ -1,8 +1,23 @@
 //! The replay feed's event handlers (`Feed`): connections, logins,
 //! verdicts, and serving the journal to each client in bounded slices.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
+use std::net::SocketAddr;
+
+use tally_gateway::auth::{AuthRequest, Authenticator};
+use tally_gateway::soup_server::{classify, format_text, Login, Stage, Step};
+use tally_runtime::net::{ConnId, TcpEvent, TcpServerHandle};
+use tally_wire::soup::{
+    self, login_reject, DEBUG_TEXT_BYTES_MAX, LENGTH_PREFIX_SIZE, USERNAME_SIZE,
+};
+
+use super::{
+    heartbeat_policy, position, ClientSlot, Phase, ReplayCounters, ReplayLoop, ReplayOptions,
+    Stall, DEBUG_FRAME_BYTES_MAX, INBOUND_BUFFER_BYTES, INBOUND_FRAME_BYTES_MAX,
+    MESSAGES_PER_CLIENT_PER_POLL, SLOW_CLOSE_FLUSH,
+};
+use crate::journal::JournalReader;
+use crate::retransmit::{is_damaged_record, DamageLog};
 
 /// Everything but the server and the reader, so event handlers can borrow
 /// it while the server is being polled.

@@ -68,15 +68,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_config::gateway::ClientEntry;
-use tally_gateway::auth::{AuthRequest, AuthThread, Authenticator};
-use tally_gateway::soup_server::{classify, format_text, HeartbeatPolicy, Login, Stage, Step};
+use tally_gateway::auth::{AuthThread, Authenticator};
+use tally_gateway::soup_server::HeartbeatPolicy;
 use tally_runtime::agent::Agent;
-use tally_runtime::net::{ConnId, TcpEvent, TcpServer, TcpServerConfig, TcpServerHandle};
+use tally_runtime::net::{TcpServer, TcpServerConfig};
 use tally_runtime::wake::Waker;
 use tally_wire::mold::Session;
-use tally_wire::soup::{
-    self, login_reject, DEBUG_TEXT_BYTES_MAX, LENGTH_PREFIX_SIZE, USERNAME_SIZE,
-};
+use tally_wire::soup::{self, LENGTH_PREFIX_SIZE, USERNAME_SIZE};
 
 use crate::journal::{Cursor, JournalProgress, JournalReader};
 use crate::retransmit::{is_damaged_record, DamageLog};

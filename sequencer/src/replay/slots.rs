@@ -1,8 +1,11 @@
 //! One client connection of the replay feed: its phase, its position in the
 //! journal, its heartbeat and its stall deadline.
 
-#[allow(unused_imports)]
-use super::*;
+use tally_runtime::net::ConnId;
+use tally_wire::mold::Session;
+
+use super::{INBOUND_BUFFER_BYTES, PEER_TIMEOUT_NS};
+use crate::journal::Cursor;
 
 /// Where a connection is in the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

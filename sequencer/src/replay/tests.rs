@@ -9,6 +9,7 @@ use tally_config::gateway::{hash_password, Role};
 use tally_runtime::agent::run_agents;
 use tally_runtime::counters::CounterFile;
 use tally_runtime::idle::IdleStrategy;
+use tally_wire::soup::login_reject;
 use tally_wire::soup::{FrameDecoder, ServerPacket};
 
 const DEADLINE: Duration = Duration::from_secs(20);

@@ -1,8 +1,9 @@
 //! What each source may ask and be sent: a count-min table of request
 //! buckets and reply byte budgets per source, and the global reply budget.
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::Ipv4Addr;
+
+use super::TOKEN_NANO;
 
 /// Rows of the per-source table: each source address owns one cell per row.
 pub const SOURCE_TABLE_ROWS: usize = 4;

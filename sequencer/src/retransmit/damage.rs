@@ -1,7 +1,6 @@
 //! Damaged journal records met while serving: logged once each.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
 
 /// Damaged records already logged (by a hash of the reader's error, which
 /// names the record's offset), so each is logged once, not per request.

@@ -1,8 +1,11 @@
 //! How a consumer is configured: the stream, the retransmit server, the replay
 //! feed, buffers, and the recovery mode.
 
-#[allow(unused_imports)]
-use super::*;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use serde::Serialize;
+use tally_runtime::net::MulticastConfig;
+use tally_wire::mold::Session;
 
 /// Everything a consumer needs; [`ConsumerConfig::new`] fills in defaults.
 #[derive(Clone, Debug, PartialEq)]

@@ -69,10 +69,9 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use tally_runtime::net::{MulticastConfig, MulticastReceiver, RecvStats, TcpConn, UdpSocketRing};
-use tally_wire::mold::{MoldPacket, PacketKind, ReRequest, Session};
-use tally_wire::soup::{self, FrameDecoder, ServerPacket};
+use tally_runtime::net::{MulticastReceiver, RecvStats, TcpConn, UdpSocketRing};
+use tally_wire::mold::Session;
+use tally_wire::soup::{self, FrameDecoder};
 use tally_wire::Message;
 
 use tally_runtime::loss::LossFilter;

@@ -2,8 +2,19 @@
 //! re-requests, the replay-feed state machine. No socket of its own: the
 //! `StreamConsumer` hands it datagrams, frames and the time.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
+use std::net::SocketAddrV4;
+
+use tally_runtime::loss::LossFilter;
+use tally_runtime::net::UdpSocketRing;
+use tally_wire::mold::{MoldPacket, PacketKind, ReRequest, Session};
+use tally_wire::soup::{FrameDecoder, ServerPacket};
+use tally_wire::Message;
+
+use super::{
+    ConsumerStats, RecoveryMode, REPLAY_BACKOFF_MAX_NS, REPLAY_BACKOFF_MIN_NS, REQUEST_COUNT_MAX,
+    SLOT_BYTES, SLOT_UNDECODABLE,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Source {

@@ -1,7 +1,8 @@
 //! What a consumer counts: its statistics and their counter-file form.
 
-#[allow(unused_imports)]
-use super::*;
+use serde::Serialize;
+
+use super::StreamConsumer;
 
 /// The consumer's counters. Plain integers, updated by the owning thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -1,3 +1,6 @@
+use tally_runtime::net::MulticastConfig;
+use tally_wire::mold::ReRequest;
+
 use super::*;
 
 fn new_core(capacity: usize) -> Core {

@@ -1,8 +1,17 @@
 //! Applying the stream: commands remembered until their outcome, directory
 //! events, deltas, holds and levels.
 
-#[allow(unused_imports)]
-use super::*;
+use tally_runtime::rand::mix64;
+use tally_wire::{
+    delta_reason, directory_kind, hold_outcome, system_code, HoldEnded, HoldPlaced, InventoryLevel,
+    LocationDirectory, Message, OnHandDelta, SkuDirectory,
+};
+
+use super::{
+    id_kind, symbol_hash, Applied, HoldSlot, IdRecord, PendingSlot, Replica, Resolve,
+    CARRIED_HOLD_BIT, HOLD_CLIENT_KNOWN, HOLD_IN_USE, PENDING_EMPTY, PENDING_RESOLVED,
+    PENDING_UNRESOLVED, PROVISIONAL_VERSION_BIT,
+};
 
 impl Replica {
     /// Applies the stream message at `seq`. Messages must come in stream

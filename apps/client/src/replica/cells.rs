@@ -1,7 +1,10 @@
 //! The cell table: dense, dense over kept locations, or sparse.
 
-#[allow(unused_imports)]
-use super::*;
+use core::mem::size_of;
+
+use tally_runtime::rand::mix64;
+
+use super::{CellState, LocationSet, ReplicaLimits, SlotIndex};
 
 /// No cell: the end of a SKU's chain of cells.
 pub(super) const NO_CELL: u32 = u32::MAX;

@@ -1,8 +1,9 @@
 //! The open-addressing hash indexes of the replica's tables, and the key
 //! hashes (runtime's `mix64`).
 
-#[allow(unused_imports)]
-use super::*;
+use core::mem::size_of;
+
+use tally_runtime::rand::mix64;
 
 /// What one bucket of a [`SlotIndex`] stores. Two layouts, one table:
 ///

@@ -1,7 +1,6 @@
 //! Capacities of a replica's tables and the location sets a store node keeps.
 
-#[allow(unused_imports)]
-use super::*;
+use core::fmt;
 
 /// Capacities of every table of a [`Replica`], fixed at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

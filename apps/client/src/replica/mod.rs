@@ -63,11 +63,7 @@
 use core::fmt;
 use core::mem::size_of;
 
-use tally_runtime::rand::mix64;
-use tally_wire::{
-    delta_reason, directory_kind, hold_outcome, pad_ascii, system_code, trim_ascii, HoldEnded,
-    HoldPlaced, InventoryLevel, LocationDirectory, Message, OnHandDelta, Reserve, SkuDirectory,
-};
+use tally_wire::Reserve;
 
 /// Set in a hold key (`cmd_seq` of an `H`/`E`) for holds carried over from an
 /// earlier session by the warehouse's snapshot broadcast. Stream sequence

@@ -1,8 +1,13 @@
 //! Reads: lookups by id, symbol and name, iteration, pending commands,
 //! digests.
 
-#[allow(unused_imports)]
-use super::*;
+use tally_runtime::rand::mix64;
+use tally_wire::{pad_ascii, trim_ascii, Message};
+
+use super::{
+    id_kind, symbol_hash, Cell, CellState, Hold, HoldSlot, LocationSet, OrderRecord, PendingSlot,
+    Replica, HOLD_IN_USE, PENDING_UNRESOLVED,
+};
 
 impl Replica {
     /// The index of `sku` in the directory.

@@ -1,9 +1,6 @@
 //! What a replica shows outside (cells, holds, orders, what `apply` did, its
 //! counters) and the 16-byte cell it stores.
 
-#[allow(unused_imports)]
-use super::*;
-
 /// One inventory cell (location, sku) as seen from outside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Cell {

@@ -1,8 +1,9 @@
 //! Slots of the client-id history, the hold table and the pending-command
 //! ring.
 
-#[allow(unused_imports)]
-use super::*;
+use tally_wire::Message;
+
+use super::{Hold, COMMAND_SIZE_MAX};
 
 /// Kinds of client id in the history.
 pub mod id_kind {

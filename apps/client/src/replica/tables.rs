@@ -1,7 +1,8 @@
 //! The client-id history and the hold table (a heap by expiry).
 
-#[allow(unused_imports)]
-use super::*;
+use tally_runtime::rand::mix64;
+
+use super::{client_hash, id_kind, HoldSlot, IdRecord, Replica, HOLD_CLIENT_KNOWN, HOLD_IN_USE};
 
 impl Replica {
     /// Adds a record, evicting the oldest when full. A key already present is

@@ -1,5 +1,9 @@
+use tally_wire::{
+    delta_reason, hold_outcome, pad_ascii, CancelOrder, HoldEnded, HoldPlaced, InventoryLevel,
+    LocationDirectory, Message, ModifyOrder, OnHandDelta, Order, ReleaseHold, SkuDirectory,
+};
+
 use super::*;
-use tally_wire::{CancelOrder, ModifyOrder, Order, ReleaseHold};
 
 fn msg(bytes: &[u8]) -> Message<'_> {
     Message::parse(bytes).unwrap()

@@ -26,16 +26,12 @@
 //! truncated or corrupt file as a [`SnapshotError`], never a panic.
 
 use core::fmt;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use tally_runtime::file::replace_atomically;
-use tally_wire::{message_size, Message};
 
-use crate::replica::{
-    CellState, HoldSlot, IdRecord, Replica, ReplicaCounters, ReplicaLimits, HOLD_IN_USE,
-};
+use crate::replica::{Replica, ReplicaCounters, HOLD_IN_USE};
 
 mod read;
 #[cfg(test)]

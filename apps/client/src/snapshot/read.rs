@@ -1,7 +1,18 @@
 //! Reading a snapshot: its header, then its body into a replica.
 
-#[allow(unused_imports)]
-use super::*;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use tally_wire::{message_size, Message};
+
+use super::{
+    counters_from_words, SnapshotError, SnapshotInfo, Xxh64, COUNTERS, FORMAT_VERSION,
+    FORMAT_VERSION_DENSE, HEADER_SIZE, MAGIC,
+};
+use crate::replica::{
+    CellState, HoldSlot, IdRecord, Replica, ReplicaCounters, ReplicaLimits, HOLD_IN_USE,
+};
 
 pub(super) struct Reader<R: Read> {
     pub(super) input: R,

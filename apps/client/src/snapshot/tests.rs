@@ -1,4 +1,7 @@
+use tally_wire::Message;
+
 use super::*;
+use crate::replica::ReplicaLimits;
 
 #[test]
 fn xxh64_matches_the_reference_vectors() {

@@ -1,8 +1,5 @@
 //! XXH64 (Yann Collet's xxHash, 64-bit): the snapshot file's trailer checksum.
 
-#[allow(unused_imports)]
-use super::*;
-
 pub(super) const P1: u64 = 0x9E37_79B1_85EB_CA87;
 pub(super) const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
 pub(super) const P3: u64 = 0x1656_67B1_9E37_79F9;

@@ -1,7 +1,17 @@
 //! `TcpConn`: one outgoing connection (clients: order entry, replay feed).
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+
+use super::{SendError, SendQueue, UNSPECIFIED};
+use crate::net::ring::{
+    kind, until_delivered, until_done, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH,
+};
+use crate::net::{sock, DROP_DRAIN_TIMEOUT};
 
 /// Client connection counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,8 +1,16 @@
 //! The server's connection table and what event handlers may do with it
 //! (`TcpServerHandle`: send, close, peer, stats).
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{opcode, types};
+
+use super::{CloseReason, ConnId, SendError, SendQueue, TcpEvent, TcpStats, CLOSE_FLUSH_TIMEOUT};
+use crate::net::ring::{kind, user_data, HeapArray, Region, Ring};
+use crate::net::sock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ConnState {

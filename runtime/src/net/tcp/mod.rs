@@ -7,18 +7,8 @@
 //! allocated when the server or connection is created.
 
 use std::fmt;
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
-
-use io_uring::{opcode, types};
-
-use super::ring::{
-    kind, until_delivered, until_done, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH,
-    GENERATION_MASK,
-};
-use super::{sock, DROP_DRAIN_TIMEOUT};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 mod conn;
 mod handle;

@@ -1,7 +1,6 @@
 //! A connection's send queue: bytes the kernel did not take yet.
 
-#[allow(unused_imports)]
-use super::*;
+use crate::net::ring::Region;
 
 /// A bounded byte ring that a send in flight reads from: bytes are appended
 /// after the queued ones, and the in-flight chunk is never overwritten.

@@ -1,7 +1,18 @@
 //! `TcpServer`: the listening socket, accepts and the io_uring event loop.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{opcode, types};
+
+use super::{
+    CloseReason, Conn, ConnId, ConnState, SendError, SendQueue, TcpEvent, TcpServerConfig,
+    TcpStats, UNSPECIFIED,
+};
+use crate::net::ring::{kind, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH, GENERATION_MASK};
+use crate::net::{sock, TcpServerHandle, DROP_DRAIN_TIMEOUT};
 
 /// A TCP server reactor for one loop: listens, accepts with a multishot
 /// accept, receives into each connection's own buffer, sends from each

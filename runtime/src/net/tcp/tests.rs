@@ -1,4 +1,5 @@
 use super::*;
+use crate::net::ring::{kind, user_data, Cqe, Region, GENERATION_MASK};
 
 #[test]
 fn send_queue_wraps_and_never_overwrites_the_chunk_in_flight() {

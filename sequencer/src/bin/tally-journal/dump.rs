@@ -1,9 +1,13 @@
 //! `dump`: every record and message, one line each.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io::{self, Write};
+use std::ops::ControlFlow;
+use std::path::Path;
 
-use tally_sequencer::journal::ScanSummary;
+use tally_sequencer::journal::{scan, ScanSummary, COUNT_END_OF_SESSION, RECORD_HEADER_BYTES};
+use tally_wire::Message;
+
+use super::{read_file_header, with_path, Json, Progress, DAMAGED, INTACT, USAGE_OR_IO};
 
 pub(super) struct DumpOptions {
     pub(super) from: u64,

@@ -1,8 +1,5 @@
 //! A tiny JSON writer (objects of numbers and strings), enough for the reports.
 
-#[allow(unused_imports)]
-use super::*;
-
 /// A JSON object written field by field (the tool needs nothing more).
 pub(super) struct Json {
     pub(super) text: String,

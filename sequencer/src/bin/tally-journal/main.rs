@@ -5,19 +5,14 @@
 //! (`tally_sequencer::journal::scan`), so what `verify` reports is what a
 //! start would find. Files are read in windows of a few MiB, never whole.
 
-use std::io::{self, IsTerminal, Write};
-use std::ops::ControlFlow;
+use std::io::{self, IsTerminal};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use tally_sequencer::journal::{
-    check_file_header, scan, store_checkpoint, Checkpoint, Damage, FileHeader, ScanSummary,
-    COUNT_END_OF_SESSION, FILE_HEADER_BYTES, RECORD_HEADER_BYTES,
-};
-use tally_wire::Message;
+use tally_sequencer::journal::{check_file_header, Checkpoint, FILE_HEADER_BYTES};
 
 mod dump;
 mod json;

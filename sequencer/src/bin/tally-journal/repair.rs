@@ -1,9 +1,17 @@
 //! `repair`: cut a journal at a damaged record, with confirmation.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
+use std::ops::ControlFlow;
+use std::path::Path;
 
-use tally_sequencer::journal::ScanSummary;
+use tally_sequencer::journal::{
+    scan, store_checkpoint, Checkpoint, ScanSummary, COUNT_END_OF_SESSION,
+};
+
+use super::{
+    checkpoint_beside, read_checkpoint, read_file_header, with_path, CheckpointState, Progress,
+    DAMAGED, INTACT, USAGE_OR_IO,
+};
 
 /// A step that stops the repair with an exit status (its message printed).
 type Stop = u8;

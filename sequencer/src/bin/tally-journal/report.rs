@@ -1,7 +1,18 @@
 //! `verify`: what a journal holds and where it is damaged, in text or JSON.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io::{self, Write};
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tally_sequencer::journal::{
+    check_file_header, scan, Damage, FileHeader, ScanSummary, FILE_HEADER_BYTES,
+};
+
+use super::{
+    checkpoint_beside, read_checkpoint, CheckpointState, Json, Progress, DAMAGED, INTACT,
+    USAGE_OR_IO,
+};
 
 /// Everything `verify` finds about one journal.
 pub(super) struct Report {
