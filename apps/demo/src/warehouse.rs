@@ -49,17 +49,7 @@ impl RunningWarehouse {
         inventory: &Path,
         limits: ReplicaLimits,
     ) -> RunningWarehouse {
-        let config = WarehouseAppConfig {
-            consumer: spec.consumer_config(),
-            client: spec.client_config("wh"),
-            own_origin: demo_client("wh").client_id,
-            limits,
-            inventory: Some(inventory.to_path_buf()),
-            snapshot: None,
-            snapshot_interval: Duration::ZERO,
-            expiry_check_interval: Duration::from_millis(5),
-            catch_up_timeout: Duration::from_secs(60),
-        };
+        let config = app_config(spec, limits, inventory);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let thread = thread::Builder::new()

@@ -240,14 +240,9 @@ impl Core {
                 return;
             }
         }
-        let Ok(packet) = MoldPacket::parse(datagram) else {
-            self.stats.malformed_datagrams += 1;
+        let Some(packet) = self.parse_ours(datagram) else {
             return;
         };
-        if !self.accept_session(packet.session()) {
-            self.stats.wrong_session += 1;
-            return;
-        }
         self.last_activity_ns = now_ns;
         self.live_seen = true;
         let sequence = packet.sequence();
@@ -280,6 +275,21 @@ impl Core {
         }
     }
 
+    /// `datagram` as a packet of our session; none (counted) when it is
+    /// malformed or of another session.
+    #[inline]
+    fn parse_ours<'a>(&mut self, datagram: &'a [u8]) -> Option<MoldPacket<'a>> {
+        let Ok(packet) = MoldPacket::parse(datagram) else {
+            self.stats.malformed_datagrams += 1;
+            return None;
+        };
+        if !self.accept_session(packet.session()) {
+            self.stats.wrong_session += 1;
+            return None;
+        }
+        Some(packet)
+    }
+
     pub(super) fn on_retransmit(
         &mut self,
         from: SocketAddrV4,
@@ -291,14 +301,9 @@ impl Core {
             self.stats.foreign_datagrams += 1;
             return;
         }
-        let Ok(packet) = MoldPacket::parse(datagram) else {
-            self.stats.malformed_datagrams += 1;
+        let Some(packet) = self.parse_ours(datagram) else {
             return;
         };
-        if !self.accept_session(packet.session()) {
-            self.stats.wrong_session += 1;
-            return;
-        }
         if packet.kind() != PacketKind::Data {
             return;
         }

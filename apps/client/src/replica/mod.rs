@@ -234,16 +234,7 @@ impl Replica {
         self.last_seq = 0;
         self.authority_online_seq = 0;
         self.counters = ReplicaCounters::default();
-        self.sku_ids.fill(0);
-        self.sku_symbols.fill([b' '; 16]);
-        self.sku_count = 0;
-        self.sku_index.clear();
-        self.symbol_index.clear();
-        self.location_slot.fill(0);
-        self.location_ids.fill(0);
-        self.location_names.fill([b' '; 16]);
-        self.location_count = 0;
-        self.cells.clear();
+        self.clear_directories_and_cells();
         self.holds.fill(HoldSlot::default());
         self.hold_by_cmd.clear();
         self.hold_by_client.clear();
@@ -257,6 +248,11 @@ impl Replica {
     /// way); there can be no holds without SKUs.
     pub fn clear_inventory(&mut self) {
         assert_eq!(self.hold_count(), 0, "clearing inventory under open holds");
+        self.clear_directories_and_cells();
+    }
+
+    /// Empties both directories, their indexes and the cell table.
+    fn clear_directories_and_cells(&mut self) {
         self.sku_ids.fill(0);
         self.sku_symbols.fill([b' '; 16]);
         self.sku_count = 0;
