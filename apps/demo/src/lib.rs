@@ -461,6 +461,74 @@ pub fn read_stream(
     messages
 }
 
+/// A child process (a tool under test) killed and reaped on drop, so a
+/// failing test leaves nothing running.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What end-to-end tests of the tools start first: the appliance of a spec
+/// in this process, the real warehouse deciding on a thread, and the
+/// configuration file the tools are given. Stopped on drop (the warehouse
+/// first).
+pub struct TestStack {
+    pub warehouse: RunningWarehouse,
+    pub appliance: RunningAppliance,
+    /// `dir/tally.toml`: `spec`'s configuration.
+    pub config: PathBuf,
+}
+
+impl TestStack {
+    /// Starts `spec`'s appliance and a warehouse with `inventory_csv`
+    /// (`location,sku_symbol,quantity` lines, written to
+    /// `dir/inventory.csv`) and small limits; writes `dir/tally.toml`.
+    ///
+    /// # Panics
+    /// When the appliance cannot start (a test bug or a port in use).
+    pub fn start(spec: &ApplianceSpec, dir: &Path, inventory_csv: &str) -> TestStack {
+        let appliance = spec.start().expect("start the appliance");
+        let inventory = dir.join("inventory.csv");
+        std::fs::write(&inventory, inventory_csv).expect("write the inventory");
+        let warehouse = RunningWarehouse::start(
+            spec,
+            &inventory,
+            tally_client::replica::ReplicaLimits::small(),
+        );
+        let config = dir.join("tally.toml");
+        std::fs::write(&config, spec.toml()).expect("write the configuration");
+        TestStack {
+            warehouse,
+            appliance,
+            config,
+        }
+    }
+}
+
+/// Asks `GET path` at `addr` until it answers 200 (a service that is
+/// starting), at most `timeout`.
+///
+/// # Panics
+/// Past `timeout`, naming the path.
+pub fn wait_for_200(addr: SocketAddr, path: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while http::request(addr, "GET", path, &[], None, Duration::from_secs(5))
+        .map(|reply| reply.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} at {addr}: no 200 within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // re-ask, with a deadline
+    }
+}
+
 /// The path of a tally binary built by this workspace (`tally-pos`,
 /// `tally-monitor`, `tally-sequencer`, ...) for a test: in the target
 /// directory the running test executable lives in (`target/debug/deps/..`). `cargo test --workspace` builds

@@ -13,26 +13,16 @@
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tally_demo::{bin, demo_client, ApplianceSpec};
+use tally_demo::{bin, demo_client, ApplianceSpec, ChildGuard};
 
 const BLOCK: u8 = 100;
 /// Longest a tool may take to give up (its own connect timeout is 1-2 s).
 const DEADLINE: Duration = Duration::from_secs(30);
 
 const INVENTORY: &str = "location,sku_symbol,quantity\nSTORE-A,MUG,5\n";
-
-/// A child killed on drop.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The tools, each with the arguments it needs besides the credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,26 +11,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tally_client::replica::ReplicaLimits;
 use tally_demo::http::{basic, request};
-use tally_demo::{bin, demo_client, ApplianceSpec, RunningWarehouse};
+use tally_demo::{bin, demo_client, wait_for_200, ApplianceSpec, ChildGuard, TestStack};
 
 const BLOCK: u8 = 100;
 const ID: u8 = 224;
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `tally-ctl ARGS` as `user`; status, stdout, stderr.
 fn ctl(config: &PathBuf, user: &str, args: &[&str]) -> (i32, String, String) {
@@ -73,16 +63,12 @@ fn available_at(value: &Value, location: u64) -> Option<u64> {
 fn a_sku_added_mid_session_is_ordered_at_once_and_shown_by_the_http_service() {
     let dir = tempfile::tempdir().unwrap();
     let spec = ApplianceSpec::for_test(BLOCK, ID, dir.path().join("journal"));
-    let _appliance = spec.start().expect("start the appliance");
-    let inventory = dir.path().join("inventory.csv");
-    std::fs::write(
-        &inventory,
+    let stack = TestStack::start(
+        &spec,
+        dir.path(),
         "location,sku_symbol,quantity\nSTORE-A,MUG,10\nSTORE-B,MUG,5\n",
-    )
-    .unwrap();
-    let _warehouse = RunningWarehouse::start(&spec, &inventory, ReplicaLimits::small());
-    let config = dir.path().join("tally.toml");
-    std::fs::write(&config, spec.toml()).unwrap();
+    );
+    let config = stack.config.clone();
 
     // The HTTP service, following the session from its start.
     let http = SocketAddr::from(([127, 0, 0, 1], 30_000 + 4 * u16::from(ID - 200)));
@@ -97,15 +83,7 @@ fn a_sku_added_mid_session_is_ordered_at_once_and_shown_by_the_http_service() {
         .spawn()
         .unwrap();
     let _monitor = ChildGuard(monitor);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while request(http, "GET", "/ready", &[], None, TIMEOUT)
-        .map(|r| r.status)
-        .ok()
-        != Some(200)
-    {
-        assert!(Instant::now() < deadline, "tally-monitor never ready");
-        std::thread::sleep(Duration::from_millis(50)); // re-ask, with a deadline
-    }
+    wait_for_200(http, "/ready", Duration::from_secs(30));
 
     // A new SKU: the warehouse picks the lowest free id (MUG is 1).
     let (status, stdout, stderr) = ctl(&config, "ops1", &["sku", "add", "SCARF"]);

@@ -11,6 +11,12 @@
 //! | `GET /health` | | 200 while linked to the appliance, else 503 and why |
 //! | `GET /metrics` | | the node's counters, Prometheus text |
 //!
+//! A `POST` may carry `Idempotency-Key: KEY` (1 to 64 printable ASCII
+//! characters): a retry with the same key and request gets the first
+//! answer (202 while it awaits its decision), nothing sent twice; the same
+//! key with another request is refused (422). Keys live in the node's
+//! memory (the newest 65 536 decided ones).
+//!
 //! A body may name `"location"`: it must be this node's. Every answer is
 //! JSON with `message` (a sentence), `seq`, `lag`, `stale` and `link`;
 //! refusals add `error`. Bodies over `body_bytes_max` (413), bodies that
@@ -40,7 +46,7 @@ use serde_json::json;
 use tally_client::metrics::MetricSet;
 use tally_runtime::counters::Counter;
 
-use super::{Answer, Ask, Job};
+use super::{Answer, Ask, IdempotencyKey, Job, IDEMPOTENCY_KEY_BYTES_MAX};
 
 /// How the HTTP port is set up.
 #[derive(Clone, Debug)]
@@ -197,8 +203,15 @@ async fn handle(
     };
     let path = uri.path();
     let query = uri.query().unwrap_or("");
+    let key = match idempotency_key(&method, path, &headers, &bytes) {
+        Ok(key) => key,
+        Err(answer) => {
+            worker.refused.add_shared(1);
+            return respond(&answer);
+        }
+    };
     let answer = match worker.ask_for(&method, path, query, &bytes) {
-        Ok(ask) => worker.ask_node(ask).await,
+        Ok(ask) => worker.ask_node(ask, key).await,
         Err(answer) => {
             worker.refused.add_shared(1);
             answer
@@ -328,9 +341,9 @@ impl Worker {
 
     /// Hands `ask` to the node and waits (off the runtime's workers) for
     /// its answer.
-    async fn ask_node(&self, ask: Ask) -> Answer {
+    async fn ask_node(&self, ask: Ask, key: Option<IdempotencyKey>) -> Answer {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        match self.jobs.try_send(Job { ask, reply }) {
+        match self.jobs.try_send(Job { ask, reply, key }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.busy.add_shared(1);
@@ -352,6 +365,43 @@ impl Worker {
             ),
         }
     }
+}
+
+/// A write's `Idempotency-Key` (optional; 1 to 64 printable ASCII
+/// characters), with the request it is good for.
+fn idempotency_key(
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<IdempotencyKey>, Answer> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| {
+            (1..=IDEMPOTENCY_KEY_BYTES_MAX).contains(&key.len())
+                && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            refuse(
+                400,
+                "bad_idempotency_key",
+                format!(
+                    "Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII \
+                     characters without spaces"
+                ),
+            )
+        })?;
+    if *method != Method::POST {
+        return Ok(None);
+    }
+    Ok(Some(IdempotencyKey {
+        key: key.to_string(),
+        request: format!("{method} {path} {}", String::from_utf8_lossy(body)),
+    }))
 }
 
 /// A JSON body of type `T`, or a 400 with the parser's words.

@@ -84,7 +84,21 @@ pub struct Answer {
 pub struct Job {
     pub ask: Ask,
     pub reply: SyncSender<Answer>,
+    /// A write's idempotency key: a retry with the same key gets the first
+    /// attempt's answer, nothing sent twice.
+    pub key: Option<IdempotencyKey>,
 }
+
+/// An `Idempotency-Key` and the request it came with (method, path and
+/// body: a key is good for one request only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request: String,
+}
+
+/// Longest `Idempotency-Key` (as the HTTP service's).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
 
 /// Everything a store node needs.
 #[derive(Clone, Debug)]
@@ -130,6 +144,7 @@ pub const STORE_COUNTERS: &[&str] = &[
     "store.requests_busy",
     "store.link_active",
     "store.link_losses",
+    "store.idempotent_replays",
 ];
 
 /// Index of each of [`STORE_COUNTERS`] (in [`PosCounterFile::extra`](crate::PosCounterFile::extra)).
@@ -146,6 +161,7 @@ pub mod counter {
     pub const REQUESTS_BUSY: usize = 9;
     pub const LINK_ACTIVE: usize = 10;
     pub const LINK_LOSSES: usize = 11;
+    pub const IDEMPOTENT_REPLAYS: usize = 12;
 }
 
 /// A bounded job channel: the node's end and the senders' end.

@@ -15,7 +15,10 @@ use super::answer::{
 use super::{counter, Answer, Ask, Job, StoreConfig};
 use crate::{Outcome, OutcomeReport, Pos, PosCounterFile, PosError, Refused, Request};
 
+mod keys;
 mod sale;
+
+use keys::{Keys, Known};
 
 /// Jobs taken from the channel in one round at most.
 const JOBS_PER_ROUND_MAX: usize = 64;
@@ -26,7 +29,7 @@ pub const PAGE_LIMIT_MAX: u32 = 1000;
 
 /// What a sale that was sent is waiting for.
 #[derive(Clone, Copy, Debug)]
-enum Waiting {
+pub(crate) enum Waiting {
     Sale { qty: u32 },
     Hold { qty: u32 },
     Confirm { hold_id: u64 },
@@ -58,6 +61,8 @@ pub struct StoreNode {
     down_since: Option<Instant>,
     ever_up: bool,
     counters: PosCounterFile,
+    /// Idempotency keys of the writes ([`keys`]).
+    keys: Keys,
 }
 
 impl StoreNode {
@@ -90,6 +95,7 @@ impl StoreNode {
             down_since: None,
             ever_up: false,
             counters,
+            keys: Keys::default(),
         })
     }
 
@@ -277,7 +283,7 @@ impl StoreNode {
             Ask::Stock { sku } => self.stock(sku),
             Ask::StockPage { after, limit } => self.stock_page(*after, *limit),
             Ask::Health => self.health(),
-            _ => match self.start(&job.ask) {
+            _ => match self.start_once(&job) {
                 Ok((client_seq, sku, waiting)) => {
                     self.waiters.push(Waiter {
                         client_seq,
@@ -293,6 +299,51 @@ impl StoreNode {
         };
         // The asker may have given up: nothing to do then.
         let _ = job.reply.try_send(answer);
+    }
+
+    /// [`start`](Self::start), unless the job's idempotency key was seen:
+    /// then its answer (or, while it awaits its decision, a 202), nothing
+    /// sent.
+    fn start_once(&mut self, job: &Job) -> Result<(u32, u32, Waiting), Answer> {
+        let Some(key) = &job.key else {
+            return self.start(&job.ask);
+        };
+        match self.keys.known(key) {
+            Known::New => {
+                let (client_seq, sku, waiting) = self.start(&job.ask)?;
+                self.keys.sent(key, client_seq, sku, waiting);
+                Ok((client_seq, sku, waiting))
+            }
+            Known::Answer(answer) => {
+                self.count(counter::IDEMPOTENT_REPLAYS);
+                Err(answer)
+            }
+            Known::Pending => {
+                self.count(counter::IDEMPOTENT_REPLAYS);
+                let message = format!(
+                    "Idempotency-Key {:?} was sent and awaits its decision: nothing sent again; \
+                     retry with the same key for the answer",
+                    key.key
+                );
+                let extra = json!({ "decided": false });
+                Err(answer(202, message, extra, self.freshness()))
+            }
+            Known::Mismatch(first) => Err(refusal(
+                422,
+                "key_reused",
+                format!(
+                    "Idempotency-Key {:?} was used with another request ({first}): one key, \
+                     one request",
+                    key.key
+                ),
+                self.freshness(),
+            )),
+        }
+    }
+
+    /// Idempotency keys held (decided and pending).
+    pub fn keys_held(&self) -> usize {
+        self.keys.len()
     }
 
     fn health(&self) -> Answer {

@@ -149,7 +149,14 @@ fn ask_node(jobs: &SyncSender<Job>, ask: Ask, wait: Duration) -> Answer {
         body: serde_json::json!({ "message": message }),
         retry_after_s: None,
     };
-    if jobs.send(Job { ask, reply }).is_err() {
+    if jobs
+        .send(Job {
+            ask,
+            reply,
+            key: None,
+        })
+        .is_err()
+    {
         return no_answer("the store node is stopping");
     }
     answer

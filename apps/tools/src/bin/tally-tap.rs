@@ -1,15 +1,19 @@
 //! `tally-tap`: prints the stream, one decoded message a line. See `--help`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use clap::Parser;
 use tally_client::cli::{ConnectArgs, Need};
-use tally_client::consumer::{monotonic_ns, StreamConsumer};
+use tally_client::consumer::{monotonic_ns, ConsumerCounters, StreamConsumer};
 use tally_client::follow::SessionFollower;
 use tally_client::text;
+use tally_runtime::counters::{Counter, CounterFile};
 
 /// Prints every stream message as one line:
 /// `seq type origin/client_seq time field=value…` (or one JSON object per
@@ -18,7 +22,9 @@ use tally_client::text;
 /// Missed packets are recovered through re-requests. At the end of a
 /// session it follows the next one (the stream numbers from 1 again; with
 /// --one-session it stops there instead). Stops after --count messages, or
-/// on Ctrl-C.
+/// on Ctrl-C. With --counters (or $RUNTIME_DIRECTORY set) it keeps a
+/// counter file for tally-stat: tap.printed, tap.sessions_followed and its
+/// consumer's consumer.*.
 #[derive(Parser, Debug)]
 #[command(name = "tally-tap", version, about, long_about)]
 struct Cli {
@@ -37,6 +43,44 @@ struct Cli {
     /// Stop at the end of the session instead of following the next one.
     #[arg(long)]
     one_session: bool,
+    /// Counter file for tally-stat (default:
+    /// $RUNTIME_DIRECTORY/tally-tap.counters when that is set, else none).
+    #[arg(long, value_name = "FILE")]
+    counters: Option<PathBuf>,
+}
+
+/// The tap's counters in a counter file: its own (`tap.*`), then its
+/// consumer's (`consumer.*`).
+struct TapCounters {
+    file: CounterFile,
+    printed: Counter,
+    sessions_followed: Counter,
+    consumer: ConsumerCounters,
+}
+
+impl TapCounters {
+    const NAMES: &'static [&'static str] = &["tap.printed", "tap.sessions_followed"];
+
+    fn create(path: &Path) -> std::io::Result<TapCounters> {
+        let names: Vec<&str> = Self::NAMES
+            .iter()
+            .chain(ConsumerCounters::NAMES)
+            .copied()
+            .collect();
+        let file = CounterFile::create(path, "tally-tap", &names)?;
+        Ok(TapCounters {
+            printed: file.counter(0),
+            sessions_followed: file.counter(1),
+            consumer: ConsumerCounters::from_file(&file, Self::NAMES.len()),
+            file,
+        })
+    }
+
+    fn publish(&self, printed: u64, consumer: &StreamConsumer) {
+        self.printed.set(printed);
+        self.consumer.publish(consumer);
+        self.file.set_heartbeat(tally_runtime::clock::wall_ns());
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,12 +112,32 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         limit: cli.count.unwrap_or(u64::MAX),
         error: None,
     };
+    let counters_path = cli.counters.clone().or_else(|| {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .map(|dir| PathBuf::from(dir).join("tally-tap.counters"))
+    });
+    let counters = counters_path
+        .as_deref()
+        .map(TapCounters::create)
+        .transpose()
+        .context("creating the counter file")?;
+    let mut next_publish = Instant::now();
     while !stop.load(Ordering::Acquire) && !printer.done() {
+        if let Some(counters) = &counters {
+            if Instant::now() >= next_publish {
+                counters.publish(printer.printed, &consumer);
+                next_publish = Instant::now() + Duration::from_secs(1);
+            }
+        }
         if consumer.is_ended() {
             if cli.one_session {
                 break;
             }
-            follower.follow(&mut consumer)?;
+            if follower.follow(&mut consumer)?.is_some() {
+                if let Some(counters) = &counters {
+                    counters.sessions_followed.add_shared(1);
+                }
+            }
         }
         let work = consumer.poll(monotonic_ns(), |seq, message| printer.print(seq, &message))?;
         if work == 0 {
@@ -91,6 +155,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
     printer.out.flush()?;
+    if let Some(counters) = &counters {
+        counters.publish(printer.printed, &consumer);
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use tally_wire::reject_reason;
 
 use super::{
     answer, counter, reason_words, refusal, refusal_with_stock, status_for, Answer, Ask, Outcome,
-    OutcomeReport, Refused, Request, StockLine, StoreNode, Waiter, Waiting,
+    OutcomeReport, Refused, Request, StockLine, StoreNode, Waiting,
 };
 
 /// Said of every refusal the replica decided.
@@ -188,36 +188,54 @@ impl StoreNode {
     // -------------------------------------------------------------------
     // Decisions.
 
-    /// Answers the askers whose command was decided this round.
+    /// Answers the askers whose command was decided this round, and keeps
+    /// the answer under its idempotency key (also when the asker stopped
+    /// waiting: a retry gets it).
     pub(super) fn answer_decisions(&mut self) -> usize {
         let mut reports = std::mem::take(&mut self.reports);
         let mut answered = 0;
         for report in &reports {
-            let Some(i) = self
+            let waiter = self
                 .waiters
                 .iter()
                 .position(|waiter| waiter.client_seq == report.client_seq)
+                .map(|i| self.waiters.swap_remove(i));
+            let keyed = self
+                .keys
+                .pending(report.client_seq)
+                .map(|(_, sku, waiting)| (sku, waiting));
+            let Some((sku, waiting)) = waiter
+                .as_ref()
+                .map(|waiter| (waiter.sku, waiter.waiting))
+                .or(keyed)
             else {
                 continue;
             };
-            let waiter = self.waiters.swap_remove(i);
-            let answer = self.decided(&waiter, report);
-            let _ = waiter.reply.try_send(answer);
-            answered += 1;
+            let answer = self.decided(sku, waiting, report);
+            if keyed.is_some() {
+                // Not decided (the session ended): nothing was done, so a
+                // retry with the key sends it again.
+                let kept = (report.outcome != Outcome::NotDecided).then(|| answer.clone());
+                self.keys.decided(report.client_seq, kept);
+            }
+            if let Some(waiter) = waiter {
+                let _ = waiter.reply.try_send(answer);
+                answered += 1;
+            }
         }
         reports.clear();
         self.reports = reports;
         answered
     }
 
-    fn decided(&self, waiter: &Waiter, report: &OutcomeReport) -> Answer {
+    fn decided(&self, sku: u32, waiting: Waiting, report: &OutcomeReport) -> Answer {
         let fresh = self.freshness();
         let location = self.location.unwrap_or(0);
-        let symbol = self.symbol(waiter.sku);
+        let symbol = self.symbol(sku);
         let line = StockLine {
             location: &self.location_name,
             sku: &symbol,
-            cell: self.cell(location, waiter.sku),
+            cell: self.cell(location, sku),
         };
         let (status, message) = match report.outcome {
             Outcome::Rejected { reason } => {
@@ -239,7 +257,7 @@ impl StoreNode {
                     .to_string();
                 return refusal_with_stock(503, "not_decided", message, &line, fresh);
             }
-            _ => self.accepted(waiter, report, &symbol),
+            _ => self.accepted(waiting, report, &symbol),
         };
         let message = format!("{message} — {}", line.sentence());
         let extra = json!({
@@ -252,9 +270,9 @@ impl StoreNode {
     }
 
     /// Status and sentence of an accepted command.
-    fn accepted(&self, waiter: &Waiter, report: &OutcomeReport, symbol: &str) -> (u16, String) {
+    fn accepted(&self, waiting: Waiting, report: &OutcomeReport, symbol: &str) -> (u16, String) {
         let id = report.id;
-        match waiter.waiting {
+        match waiting {
             Waiting::Sale { qty } => {
                 self.count(counter::SALES_FILLED);
                 (201, format!("sold {qty} {symbol} (order {id})"))
