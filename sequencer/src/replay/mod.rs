@@ -343,17 +343,16 @@ impl<A: Authenticator> ReplayLoop<A> {
             }
             Err(error) => return Err(error),
         };
-        // Following the journal counts as work (it keeps the loop from
-        // parking while the stream flows). Counting it only while clients
-        // stream was tried and measured twice: the demo's tills then saw
-        // order round trips of seconds (p99 0.8–4 s against 3 ms), then,
-        // with the busy-window idler, p99 6.5–7.9 ms against 0.66–0.85 ms.
-        // The likely reason: this loop, yielding while the stream flows,
-        // keeps a vCPU from halting, so the applications' parked receive
-        // loops wake fast. Reading from the journal's window costs no
-        // system call, so what it still costs is the yields (BENCHMARKS.md,
-        // issue 11, second pass).
-        let mut work = followed;
+        // Following the journal is work only while clients stream. A loop
+        // that counted it always kept yielding while the stream flowed:
+        // 55 % of the appliance's CPU samples under 4-client
+        // request/response load (perf). That yielding kept a vCPU from
+        // halting, which made the applications' blocked receive loops wake
+        // fast; they now keep polling through a busy window of their own
+        // (`ConsumerConfig::idle`), and the order round trip till ->
+        // warehouse -> till went from p50 ~125 us to ~57 us with both
+        // changes (BENCHMARKS.md, issue 11, third pass).
+        let mut work = if self.feed.active > 0 { followed } else { 0 };
         let feed = &mut self.feed;
         work += self
             .server

@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde::Serialize;
+use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::MulticastConfig;
 use tally_wire::mold::Session;
 
@@ -52,6 +53,12 @@ pub struct ConsumerConfig {
     /// Seeded in-process loss on incoming multicast datagrams: `(seed,
     /// drop ratio 0.0..=1.0)`. For tests and `--loss`; `None` in production.
     pub loss: Option<(u64, f64)>,
+    /// How [`StreamConsumer::wait`] waits when nothing arrived: the default
+    /// back-off keeps polling (spinning, then yielding) for 200 µs after the
+    /// last work before it blocks in the kernel, so the next message of a
+    /// flowing stream is picked up without waking a blocked thread; an
+    /// idle stream blocks after a few spins and yields.
+    pub idle: IdleStrategy,
 }
 
 impl ConsumerConfig {
@@ -86,6 +93,7 @@ impl ConsumerConfig {
             receive_buffers: 1024,
             datagram_bytes_max: 2048,
             loss: None,
+            idle: IdleStrategy::DEFAULT_BACK_OFF,
         }
     }
 

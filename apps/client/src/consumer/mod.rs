@@ -69,6 +69,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use tally_runtime::idle::Idler;
 use tally_runtime::net::{MulticastReceiver, RecvStats, TcpConn, UdpSocketRing};
 use tally_wire::mold::Session;
 use tally_wire::soup::{self, FrameDecoder};
@@ -138,6 +139,9 @@ pub struct StreamConsumer {
     core: Core,
     /// When the kernel drop count is read next.
     next_drops_sample_ns: u64,
+    /// [`ConsumerConfig::idle`]: keeps [`wait`](Self::wait) polling while
+    /// the stream flows, blocks once it has been quiet.
+    idler: Idler,
 }
 
 impl StreamConsumer {
@@ -240,6 +244,7 @@ impl StreamConsumer {
             ),
             core,
             next_drops_sample_ns: 0,
+            idler: config.idle.idler(),
         })
     }
 
@@ -261,6 +266,10 @@ impl StreamConsumer {
         })?;
         work += self.service_replay(now_ns, &mut on_message)?;
         work += self.maintain(now_ns)?;
+        if work > 0 {
+            // Starts the busy window of `wait` (no system call: a reset).
+            self.idler.idle_at(work, now_ns, |_| {});
+        }
         if now_ns >= self.next_drops_sample_ns {
             self.next_drops_sample_ns = now_ns + KERNEL_DROPS_SAMPLE_NS;
             if let Some(drops) = self.multicast.kernel_drops() {
@@ -288,6 +297,11 @@ impl StreamConsumer {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(0);
+            }
+            let mut block = false;
+            self.idler.idle_at(0, monotonic_ns(), |_| block = true);
+            if !block {
+                continue;
             }
             let mut slice = deadline - now;
             let recovering = self.core.mode == RecoveryMode::Replay
