@@ -42,6 +42,7 @@ for cpu in 0 1 2 3; do
     put "/sys/devices/system/cpu/cpu$cpu/cpuidle/state1/latency" 133
     put "/sys/devices/system/cpu/cpu$cpu/cpuidle/state1/disable" 0
 done
+put /sys/module/haltpoll/parameters/guest_halt_poll_ns 0
 put /sys/kernel/mm/transparent_hugepage/enabled "[always] madvise never"
 put /sys/kernel/mm/transparent_hugepage/defrag "[always] defer defer+madvise madvise never"
 put /etc/sysctl.d/90-tally.conf "# an operator's older file"
@@ -82,6 +83,7 @@ dry=$("$tune" apply --root "$root")
 grep -q 'net.core.rmem_max 212992 -> 8388608' <<<"$dry" || fail "dry run does not list rmem_max"
 grep -q 'IRQ 10 0-3 -> 0-1' <<<"$dry" || fail "dry run does not move IRQ 10 off 2-3"
 grep -q 'isolcpus=managed_irq,domain,2-3' <<<"$dry" || fail "dry run does not print isolcpus"
+grep -q 'guest halt-polling 0ns -> 200000ns' <<<"$dry" || fail "dry run does not list guest halt-polling"
 [ "$(currents)" = "$before" ] || fail "a dry run changed something"
 [ ! -e "$root/var/lib/tally-tune/state" ] || fail "a dry run wrote the state file"
 
@@ -95,6 +97,7 @@ grep -q 'isolcpus=managed_irq,domain,2-3' <<<"$dry" || fail "dry run does not pr
 [ "$(cat "$root/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")" = powersave ] || fail "CPU 0 governor touched"
 [ "$(cat "$root/sys/devices/system/cpu/cpu3/cpuidle/state1/disable")" = 1 ] || fail "C6 on CPU 3 not disabled"
 [ "$(cat "$root/sys/devices/system/cpu/cpu0/cpuidle/state1/disable")" = 0 ] || fail "C6 on CPU 0 touched"
+[ "$(cat "$root/sys/module/haltpoll/parameters/guest_halt_poll_ns")" = 200000 ] || fail "guest halt-polling not set"
 grep -qx 'net.core.rmem_max = 8388608' "$root/etc/sysctl.d/90-tally.conf" || fail "sysctl.d not written"
 "$tune" check --root "$root" >/dev/null || fail "check still fails after apply"
 
