@@ -529,6 +529,22 @@ pub fn wait_for_200(addr: SocketAddr, path: &str, timeout: Duration) {
     }
 }
 
+/// `tally-stat --once --json`'s row of the process named `process` among
+/// the counter files in `dir`, if it shows one.
+pub fn tally_stat_row(dir: &Path, process: &str) -> Option<serde_json::Value> {
+    let output = std::process::Command::new(bin("tally-stat"))
+        .args(["--once", "--json", "--interval", "0"])
+        .arg(dir)
+        .output()
+        .expect("run tally-stat");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    report["processes"]
+        .as_array()?
+        .iter()
+        .find(|row| row["process"] == process)
+        .cloned()
+}
+
 /// The path of a tally binary built by this workspace (`tally-pos`,
 /// `tally-monitor`, `tally-sequencer`, ...) for a test: in the target
 /// directory the running test executable lives in (`target/debug/deps/..`). `cargo test --workspace` builds

@@ -77,6 +77,8 @@ fn a_sku_added_mid_session_is_ordered_at_once_and_shown_by_the_http_service() {
         .arg("--config")
         .arg(&config)
         .args(["--listen", &http.to_string(), "--user", reader.username])
+        .arg("--counters")
+        .arg(dir.path().join("tally-monitor.counters"))
         .env("TALLY_PASSWORD", reader.password)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -164,4 +166,26 @@ fn a_sku_added_mid_session_is_ordered_at_once_and_shown_by_the_http_service() {
     }
     let (status, _, stderr) = ctl(&config, "ops1", &["--json", "stock", "HAT"]);
     assert_eq!(status, 11, "HAT was never added: {stderr}");
+
+    // tally-stat shows the HTTP service, with the messages it applied and
+    // the answers it gave (its counter file is published every second).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = tally_demo::tally_stat_row(dir.path(), "tally-monitor");
+        let value = |name: &str| {
+            row.as_ref()
+                .and_then(|row| row["counters"][name]["value"].as_u64())
+                .unwrap_or(0)
+        };
+        let running = row.as_ref().is_some_and(|row| row["state"] == "running");
+        if running && value("monitor.messages_applied") > 10 && value("monitor.http_answers") > 0 {
+            assert_eq!(value("monitor.ready_active"), 1, "{row:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tally-stat's tally-monitor: {row:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // re-read, with a deadline
+    }
 }

@@ -26,7 +26,8 @@ fn run_demo(args: &[&str]) -> serde_json::Value {
 }
 
 /// As [`run_demo`], while `tally-stat` watches: every process of the demo
-/// (the appliance, the warehouse, the four tills) shows as running.
+/// (the appliance, the warehouse, the HTTP service, the four tills) shows
+/// as running.
 fn run_demo_watched_by_tally_stat(args: &[&str]) -> serde_json::Value {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let journal = std::path::Path::new(root).join("target/tally-demo/journal");
@@ -59,6 +60,7 @@ fn run_demo_watched_by_tally_stat(args: &[&str]) -> serde_json::Value {
         let running = |prefix: &str| seen.iter().filter(|n| n.starts_with(prefix)).count();
         if running("tally-sequencer") == 1
             && running("tally-warehouse") == 1
+            && running("tally-monitor") == 1
             && running("tally-pos ") == 4
         {
             break seen;

@@ -9,23 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tally_demo::{bin, demo_client, ApplianceSpec, ChildGuard, TestStack};
-
-/// tally-stat's row of the counter files in `dir` named `process`.
-fn stat_row(dir: &std::path::Path, process: &str) -> Option<Value> {
-    let output = Command::new(bin("tally-stat"))
-        .args(["--once", "--json", "--interval", "0"])
-        .arg(dir)
-        .output()
-        .expect("run tally-stat");
-    let report: Value = serde_json::from_slice(&output.stdout).ok()?;
-    report["processes"]
-        .as_array()?
-        .iter()
-        .find(|row| row["process"] == process)
-        .cloned()
-}
+use tally_demo::{bin, demo_client, tally_stat_row, ApplianceSpec, ChildGuard, TestStack};
 
 #[test]
 fn tally_stat_shows_the_tap_and_what_it_printed() {
@@ -81,7 +65,7 @@ fn tally_stat_shows_the_tap_and_what_it_printed() {
     // tally-stat shows it running, with what it printed.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(row) = stat_row(&counters_dir, "tally-tap") {
+        if let Some(row) = tally_stat_row(&counters_dir, "tally-tap") {
             let value = |name: &str| row["counters"][name]["value"].as_u64().unwrap_or(0);
             if row["state"] == "running"
                 && value("tap.printed") >= printed

@@ -128,6 +128,7 @@
 mod answer;
 mod auth;
 mod config;
+pub mod counters;
 mod eventlog;
 mod events;
 mod idempotency;

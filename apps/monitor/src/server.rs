@@ -223,6 +223,18 @@ impl MonitorHandle {
         self.read(ReadModel::digest)
     }
 
+    /// `(answers, errors)`: HTTP answers given, and those with a 4xx or
+    /// 5xx status.
+    pub fn http_answers(&self) -> (u64, u64) {
+        self.shared
+            .http
+            .by_code()
+            .fold((0, 0), |(all, errors), (code, count)| {
+                let error = code.starts_with('4') || code.starts_with('5');
+                (all + count, errors + if error { count } else { 0 })
+            })
+    }
+
     /// A summary: freshness, readiness, counters.
     pub fn status(&self) -> MonitorStatus {
         let now_ns = monotonic_ns();

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use tally_client::cli::{ConnectArgs, LimitsArgs, Login, Need};
 use tally_client::tally_config::ApplianceConfig;
+use tally_monitor::counters::MonitorCounterFile;
 use tally_monitor::{
     HttpAuthConfig, IndexLimits, Monitor, MonitorConfig, MonitorHandle, WritesConfig,
 };
@@ -101,6 +102,11 @@ struct Cli {
     connections_per_source_max: usize,
     #[command(flatten)]
     limits: LimitsArgs,
+    /// Counter file for tally-stat (default:
+    /// $RUNTIME_DIRECTORY/tally-monitor.counters when systemd sets it, else
+    /// none; /metrics works either way).
+    #[arg(long, value_name = "FILE")]
+    counters: Option<std::path::PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -120,9 +126,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
+    let counters_path = cli.counters.clone().or_else(|| {
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .map(|dir| std::path::PathBuf::from(dir).join("tally-monitor.counters"))
+    });
+    let counters = MonitorCounterFile::create(counters_path.as_deref(), "tally-monitor")
+        .context("creating the counter file")?;
     let monitor = Monitor::start(config).context("starting the monitor")?;
     tracing::info!(listen = %monitor.local_addr(), "tally-monitor serving");
-    let failure = supervise(&monitor, &notifier, &stop);
+    let failure = supervise(&monitor, &notifier, &counters, &stop);
+    counters.publish(&monitor);
     notify(notifier.stopping());
     let status = monitor.status();
     monitor.stop().context("stopping the monitor")?;
@@ -180,10 +193,12 @@ fn monitor_config(
 /// Supervision until `stop` or a failure (returned): READY=1 once caught
 /// up with the stream (or once it is known to be stale: nothing to catch up
 /// with, and the monitor says so on every answer), STATUS= every second,
-/// WATCHDOG=1 while the stream thread publishes.
+/// WATCHDOG=1 while the stream thread publishes; the counter file every
+/// second.
 fn supervise(
     monitor: &MonitorHandle,
     notifier: &Notifier,
+    counters: &MonitorCounterFile,
     stop: &AtomicBool,
 ) -> Option<anyhow::Error> {
     let watchdog = notifier.watchdog_interval().map(|interval| interval / 4);
@@ -218,6 +233,7 @@ fn supervise(
         let now = Instant::now();
         if now >= next_status {
             next_status = now + Duration::from_secs(1);
+            counters.publish(monitor);
             notify(notifier.status(&format!(
                 "seq {} lag {}{}{}",
                 status.freshness.seq,

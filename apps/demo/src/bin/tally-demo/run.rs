@@ -15,6 +15,7 @@ use tally_client::consumer::ConsumerConfig;
 use tally_client::replica::ReplicaLimits;
 use tally_config::ApplianceConfig;
 use tally_demo::DEMO_CLIENTS;
+use tally_monitor::counters::MonitorCounterFile;
 use tally_monitor::{HttpAuthConfig, Monitor, MonitorConfig, MonitorHandle};
 use tally_pos::Pos;
 use tally_runtime::counters::CounterReader;
@@ -86,7 +87,15 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<bool> {
     )?;
     let ops_thread = start_back_office(&config, &users.ops, &warehouse, until, &stop_tills)?;
     let mut tap = Tap::new(reader_consumer(&config, &users.reader), limits)?;
-    report_progress(cli, &mut tap, &views, until)?;
+    // The HTTP service's counters beside the others, for tally-stat.
+    let monitor_counters = MonitorCounterFile::create(
+        Some(&config.journal.dir.join("tally-monitor.counters")),
+        "tally-monitor (demo)",
+    )
+    .context("creating the monitor's counter file")?;
+    report_progress(cli, &mut tap, &views, until, || {
+        monitor_counters.publish(&monitor)
+    })?;
 
     // Stop: tills drain their outcomes, back office stops, the warehouse
     // stops deciding once its events are all back and saves its snapshot.

@@ -136,6 +136,7 @@ pub(crate) fn report_progress(
     tap: &mut Tap,
     views: &TillViews,
     until: Instant,
+    mut every_second: impl FnMut(),
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut next_line = started + Duration::from_secs(1);
@@ -145,6 +146,7 @@ pub(crate) fn report_progress(
         tap.poll_for(Duration::from_millis(50))?;
         if Instant::now() >= next_line {
             next_line += Duration::from_secs(1);
+            every_second();
             let views = views.lock().map(|v| v.clone()).unwrap_or_default();
             let seq = tap.replica.last_seq();
             let orders = tap.count(b'O');
