@@ -307,17 +307,10 @@ pub fn finish(tool: &str, result: anyhow::Result<()>) -> ExitCode {
 }
 
 /// Logs to stderr through `tracing`, `RUST_LOG` deciding the level (default
-/// `info`), without colours when stderr is not a terminal.
+/// `info`), without colours when stderr is not a terminal: the runtime's
+/// one set-up ([`tally_runtime::logging::init_from_env`]), for `main`s.
 pub fn init_logging() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    tally_runtime::logging::init_from_env();
 }
 
 /// `--skus-max` … `--pending-max`: one process's overrides of the

@@ -50,21 +50,16 @@
 //! # }
 //! ```
 
-use std::fmt;
-use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tally_runtime::net::{SendError, TcpConn};
 use tally_wire::mold::Session;
 use tally_wire::soup::DEBUG_TEXT_BYTES_MAX;
-use tally_wire::soup::{self, FrameDecoder, ServerPacket};
+use tally_wire::soup::{self, FrameDecoder};
 use tally_wire::Header;
 
 use crate::consumer::monotonic_ns;
-use crate::credentials::login_refusal_words;
 
 mod state;
 #[cfg(test)]

@@ -1,8 +1,13 @@
 //! The client's deterministic state: the link's phase, the window of commands
 //! not yet acked, resend after a reconnect, and the frame decoder feed.
 
-#[allow(unused_imports)]
-use super::*;
+use std::io;
+
+use tally_runtime::net::{SendError, TcpConn};
+use tally_wire::mold::Session;
+use tally_wire::soup::{self, FrameDecoder, ServerPacket, DEBUG_TEXT_BYTES_MAX};
+
+use super::{Ack, ClientError, ClientEvent, ClientStats, BATCH_BYTES, COMMAND_BYTES_MAX};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Link {

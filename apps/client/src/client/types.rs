@@ -1,8 +1,15 @@
 //! What an order-entry client is configured with and what it reports: its
 //! configuration, errors, acks, events, statistics and counters.
 
-#[allow(unused_imports)]
-use super::*;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use tally_wire::mold::Session;
+
+use super::{OrderEntryClient, WINDOW_MAX};
+use crate::credentials::login_refusal_words;
 
 /// Everything a client needs; [`ClientConfig::new`] fills in defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
