@@ -9,7 +9,7 @@
 //!
 //! - [`appliance`]: the file's schema ([`ApplianceConfig`]) and its validation;
 //!   every error names the key that is wrong.
-//! - [`gateway`]: the gateway's typed view of it ([`GatewayConfig`]), roles,
+//! - [`gateway`]: the gateway's typed view of it ([`GatewayConfig`](gateway::GatewayConfig)), roles,
 //!   client entries and password hashing (argon2id).
 //!
 //! Nothing here runs on a hot path: the file is read once at start-up.

@@ -7,8 +7,8 @@
 //! origin, invalid ones turned into `j` gateway rejects so that they are
 //! recorded too) and turns the sequencer's outcomes into acks.
 //!
-//! - [`config`]: [`GatewayConfig`], [`Role`] and its permissions, password
-//!   hashing.
+//! - `tally_config::gateway` (its own crate): [`GatewayConfig`](tally_config::gateway::GatewayConfig),
+//!   [`Role`](tally_config::gateway::Role) and its permissions, password hashing.
 //! - [`auth`]: the password-checking thread ([`AuthThread`]) behind the
 //!   [`Authenticator`] trait, and a blocking [`InlineAuthenticator`] for tests.
 //! - [`session`]: [`GatewayCore`], the deterministic session logic (no I/O, no

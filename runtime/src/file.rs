@@ -16,7 +16,7 @@
 //!
 //! Threading contract: one owner thread; nothing here locks or allocates after
 //! [`GroupCommitFile::new`]. Every buffer the kernel reads lives in a
-//! [`Region`] owned by this object and is reused only after the write that
+//! `Region` owned by this object and is reused only after the write that
 //! read it completed; on drop, operations in flight are cancelled and drained,
 //! and the buffers leaked if the kernel does not let go in time.
 //!

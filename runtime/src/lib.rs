@@ -13,7 +13,7 @@
 //! - [`counters`]: [`counters::CounterFile`], counters in a memory-mapped file
 //!   (layout in the module doc) that other threads and processes read with
 //!   [`counters::CounterReader`].
-//! - [`file`]: io_uring group commit for an append-only file, and
+//! - [`file`](mod@file): io_uring group commit for an append-only file, and
 //!   [`file::replace_atomically`] for small files replaced whole.
 //! - [`logging`]: [`logging::init_from_env`], the binaries' one logging
 //!   set-up (for `main` only: it reads `RUST_LOG`).

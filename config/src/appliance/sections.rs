@@ -342,7 +342,7 @@ pub struct JournalConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoopsConfig {
-    /// `auto` (default), `shared` or `dedicated`: see [`Threading`].
+    /// `auto` (default), `shared` or `dedicated`: see [`Threading`](super::Threading).
     pub threading: Option<String>,
     #[serde(default)]
     pub gateway: LoopConfig,

@@ -5,10 +5,10 @@
 //! it is told about accepted connections, received bytes, password-check
 //! results, sequencer outcomes and the time (`now_ns`, passed in), and acts
 //! through a [`GatewayIo`] it is handed on every call: send bytes, close a
-//! connection, forward an [`Inbound`] to the sequencer, queue a password
+//! connection, forward an [`Inbound`](crate::link::Inbound) to the sequencer, queue a password
 //! check. Everything it needs is allocated in [`GatewayCore::new`]; nothing on
 //! the message path allocates, locks or logs (problems are counted in
-//! [`GatewayCounters`]).
+//! [`GatewayCounters`](crate::counters::GatewayCounters)).
 //!
 //! # Connections and clients
 //!
@@ -38,7 +38,7 @@
 //! connection rate is refused at accept ([`Refusal`]); a login from a source
 //! backing off after failures, for a username that failed too often, or from
 //! a source with `auth_in_flight_per_source` checks queued is rejected `A`
-//! without a password check ([`Throttle`]). Every refusal is explained on the
+//! without a password check ([`Throttle`](crate::throttle::Throttle)). Every refusal is explained on the
 //! wire (a debug packet before the close or the Login Rejected) and counted.
 //!
 //! A `U` packet that carries no usable client_seq — shorter than the 15-byte

@@ -24,7 +24,7 @@ pub enum ConnectionState {
     AwaitingAcks,
     /// Logged in: `U`, `R` and `O` are served.
     LoggedIn,
-    /// Being closed; the slot is freed by [`GatewayCore::on_closed`].
+    /// Being closed; the slot is freed by [`GatewayCore::on_closed`](super::GatewayCore::on_closed).
     Closing,
 }
 

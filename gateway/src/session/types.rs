@@ -81,7 +81,7 @@ pub trait GatewayIo {
 
     /// Closes the connection in `slot` once what was queued has been sent
     /// (best effort). The slot stays taken until the loop calls
-    /// [`GatewayCore::on_closed`].
+    /// [`GatewayCore::on_closed`](super::GatewayCore::on_closed).
     fn close(&mut self, slot: SlotId);
 
     /// Free places in the ring to the sequencer. The core forwards only when
@@ -114,7 +114,7 @@ pub struct AckRecord {
 }
 
 /// What the sequencer knows about one client from its journal, to rebuild the
-/// gateway's state at start-up (see [`GatewayCore::recover`]).
+/// gateway's state at start-up (see [`GatewayCore::recover`](super::GatewayCore::recover)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientRecovery {
     /// The client id (`origin`).

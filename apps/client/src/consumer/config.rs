@@ -53,7 +53,7 @@ pub struct ConsumerConfig {
     /// Seeded in-process loss on incoming multicast datagrams: `(seed,
     /// drop ratio 0.0..=1.0)`. For tests and `--loss`; `None` in production.
     pub loss: Option<(u64, f64)>,
-    /// How [`StreamConsumer::wait`] waits when nothing arrived: the default
+    /// How [`StreamConsumer::wait`](super::StreamConsumer::wait) waits when nothing arrived: the default
     /// back-off keeps polling (spinning, then yielding) for 200 µs after the
     /// last work before it blocks in the kernel, so the next message of a
     /// flowing stream is picked up without waking a blocked thread; an

@@ -16,7 +16,7 @@ pub(super) const NO_CELL: u32 = u32::MAX;
 /// - **dense** when `cells_max ≥ skus_max × locations_max`: slot `sku index ×
 ///   locations_max + location index`, every slot exists (16 bytes a cell, no
 ///   index);
-/// - **dense over kept locations** (a store node, [`Replica::keep_only`])
+/// - **dense over kept locations** (a store node, [`Replica::keep_only`](super::Replica::keep_only))
 ///   when `cells_max ≥ skus_max × k`, `k` the kept locations (at most
 ///   `locations_max`): a row of `k` columns per SKU, a kept location taking
 ///   the next free column when its first cell event arrives (16 bytes a kept

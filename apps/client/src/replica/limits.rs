@@ -2,7 +2,7 @@
 
 use core::fmt;
 
-/// Capacities of every table of a [`Replica`], fixed at construction.
+/// Capacities of every table of a [`Replica`](super::Replica), fixed at construction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReplicaLimits {
     /// Most SKUs in the directory.
@@ -115,8 +115,8 @@ impl ReplicaLimits {
 }
 
 /// A set of location ids (a bitmap over every `u16`, 8 KiB): the locations a
-/// store node keeps ([`Replica::keep_only`]) or a subset digest covers
-/// ([`Replica::digest_of`]).
+/// store node keeps ([`Replica::keep_only`](super::Replica::keep_only)) or a subset digest covers
+/// ([`Replica::digest_of`](super::Replica::digest_of)).
 #[derive(Clone, PartialEq, Eq)]
 pub struct LocationSet {
     words: Box<[u64]>,

@@ -13,7 +13,7 @@ pub struct Cell {
     pub available: u32,
     /// Sequence number of the last event that changed the cell; 0 = no event
     /// ever named it. In a warehouse's own replica a version with
-    /// [`PROVISIONAL_VERSION_BIT`] set means "changed by a decision not yet
+    /// [`PROVISIONAL_VERSION_BIT`](super::PROVISIONAL_VERSION_BIT) set means "changed by a decision not yet
     /// back from the stream".
     pub version: u64,
 }
@@ -22,7 +22,7 @@ pub struct Cell {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Hold {
     /// Its key: the stream sequence number of the `V` that placed it (with
-    /// [`CARRIED_HOLD_BIT`] for holds carried over from an earlier session).
+    /// [`CARRIED_HOLD_BIT`](super::CARRIED_HOLD_BIT) for holds carried over from an earlier session).
     pub cmd_seq: u64,
     /// The client that placed it, `(origin, hold_id)`, when this replica saw
     /// the `V` (always, unless it joined mid-stream or forgot the command).
@@ -60,10 +60,10 @@ pub struct OrderRecord {
     pub last_cmd_seq: u64,
 }
 
-/// What [`Replica::apply`] did with a message.
+/// What [`Replica::apply`](super::Replica::apply) did with a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Applied {
-    /// `seq` was not after [`Replica::last_seq`]: already applied, skipped.
+    /// `seq` was not after [`Replica::last_seq`](super::Replica::last_seq): already applied, skipped.
     Ignored,
     /// A command, remembered as pending until its outcome arrives.
     Recorded,
@@ -93,7 +93,7 @@ pub struct ReplicaCounters {
     /// Messages skipped because their seq was not after `last_seq`.
     pub stale: u64,
     /// Events that would have made on_hand or reserved negative, on_hand
-    /// overflow, or reserved exceed on_hand (see [`Replica::oversold`]).
+    /// overflow, or reserved exceed on_hand (see [`Replica::oversold`](super::Replica::oversold)).
     pub violations: u64,
     /// Cell events naming a SKU or location missing from the directory (the
     /// id is registered on the fly with a blank symbol or name).

@@ -7,8 +7,8 @@
 //! | part | content |
 //! |---|---|
 //! | header, 128 bytes | magic `TALLYSNP`, format version, header size, seq, authority-online seq, pending cursor, stream session (10 bytes, padded to 16), four application words, the count of every table, (version 2) the cell count u64 |
-//! | locations | per location: id u16, name [16] (directory order) |
-//! | SKUs | per SKU: id u32, symbol [16] (directory order) |
+//! | locations | per location: id u16, name \[16\] (directory order) |
+//! | SKUs | per SKU: id u32, symbol \[16\] (directory order) |
 //! | cells | version 2: per cell that exists (version ≠ 0): sku id u32, location id u16, on_hand u32, reserved u32, version u64; version 1 (still read): skus × locations cells, sku-major: on_hand u32, reserved u32, version u64 |
 //! | holds | per open hold: key u64, expires_at u64, hold_id u64, sku u32, qty u32, location u16, origin u16, flags u8 |
 //! | client ids | oldest first: id u64, cmd_seq u64, last_cmd_seq u64, sku u32, qty u32, remaining u32, location u16, origin u16, kind u8 |

@@ -41,7 +41,7 @@ pub(super) struct Conn {
 pub(super) const UNSPECIFIED: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
-/// The part of a [`TcpServer`] an event handler may use while it holds the
+/// The part of a [`TcpServer`](super::TcpServer) an event handler may use while it holds the
 /// bytes of a `Data` event: sending, closing, looking connections up.
 pub struct TcpServerHandle {
     pub(super) ring: Ring,
@@ -74,7 +74,7 @@ impl TcpServerHandle {
 
     /// Appends `bytes` to the connection's send buffer and makes sure a send
     /// is in flight (submitted at the end of the current `poll`, or at once
-    /// when called through [`TcpServer::send`]). All or nothing.
+    /// when called through [`TcpServer::send`](super::TcpServer::send)). All or nothing.
     pub fn send(&mut self, conn: ConnId, bytes: &[u8]) -> Result<(), SendError> {
         let index = self.lookup(conn).ok_or(SendError::Closed)?;
         let offset = index * self.send_buffer_bytes;
