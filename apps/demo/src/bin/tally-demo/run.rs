@@ -111,17 +111,14 @@ pub(crate) fn run(cli: &Cli) -> anyhow::Result<bool> {
     let final_seq = next_seq(&counters) - 1;
 
     catch_up(&mut tap, &mut tills_done, final_seq)?;
-    monitor.wait_for_seq(final_seq, Duration::from_secs(30));
-    let (monitor_seq, monitor_digest) = monitor.digest();
-    let monitor_oversold = monitor.read(|model| model.replica().oversold());
-    monitor.stop()?;
+    let monitor = stop_monitor(monitor, final_seq)?;
     appliance.stop()?;
 
     let finish = Finish {
         final_seq,
         warehouse: &warehouse,
         tap: &tap,
-        monitor: (monitor_seq, monitor_digest, monitor_oversold),
+        monitor,
         tills: &users.tills,
         tills_done: &tills_done,
         ops_sent,
@@ -414,6 +411,16 @@ fn start_monitor(
         ),
     );
     Ok(monitor)
+}
+
+/// The HTTP service's last seq, digest and oversold units once it applied
+/// up to `final_seq` (or 30 s passed); then stops it.
+fn stop_monitor(monitor: MonitorHandle, final_seq: u64) -> anyhow::Result<(u64, u64, u64)> {
+    monitor.wait_for_seq(final_seq, Duration::from_secs(30));
+    let (seq, digest) = monitor.digest();
+    let oversold = monitor.read(|model| model.replica().oversold());
+    monitor.stop()?;
+    Ok((seq, digest, oversold))
 }
 
 /// Back office: transfers between locations and restocks, a few a second.
