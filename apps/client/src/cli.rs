@@ -3,6 +3,11 @@
 //! names every address (stream, gateway, retransmit, replay), so an
 //! application on the same host — or with a copy of that file — needs only
 //! `--config` and its credentials.
+//!
+//! No default credentials: [`ConnectArgs::login`] is the start-up check
+//! every tool makes (credentials given, user configured, role fits, the
+//! appliance takes the password), and [`exit`] the statuses a tool stops
+//! with when one fails ([`ToolError`], [`finish`]).
 
 use std::fmt;
 use std::path::PathBuf;
