@@ -238,8 +238,9 @@ fn wait_ready(pos: &mut Pos, timeout_s: u64, stop: &AtomicBool) -> anyhow::Resul
     Ok(true)
 }
 
-/// `--follow`: applies the stream until `stop` (or the session's end),
-/// telling systemd the seq whenever it moves, then catches up with the
+/// `--follow`: applies the stream until `stop` (a till follows a rollover
+/// into the next session, so a session's end does not stop it), telling
+/// systemd the seq whenever it moves, then catches up with the
 /// newest seq the stream announced.
 fn follow(pos: &mut Pos, stop: &AtomicBool, notifier: &Notifier) -> anyhow::Result<()> {
     const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -14,7 +14,9 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use tally_runtime::file::replace_atomically;
 
 const MAGIC: &str = "tally-ctl batch state 1";
 /// A state file is a few hundred bytes; anything larger is not one.
@@ -100,26 +102,10 @@ impl State {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-/// `bytes` into `path`: written under `path.tmp`, fsync'd, renamed, and the
-/// directory fsync'd.
+/// `bytes` into `path`, atomically and durably
+/// ([`tally_runtime::file::replace_atomically`]).
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = temp_path(path);
-    let mut file = File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temp, path)?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    replace_atomically(path, |file| file.write_all(bytes))
 }
 
 #[cfg(test)]
@@ -142,7 +128,7 @@ mod tests {
         };
         state.save(&path).unwrap();
         assert_eq!(State::load(&path), Ok(Some(state.clone())));
-        assert!(!temp_path(&path).exists());
+        assert!(!path.with_file_name("batch.state.tmp").exists());
         std::fs::write(&path, state.text().replace("lines=100000", "lines=many")).unwrap();
         let error = State::load(&path).unwrap_err();
         assert!(
