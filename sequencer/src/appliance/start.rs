@@ -82,6 +82,7 @@ impl Appliance {
             threading,
             counters,
             SequencerParts {
+                session,
                 journal,
                 publisher,
                 next_seq: recovery.next_seq,
@@ -281,6 +282,8 @@ fn log_threading(threading: Threading, threading_auto: bool) {
 
 /// What the sequencer agent is built from.
 struct SequencerParts {
+    /// The session the configuration names (parsed once, in `start`).
+    session: tally_wire::mold::Session,
     journal: JournalWriter,
     publisher: MulticastPublisher,
     /// The first sequence number this run gives.
@@ -307,7 +310,7 @@ fn build_sequencer(
     parts: SequencerParts,
 ) -> anyhow::Result<SequencerAgent> {
     let core_config = CoreConfig {
-        session: config.session()?,
+        session: parts.session,
         payload_limit_bytes: config.stream.payload_bytes_max,
         heartbeat_interval_ns: config.stream.heartbeat_interval_ms * 1_000_000,
         batch_messages_max: 4096,

@@ -287,23 +287,25 @@ impl StreamConsumer {
         timeout: Duration,
         mut on_message: impl FnMut(u64, Message<'_>),
     ) -> io::Result<usize> {
-        let deadline = Instant::now() + timeout;
+        let deadline_ns = monotonic_ns().saturating_add(timeout.as_nanos() as u64);
         let delivered_before = self.core.stats.messages_delivered;
         loop {
-            let work = self.poll(monotonic_ns(), &mut on_message)?;
+            // One clock read a round: the poll, the deadline and the busy
+            // window all take it.
+            let now_ns = monotonic_ns();
+            let work = self.poll(now_ns, &mut on_message)?;
             if self.core.stats.messages_delivered != delivered_before {
                 return Ok(work.max(1));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if now_ns >= deadline_ns {
                 return Ok(0);
             }
             let mut block = false;
-            self.idler.idle_at(0, monotonic_ns(), |_| block = true);
+            self.idler.idle_at(0, now_ns, |_| block = true);
             if !block {
                 continue;
             }
-            let mut slice = deadline - now;
+            let mut slice = Duration::from_nanos(deadline_ns - now_ns);
             let recovering = self.core.mode == RecoveryMode::Replay
                 || self.core.requests_active > 0
                 || self.core.has_gap();
