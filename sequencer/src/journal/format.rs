@@ -244,15 +244,7 @@ pub(crate) fn check_record(rest: &[u8], expected_seq: u64) -> Result<(usize, u16
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn blocks(messages: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for message in messages {
-            out.extend_from_slice(&(message.len() as u16).to_be_bytes());
-            out.extend_from_slice(message);
-        }
-        out
-    }
+    use crate::journal::test_records::blocks;
 
     #[test]
     fn a_written_record_is_intact_and_every_bit_flip_is_not() {

@@ -41,6 +41,8 @@ mod checkpoint;
 mod format;
 mod reader;
 mod recover;
+#[cfg(test)]
+pub(crate) mod test_records;
 mod window;
 mod writer;
 

@@ -491,19 +491,11 @@ fn write_all_vectored(file: &mut File, header: &[u8], blocks: &[u8]) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::test_records::blocks;
     use crate::journal::{journal_path, JournalReader, RecoveryOptions};
 
     fn session() -> Session {
         Session::from_str("TEST01").unwrap()
-    }
-
-    fn blocks(messages: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for message in messages {
-            out.extend_from_slice(&(message.len() as u16).to_be_bytes());
-            out.extend_from_slice(message);
-        }
-        out
     }
 
     /// A fresh or reopened writer with `fsync = "none"`.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::journal::test_records::{self, message};
 use crate::journal::{FsyncPolicy, JournalWriter};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -27,27 +28,9 @@ fn clients() -> Vec<ClientEntry> {
     }]
 }
 
-fn message(seq: u64) -> Vec<u8> {
-    let len = 20 + (seq % 22) as usize;
-    let mut out = vec![(seq % 251) as u8; len];
-    out[..8].copy_from_slice(&seq.to_be_bytes());
-    out
-}
-
+/// Appends the next `count` messages in records of up to 30.
 fn append(writer: &mut JournalWriter, count: u64) {
-    let mut seq = writer.next_seq();
-    let end = seq + count;
-    while seq < end {
-        let n = (end - seq).min(30);
-        let mut blocks = Vec::new();
-        for s in seq..seq + n {
-            let m = message(s);
-            blocks.extend_from_slice(&(m.len() as u16).to_be_bytes());
-            blocks.extend_from_slice(&m);
-        }
-        writer.append(seq, n as u16, &blocks, 0).unwrap();
-        seq += n;
-    }
+    test_records::append(writer, count, 30);
 }
 
 fn options() -> ReplayOptions {

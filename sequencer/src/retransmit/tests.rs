@@ -1,4 +1,5 @@
 use super::*;
+use crate::journal::test_records::{self, message};
 use crate::journal::{FsyncPolicy, JournalWriter};
 use std::net::UdpSocket;
 use std::thread;
@@ -29,33 +30,9 @@ fn the_counter_sees_allocations_on_this_thread_only() {
     assert_eq!(allocations, 0);
 }
 
-fn blocks(messages: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for message in messages {
-        out.extend_from_slice(&(message.len() as u16).to_be_bytes());
-        out.extend_from_slice(message);
-    }
-    out
-}
-
-/// Message `seq`: 20..=41 bytes, its content derived from `seq`.
-fn message(seq: u64) -> Vec<u8> {
-    let len = 20 + (seq % 22) as usize;
-    let mut out = vec![(seq % 251) as u8; len];
-    out[..8].copy_from_slice(&seq.to_be_bytes());
-    out
-}
-
-/// Appends messages `first..first+count` in records of up to 7.
+/// Appends the next `count` messages in records of up to 7.
 fn append(writer: &mut JournalWriter, count: u64) {
-    let mut seq = writer.next_seq();
-    let end = seq + count;
-    while seq < end {
-        let n = (end - seq).min(7);
-        let messages: Vec<Vec<u8>> = (seq..seq + n).map(message).collect();
-        writer.append(seq, n as u16, &blocks(&messages), 0).unwrap();
-        seq += n;
-    }
+    test_records::append(writer, count, 7);
 }
 
 fn options() -> RetransmitOptions {
