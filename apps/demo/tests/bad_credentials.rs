@@ -19,8 +19,16 @@ use std::time::{Duration, Instant};
 use tally_demo::{bin, demo_client, ApplianceSpec, ChildGuard};
 
 const BLOCK: u8 = 100;
-/// Longest a tool may take to give up (its own connect timeout is 1-2 s).
+/// Longest a tool may take to give up (its own connect timeout is at most
+/// [`ANSWER_TIMEOUT_MS`]).
 const DEADLINE: Duration = Duration::from_secs(30);
+/// `--connect-timeout-ms` against a running appliance: it refuses at once,
+/// but a password check (argon2) on CI's two busy cores has taken over
+/// 1.5 s, which the tool then reports as unreachable (22). The tool stops
+/// as soon as the refusal arrives, so a generous bound costs nothing.
+const ANSWER_TIMEOUT_MS: u64 = 20_000;
+/// `--connect-timeout-ms` where nothing listens: the tool waits it out.
+const UNREACHABLE_TIMEOUT_MS: u64 = 1_500;
 
 const INVENTORY: &str = "location,sku_symbol,quantity\nSTORE-A,MUG,5\n";
 
@@ -82,10 +90,12 @@ struct Setup {
     config: PathBuf,
     dir: PathBuf,
     http_base: u16,
+    /// Every tool's `--connect-timeout-ms` (tally-ctl's `--timeout-ms`).
+    timeout_ms: u64,
 }
 
 impl Setup {
-    fn new(spec: &ApplianceSpec, dir: &Path, id: u8) -> Setup {
+    fn new(spec: &ApplianceSpec, dir: &Path, id: u8, timeout_ms: u64) -> Setup {
         let config = dir.join("tally.toml");
         std::fs::write(&config, spec.toml()).unwrap();
         std::fs::write(dir.join("inventory.csv"), INVENTORY).unwrap();
@@ -93,6 +103,7 @@ impl Setup {
             config,
             dir: dir.to_path_buf(),
             http_base: 30_000 + 4 * (u16::from(id) - 200),
+            timeout_ms,
         }
     }
 
@@ -120,6 +131,7 @@ impl Setup {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let listen = |offset: u16| SocketAddr::from(([127, 0, 0, 1], self.http_base + offset));
+        let timeout_ms = self.timeout_ms.to_string();
         match tool {
             Tool::Warehouse => {
                 command
@@ -127,26 +139,26 @@ impl Setup {
                     .arg(self.dir.join("inventory.csv"))
                     .arg("--snapshot")
                     .arg(self.dir.join("warehouse.snapshot"))
-                    .args(["--connect-timeout-ms", "1500"]);
+                    .args(["--connect-timeout-ms", &timeout_ms]);
             }
             Tool::Monitor => {
                 command
                     .args(["--listen", &listen(0).to_string()])
-                    .args(["--connect-timeout-ms", "1500"]);
+                    .args(["--connect-timeout-ms", &timeout_ms]);
             }
             Tool::Pos => {
                 command
                     .args(["--location", "STORE-A"])
                     .args(["--listen", &listen(1).to_string()])
-                    .args(["--connect-timeout-ms", "1500"]);
+                    .args(["--connect-timeout-ms", &timeout_ms]);
             }
             Tool::Tap => {
                 command
                     .args(["--count", "1"])
-                    .args(["--connect-timeout-ms", "1500"]);
+                    .args(["--connect-timeout-ms", &timeout_ms]);
             }
             Tool::Ctl => {
-                command.args(["--timeout-ms", "1500", "order", "MUG", "1"]);
+                command.args(["--timeout-ms", &timeout_ms, "order", "MUG", "1"]);
             }
         }
         command
@@ -189,7 +201,7 @@ fn a_wrong_password_stops_every_tool_with_status_21() {
     let dir = tempfile::tempdir().unwrap();
     let spec = ApplianceSpec::for_test(BLOCK, 221, dir.path().join("journal"));
     let _appliance = spec.start().expect("start the appliance");
-    let setup = Setup::new(&spec, dir.path(), 221);
+    let setup = Setup::new(&spec, dir.path(), 221, ANSWER_TIMEOUT_MS);
     for (tool, user) in USERS {
         let run = setup.run(tool, user, "wrongpass");
         run.expect(21, &["refused", "password is wrong", "[[clients]]"]);
@@ -231,7 +243,7 @@ fn a_missing_role_or_an_unknown_user_stops_every_tool() {
     let dir = tempfile::tempdir().unwrap();
     let spec = ApplianceSpec::for_test(BLOCK, 222, dir.path().join("journal"));
     let _appliance = spec.start().expect("start the appliance");
-    let setup = Setup::new(&spec, dir.path(), 222);
+    let setup = Setup::new(&spec, dir.path(), 222, ANSWER_TIMEOUT_MS);
     let login = |user: &str| (user.to_string(), demo_client(user).password);
 
     // The warehouse decides as the authority; a pos user may not.
@@ -273,7 +285,7 @@ fn an_unreachable_appliance_stops_every_tool_with_status_22() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on test 223's addresses.
     let spec = ApplianceSpec::for_test(BLOCK, 223, dir.path().join("journal"));
-    let setup = Setup::new(&spec, dir.path(), 223);
+    let setup = Setup::new(&spec, dir.path(), 223, UNREACHABLE_TIMEOUT_MS);
     for (tool, user) in USERS {
         let started = Instant::now();
         let run = setup.run(tool, user, demo_client(user).password);
