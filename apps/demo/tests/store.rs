@@ -520,12 +520,15 @@ fn the_interactive_till_works_through_a_pseudo_terminal() {
     let mut child = ChildGuard(child);
     pty.expect("till ready");
     pty.expect("> ");
-    // Until the node has the directory, a read says why it cannot answer.
+    // Until the node has the directory, a read says why it cannot answer;
+    // until its order entry is logged in, a read is answered but marked
+    // stale (and a sale would be refused). Wait for a fresh answer.
     let deadline = Instant::now() + LONG;
     loop {
         pty.type_line("? MUG");
         let answer = pty.expect("\n> ");
-        if answer.contains("OK MUG at STORE-A: 5 available") {
+        assert!(answer.matches("(stale").count() <= 1, "{answer}");
+        if answer.contains("OK MUG at STORE-A: 5 available") && !answer.contains("stale") {
             break;
         }
         assert!(Instant::now() < deadline, "never linked: {}", pty.seen);

@@ -409,11 +409,9 @@ impl StoreNode {
             sku: symbol,
             cell: self.cell(location, sku),
         };
-        let mut message = line.sentence();
-        if fresh.stale {
-            message.push_str(" (stale: cut off from the appliance)");
-        }
-        answer(200, message, line.json(), fresh)
+        // The staleness travels in the answer (`stale`, `link_down_s`);
+        // whoever shows it to a person adds it once.
+        answer(200, line.sentence(), line.json(), fresh)
     }
 
     fn stock_page(&self, after: u32, limit: u32) -> Answer {
