@@ -28,18 +28,20 @@ mod allow;
 mod dgram;
 mod multicast;
 pub(crate) mod ring;
+mod send_slots;
 mod sock;
 mod tcp;
 mod udp;
 
 pub use allow::{interface_network, AllowList, Ipv4Network, NetworkParseError, ALLOW_NETWORKS_MAX};
 pub use dgram::RecvStats;
-pub use multicast::{MulticastReceiver, MulticastSender, SendStats};
+pub use multicast::{MulticastReceiver, MulticastSender};
+pub use send_slots::SendStats;
 pub use tcp::{
     CloseReason, ConnId, SendError, TcpConn, TcpConnStats, TcpEvent, TcpServer, TcpServerConfig,
     TcpServerHandle, TcpStats, CLOSE_FLUSH_TIMEOUT,
 };
-pub use udp::{UdpSendStats, UdpSocketRing};
+pub use udp::UdpSocketRing;
 
 /// How long a drop waits for cancelled operations to complete before it
 /// leaks their buffers.

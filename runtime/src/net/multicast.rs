@@ -9,30 +9,12 @@ use std::time::Duration;
 use io_uring::{opcode, types};
 
 use super::dgram::{DatagramRecv, RecvStats};
-use super::ring::{kind, until_delivered, until_done, user_data, Cqe, Region, Ring, CQE_BATCH};
+use super::ring::{kind, until_delivered, until_done, user_data, Cqe, Ring, CQE_BATCH};
+use super::send_slots::{SendSlots, SendStats};
 use super::{
     sock, MulticastConfig, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED,
     SEND_BUFFER_BYTES_WANTED,
 };
-
-/// Sender counters. Plain integers, updated only by the owning loop.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SendStats {
-    /// Datagrams the kernel accepted in full.
-    pub datagrams: u64,
-    /// Payload bytes of those datagrams.
-    pub bytes: u64,
-    /// Send completions with an error (the datagram was not sent).
-    pub errors: u64,
-    /// The last such error (`errno`), 0 if none.
-    pub last_errno: i32,
-    /// Sends that completed with `EAGAIN` and were submitted again.
-    pub retries: u64,
-    /// Sends that completed with fewer bytes than queued (not expected for UDP).
-    pub short_sends: u64,
-    /// Times a caller asked for a slot and every slot was in flight.
-    pub back_pressure: u64,
-}
 
 /// UDP multicast sender bound to the interface address (`IP_MULTICAST_IF`,
 /// TTL, `IP_MULTICAST_LOOP`) and connected to the group, sending through its
@@ -49,18 +31,12 @@ pub struct SendStats {
 pub struct MulticastSender {
     ring: Ring,
     socket: OwnedFd,
-    buffers: Region,
-    slot_bytes: usize,
-    /// Free slots (a stack; capacity = slot count, never grows).
-    free: Vec<u32>,
+    slots: SendSlots,
     /// The slot handed out by `slot()` and not yet sent.
     claimed: Option<u32>,
-    /// Length queued per slot, to check completions.
-    queued_len: Vec<u32>,
     local_addr: SocketAddrV4,
     destination: SocketAddrV4,
     send_buffer_bytes: usize,
-    stats: SendStats,
 }
 
 impl MulticastSender {
@@ -105,8 +81,7 @@ impl MulticastSender {
         sock::connect_datagram(fd, &SocketAddr::V4(destination))?;
         let local_addr = sock::local_addr_v4(&socket)?;
         let ring = Ring::new(slots as u32, 2 * slots as u32)?;
-        let buffers = Region::new(slots * slot_bytes)?;
-        let free = (0..slots as u32).rev().collect();
+        let send_slots = SendSlots::new(slots, slot_bytes)?;
         tracing::info!(
             %destination, %local_addr, interface = %cfg.interface, ttl = cfg.ttl,
             loopback = cfg.loopback, slots, slot_bytes, send_buffer_bytes,
@@ -115,15 +90,11 @@ impl MulticastSender {
         Ok(Self {
             ring,
             socket,
-            buffers,
-            slot_bytes,
-            free,
+            slots: send_slots,
             claimed: None,
-            queued_len: vec![0; slots],
             local_addr,
             destination,
             send_buffer_bytes,
-            stats: SendStats::default(),
         })
     }
 
@@ -134,25 +105,16 @@ impl MulticastSender {
     /// [`wait_completions`](Self::wait_completions) and try again).
     pub fn slot(&mut self) -> Option<(usize, &mut [u8])> {
         if self.claimed.is_none() {
-            if self.free.is_empty() {
+            if !self.slots.has_free() {
                 let _ = self.poll_completions();
             }
-            match self.free.pop() {
-                Some(slot) => self.claimed = Some(slot),
-                None => {
-                    self.stats.back_pressure += 1;
-                    return None;
-                }
-            }
+            self.claimed = Some(self.slots.take()?);
         }
-        let slot = self.claimed.expect("claimed above") as usize;
+        let slot = self.claimed.expect("claimed above");
         // SAFETY: a claimed slot has no send in flight, and the returned
         // borrow of self prevents any other access until it ends.
-        let bytes = unsafe {
-            self.buffers
-                .slice_mut(slot * self.slot_bytes, self.slot_bytes)
-        };
-        Some((slot, bytes))
+        let bytes = unsafe { self.slots.buffer_mut(slot) };
+        Some((slot as usize, bytes))
     }
 
     /// Queues the send of the first `len` bytes of the claimed `slot` without
@@ -164,12 +126,7 @@ impl MulticastSender {
             Some(slot as u32),
             "queue_slot: slot {slot} is not the claimed slot"
         );
-        if len > self.slot_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "len exceeds slot size",
-            ));
-        }
+        self.slots.check_fits(len)?;
         self.push_send(slot as u32, len)?;
         self.claimed = None;
         Ok(())
@@ -190,46 +147,25 @@ impl MulticastSender {
     /// Copies `bytes` into a free slot (not the claimed one) and sends it.
     /// `WouldBlock` when every slot is in flight.
     pub fn send_copy(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if bytes.len() > self.slot_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "datagram exceeds slot size",
-            ));
-        }
-        if self.free.is_empty() {
+        self.slots.check_fits(bytes.len())?;
+        if !self.slots.has_free() {
             self.poll_completions()?;
         }
-        let Some(slot) = self.free.pop() else {
-            self.stats.back_pressure += 1;
+        let Some(slot) = self.slots.take() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        // SAFETY: a free slot has no send in flight; the slice ends before
-        // the send is queued.
-        let buffer = unsafe {
-            self.buffers
-                .slice_mut(slot as usize * self.slot_bytes, bytes.len())
-        };
-        buffer.copy_from_slice(bytes);
+        self.slots.fill(slot, bytes);
         if let Err(e) = self.push_send(slot, bytes.len()) {
-            self.free.push(slot);
+            self.slots.put_back(slot);
             return Err(e);
         }
         self.submit()
     }
 
     fn push_send(&mut self, slot: u32, len: usize) -> io::Result<()> {
-        let entry = opcode::Send::new(
-            types::Fd(self.socket.as_raw_fd()),
-            self.buffers.at(slot as usize * self.slot_bytes),
-            len as u32,
-        )
-        .build()
-        .user_data(user_data(kind::SEND, 0, slot));
-        // SAFETY: the slot's bytes are owned by self.buffers, are not written
-        // until the slot is freed by its completion, and outlive the send
-        // (Drop drains the ring or leaks the buffers).
-        unsafe { self.ring.push(&entry)? };
-        self.queued_len[slot as usize] = len as u32;
+        let bytes = self.slots.ptr(slot);
+        push_send(&mut self.ring, &self.socket, slot, bytes, len)?;
+        self.slots.queued(slot, len);
         Ok(())
     }
 
@@ -252,29 +188,11 @@ impl MulticastSender {
     }
 
     fn complete(&mut self, cqe: Cqe) {
-        if cqe.kind() != kind::SEND {
-            return; // a cancel issued by Drop
-        }
-        let slot = cqe.index();
-        let queued = self.queued_len[slot as usize];
-        if cqe.result == -libc::EAGAIN {
-            // The socket was non-blocking-busy when io_uring retried the send:
-            // send the same bytes again rather than lose the datagram.
-            self.stats.retries += 1;
-            if self.push_send(slot, queued as usize).is_ok() {
-                return;
-            }
-        }
-        if cqe.result < 0 {
-            self.stats.errors += 1;
-            self.stats.last_errno = -cqe.result;
-        } else if cqe.result as u32 != queued {
-            self.stats.short_sends += 1;
-        } else {
-            self.stats.datagrams += 1;
-            self.stats.bytes += queued as u64;
-        }
-        self.free.push(slot);
+        let (ring, socket) = (&mut self.ring, &self.socket);
+        self.slots.complete(cqe, |slot, bytes, len| {
+            // The socket was non-blocking-busy when io_uring retried the send.
+            push_send(ring, socket, slot, bytes, len)
+        });
     }
 
     /// Blocks until at least one send completes or `timeout` passes, then
@@ -322,7 +240,7 @@ impl MulticastSender {
 
     /// Bytes per slot.
     pub fn slot_bytes(&self) -> usize {
-        self.slot_bytes
+        self.slots.slot_bytes()
     }
 
     /// `SO_SNDBUF` as the kernel reports it.
@@ -331,8 +249,26 @@ impl MulticastSender {
     }
 
     pub fn stats(&self) -> SendStats {
-        self.stats
+        self.slots.stats()
     }
+}
+
+/// Queues a send of `len` bytes at `bytes` (slot `slot`'s buffer) on the
+/// connected `socket`.
+fn push_send(
+    ring: &mut Ring,
+    socket: &OwnedFd,
+    slot: u32,
+    bytes: *mut u8,
+    len: usize,
+) -> io::Result<()> {
+    let entry = opcode::Send::new(types::Fd(socket.as_raw_fd()), bytes, len as u32)
+        .build()
+        .user_data(user_data(kind::SEND, 0, slot));
+    // SAFETY: the slot's bytes are owned by the sender's SendSlots, are not
+    // written until the slot is freed by its completion, and outlive the
+    // send (Drop drains the ring or leaks the buffers).
+    unsafe { ring.push(&entry) }
 }
 
 impl AsRawFd for MulticastSender {
@@ -345,7 +281,7 @@ impl Drop for MulticastSender {
     fn drop(&mut self) {
         if !self.ring.cancel_all_and_drain(DROP_DRAIN_TIMEOUT) {
             tracing::error!("multicast sender: sends still in flight at drop; leaking its buffers");
-            self.buffers.leak();
+            self.slots.leak();
         }
     }
 }

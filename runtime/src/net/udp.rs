@@ -10,26 +10,10 @@ use io_uring::{opcode, types};
 
 use super::dgram::{DatagramRecv, RecvStats};
 use super::ring::{
-    kind, until_delivered, until_done, user_data, zeroed, Cqe, HeapArray, Region, Ring, CQE_BATCH,
+    kind, until_delivered, until_done, user_data, zeroed, Cqe, HeapArray, Ring, CQE_BATCH,
 };
+use super::send_slots::{SendSlots, SendStats};
 use super::{sock, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED};
-
-/// Send-side counters of a [`UdpSocketRing`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UdpSendStats {
-    /// Datagrams the kernel accepted in full.
-    pub datagrams: u64,
-    /// Payload bytes of those datagrams.
-    pub bytes: u64,
-    /// Send completions with an error.
-    pub errors: u64,
-    /// The last such error (`errno`), 0 if none.
-    pub last_errno: i32,
-    /// Sends that completed with `EAGAIN` and were submitted again.
-    pub retries: u64,
-    /// `send_to` calls refused because every slot was in flight.
-    pub would_block: u64,
-}
 
 /// A UDP socket bound to one address, receiving (with each datagram's source)
 /// and sending (to any address) through its own io_uring.
@@ -50,16 +34,12 @@ pub struct UdpSocketRing {
     ring: Ring,
     engine: DatagramRecv,
     socket: OwnedFd,
-    send_buffers: Region,
-    slot_bytes: usize,
+    send_slots: SendSlots,
+    /// Per send slot: the msghdr, iovec and destination of its `SendMsg`.
     headers: HeapArray<libc::msghdr>,
     iovecs: HeapArray<libc::iovec>,
     destinations: HeapArray<libc::sockaddr_in>,
-    /// Free send slots (a stack; capacity = slot count, never grows).
-    free: Vec<u32>,
-    queued_len: Vec<u32>,
     local_addr: SocketAddrV4,
-    send_stats: UdpSendStats,
 }
 
 impl UdpSocketRing {
@@ -101,21 +81,17 @@ impl UdpSocketRing {
                 return Err(e);
             }
         };
-        let send_buffers = Region::new(slots * slot_bytes)?;
+        let send_slots = SendSlots::new(slots, slot_bytes)?;
         tracing::info!(%local_addr, mode = ?engine.mode(), slots, slot_bytes, "udp socket ready");
         Ok(Self {
             ring,
             engine,
             socket,
-            send_buffers,
-            slot_bytes,
+            send_slots,
             headers: HeapArray::new(slots, zeroed()),
             iovecs: HeapArray::new(slots, zeroed()),
             destinations: HeapArray::new(slots, zeroed()),
-            free: (0..slots as u32).rev().collect(),
-            queued_len: vec![0; slots],
             local_addr,
-            send_stats: UdpSendStats::default(),
         })
     }
 
@@ -180,33 +156,20 @@ impl UdpSocketRing {
     /// Copies `bytes` into a free send slot and sends it to `to` (one
     /// `io_uring_enter`). `WouldBlock` when every slot is in flight.
     pub fn send_to(&mut self, to: SocketAddrV4, bytes: &[u8]) -> io::Result<()> {
-        if bytes.len() > self.slot_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "datagram exceeds slot size",
-            ));
-        }
-        if self.free.is_empty() {
+        self.send_slots.check_fits(bytes.len())?;
+        if !self.send_slots.has_free() {
             self.reap_without_callback()?;
         }
-        let Some(slot) = self.free.pop() else {
-            self.send_stats.would_block += 1;
+        let Some(slot) = self.send_slots.take() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let i = slot as usize;
-        let buffer = self.send_buffers.at(i * self.slot_bytes);
-        // SAFETY: a free slot has no send in flight; the slice ends before
-        // the send is queued.
-        unsafe {
-            self.send_buffers
-                .slice_mut(i * self.slot_bytes, bytes.len())
-        }
-        .copy_from_slice(bytes);
+        self.send_slots.fill(slot, bytes);
         self.destinations.set(i, sock::sockaddr_in(to));
         self.iovecs.set(
             i,
             libc::iovec {
-                iov_base: buffer.cast(),
+                iov_base: self.send_slots.ptr(slot).cast(),
                 iov_len: bytes.len(),
             },
         );
@@ -216,48 +179,19 @@ impl UdpSocketRing {
         header.msg_iov = self.iovecs.ptr(i);
         header.msg_iovlen = 1;
         self.headers.set(i, header);
-        self.queued_len[i] = bytes.len() as u32;
-        if let Err(e) = self.push_send(slot) {
-            self.free.push(slot);
+        self.send_slots.queued(slot, bytes.len());
+        if let Err(e) = push_send(&mut self.ring, &self.socket, &self.headers, slot) {
+            self.send_slots.put_back(slot);
             return Err(e);
         }
         self.ring.submit()
     }
 
-    /// Queues the send of `slot` (its msghdr is already filled in).
-    fn push_send(&mut self, slot: u32) -> io::Result<()> {
-        let entry = opcode::SendMsg::new(
-            types::Fd(self.socket.as_raw_fd()),
-            self.headers.ptr(slot as usize),
-        )
-        .build()
-        .user_data(user_data(kind::SEND, 0, slot));
-        // SAFETY: the slot's bytes, iovec, destination and msghdr are owned by
-        // self, untouched until the send completes, and outlive it (Drop
-        // drains the ring or leaks them).
-        unsafe { self.ring.push(&entry) }
-    }
-
     fn complete_send(&mut self, cqe: Cqe) {
-        if cqe.kind() != kind::SEND {
-            return; // a cancel issued by Drop
-        }
-        let slot = cqe.index();
-        if cqe.result == -libc::EAGAIN {
-            // Send the same datagram again rather than lose it.
-            self.send_stats.retries += 1;
-            if self.push_send(slot).is_ok() {
-                return;
-            }
-        }
-        if cqe.result < 0 {
-            self.send_stats.errors += 1;
-            self.send_stats.last_errno = -cqe.result;
-        } else {
-            self.send_stats.datagrams += 1;
-            self.send_stats.bytes += self.queued_len[slot as usize] as u64;
-        }
-        self.free.push(slot);
+        let (ring, socket, headers) = (&mut self.ring, &self.socket, &self.headers);
+        // On EAGAIN the slot's msghdr still describes the same datagram.
+        self.send_slots
+            .complete(cqe, |slot, _, _| push_send(ring, socket, headers, slot));
     }
 
     /// Reaps completions where no callback is at hand: sends are completed,
@@ -282,7 +216,7 @@ impl UdpSocketRing {
 
     /// Sends not yet completed.
     pub fn sends_in_flight(&self) -> usize {
-        self.queued_len.len() - self.free.len()
+        self.send_slots.in_use()
     }
 
     /// Waits until no send is in flight; `TimedOut` after `timeout`.
@@ -308,13 +242,29 @@ impl UdpSocketRing {
         self.engine.stats()
     }
 
-    pub fn send_stats(&self) -> UdpSendStats {
-        self.send_stats
+    pub fn send_stats(&self) -> SendStats {
+        self.send_slots.stats()
     }
 
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
+}
+
+/// Queues the `SendMsg` of `slot`, whose msghdr in `headers` is filled in.
+fn push_send(
+    ring: &mut Ring,
+    socket: &OwnedFd,
+    headers: &HeapArray<libc::msghdr>,
+    slot: u32,
+) -> io::Result<()> {
+    let entry = opcode::SendMsg::new(types::Fd(socket.as_raw_fd()), headers.ptr(slot as usize))
+        .build()
+        .user_data(user_data(kind::SEND, 0, slot));
+    // SAFETY: the slot's bytes, iovec, destination and msghdr are owned by
+    // the socket, untouched until the send completes, and outlive it (Drop
+    // drains the ring or leaks them).
+    unsafe { ring.push(&entry) }
 }
 
 impl AsRawFd for UdpSocketRing {
@@ -328,7 +278,7 @@ impl Drop for UdpSocketRing {
         let drained = self.ring.cancel_all_and_drain(DROP_DRAIN_TIMEOUT);
         if !drained {
             tracing::error!("udp socket: operations still in flight at drop; leaking its buffers");
-            self.send_buffers.leak();
+            self.send_slots.leak();
             self.headers.leak();
             self.iovecs.leak();
             self.destinations.leak();
