@@ -41,13 +41,7 @@ impl Appliance {
         let gateway_config = config.gateway_config();
         let (threading, threading_auto) = config.threading()?;
         let counters = ApplianceCounters::create(config, threading)?;
-        let Recovered {
-            journal,
-            recovery,
-            gateway_core,
-            last_seqs,
-            closing,
-        } = recover_journal(
+        let recovered = recover_journal(
             config,
             session,
             &gateway_config,
@@ -67,13 +61,13 @@ impl Appliance {
                 .context("opening the multicast publisher")?;
         let (gateway, gateway_waker, sequencer_waker) = bind_gateway(
             &gateway_config,
-            gateway_core,
+            recovered.gateway_core,
             to_sequencer,
             from_sequencer,
             threading,
         )?;
         log_threading(threading, threading_auto);
-        let (retransmit, replay, replay_waker) = bind_feeds(config, &journal, &counters)?;
+        let (retransmit, replay, replay_waker) = bind_feeds(config, &recovered.journal, &counters)?;
 
         let duty = RunnerDuty::new(&counters, threading);
         let sequencer = build_sequencer(
@@ -83,11 +77,11 @@ impl Appliance {
             counters,
             SequencerParts {
                 session,
-                journal,
+                journal: recovered.journal,
                 publisher,
-                next_seq: recovery.next_seq,
-                last_seqs,
-                closing,
+                next_seq: recovered.recovery.next_seq,
+                last_seqs: recovered.last_seqs,
+                closing: recovered.closing,
                 inbound,
                 outcomes,
                 replay_waker,
@@ -110,7 +104,7 @@ impl Appliance {
         Ok(Appliance {
             control,
             threads,
-            recovery,
+            recovery: recovered.recovery,
         })
     }
 }
