@@ -26,10 +26,17 @@ struct Inner {
     wakes: AtomicU64,
 }
 
-/// A handle to wake one loop; cheap to clone, `Send + Sync`.
+/// A handle to wake one loop; cheap to clone, `Send + Sync`. Two handles
+/// are equal when they wake the same loop (clones of one waker).
 #[derive(Clone, Debug)]
 pub struct Waker {
     inner: Arc<Inner>,
+}
+
+impl PartialEq for Waker {
+    fn eq(&self, other: &Waker) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
 }
 
 impl Waker {

@@ -472,3 +472,70 @@ fn kernel_drops_of_a_receiver_that_stops_reading_are_reported() {
     assert!(delivered > 0);
     assert!(receiver.kernel_drops().unwrap() >= drops);
 }
+
+/// A waker watched in the receiver's ring ends its wait at once, for each
+/// wake; without a wake the wait runs its course; datagrams still arrive in
+/// between (the watch does not disturb the receive).
+fn a_watched_waker_ends_a_receivers_wait(group_last_octet: u8, mode: RecvMode) {
+    use std::sync::atomic::AtomicBool;
+    use tally_runtime::wake::Waker;
+
+    let cfg = config(group_last_octet);
+    let mut receiver = MulticastReceiver::with_mode(&cfg, 8, 256, mode).unwrap();
+    let mut sender = MulticastSender::new(&cfg, 4, 256).unwrap();
+    let waker = Waker::new().unwrap();
+    receiver.watch_waker(waker.clone()).unwrap();
+    for round in 0..3u8 {
+        // Another thread wakes the parked loop until the loop is back.
+        let back = Arc::new(AtomicBool::new(false));
+        let waking = {
+            let (waker, back) = (waker.clone(), Arc::clone(&back));
+            thread::spawn(move || {
+                while !back.load(Ordering::Acquire) {
+                    waker.wake();
+                    thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        let started = Instant::now();
+        let mut delivered = usize::MAX;
+        waker.park_with(
+            || false,
+            || delivered = receiver.wait(Duration::from_secs(30), |_| {}).unwrap(),
+        );
+        back.store(true, Ordering::Release);
+        waking.join().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "round {round}: the wake did not end the wait"
+        );
+        assert_eq!(delivered, 0, "round {round}: nothing was sent");
+        assert!(receiver.take_woken(), "round {round}: the wake is noted");
+        // A late wake (written after the wait ended) may still be pending:
+        // take it, then the next wait without a wake runs its course.
+        receiver.poll(|_| {}).unwrap();
+        receiver.take_woken();
+        let started = Instant::now();
+        assert_eq!(receiver.wait(Duration::from_millis(30), |_| {}).unwrap(), 0);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert!(!receiver.take_woken());
+        // And the stream still flows.
+        sender.send_copy(&[round; 100]).unwrap();
+        let mut got = Vec::new();
+        let n = receiver
+            .wait(Duration::from_secs(30), |bytes| got.push(bytes.to_vec()))
+            .unwrap();
+        assert_eq!((n, got), (1, vec![vec![round; 100]]));
+        sender.flush(Duration::from_secs(5)).unwrap();
+    }
+}
+
+#[test]
+fn a_watched_waker_ends_a_receivers_wait_multishot() {
+    a_watched_waker_ends_a_receivers_wait(78, RecvMode::Multishot);
+}
+
+#[test]
+fn a_watched_waker_ends_a_receivers_wait_single_shot() {
+    a_watched_waker_ends_a_receivers_wait(79, RecvMode::SingleShot);
+}

@@ -408,22 +408,30 @@ fn hostile_input_on_the_store_port_gets_clear_refusals() {
     let metrics = http_raw(addr, "GET", "/metrics", b"", None);
     assert!(metrics.contains("tally_store_requests_refused{process=\"tally-pos STORE-A\"}"));
 
-    // Plain keep-alive reads are quick (no Nagle stall): 50 in well under
-    // the 2 s that 40 ms delayed ACKs would cost.
+    // Plain keep-alive reads are quick (no Nagle stall): a stall costs
+    // every read a 40 ms delayed ACK, so the median read stays well under
+    // it. The median, not the total: a busy CI host may stall a few reads.
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(LONG)).unwrap();
-    let started = Instant::now();
     let mut buf = [0u8; 4096];
-    for _ in 0..50 {
-        stream
-            .write_all(b"GET /v1/skus/MUG HTTP/1.1\r\nHost: s\r\n\r\n")
-            .unwrap();
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
-    }
-    let elapsed = started.elapsed();
-    println!("50 keep-alive reads in {elapsed:?}");
-    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    let mut reads: Vec<Duration> = (0..51)
+        .map(|_| {
+            let started = Instant::now();
+            stream
+                .write_all(b"GET /v1/skus/MUG HTTP/1.1\r\nHost: s\r\n\r\n")
+                .unwrap();
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0 && buf.starts_with(b"HTTP/1.1 200"));
+            started.elapsed()
+        })
+        .collect();
+    reads.sort();
+    let median = reads[reads.len() / 2];
+    println!(
+        "51 keep-alive reads: median {median:?}, slowest {:?}",
+        reads[50]
+    );
+    assert!(median < Duration::from_millis(20), "{reads:?}");
 }
 
 // ---------------------------------------------------------------------------

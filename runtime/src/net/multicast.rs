@@ -11,6 +11,8 @@ use io_uring::{opcode, types};
 use super::dgram::{DatagramRecv, RecvStats};
 use super::ring::{kind, until_delivered, until_done, user_data, Cqe, Ring, CQE_BATCH};
 use super::send_slots::{SendSlots, SendStats};
+use crate::wake::Waker;
+
 use super::{
     sock, MulticastConfig, RecvMode, DROP_DRAIN_TIMEOUT, RECEIVE_BUFFER_BYTES_WANTED,
     SEND_BUFFER_BYTES_WANTED,
@@ -296,6 +298,11 @@ pub struct MulticastReceiver {
     socket: OwnedFd,
     receive_buffer_bytes: usize,
     local_addr: SocketAddrV4,
+    /// A waker watched in the ring ([`watch_waker`](Self::watch_waker)).
+    waker: Option<Waker>,
+    waker_armed: bool,
+    /// The waker was woken and nobody took it yet.
+    woken: bool,
 }
 
 impl MulticastReceiver {
@@ -370,7 +377,46 @@ impl MulticastReceiver {
             socket,
             receive_buffer_bytes,
             local_addr,
+            waker: None,
+            waker_armed: false,
+            woken: false,
         })
+    }
+
+    /// Watches `waker`'s eventfd in this receiver's ring, so that a
+    /// [`Waker::wake`] from another thread ends a [`wait`](Self::wait) at
+    /// once: a loop that waits for the stream and for work handed over by
+    /// other threads (the store node's HTTP and till threads) parks here.
+    /// A wake stays noted until [`take_woken`](Self::take_woken) takes it;
+    /// until then `wait` returns at once.
+    pub fn watch_waker(&mut self, waker: Waker) -> io::Result<()> {
+        self.waker = Some(waker);
+        self.arm_waker()?;
+        self.ring.submit()
+    }
+
+    fn arm_waker(&mut self) -> io::Result<()> {
+        let Some(waker) = &self.waker else {
+            return Ok(());
+        };
+        self.ring.watch_waker(waker)?;
+        self.waker_armed = true;
+        Ok(())
+    }
+
+    fn complete_wake(&mut self, cqe: Cqe) {
+        if let Some(waker) = &self.waker {
+            waker.clear();
+        }
+        if !cqe.more() {
+            self.waker_armed = false;
+        }
+        self.woken = true;
+    }
+
+    /// Whether the watched waker was woken since the last call; clears it.
+    pub fn take_woken(&mut self) -> bool {
+        std::mem::take(&mut self.woken)
     }
 
     /// How this receiver receives on this kernel.
@@ -394,6 +440,8 @@ impl MulticastReceiver {
             for cqe in &cqes[..n] {
                 if DatagramRecv::is_recv(cqe) {
                     delivered += self.engine.complete(&mut self.ring, *cqe, &mut deliver)?;
+                } else if cqe.kind() == kind::WAKE {
+                    self.complete_wake(*cqe);
                 }
             }
             seen += n;
@@ -402,23 +450,30 @@ impl MulticastReceiver {
             }
         }
         self.engine.finish_batch(&mut self.ring)?;
+        if self.waker.is_some() && !self.waker_armed {
+            self.arm_waker()?;
+        }
         self.ring.submit()?;
         Ok(delivered)
     }
 
-    /// Blocks until at least one datagram was delivered or `timeout` passed;
-    /// returns how many were delivered.
+    /// Blocks until at least one datagram was delivered, the watched waker
+    /// was woken (see [`watch_waker`](Self::watch_waker)), or `timeout`
+    /// passed; returns how many datagrams were delivered.
     pub fn wait(
         &mut self,
         timeout: Duration,
         mut on_datagram: impl FnMut(&[u8]),
     ) -> io::Result<usize> {
+        let mut delivered = 0;
         until_delivered(timeout, |wait| {
             if let Some(wait) = wait {
                 self.ring.wait(wait)?;
             }
-            self.poll(&mut on_datagram)
-        })
+            delivered += self.poll(&mut on_datagram)?;
+            Ok(delivered + usize::from(self.woken))
+        })?;
+        Ok(delivered)
     }
 
     pub fn stats(&self) -> RecvStats {

@@ -204,6 +204,19 @@ impl Ring {
         self.uring.submitter()
     }
 
+    /// Queues a multishot poll on `waker`'s eventfd: each wake completes
+    /// with kind [`kind::WAKE`] (the owner clears the waker, and arms again
+    /// when a completion says no more will follow). The owner keeps the
+    /// waker, so its eventfd stays open, until the ring is drained.
+    pub(crate) fn watch_waker(&mut self, waker: &crate::wake::Waker) -> io::Result<()> {
+        let entry = opcode::PollAdd::new(types::Fd(waker.fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(kind::WAKE, 0, 0));
+        // SAFETY: a poll references no memory of ours.
+        unsafe { self.push(&entry) }
+    }
+
     /// Queues one operation (not yet submitted unless the queue was full).
     ///
     /// # Safety

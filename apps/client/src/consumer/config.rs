@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use serde::Serialize;
 use tally_runtime::idle::IdleStrategy;
 use tally_runtime::net::MulticastConfig;
+use tally_runtime::wake::Waker;
 use tally_wire::mold::Session;
 
 /// Everything a consumer needs; [`ConsumerConfig::new`] fills in defaults.
@@ -59,6 +60,12 @@ pub struct ConsumerConfig {
     /// flowing stream is picked up without waking a blocked thread; an
     /// idle stream blocks after a few spins and yields.
     pub idle: IdleStrategy,
+    /// A waker that ends [`StreamConsumer::wait`](super::StreamConsumer::wait)
+    /// early: a loop that also serves work handed over by other threads
+    /// (the store node's HTTP and till threads) has them wake it, instead
+    /// of finding the work only when its park times out. Watched in the
+    /// stream's receive ring; `None` (the default) watches nothing.
+    pub waker: Option<Waker>,
 }
 
 impl ConsumerConfig {
@@ -94,6 +101,7 @@ impl ConsumerConfig {
             datagram_bytes_max: 2048,
             loss: None,
             idle: IdleStrategy::DEFAULT_BACK_OFF,
+            waker: None,
         }
     }
 

@@ -175,11 +175,14 @@ impl StreamConsumer {
         )
         .map_err(|error| invalid(&format!("replay credentials: {error}")))?;
 
-        let multicast = MulticastReceiver::new(
+        let mut multicast = MulticastReceiver::new(
             &config.multicast,
             config.receive_buffers,
             config.datagram_bytes_max,
         )?;
+        if let Some(waker) = &config.waker {
+            multicast.watch_waker(waker.clone())?;
+        }
         let retransmit = UdpSocketRing::bind(
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             RETRANSMIT_SLOTS,
@@ -279,9 +282,9 @@ impl StreamConsumer {
         Ok(work)
     }
 
-    /// Polls until at least one message was delivered or `timeout` passed;
-    /// returns the work done (0 = nothing within `timeout`). Blocks in the
-    /// kernel while idle.
+    /// Polls until at least one message was delivered, `timeout` passed or
+    /// [`ConsumerConfig::waker`] was woken; returns the work done (0 =
+    /// nothing). Blocks in the kernel while idle.
     pub fn wait(
         &mut self,
         timeout: Duration,
@@ -297,7 +300,9 @@ impl StreamConsumer {
             if self.core.stats.messages_delivered != delivered_before {
                 return Ok(work.max(1));
             }
-            if now_ns >= deadline_ns {
+            // Woken by another thread ([`ConsumerConfig::waker`]): its work
+            // is the caller's to do now.
+            if now_ns >= deadline_ns || self.multicast.take_woken() {
                 return Ok(0);
             }
             let mut block = false;

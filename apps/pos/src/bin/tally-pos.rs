@@ -93,7 +93,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let metrics = MetricSet::of(counters.file(), &process_name);
     let refused = counters.extra()[counter::REQUESTS_REFUSED].clone();
     let busy = counters.extra()[counter::REQUESTS_BUSY].clone();
-    let (jobs, jobs_rx) = store::job_channel(&config);
+    let (jobs, jobs_rx) = store::job_channel(&config).context("the store node's job channel")?;
     let answer_timeout = config.decision_timeout + Duration::from_secs(2);
     let http = match cli.listen {
         Some(listen) => {
@@ -161,7 +161,7 @@ fn store_config(cli: &Cli) -> anyhow::Result<StoreConfig> {
 /// The interactive till on stdin/stdout, on its own thread; it stops the
 /// node when its input ends.
 fn start_till(
-    jobs: std::sync::mpsc::SyncSender<store::Job>,
+    jobs: store::JobSender,
     stop: Arc<AtomicBool>,
     wait: Duration,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {

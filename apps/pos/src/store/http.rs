@@ -32,7 +32,7 @@
 //! back by Nagle's algorithm.
 
 use std::net::SocketAddr;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ use serde_json::json;
 use tally_client::metrics::MetricSet;
 use tally_runtime::counters::Counter;
 
-use super::{Answer, Ask, IdempotencyKey, Job, IDEMPOTENCY_KEY_BYTES_MAX};
+use super::{Answer, Ask, IdempotencyKey, Job, JobSender, IDEMPOTENCY_KEY_BYTES_MAX};
 
 /// How the HTTP port is set up.
 #[derive(Clone, Debug)]
@@ -73,7 +73,7 @@ pub struct HttpFront {
 /// What every request handler shares.
 struct Worker {
     config: HttpConfig,
-    jobs: SyncSender<Job>,
+    jobs: JobSender,
     metrics: MetricSet,
     refused: Counter,
     busy: Counter,
@@ -84,7 +84,7 @@ impl HttpFront {
     /// and `busy` count what the HTTP side refuses itself.
     pub fn start(
         config: HttpConfig,
-        jobs: SyncSender<Job>,
+        jobs: JobSender,
         metrics: MetricSet,
         refused: Counter,
         busy: Counter,

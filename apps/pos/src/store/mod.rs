@@ -28,18 +28,21 @@
 //! Threads: the node's own thread owns the `Pos` and answers every
 //! [`Job`]; HTTP workers and the interactive till only parse, send a job
 //! over a bounded channel (full: 503, counted in `store.requests_busy`) and
-//! wait for its [`Answer`]. The node parks at most 1 ms on the stream
-//! socket between rounds, so a job waits at most that long to be picked
-//! up. Off the order path of the appliance; the node's own duty cycle
-//! allocates only to build answers.
+//! wait for its [`Answer`]. Handing over a job wakes the node (a
+//! [`Waker`] watched in its stream socket's ring), so a job is picked up at
+//! once, not when the node's park (at most 10 ms) times out. Off the order
+//! path of the appliance; the node's own duty cycle allocates only to build
+//! answers.
 
 mod answer;
 pub mod http;
 mod node;
 pub mod tty;
 
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SendError, SyncSender, TrySendError};
 use std::time::Duration;
+
+use tally_runtime::wake::Waker;
 
 use crate::PosConfig;
 
@@ -164,7 +167,74 @@ pub mod counter {
     pub const IDEMPOTENT_REPLAYS: usize = 12;
 }
 
-/// A bounded job channel: the node's end and the senders' end.
-pub fn job_channel(config: &StoreConfig) -> (SyncSender<Job>, Receiver<Job>) {
-    std::sync::mpsc::sync_channel(config.jobs_max.max(1))
+/// A bounded job channel (`config.jobs_max` jobs): the senders' end and
+/// the node's end.
+pub fn job_channel(config: &StoreConfig) -> std::io::Result<(JobSender, JobQueue)> {
+    job_queue(config.jobs_max)
+}
+
+/// A job channel of `capacity` jobs (at least 1) whose senders wake the
+/// node.
+pub fn job_queue(capacity: usize) -> std::io::Result<(JobSender, JobQueue)> {
+    let (sender, jobs) = std::sync::mpsc::sync_channel(capacity.max(1));
+    let waker = Waker::new()?;
+    let queue = JobQueue {
+        jobs,
+        waker: waker.clone(),
+        next: None,
+    };
+    Ok((JobSender { sender, waker }, queue))
+}
+
+/// The senders' end of the job channel (the HTTP port's workers, the
+/// interactive till): each job handed over wakes the node.
+#[derive(Clone)]
+pub struct JobSender {
+    sender: SyncSender<Job>,
+    waker: Waker,
+}
+
+impl JobSender {
+    /// Hands over `job` unless the channel is full or the node is gone.
+    pub fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
+        self.sender.try_send(job)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Hands over `job`, waiting while the channel is full; fails only when
+    /// the node is gone.
+    pub fn send(&self, job: Job) -> Result<(), SendError<Job>> {
+        self.sender.send(job)?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+/// The node's end of the job channel.
+pub struct JobQueue {
+    jobs: Receiver<Job>,
+    waker: Waker,
+    /// A job taken by [`has_job`](Self::has_job) and not yet served.
+    next: Option<Job>,
+}
+
+impl JobQueue {
+    /// The next job, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Job> {
+        self.next.take().or_else(|| self.jobs.try_recv().ok())
+    }
+
+    /// Whether a job is waiting (it stays first in line).
+    pub fn has_job(&mut self) -> bool {
+        if self.next.is_none() {
+            self.next = self.jobs.try_recv().ok();
+        }
+        self.next.is_some()
+    }
+
+    /// What the senders wake.
+    pub fn waker(&self) -> &Waker {
+        &self.waker
+    }
 }

@@ -2,17 +2,18 @@
 //! awaiting their decision, and the link to the appliance.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tally_client::consumer::{monotonic_ns, RecoveryMode};
 use tally_client::replica::Cell;
+use tally_runtime::wake::Waker;
 
 use super::answer::{
     answer, reason_words, refusal, refusal_with_stock, status_for, Freshness, StockLine,
 };
-use super::{counter, Answer, Ask, Job, StoreConfig};
+use super::{counter, Answer, Ask, Job, JobQueue, StoreConfig};
 use crate::{Outcome, OutcomeReport, Pos, PosCounterFile, PosError, Refused, Request};
 
 mod keys;
@@ -22,8 +23,10 @@ use keys::{Keys, Known};
 
 /// Jobs taken from the channel in one round at most.
 const JOBS_PER_ROUND_MAX: usize = 64;
-/// Longest park between rounds: how long a new job may wait to be seen.
-const PARK_MAX: Duration = Duration::from_millis(1);
+/// Longest park between rounds. A new job or a stream message ends the
+/// park at once; the bound is how late a timed-out wait for a decision or
+/// a change of the link is noticed.
+const PARK_MAX: Duration = Duration::from_millis(10);
 /// Stock lines one page holds at most.
 pub const PAGE_LIMIT_MAX: u32 = 1000;
 
@@ -54,7 +57,9 @@ pub struct StoreNode {
     location_missing_logged: bool,
     decision_timeout: Duration,
     hold_ttl_ms_max: u32,
-    jobs: Receiver<Job>,
+    jobs: JobQueue,
+    /// Wakes the node when a job is handed over (`jobs.waker()`).
+    waker: Waker,
     waiters: Vec<Waiter>,
     reports: Vec<OutcomeReport>,
     /// When the link went down (None: up, or never up yet).
@@ -67,11 +72,11 @@ pub struct StoreNode {
 
 impl StoreNode {
     /// Starts the till (it connects on the first round) and takes its jobs
-    /// from `jobs`; its counters go to `counters` (made with
-    /// [`STORE_COUNTERS`](super::STORE_COUNTERS) as extra names).
+    /// from `jobs` (whose senders wake it); its counters go to `counters`
+    /// (made with [`STORE_COUNTERS`](super::STORE_COUNTERS) as extra names).
     pub fn new(
-        config: StoreConfig,
-        jobs: Receiver<Job>,
+        mut config: StoreConfig,
+        jobs: JobQueue,
         counters: PosCounterFile,
     ) -> Result<StoreNode, PosError> {
         assert_eq!(counters.extra().len(), super::STORE_COUNTERS.len());
@@ -81,6 +86,8 @@ impl StoreNode {
             ));
         }
         let in_flight_max = config.pos.in_flight_max;
+        let waker = jobs.waker().clone();
+        config.pos.consumer.waker = Some(waker.clone());
         let pos = Pos::new(config.pos)?;
         Ok(StoreNode {
             pos,
@@ -90,6 +97,7 @@ impl StoreNode {
             decision_timeout: config.decision_timeout,
             hold_ttl_ms_max: config.hold_ttl_ms_max,
             jobs,
+            waker,
             waiters: Vec::with_capacity(in_flight_max),
             reports: Vec::with_capacity(in_flight_max),
             down_since: None,
@@ -117,14 +125,25 @@ impl StoreNode {
                 next_second = Instant::now() + Duration::from_secs(1);
             }
             if work == 0 {
-                let reports = &mut self.reports;
-                self.pos
-                    .park(PARK_MAX, &mut |report| reports.push(*report))?;
+                self.park()?;
             }
         }
         self.answer_stopping();
         self.publish();
         Ok(())
+    }
+
+    /// Parks on the stream until a message arrives, a job is handed over
+    /// or [`PARK_MAX`] passes. A job handed over just before the park is
+    /// seen (the waker's parked flag is raised before the check).
+    fn park(&mut self) -> Result<(), PosError> {
+        let (jobs, pos, reports) = (&mut self.jobs, &mut self.pos, &mut self.reports);
+        let mut parked = Ok(());
+        self.waker.park_with(
+            || jobs.has_job(),
+            || parked = pos.park(PARK_MAX, &mut |report| reports.push(*report)),
+        );
+        parked
     }
 
     /// One round: the stream and acks, decisions to answer, new jobs,
@@ -139,7 +158,9 @@ impl StoreNode {
             self.resolve_location();
         }
         for _ in 0..JOBS_PER_ROUND_MAX {
-            let Ok(job) = self.jobs.try_recv() else { break };
+            let Some(job) = self.jobs.try_recv() else {
+                break;
+            };
             self.serve(job);
             work += 1;
         }

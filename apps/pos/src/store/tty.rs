@@ -15,10 +15,9 @@
 //! the store is cut off from the appliance. The prompt is `> `.
 
 use std::io::{BufRead, Write};
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
-use super::{Answer, Ask, Job};
+use super::{Answer, Ask, Job, JobSender};
 
 /// Longest line read (a scanner's line is far shorter).
 pub const LINE_BYTES_MAX: usize = 256;
@@ -99,7 +98,7 @@ pub fn render(answer: &Answer) -> String {
 pub fn run(
     input: impl BufRead,
     mut output: impl Write,
-    jobs: &SyncSender<Job>,
+    jobs: &JobSender,
     wait: Duration,
 ) -> std::io::Result<()> {
     writeln!(output, "till ready: {HELP}")?;
@@ -142,7 +141,7 @@ fn skip_rest_of_line(input: &mut std::io::Take<impl BufRead>) -> std::io::Result
     }
 }
 
-fn ask_node(jobs: &SyncSender<Job>, ask: Ask, wait: Duration) -> Answer {
+fn ask_node(jobs: &JobSender, ask: Ask, wait: Duration) -> Answer {
     let (reply, answer) = std::sync::mpsc::sync_channel(1);
     let no_answer = |message: &str| Answer {
         status: 503,
@@ -196,7 +195,7 @@ mod tests {
 
     #[test]
     fn an_overlong_line_is_refused_and_the_next_one_read() {
-        let (jobs, asked) = std::sync::mpsc::sync_channel::<Job>(4);
+        let (jobs, mut asked) = crate::store::job_queue(4).unwrap();
         let mut input = "x".repeat(LINE_BYTES_MAX * 3);
         input.push_str("\nhelp\nquit\n");
         let mut output = Vec::new();
@@ -210,6 +209,6 @@ mod tests {
         let output = String::from_utf8(output).unwrap();
         assert!(output.contains("REFUSED the line is over"), "{output}");
         assert!(output.contains("SKU QTY: sell QTY"), "{output}");
-        assert!(asked.try_recv().is_err(), "nothing asked");
+        assert!(asked.try_recv().is_none(), "nothing asked");
     }
 }

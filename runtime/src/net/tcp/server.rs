@@ -140,14 +140,7 @@ impl TcpServer {
         let Some(waker) = &self.waker else {
             return Ok(());
         };
-        let entry = opcode::PollAdd::new(types::Fd(waker.fd()), libc::POLLIN as u32)
-            .multi(true)
-            .build()
-            .user_data(user_data(kind::WAKE, 0, 0));
-        // SAFETY: a poll references no memory of ours; the eventfd stays open
-        // while the server (which holds the waker) lives, and Drop cancels
-        // the poll before the fields are dropped.
-        unsafe { self.handle.ring.push(&entry)? };
+        self.handle.ring.watch_waker(waker)?;
         self.waker_armed = true;
         Ok(())
     }
