@@ -103,7 +103,7 @@ impl ReadModel {
                     public_id(origin, transfer_id)
                 ))
             })?;
-        let record = self.replica.ids[slot as usize];
+        let record = self.replica.id_record(slot);
         let to = match self.replica.command(record.cmd_seq) {
             Some(Message::Transfer(t)) => json!(t.to.get()),
             _ => Value::Null,

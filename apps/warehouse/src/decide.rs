@@ -434,7 +434,7 @@ impl Warehouse {
             });
         }
         let mut decided = 0;
-        let mut from = self.deferred_cursor.max(self.replica.pending_oldest);
+        let mut from = self.deferred_cursor.max(self.replica.pending_oldest());
         while let Some(seq) = self.replica.next_unresolved(from) {
             if out.room() < DECISION_EVENTS_MAX {
                 self.deferred_cursor = seq;
@@ -461,7 +461,7 @@ impl Warehouse {
     #[inline]
     pub fn on_stream<S: EventSink>(&mut self, seq: u64, message: &Message, out: &mut S) -> usize {
         if seq <= self.replica.last_seq() {
-            self.replica.counters.stale += 1;
+            self.replica.count_stale();
             return 0;
         }
         let header = message.header();
@@ -588,7 +588,7 @@ impl Warehouse {
     /// command is rejected, counted in `cells_full`).
     #[inline]
     fn cell_fits(&mut self, location_index: u16, sku_index: u32) -> bool {
-        let fits = self.replica.cells.has_room_for(sku_index, location_index);
+        let fits = self.replica.cells().has_room_for(sku_index, location_index);
         if !fits {
             self.counters.cells_full += 1;
         }

@@ -81,6 +81,7 @@ pub const PROVISIONAL_VERSION_BIT: u64 = 1 << 63;
 const COMMAND_SIZE_MAX: usize = Reserve::SIZE;
 
 mod apply;
+mod authority;
 mod cells;
 mod index;
 mod limits;
@@ -103,34 +104,34 @@ pub use slots::*;
 /// path).
 #[derive(Clone)]
 pub struct Replica {
-    pub limits: ReplicaLimits,
-    pub last_seq: u64,
+    pub(crate) limits: ReplicaLimits,
+    pub(crate) last_seq: u64,
     /// Seq of the last `S(W)` (authority online), 0 = not seen.
-    pub authority_online_seq: u64,
-    pub counters: ReplicaCounters,
+    pub(crate) authority_online_seq: u64,
+    pub(crate) counters: ReplicaCounters,
 
     // SKU directory.
-    pub sku_ids: Box<[u32]>,
-    pub sku_symbols: Box<[[u8; 16]]>,
-    pub sku_count: u32,
+    pub(crate) sku_ids: Box<[u32]>,
+    pub(crate) sku_symbols: Box<[[u8; 16]]>,
+    pub(crate) sku_count: u32,
     sku_index: CompactIndex,
     symbol_index: CompactIndex,
 
     // Location directory.
     /// Location id → index + 1 (0 = unknown), for every `u16`.
     location_slot: Box<[u16]>,
-    pub location_ids: Box<[u16]>,
-    pub location_names: Box<[[u8; 16]]>,
-    pub location_count: u16,
+    pub(crate) location_ids: Box<[u16]>,
+    pub(crate) location_names: Box<[[u8; 16]]>,
+    pub(crate) location_count: u16,
 
     /// The cells that exist ([`CellTable`]: dense or sparse).
-    pub cells: CellTable,
+    pub(crate) cells: CellTable,
     /// The locations whose cells and holds this replica keeps (a store
     /// node keeps its own; default: all).
     kept: LocationSet,
 
     // Open holds: slab + two indexes + expiry heap.
-    pub holds: Box<[HoldSlot]>,
+    pub(crate) holds: Box<[HoldSlot]>,
     hold_free: Box<[u32]>,
     hold_free_len: u32,
     hold_by_cmd: SlotIndex,
@@ -139,17 +140,17 @@ pub struct Replica {
     hold_heap_len: u32,
 
     // Client-id history (ring, oldest evicted).
-    pub ids: Box<[IdRecord]>,
-    pub ids_next: u32,
-    pub ids_len: u32,
+    pub(crate) ids: Box<[IdRecord]>,
+    pub(crate) ids_next: u32,
+    pub(crate) ids_len: u32,
     id_index: SlotIndex,
 
     // Pending commands, slot = seq & mask.
-    pub pending: Box<[PendingSlot]>,
+    pub(crate) pending: Box<[PendingSlot]>,
     pending_mask: u64,
     /// No command before this seq is unresolved (a lower bound, advanced
     /// lazily).
-    pub pending_oldest: u64,
+    pub(crate) pending_oldest: u64,
 }
 
 // A replica moves to the thread that owns it.

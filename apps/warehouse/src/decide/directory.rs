@@ -44,13 +44,13 @@ impl Warehouse {
         out: &mut S,
     ) -> usize {
         let replica = &self.replica;
-        if replica.sku_count >= replica.limits.skus_max {
+        if replica.sku_count() >= replica.limits().skus_max {
             return self.reject(cmd_seq, reject_reason::INVALID_QUANTITY, out);
         }
         if replica.sku_by_symbol(name).is_some() {
             return self.reject(cmd_seq, reject_reason::DUPLICATE_ID, out);
         }
-        let in_use = &replica.sku_ids[..replica.sku_count as usize];
+        let in_use = replica.sku_ids();
         let id = match m.id.get() {
             0 => in_use
                 .iter()
@@ -77,13 +77,13 @@ impl Warehouse {
         out: &mut S,
     ) -> usize {
         let replica = &self.replica;
-        if replica.location_count >= replica.limits.locations_max {
+        if replica.location_count() >= replica.limits().locations_max {
             return self.reject(cmd_seq, reject_reason::INVALID_QUANTITY, out);
         }
         if replica.location_by_name(name).is_some() {
             return self.reject(cmd_seq, reject_reason::DUPLICATE_ID, out);
         }
-        let in_use = &replica.location_ids[..usize::from(replica.location_count)];
+        let in_use = replica.location_ids();
         let id = match m.id.get() {
             0 => in_use
                 .iter()

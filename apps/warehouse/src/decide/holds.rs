@@ -23,7 +23,7 @@ impl Warehouse {
             let Some(slot) = self.replica.first_expiring_slot() else {
                 break;
             };
-            let hold = self.replica.holds[slot as usize];
+            let hold = self.replica.hold_at(slot as usize);
             if hold.expires_at_ns > now_ns {
                 break;
             }
@@ -97,7 +97,7 @@ impl Warehouse {
         let Some(c) = self.replica.cell_slot(hold.location, hold.sku) else {
             return self.reject(cmd_seq, reject_reason::NO_SUCH, out);
         };
-        let cell = self.replica.cells[c];
+        let cell = self.replica.cell_state(c);
         assert!(
             cell.reserved >= hold.qty && cell.on_hand >= hold.qty,
             "a hold's units are reserved and on hand"
@@ -141,7 +141,7 @@ impl Warehouse {
     /// The open hold `hold_id` of client `origin`.
     fn client_hold(&self, origin: u16, hold_id: u64) -> Option<HoldSlot> {
         let slot = self.replica.hold_slot_by_client(origin, hold_id)?;
-        Some(self.replica.holds[slot as usize])
+        Some(self.replica.hold_at(slot as usize))
     }
 }
 

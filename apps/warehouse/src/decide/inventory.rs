@@ -141,7 +141,7 @@ impl Warehouse {
         &mut self,
         reader: impl BufRead,
     ) -> Result<InventorySummary, InventoryError> {
-        if self.replica.sku_count != 0 || self.replica.location_count != 0 {
+        if self.replica.sku_count() != 0 || self.replica.location_count() != 0 {
             return Err(err(0, InventoryErrorKind::NotEmpty));
         }
         let loaded = self.load_rows(reader);
@@ -186,14 +186,10 @@ impl Warehouse {
             return Err(err(0, InventoryErrorKind::Empty));
         }
         // Known, not yet on the stream: the broadcast's `I` stamps each.
-        for slot in 0..self.replica.cells.slot_end(self.replica.sku_count) {
-            if self.replica.cells[slot].version != 0 {
-                self.replica.cells[slot].version = PROVISIONAL_VERSION_BIT;
-            }
-        }
+        self.replica.restamp_seeded_cells(PROVISIONAL_VERSION_BIT);
         Ok(InventorySummary {
-            locations: self.replica.location_count,
-            skus: self.replica.sku_count,
+            locations: self.replica.location_count(),
+            skus: self.replica.sku_count(),
             rows,
             units,
         })
@@ -210,14 +206,14 @@ impl Warehouse {
         if let Some(&l) = location_by_name.get(&name) {
             return Ok(l);
         }
-        let id = self.replica.location_count + 1;
+        let id = self.replica.location_count() + 1;
         let l = self.replica.register_location(id).ok_or_else(|| {
             err(
                 number,
-                InventoryErrorKind::TooManyLocations(self.replica.limits.locations_max),
+                InventoryErrorKind::TooManyLocations(self.replica.limits().locations_max),
             )
         })?;
-        self.replica.location_names[usize::from(l)] = name;
+        self.replica.set_location_name(l, name);
         location_by_name.insert(name, l);
         Ok(l)
     }
@@ -233,11 +229,11 @@ impl Warehouse {
         if let Some(sku) = self.replica.sku_by_symbol(symbol_text) {
             return Ok(self.replica.sku_slot(sku).expect("in the directory"));
         }
-        let id = self.replica.sku_count + 1;
+        let id = self.replica.sku_count() + 1;
         let s = self.replica.register_sku(id).ok_or_else(|| {
             err(
                 number,
-                InventoryErrorKind::TooManySkus(self.replica.limits.skus_max),
+                InventoryErrorKind::TooManySkus(self.replica.limits().skus_max),
             )
         })?;
         self.replica.set_symbol(s, symbol);
@@ -252,27 +248,21 @@ impl Warehouse {
         location_index: u16,
         quantity: u32,
     ) -> Result<(), InventoryError> {
+        let cells_max = self.replica.limits().cells_max;
         let cell = self
             .replica
-            .cells
-            .find_or_insert(sku_index, location_index)
-            .ok_or_else(|| {
-                err(
-                    number,
-                    InventoryErrorKind::TooManyCells(self.replica.limits.cells_max),
-                )
-            })?;
+            .seed_cell(sku_index, location_index)
+            .ok_or_else(|| err(number, InventoryErrorKind::TooManyCells(cells_max)))?;
         // While loading, a cell's version holds the line that set it,
         // to name duplicates without a side table.
-        let version = self.replica.cells[cell].version;
-        if version != 0 {
-            let first_line = (version & u64::from(u32::MAX)) as usize;
+        if cell.version != 0 {
+            let first_line = (cell.version & u64::from(u32::MAX)) as usize;
             return Err(err(
                 number,
                 InventoryErrorKind::DuplicateCell { first_line },
             ));
         }
-        self.replica.cells[cell] = CellState {
+        *cell = CellState {
             on_hand: quantity,
             reserved: 0,
             version: PROVISIONAL_VERSION_BIT | number as u64,

@@ -39,7 +39,7 @@ impl Warehouse {
         let Some(l) = chosen.filter(|&l| self.cell(l, s).available() >= qty) else {
             return self.reject(cmd_seq, reject_reason::INSUFFICIENT, out);
         };
-        let location = self.replica.location_ids[usize::from(l)];
+        let location = self.replica.location_ids()[usize::from(l)];
         self.emit(
             OnHandDelta::new(location, sku, -(qty as i32), delta_reason::ORDER, cmd_seq),
             Resolve::Command(cmd_seq),
@@ -57,10 +57,11 @@ impl Warehouse {
     #[inline]
     fn pick_location(&self, sku_index: u32) -> Option<u16> {
         let mut best: Option<(u32, u16, u16)> = None; // (available, id, index)
-        let location_ids = &self.replica.location_ids;
-        self.replica
-            .cells
-            .for_each_of_sku(sku_index, self.replica.location_count, |l, cell| {
+        let location_ids = self.replica.location_ids();
+        self.replica.cells().for_each_of_sku(
+            sku_index,
+            self.replica.location_count(),
+            |l, cell| {
                 let available = cell.available();
                 let id = location_ids[usize::from(l)];
                 let better = match best {
@@ -70,7 +71,8 @@ impl Warehouse {
                 if better {
                     best = Some((available, id, l));
                 }
-            });
+            },
+        );
         best.map(|(_, _, l)| l)
     }
 
@@ -91,7 +93,7 @@ impl Warehouse {
         let Some(c) = self.replica.cell_slot(order.location, order.sku) else {
             return self.reject(cmd_seq, reject_reason::NO_SUCH, out);
         };
-        let cell = self.replica.cells[c];
+        let cell = self.replica.cell_state(c);
         // Both in 1..=i32::MAX, so the difference fits an i32.
         let delta = order.remaining as i32 - new_qty as i32;
         if delta < 0 && cell.available() < delta.unsigned_abs() {
@@ -127,7 +129,9 @@ impl Warehouse {
         let Some(c) = self.replica.cell_slot(order.location, order.sku) else {
             return self.reject(cmd_seq, reject_reason::NO_SUCH, out);
         };
-        if self.replica.cells[c]
+        if self
+            .replica
+            .cell_state(c)
             .on_hand
             .checked_add(order.remaining)
             .is_none()
@@ -151,6 +155,6 @@ impl Warehouse {
     /// Client `origin`'s order `order_id` while units of it remain.
     fn open_order(&self, origin: u16, order_id: u64) -> Option<IdRecord> {
         let i = self.replica.id_slot(origin, id_kind::ORDER, order_id)?;
-        Some(self.replica.ids[i as usize]).filter(|order| order.remaining != 0)
+        Some(self.replica.id_record(i)).filter(|order| order.remaining != 0)
     }
 }

@@ -76,8 +76,7 @@ impl Warehouse {
     /// [`Self::begin_run`] with the new session's first client_seq.
     pub fn start_new_session(&mut self) {
         assert_eq!(self.in_flight(), 0, "a new session with events in flight");
-        self.replica.last_seq = 0;
-        self.replica.authority_online_seq = 0;
+        self.replica.reset_session_marks();
         self.replica.clear_pending();
         self.replica.clear_ids();
         self.deferring = false;
@@ -125,8 +124,8 @@ impl Warehouse {
         const TEMPORARY: u64 = 1 << 62;
         for pass_bit in [TEMPORARY, 0] {
             let mut n = 0u64;
-            for slot in 0..self.replica.holds.len() as u32 {
-                if self.replica.holds[slot as usize].flags & HOLD_IN_USE == 0 {
+            for slot in 0..self.replica.hold_slots() as u32 {
+                if self.replica.hold_at(slot as usize).flags & HOLD_IN_USE == 0 {
                     continue;
                 }
                 n += 1;
@@ -172,12 +171,12 @@ impl Warehouse {
     /// `L` for location `at.next`; past the last, on to the SKUs.
     fn broadcast_location<S: EventSink>(&mut self, at: &mut SessionStart, out: &mut S) {
         let l = at.next;
-        if l >= usize::from(self.replica.location_count) {
+        if l >= usize::from(self.replica.location_count()) {
             at.enter(BroadcastPhase::Skus);
             return;
         }
-        let event =
-            LocationDirectory::new(self.replica.location_ids[l], self.replica.location_names[l]);
+        let (id, name) = self.replica.location_entry(l as u16);
+        let event = LocationDirectory::new(id, name);
         self.emit(event, Resolve::Nothing, out);
         at.next += 1;
         at.events += 1;
@@ -186,11 +185,12 @@ impl Warehouse {
     /// `R` for SKU `at.next`; past the last, on to the cells.
     fn broadcast_sku<S: EventSink>(&mut self, at: &mut SessionStart, out: &mut S) {
         let s = at.next;
-        if s >= self.replica.sku_count as usize {
+        if s >= self.replica.sku_count() as usize {
             at.enter(BroadcastPhase::Cells);
             return;
         }
-        let event = SkuDirectory::new(self.replica.sku_ids[s], self.replica.sku_symbols[s]);
+        let (id, symbol) = self.replica.sku_entry(s as u32);
+        let event = SkuDirectory::new(id, symbol);
         self.emit(event, Resolve::Nothing, out);
         at.next += 1;
         at.events += 1;
@@ -200,19 +200,19 @@ impl Warehouse {
     /// last, on to the holds.
     fn broadcast_cell<S: EventSink>(&mut self, at: &mut SessionStart, out: &mut S) {
         let slot = at.next;
-        if slot >= self.replica.cells.slot_end(self.replica.sku_count) {
+        if slot >= self.replica.cells().slot_end(self.replica.sku_count()) {
             at.enter(BroadcastPhase::Holds);
             return;
         }
         at.next += 1;
-        let cell = self.replica.cells[slot];
-        let (s, l) = self.replica.cells.key_of(slot);
-        if cell.version == 0 || l >= self.replica.location_count {
+        let cell = self.replica.cell_state(slot);
+        let (s, l) = self.replica.cells().key_of(slot);
+        if cell.version == 0 || l >= self.replica.location_count() {
             return;
         }
         let event = InventoryLevel::new(
-            self.replica.location_ids[usize::from(l)],
-            self.replica.sku_ids[s as usize],
+            self.replica.location_ids()[usize::from(l)],
+            self.replica.sku_ids()[s as usize],
             cell.on_hand,
             cell.reserved,
         );
@@ -224,12 +224,12 @@ impl Warehouse {
     /// `S(W)`.
     fn broadcast_hold<S: EventSink>(&mut self, at: &mut SessionStart, out: &mut S) {
         let slot = at.next;
-        if slot >= self.replica.holds.len() {
+        if slot >= self.replica.hold_slots() {
             at.enter(BroadcastPhase::Online);
             return;
         }
         at.next += 1;
-        let hold = self.replica.holds[slot];
+        let hold = self.replica.hold_at(slot);
         if hold.flags & HOLD_IN_USE == 0 {
             return;
         }
