@@ -57,52 +57,62 @@ impl Replica {
     // Reading by position.
 
     /// The cell table (positions, room, keys).
+    #[inline]
     pub fn cells(&self) -> &CellTable {
         &self.cells
     }
 
     /// The cell in `slot` of the cell table.
+    #[inline]
     pub fn cell_state(&self, slot: usize) -> CellState {
         self.cells[slot]
     }
 
     /// The hold table's slot `slot` (in use or free: see its flags).
+    #[inline]
     pub fn hold_at(&self, slot: usize) -> HoldSlot {
         self.holds[slot]
     }
 
     /// Slots in the hold table.
+    #[inline]
     pub fn hold_slots(&self) -> usize {
         self.holds.len()
     }
 
     /// The client-id history's record `i`.
+    #[inline]
     pub fn id_record(&self, i: u32) -> IdRecord {
         self.ids[i as usize]
     }
 
     /// The ids of the SKUs in the directory, in directory order.
+    #[inline]
     pub fn sku_ids(&self) -> &[u32] {
         &self.sku_ids[..self.sku_count as usize]
     }
 
     /// The ids of the locations in the directory, in directory order.
+    #[inline]
     pub fn location_ids(&self) -> &[u16] {
         &self.location_ids[..usize::from(self.location_count)]
     }
 
     /// The SKU at directory position `s`: its id and padded symbol.
+    #[inline]
     pub fn sku_entry(&self, s: u32) -> (u32, [u8; 16]) {
         (self.sku_ids[s as usize], self.sku_symbols[s as usize])
     }
 
     /// The location at directory position `l`: its id and padded name.
+    #[inline]
     pub fn location_entry(&self, l: u16) -> (u16, [u8; 16]) {
         let l = usize::from(l);
         (self.location_ids[l], self.location_names[l])
     }
 
     /// No command before this seq is unresolved (a lower bound).
+    #[inline]
     pub fn pending_oldest(&self) -> u64 {
         self.pending_oldest
     }
