@@ -319,7 +319,10 @@ pub fn init_logging() {
 }
 
 /// `--skus-max` … `--pending-max`: one process's overrides of the
-/// configuration's `[limits]`, the one place the state's capacity lives.
+/// configuration's [limits], the one place the state's capacity lives.
+// The field docs are `--help` text: `[limits]` is the configuration's table,
+// not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Args, Clone, Debug, Default)]
 pub struct LimitsArgs {
     /// SKUs the state can hold (default: the configuration's [limits]).

@@ -123,7 +123,7 @@ impl CredentialArgs {
 }
 
 /// The first line of `path` (without its line end): at most
-/// [`PASSWORD_FILE_BYTES_MAX`] bytes are read, and an empty first line is
+/// `PASSWORD_FILE_BYTES_MAX` bytes are read, and an empty first line is
 /// refused.
 pub fn read_password_file(path: &Path) -> Result<String, CredentialsError> {
     let error = |reason: String| CredentialsError::PasswordFile {

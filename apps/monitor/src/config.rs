@@ -68,12 +68,12 @@ impl Default for IndexLimits {
     }
 }
 
-/// Everything [`Monitor::start`] needs; [`MonitorConfig::new`] fills in
+/// Everything [`Monitor::start`](crate::Monitor::start) needs; [`MonitorConfig::new`] fills in
 /// defaults.
 #[derive(Clone, Debug)]
 pub struct MonitorConfig {
     /// HTTP listen address (port 0: any free port, see
-    /// [`MonitorHandle::local_addr`]).
+    /// [`MonitorHandle::local_addr`](crate::MonitorHandle::local_addr)).
     pub listen: SocketAddr,
     /// The stream to follow. `start_seq` 1 (the default) rebuilds the whole
     /// session from the replay feed, including the authority's snapshot

@@ -124,6 +124,12 @@
 //!
 //! This module never sends to the appliance, never writes files, and reads
 //! no environment variables.
+//!
+//! [`StreamConsumer`]: tally_client::consumer::StreamConsumer
+//! [`StreamConsumer::wait`]: tally_client::consumer::StreamConsumer::wait
+//! [`Replica`]: tally_client::replica::Replica
+//! [`Replica::for_each_stocked_cell`]: tally_client::replica::Replica::for_each_stocked_cell
+//! [`Replica::digest_of`]: tally_client::replica::Replica::digest_of
 
 mod answer;
 mod auth;

@@ -88,7 +88,7 @@ pub struct Freshness {
 }
 
 /// The replica, the indexes and the liveness figures: everything an answer
-/// is made from. [`Monitor::start`] keeps one behind a lock; tests and tools
+/// is made from. [`Monitor::start`](crate::Monitor::start) keeps one behind a lock; tests and tools
 /// can also drive one directly with [`ReadModel::apply`] and answer with
 /// [`ReadModel::respond`].
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use std::io;
 
 use tally_client::client::ClientError;
 
-/// What a [`Pos`] can fail with.
+/// What a [`Pos`](crate::Pos) can fail with.
 #[derive(Debug)]
 pub enum PosError {
     /// The stream's sockets failed.

@@ -45,6 +45,11 @@
 //! stream messages) to attribute outcomes: an answer arriving later than
 //! that is not matched, and its command stays in flight.
 //!
+//! [`StreamConsumer`]: tally_client::consumer::StreamConsumer
+//! [`Replica`]: tally_client::replica::Replica
+//! [`OrderEntryClient`]: tally_client::client::OrderEntryClient
+//! [`Applied::Event`]: tally_client::replica::Applied::Event
+//! [`monotonic_ns`]: tally_client::consumer::monotonic_ns
 
 mod check;
 mod config;

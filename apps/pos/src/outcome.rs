@@ -62,7 +62,7 @@ pub enum Outcome {
     NotDecided,
 }
 
-/// One of our commands and its outcome, as [`Pos::poll_with`] reports it.
+/// One of our commands and its outcome, as [`Pos::poll_with`](crate::Pos::poll_with) reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct OutcomeReport {
     pub client_seq: u32,
@@ -314,7 +314,7 @@ impl RttSummary {
 }
 
 /// A latency histogram in nanoseconds, 1 ns..=[`RTT_NS_MAX`], 3 significant
-/// digits (what [`Pos::histogram`] holds; merge tills' with `add`).
+/// digits (what [`Pos::histogram`](crate::Pos::histogram) holds; merge tills' with `add`).
 pub fn rtt_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, RTT_NS_MAX, 3).expect("valid bounds")
 }

@@ -27,7 +27,7 @@
 //! `fdatasync` runs. Readers on other threads never read past the end the
 //! writer has published in [`JournalProgress`].
 //!
-//! Recovery ([`recover`]) streams the file, checks every record's length,
+//! Recovery (`recover`) streams the file, checks every record's length,
 //! checksum, sequence continuity and block structure, and at the first record
 //! that fails looks at every byte offset from there to the end of the file
 //! for an intact record. None (an incomplete record, garbage, zero fill): a

@@ -26,7 +26,7 @@ pub struct Cursor {
 /// following the writer's published end, and one read-ahead buffer. All
 /// memory is allocated in [`JournalReader::open`].
 ///
-/// Reads are batched: one `pread` fills [`READ_AHEAD_BYTES`] of journal,
+/// Reads are batched: one `pread` fills `READ_AHEAD_BYTES` of journal,
 /// which serves many records (and, while following the writer, many
 /// headers). Data below the writer's published end never changes (the
 /// journal is append-only; a torn tail is cut before any reader opens), so

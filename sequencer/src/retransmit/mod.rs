@@ -29,7 +29,7 @@
 //! bytes one address receives never exceed its budget (`burst + rate × t`)
 //! whoever sends requests naming it: a spoofed victim, or a requester
 //! churning through source addresses, gets at most that. The per-source
-//! state is a [`SourceTable`]: fixed, hashed, never evicted (see there).
+//! state is a `SourceTable`: fixed, hashed, never evicted (see there).
 //!
 //! A journal record that fails its check is never sent: the request gets no
 //! reply at all, `ignored_corrupt` counts it, and the damaged record is
@@ -100,7 +100,7 @@ pub struct RetransmitOptions {
     pub requests_per_sec_per_requester: u32,
     /// Requests one address may make back to back.
     pub request_burst: u32,
-    /// Cells per row of the per-source table ([`SourceTable`]).
+    /// Cells per row of the per-source table (`SourceTable`).
     pub requesters_max: usize,
     /// Sources that are answered.
     pub allow: AllowList,
