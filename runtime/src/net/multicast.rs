@@ -9,7 +9,9 @@ use std::time::Duration;
 use io_uring::{opcode, types};
 
 use super::dgram::{DatagramRecv, RecvStats};
-use super::ring::{kind, until_delivered, until_done, user_data, Cqe, Ring, CQE_BATCH};
+use super::ring::{
+    kind, until_delivered, until_done, user_data, Cqe, Ring, WatchedWaker, CQE_BATCH,
+};
 use super::send_slots::{SendSlots, SendStats};
 use crate::wake::Waker;
 
@@ -299,8 +301,7 @@ pub struct MulticastReceiver {
     receive_buffer_bytes: usize,
     local_addr: SocketAddrV4,
     /// A waker watched in the ring ([`watch_waker`](Self::watch_waker)).
-    waker: Option<Waker>,
-    waker_armed: bool,
+    waker: Option<WatchedWaker>,
     /// The waker was woken and nobody took it yet.
     woken: bool,
 }
@@ -378,7 +379,6 @@ impl MulticastReceiver {
             receive_buffer_bytes,
             local_addr,
             waker: None,
-            waker_armed: false,
             woken: false,
         })
     }
@@ -390,28 +390,9 @@ impl MulticastReceiver {
     /// A wake stays noted until [`take_woken`](Self::take_woken) takes it;
     /// until then `wait` returns at once.
     pub fn watch_waker(&mut self, waker: Waker) -> io::Result<()> {
-        self.waker = Some(waker);
-        self.arm_waker()?;
+        let watched = self.waker.insert(WatchedWaker::new(waker));
+        watched.arm(&mut self.ring)?;
         self.ring.submit()
-    }
-
-    fn arm_waker(&mut self) -> io::Result<()> {
-        let Some(waker) = &self.waker else {
-            return Ok(());
-        };
-        self.ring.watch_waker(waker)?;
-        self.waker_armed = true;
-        Ok(())
-    }
-
-    fn complete_wake(&mut self, cqe: Cqe) {
-        if let Some(waker) = &self.waker {
-            waker.clear();
-        }
-        if !cqe.more() {
-            self.waker_armed = false;
-        }
-        self.woken = true;
     }
 
     /// Whether the watched waker was woken since the last call; clears it.
@@ -440,8 +421,9 @@ impl MulticastReceiver {
             for cqe in &cqes[..n] {
                 if DatagramRecv::is_recv(cqe) {
                     delivered += self.engine.complete(&mut self.ring, *cqe, &mut deliver)?;
-                } else if cqe.kind() == kind::WAKE {
-                    self.complete_wake(*cqe);
+                } else if let (kind::WAKE, Some(waker)) = (cqe.kind(), &mut self.waker) {
+                    waker.complete(*cqe);
+                    self.woken = true;
                 }
             }
             seen += n;
@@ -450,8 +432,8 @@ impl MulticastReceiver {
             }
         }
         self.engine.finish_batch(&mut self.ring)?;
-        if self.waker.is_some() && !self.waker_armed {
-            self.arm_waker()?;
+        if let Some(waker) = &mut self.waker {
+            waker.arm(&mut self.ring)?;
         }
         self.ring.submit()?;
         Ok(delivered)

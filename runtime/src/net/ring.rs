@@ -204,19 +204,6 @@ impl Ring {
         self.uring.submitter()
     }
 
-    /// Queues a multishot poll on `waker`'s eventfd: each wake completes
-    /// with kind [`kind::WAKE`] (the owner clears the waker, and arms again
-    /// when a completion says no more will follow). The owner keeps the
-    /// waker, so its eventfd stays open, until the ring is drained.
-    pub(crate) fn watch_waker(&mut self, waker: &crate::wake::Waker) -> io::Result<()> {
-        let entry = opcode::PollAdd::new(types::Fd(waker.fd()), libc::POLLIN as u32)
-            .multi(true)
-            .build()
-            .user_data(user_data(kind::WAKE, 0, 0));
-        // SAFETY: a poll references no memory of ours.
-        unsafe { self.push(&entry) }
-    }
-
     /// Queues one operation (not yet submitted unless the queue was full).
     ///
     /// # Safety
@@ -548,4 +535,49 @@ unsafe impl PlainC for libc::sockaddr_storage {}
 pub(crate) fn zeroed<T: PlainC>() -> T {
     // SAFETY: PlainC promises all-zero bytes are a valid T.
     unsafe { mem::zeroed() }
+}
+
+/// A waker whose eventfd a ring watches with a multishot poll, so that a
+/// [`Waker::wake`](crate::wake::Waker::wake) from another thread ends the
+/// owner's wait in that ring; each wake completes with kind
+/// [`kind::WAKE`]. The owner (`TcpServer`, `MulticastReceiver`) keeps it,
+/// and with it the eventfd, until its ring is drained.
+pub(crate) struct WatchedWaker {
+    waker: crate::wake::Waker,
+    /// The poll is in the ring (a completion without `more` ends it).
+    armed: bool,
+}
+
+impl WatchedWaker {
+    /// Watches `waker`; nothing is queued until [`Self::arm`].
+    pub(crate) fn new(waker: crate::wake::Waker) -> WatchedWaker {
+        WatchedWaker {
+            waker,
+            armed: false,
+        }
+    }
+
+    /// Queues the poll in `ring` unless it is already there.
+    pub(crate) fn arm(&mut self, ring: &mut Ring) -> io::Result<()> {
+        if self.armed {
+            return Ok(());
+        }
+        let entry = opcode::PollAdd::new(types::Fd(self.waker.fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(kind::WAKE, 0, 0));
+        // SAFETY: a poll references no memory of ours.
+        unsafe { ring.push(&entry)? };
+        self.armed = true;
+        Ok(())
+    }
+
+    /// A [`kind::WAKE`] completion: clears the eventfd; the poll must be
+    /// armed again when no more completions follow.
+    pub(crate) fn complete(&mut self, cqe: Cqe) {
+        self.waker.clear();
+        if !cqe.more() {
+            self.armed = false;
+        }
+    }
 }

@@ -11,7 +11,9 @@ use super::{
     CloseReason, Conn, ConnId, ConnState, SendError, SendQueue, TcpEvent, TcpServerConfig,
     TcpStats, UNSPECIFIED,
 };
-use crate::net::ring::{kind, user_data, Cqe, HeapArray, Region, Ring, CQE_BATCH, GENERATION_MASK};
+use crate::net::ring::{
+    kind, user_data, Cqe, HeapArray, Region, Ring, WatchedWaker, CQE_BATCH, GENERATION_MASK,
+};
 use crate::net::{sock, TcpServerHandle, DROP_DRAIN_TIMEOUT};
 
 /// A TCP server reactor for one loop: listens, accepts with a multishot
@@ -49,8 +51,7 @@ pub struct TcpServer {
     pub(super) local_addr: SocketAddr,
     pub(super) accept_armed: bool,
     /// Another thread's way to end this server's [`TcpServer::wait`] early.
-    pub(super) waker: Option<crate::wake::Waker>,
-    pub(super) waker_armed: bool,
+    pub(super) waker: Option<WatchedWaker>,
     /// Whether [`TcpServer::poll`] submits what it queued before it
     /// returns (see [`TcpServer::submit_after_poll`]).
     pub(super) submit_after_poll: bool,
@@ -114,7 +115,6 @@ impl TcpServer {
             local_addr,
             accept_armed: false,
             waker: None,
-            waker_armed: false,
             submit_after_poll: true,
         };
         server.arm_accept()?;
@@ -131,18 +131,9 @@ impl TcpServer {
     /// [`wait`](Self::wait) at once (the gateway waits for TCP completions
     /// and for acks from the sequencer at the same time).
     pub fn watch_waker(&mut self, waker: crate::wake::Waker) -> io::Result<()> {
-        self.waker = Some(waker);
-        self.arm_waker()?;
+        let watched = self.waker.insert(WatchedWaker::new(waker));
+        watched.arm(&mut self.handle.ring)?;
         self.handle.ring.submit()
-    }
-
-    pub(super) fn arm_waker(&mut self) -> io::Result<()> {
-        let Some(waker) = &self.waker else {
-            return Ok(());
-        };
-        self.handle.ring.watch_waker(waker)?;
-        self.waker_armed = true;
-        Ok(())
     }
 
     pub(super) fn arm_accept(&mut self) -> io::Result<()> {
@@ -192,8 +183,8 @@ impl TcpServer {
             }
         }
         events += self.handle.deliver_closed(&mut on_event);
-        if self.waker.is_some() && !self.waker_armed {
-            if let Err(e) = self.arm_waker() {
+        if let Some(waker) = &mut self.waker {
+            if let Err(e) = waker.arm(&mut self.handle.ring) {
                 self.handle.count_submit_error(&e);
             }
         }
@@ -236,11 +227,8 @@ impl TcpServer {
                 0
             }
             kind::WAKE => {
-                if let Some(waker) = &self.waker {
-                    waker.clear();
-                }
-                if !cqe.more() {
-                    self.waker_armed = false;
+                if let Some(waker) = &mut self.waker {
+                    waker.complete(cqe);
                 }
                 0
             }
