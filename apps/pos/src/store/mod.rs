@@ -225,12 +225,21 @@ impl JobQueue {
         self.next.take().or_else(|| self.jobs.try_recv().ok())
     }
 
-    /// Whether a job is waiting (it stays first in line).
-    pub fn has_job(&mut self) -> bool {
-        if self.next.is_none() {
-            self.next = self.jobs.try_recv().ok();
-        }
-        self.next.is_some()
+    /// Runs `park` (which blocks until the node's ring wakes or times out)
+    /// unless a job is waiting. The waker is marked parked before the
+    /// check, so a job handed over meanwhile wakes the park; a job the
+    /// check took stays first in line.
+    pub fn park_unless_job(&mut self, park: impl FnOnce()) {
+        let (jobs, next) = (&self.jobs, &mut self.next);
+        self.waker.park_with(
+            || {
+                if next.is_none() {
+                    *next = jobs.try_recv().ok();
+                }
+                next.is_some()
+            },
+            park,
+        );
     }
 
     /// What the senders wake.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tally_client::consumer::{monotonic_ns, RecoveryMode};
 use tally_client::replica::Cell;
-use tally_runtime::wake::Waker;
 
 use super::answer::{
     answer, reason_words, refusal, refusal_with_stock, status_for, Freshness, StockLine,
@@ -58,8 +57,6 @@ pub struct StoreNode {
     decision_timeout: Duration,
     hold_ttl_ms_max: u32,
     jobs: JobQueue,
-    /// Wakes the node when a job is handed over (`jobs.waker()`).
-    waker: Waker,
     waiters: Vec<Waiter>,
     reports: Vec<OutcomeReport>,
     /// When the link went down (None: up, or never up yet).
@@ -86,8 +83,7 @@ impl StoreNode {
             ));
         }
         let in_flight_max = config.pos.in_flight_max;
-        let waker = jobs.waker().clone();
-        config.pos.consumer.waker = Some(waker.clone());
+        config.pos.consumer.waker = Some(jobs.waker().clone());
         let pos = Pos::new(config.pos)?;
         Ok(StoreNode {
             pos,
@@ -97,7 +93,6 @@ impl StoreNode {
             decision_timeout: config.decision_timeout,
             hold_ttl_ms_max: config.hold_ttl_ms_max,
             jobs,
-            waker,
             waiters: Vec::with_capacity(in_flight_max),
             reports: Vec::with_capacity(in_flight_max),
             down_since: None,
@@ -134,15 +129,12 @@ impl StoreNode {
     }
 
     /// Parks on the stream until a message arrives, a job is handed over
-    /// or [`PARK_MAX`] passes. A job handed over just before the park is
-    /// seen (the waker's parked flag is raised before the check).
+    /// or [`PARK_MAX`] passes.
     fn park(&mut self) -> Result<(), PosError> {
-        let (jobs, pos, reports) = (&mut self.jobs, &mut self.pos, &mut self.reports);
+        let (pos, reports) = (&mut self.pos, &mut self.reports);
         let mut parked = Ok(());
-        self.waker.park_with(
-            || jobs.has_job(),
-            || parked = pos.park(PARK_MAX, &mut |report| reports.push(*report)),
-        );
+        self.jobs
+            .park_unless_job(|| parked = pos.park(PARK_MAX, &mut |report| reports.push(*report)));
         parked
     }
 
