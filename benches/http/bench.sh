@@ -32,15 +32,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/tally-demo --serve --json --port-base "$PORT_BASE" --dir "$work/serve" \
-    >"$work/serve.out" 2>"$work/serve.err" &
-server=$!
-for _ in $(seq 1 600); do
-    [ -s "$work/serve.out" ] && break
-    kill -0 "$server" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
-    sleep 0.1
-done
-http=$(head -1 "$work/serve.out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["http"])')
+# shellcheck source=benches/http/serve-demo.sh
+. benches/http/serve-demo.sh
+start_demo target/release/tally-demo "$work" --port-base "$PORT_BASE"
+http=$(demo_field "$work" http)
 reader=$(printf 'read1:readpass' | base64)
 writer=$(printf 'pos1:pos1pass' | base64)
 sku=TSHIRT-WHT-L

@@ -39,15 +39,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$project"/target/release/tally-demo --serve --json --port-base "$PORT_BASE" --group "$GROUP" \
-    --dir "$work/serve" >"$work/serve.out" 2>"$work/serve.err" &
-server=$!
-for _ in $(seq 1 600); do
-    [ -s "$work/serve.out" ] && break
-    kill -0 "$server" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
-    sleep 0.1
-done
-config=$(head -1 "$work/serve.out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"])')
+# shellcheck source=benches/http/serve-demo.sh
+. benches/http/serve-demo.sh
+start_demo "$project"/target/release/tally-demo "$work" --port-base "$PORT_BASE" --group "$GROUP"
+config=$(demo_field "$work" config)
 printf 'pos2pass\n' >"$work/pos2.password"
 RUST_LOG=warn "$project"/target/release/tally-pos --config "$config" --user pos2 \
     --password-file "$work/pos2.password" --location STORE-DOWNTOWN --listen "$listen" \
