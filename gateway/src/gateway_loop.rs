@@ -84,8 +84,6 @@ pub struct GatewayLoop<A: Authenticator = AuthThread> {
     recv_buffer_bytes: usize,
     /// Wakes the sequencer loop when it parked with nothing to do.
     sequencer_waker: Option<Waker>,
-    /// Wakes this loop (watched by the server's ring) when acks arrive.
-    own_waker: Option<Waker>,
     /// Whether [`GatewayLoop::poll`] leaves its submission to
     /// [`GatewayLoop::deliver_outcomes`] (a thread that runs the sequencer
     /// between the two: one `io_uring_enter` per cycle carries the receives
@@ -137,7 +135,6 @@ impl<A: Authenticator> GatewayLoop<A> {
             paused_slots: vec![false; slots],
             recv_buffer_bytes: config.recv_buffer_bytes,
             sequencer_waker: None,
-            own_waker: None,
             submit_after_outcomes: false,
             next_report_ns: 0,
             reported: HostileCounts::default(),
@@ -153,13 +150,7 @@ impl<A: Authenticator> GatewayLoop<A> {
     /// Lets another thread (the sequencer, after pushing acks) end this
     /// loop's park at once. Returns the waker to hand to that thread.
     pub fn waker(&mut self) -> io::Result<Waker> {
-        if let Some(waker) = &self.own_waker {
-            return Ok(waker.clone());
-        }
-        let waker = Waker::new()?;
-        self.server.watch_waker(waker.clone())?;
-        self.own_waker = Some(waker.clone());
-        Ok(waker)
+        self.server.waker()
     }
 
     /// The address the listener is bound to (the port, when `listen` said 0).
@@ -199,7 +190,6 @@ impl<A: Authenticator> GatewayLoop<A> {
             paused_slots,
             recv_buffer_bytes,
             sequencer_waker,
-            own_waker: _,
             submit_after_outcomes,
             next_report_ns,
             reported,
@@ -309,20 +299,9 @@ impl<A: Authenticator> GatewayLoop<A> {
         let GatewayLoop {
             server,
             from_sequencer,
-            own_waker,
             ..
         } = self;
-        match own_waker {
-            Some(waker) => waker.park_with(
-                || !from_sequencer.is_empty(),
-                || {
-                    let _ = server.wait(duration);
-                },
-            ),
-            None => {
-                let _ = server.wait(duration);
-            }
-        }
+        let _ = server.park_unless(duration, || !from_sequencer.is_empty());
     }
 }
 

@@ -572,6 +572,11 @@ impl WatchedWaker {
         Ok(())
     }
 
+    /// The waker whose eventfd is watched.
+    pub(crate) fn waker(&self) -> &crate::wake::Waker {
+        &self.waker
+    }
+
     /// A [`kind::WAKE`] completion: clears the eventfd; the poll must be
     /// armed again when no more completions follow.
     pub(crate) fn complete(&mut self, cqe: Cqe) {

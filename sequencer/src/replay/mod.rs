@@ -227,9 +227,6 @@ pub struct ReplayLoop<A: Authenticator = AuthThread> {
     server: TcpServer,
     reader: JournalReader,
     feed: Feed<A>,
-    /// Woken by the sequencer when the journal grows, so live clients get
-    /// new records at once even when this loop was parked.
-    own_waker: Option<Waker>,
 }
 
 impl<A: Authenticator> std::fmt::Debug for ReplayLoop<A> {
@@ -307,7 +304,6 @@ impl<A: Authenticator> ReplayLoop<A> {
         Ok(ReplayLoop {
             server,
             reader,
-            own_waker: None,
             feed: Feed {
                 slots: (0..options.clients_max)
                     .map(|_| ClientSlot::free())
@@ -373,13 +369,7 @@ impl<A: Authenticator> ReplayLoop<A> {
     /// instead of at the end of its park. Waking a loop that is not parked
     /// (or has no clients, so does not ask to be woken) costs an atomic load.
     pub fn waker(&mut self) -> io::Result<Waker> {
-        if let Some(waker) = &self.own_waker {
-            return Ok(waker.clone());
-        }
-        let waker = Waker::new()?;
-        self.server.watch_waker(waker.clone())?;
-        self.own_waker = Some(waker.clone());
-        Ok(waker)
+        self.server.waker()
     }
 }
 
@@ -397,17 +387,13 @@ impl<A: Authenticator> Agent for ReplayLoop<A> {
             server,
             reader,
             feed,
-            own_waker,
         } = self;
-        let mut waited = Ok(());
-        match own_waker {
-            Some(waker) if feed.active > 0 => waker.park_with(
-                || reader.next_seq() > reader.indexed_next_seq(),
-                || waited = server.wait(timeout),
-            ),
-            _ => waited = server.wait(timeout),
+        // Asked to be woken by the journal's growth only while clients wait.
+        if feed.active > 0 {
+            server.park_unless(timeout, || reader.next_seq() > reader.indexed_next_seq())
+        } else {
+            server.wait(timeout)
         }
-        waited
     }
 }
 

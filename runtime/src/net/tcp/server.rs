@@ -136,6 +136,40 @@ impl TcpServer {
         self.handle.ring.submit()
     }
 
+    /// The waker another thread calls to end this server's waits: the
+    /// watched one, or a new one watched from now on.
+    pub fn waker(&mut self) -> io::Result<crate::wake::Waker> {
+        if let Some(watched) = &self.waker {
+            return Ok(watched.waker().clone());
+        }
+        let waker = crate::wake::Waker::new()?;
+        self.watch_waker(waker.clone())?;
+        Ok(waker)
+    }
+
+    /// [`wait`](Self::wait), as a loop parks between duty cycles: with a
+    /// watched waker, the waker is marked parked first and `has_work` (work
+    /// handed over by the waker's callers) checked after, so work handed
+    /// over just before the park ends it ([`Waker::park_with`]); without
+    /// one, a plain wait.
+    ///
+    /// [`Waker::park_with`]: crate::wake::Waker::park_with
+    pub fn park_unless(
+        &mut self,
+        timeout: Duration,
+        has_work: impl FnOnce() -> bool,
+    ) -> io::Result<()> {
+        let TcpServer { handle, waker, .. } = self;
+        let Some(watched) = waker else {
+            return wait_in(handle, timeout);
+        };
+        let mut waited = Ok(());
+        watched
+            .waker()
+            .park_with(has_work, || waited = wait_in(handle, timeout));
+        waited
+    }
+
     pub(super) fn arm_accept(&mut self) -> io::Result<()> {
         let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
@@ -430,11 +464,7 @@ impl TcpServer {
     /// strategies that park); returns at once if events are pending. Does
     /// not handle anything: call [`poll`](Self::poll) next.
     pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
-        if self.handle.closed.len() > self.handle.closed_head || self.handle.ring.has_completions()
-        {
-            return self.handle.ring.submit();
-        }
-        self.handle.ring.wait(timeout)
+        wait_in(&mut self.handle, timeout)
     }
 
     /// [`TcpServerHandle::send`], submitted at once.
@@ -495,6 +525,14 @@ impl AsRawFd for TcpServer {
     fn as_raw_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
+}
+
+/// [`TcpServer::wait`] on the server's handle (its ring and closed list).
+fn wait_in(handle: &mut TcpServerHandle, timeout: Duration) -> io::Result<()> {
+    if handle.closed.len() > handle.closed_head || handle.ring.has_completions() {
+        return handle.ring.submit();
+    }
+    handle.ring.wait(timeout)
 }
 
 impl Drop for TcpServer {
